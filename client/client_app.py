@@ -1,0 +1,24 @@
+"""fedge's Flower ClientApp. Flower starts a fresh process for every message, so this module stays
+import-light: torch and the task code load inside the handler, only for the messages that train or evaluate
+(SecAgg+ key-exchange stages never import torch)."""
+from flwr.app import Context, Message
+from flwr.client import ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.app.message_type import MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+
+def _client_fn(context: Context):
+    from client.trainer import FedgeClient
+
+    return FedgeClient.from_context(context).to_client()
+
+
+def secagg_when_requested(msg: Message, context: Context, call_next):
+    """Run Flower's SecAgg+ mod only for messages of the SecAgg+ protocol, so one app serves both modes."""
+    if msg.metadata.message_type == MessageType.TRAIN and RECORD_KEY_CONFIGS in msg.content.config_records:
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+app = ClientApp(client_fn=_client_fn, mods=[secagg_when_requested])

@@ -1,0 +1,106 @@
+"""``fedge client start``: the customer's on-premises daemon.
+
+It validates the private data file (bad data fails now, naming file and row), then runs and supervises a real
+Flower SuperNode: its own Flower home, runtime port and log under the daemon's state dir (several daemons on one
+host never collide), TLS to the coordinator with the customer's CA and SuperNode key. The SuperNode retries by
+itself while the coordinator is away; if it exits anyway the daemon restarts it with backoff.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedge.procs import fedge_env, free_port, spawn, stop_pid
+
+REFUSAL_MARKERS = ("Failed to activate SuperNode", "must be registered", "CERTIFICATE_VERIFY_FAILED",
+                   "Server disconnected without sending a response", "authentication")
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    coordinator: str
+    data: Path
+    task: str
+    name: str
+    state: Path
+    certs: Path | None = None   # dir with ca.crt, supernode.key, supernode.key.pub
+    insecure: bool = False
+    max_restarts: int = -1      # -1: forever
+
+    def __post_init__(self) -> None:
+        if not self.insecure and self.certs is None:
+            raise ValueError("TLS is on by default: pass --certs DIR (ca.crt + supernode.key) or --insecure")
+
+
+def node_config(cfg: ClientConfig) -> str:
+    items = {"name": cfg.name, "task": cfg.task, "data-path": str(Path(cfg.data).resolve()),
+             "state-dir": str(Path(cfg.state).resolve())}
+    return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
+
+
+def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "client.supernode", "--superlink", cfg.coordinator,
+           "--port", str(runtime_port), "--node-config", node_config(cfg)]
+    if cfg.insecure:
+        return cmd + ["--insecure"]
+    certs = Path(cfg.certs).resolve()
+    return cmd + ["--root-certificates", str(certs / "ca.crt"),
+                  "--auth-supernode-private-key", str(certs / "supernode.key"),
+                  "--auth-supernode-public-key", str(certs / "supernode.key.pub")]
+
+
+def validate_data(cfg: ClientConfig) -> int:
+    from fedge.tasks import get_task
+
+    ds = get_task(cfg.task).load_data(Path(cfg.data))
+    return len(ds)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def run(cfg: ClientConfig) -> int:
+    """Foreground supervisor loop; returns the exit code."""
+    state = Path(cfg.state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    n = validate_data(cfg)
+    log_path = state / "logs" / "supernode.log"
+    runtime_port = free_port()
+    (state / "daemon.json").write_text(json.dumps({**{k: str(v) for k, v in asdict(cfg).items()},
+                                                    "runtime_port": runtime_port}, indent=2))
+    print(f"customer {cfg.name!r}: {n} samples of task {cfg.task!r} in {cfg.data}; connecting to {cfg.coordinator}"
+          f" ({'INSECURE' if cfg.insecure else 'TLS + SuperNode auth'}); log {log_path}", flush=True)
+    proc = None
+
+    def _stop(signum, _frame):
+        if proc is not None:
+            stop_pid(proc.pid)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    restarts, backoff = 0, 1.0
+    while True:
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        proc = spawn(supernode_command(cfg, runtime_port), log_path, env=fedge_env(state / "flwr-home"), cwd=state)
+        started = time.monotonic()
+        code = proc.wait()
+        tail = _tail(log_path, 100_000)[-(log_path.stat().st_size - offset):] if log_path.exists() else ""
+        reason = next((line.strip() for line in tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), "")
+        if reason:
+            print(f"customer {cfg.name!r}: refused by the coordinator: {reason}", file=sys.stderr, flush=True)
+        else:
+            print(f"customer {cfg.name!r}: SuperNode exited with code {code}", file=sys.stderr, flush=True)
+        restarts += 1
+        if 0 <= cfg.max_restarts < restarts:
+            return 3 if reason else 1
+        backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+        time.sleep(backoff)

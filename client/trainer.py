@@ -1,0 +1,83 @@
+"""What a customer's ClientApp does with a message: train or evaluate on local data. Only model arrays and
+scalar metrics leave this function; the data never does."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.client import NumPyClient
+
+from fedge.tasks import Dataset, Task, get_task, split_holdout
+from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
+
+torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Per-customer settings, from the SuperNode's ``--node-config`` (set by ``fedge client start``)."""
+    name: str
+    task: str
+    data_path: str = ""            # deployment: the customer's private data file
+    partition_id: int = -1         # simulation: a Dirichlet partition of the task's reference data
+    num_partitions: int = 0
+    alpha: float = 0.0             # <= 0 -> IID
+    holdout: float = 0.2
+
+    @classmethod
+    def from_node_config(cls, nc: dict) -> "NodeSettings":
+        if "data-path" in nc:
+            return cls(name=str(nc.get("name", "customer")), task=str(nc["task"]), data_path=str(nc["data-path"]))
+        pid = int(nc["partition-id"])
+        return cls(name=f"sim-{pid}", task=str(nc.get("task", "digits")), partition_id=pid,
+                   num_partitions=int(nc["num-partitions"]), alpha=float(nc.get("alpha", 0.0)))
+
+    def load(self, task: Task) -> tuple[Dataset, Dataset]:
+        """-> (train, holdout), deterministic for a given file or partition."""
+        if self.data_path:
+            ds = task.load_data(Path(self.data_path))
+        else:
+            from fedge.tasks.partition import partition
+
+            parts = partition(task.reference_data(), self.num_partitions, self.alpha if self.alpha > 0 else None)
+            ds = parts[self.partition_id]
+        return split_holdout(ds, self.holdout)
+
+
+class FedgeClient(NumPyClient):
+    def __init__(self, settings: NodeSettings) -> None:
+        self.settings = settings
+        self.task = get_task(settings.task)
+
+    @classmethod
+    def from_context(cls, context) -> "FedgeClient":
+        return cls(NodeSettings.from_node_config(dict(context.node_config)))
+
+    def _model(self, parameters: list[np.ndarray]) -> torch.nn.Module:
+        model = self.task.build_model()
+        set_arrays(model, list(model.state_dict()), parameters)
+        return model
+
+    def _check_task(self, config: dict) -> None:
+        if config.get("task", self.settings.task) != self.settings.task:
+            raise ValueError(f"run is for task {config['task']!r} but customer {self.settings.name!r} serves "
+                             f"{self.settings.task!r}")
+
+    def fit(self, parameters, config):
+        self._check_task(config)
+        train_ds, _ = self.settings.load(self.task)
+        model = self._model(parameters)
+        freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
+        cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
+                          lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)))
+        loss = train(model, train_ds, cfg, freeze=freeze)
+        arrays = get_arrays(model, exchanged_names(model, freeze))
+        return arrays, len(train_ds), {"customer": self.settings.name, "train_loss": float(loss)}
+
+    def evaluate(self, parameters, config):
+        self._check_task(config)
+        _, holdout = self.settings.load(self.task)
+        loss, acc = evaluate(self._model(parameters), holdout)
+        return float(loss), len(holdout), {"customer": self.settings.name, "accuracy": float(acc)}

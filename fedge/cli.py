@@ -1,0 +1,246 @@
+"""The ``fedge`` command. Flags are parsed here and handed down as config objects; each handler imports its
+subsystem lazily, so ``fedge edge ...`` never loads torch or flwr."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def fedge_home() -> Path:
+    return Path(os.environ.get("FEDGE_HOME", Path.home() / ".fedge"))
+
+
+def default_coordinator_state() -> Path:
+    return fedge_home() / "coordinator"
+
+
+# -- handlers ------------------------------------------------------------------------------------------------
+def cmd_certs_init(a) -> int:
+    from server.certs import init_certs
+
+    paths = init_certs(Path(a.out), hosts=a.hosts, clients=a.clients)
+    print(f"CA: {paths.ca}\ncoordinator certificate: {paths.server_cert} (SAN: localhost, 127.0.0.1, ::1"
+          + "".join(f", {h}" for h in a.hosts) + ")")
+    for i in range(a.clients):
+        print(f"client bundle: {paths.client_dir(f'client-{i}')}  (register: fedge coordinator register "
+              f"{paths.client_dir(f'client-{i}') / 'supernode.key.pub'} --name client-{i})")
+    return 0
+
+
+def cmd_coordinator_start(a) -> int:
+    from server.coordinator import start
+
+    return start(a.address, Path(a.state), Path(a.certs) if a.certs else None, a.insecure)
+
+
+def cmd_coordinator_register(a) -> int:
+    from server.flwr_cli import FlowerCLI
+
+    doc = FlowerCLI(Path(a.state)).register(Path(a.public_key), a.name)
+    print(f"registered {a.public_key} as {a.name or 'unnamed'}: node {doc.get('node-id', doc)}")
+    return 0
+
+
+def cmd_coordinator_nodes(a) -> int:
+    import json
+
+    from server.flwr_cli import FlowerCLI
+
+    print(json.dumps(FlowerCLI(Path(a.state)).nodes(), indent=2))
+    return 0
+
+
+def cmd_client_start(a) -> int:
+    from client.daemon import ClientConfig, run
+
+    name = a.name or Path(a.data).stem
+    cfg = ClientConfig(coordinator=a.coordinator, data=Path(a.data), task=a.task, name=name,
+                       state=Path(a.state) if a.state else fedge_home() / "clients" / name,
+                       certs=Path(a.certs) if a.certs else None, insecure=a.insecure, max_restarts=a.max_restarts)
+    return run(cfg)
+
+
+def _run_config(a):
+    from server.run_config import RunConfig
+
+    return RunConfig(task=a.task, num_rounds=a.rounds, min_clients=a.min_clients, local_epochs=a.local_epochs,
+                     batch_size=a.batch_size, lr=a.lr, secagg=a.secagg, round_timeout=a.round_timeout,
+                     wait_clients_timeout=a.wait_clients_timeout, init=a.init or "", freeze=",".join(a.freeze),
+                     seed=a.seed)
+
+
+def cmd_run_launch(a) -> int:
+    from server.runs import launch
+
+    return launch(Path(a.state), _run_config(a), as_json=a.json)
+
+
+def cmd_run_resume(a) -> int:
+    from server.runs import resume
+
+    return resume(Path(a.state), a.run, as_json=a.json)
+
+
+def cmd_run_list(a) -> int:
+    from server.runs import open_registry, print_list
+
+    print_list(open_registry(Path(a.state)), a.json)
+    return 0
+
+
+def cmd_run_status(a) -> int:
+    from server.runs import open_registry, print_status
+
+    print_status(open_registry(Path(a.state)), a.run, a.json)
+    return 0
+
+
+def cmd_run_plot(a) -> int:
+    from server.runs import open_registry, plot
+
+    print(plot(open_registry(Path(a.state)), a.run, Path(a.out), a.baseline))
+    return 0
+
+
+def cmd_simulate(a) -> int:
+    from server.simulate import SimulationConfig, simulate
+
+    cfg = SimulationConfig(task=a.task, clients=a.clients, rounds=a.rounds, alpha=a.alpha, local_epochs=a.local_epochs,
+                           lr=a.lr, secagg=a.secagg, seed=a.seed, cpus_per_client=a.cpus_per_client)
+    return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
+
+
+def cmd_demo(a) -> int:
+    from fedge.demo import DemoConfig, run_demo
+
+    return run_demo(DemoConfig(out=Path(a.out), rounds=a.rounds, secagg=not a.no_secagg))
+
+
+# -- parser ---------------------------------------------------------------------------------------------------
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="digits | intent | module:attribute")
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--min-clients", type=int, default=2)
+    p.add_argument("--local-epochs", type=int, default=-1, help="default: the task's")
+    p.add_argument("--batch-size", type=int, default=-1)
+    p.add_argument("--lr", type=float, default=-1.0)
+    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
+                   help="Flower SecAgg+ secure aggregation (default: on)")
+    p.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for client replies")
+    p.add_argument("--wait-clients-timeout", type=float, default=120.0)
+    p.add_argument("--init", help="start from a checkpoint (PATH) or an earlier run's global model (RUN id)")
+    p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
+                   help="keep parameters matching this fnmatch pattern frozen (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedge", description="Federated learning that ends on the edge.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    state_default = str(default_coordinator_state())
+
+    certs = sub.add_parser("certs", help="TLS CA, coordinator certificate, client keys").add_subparsers(dest="sub", required=True)
+    p = certs.add_parser("init", help="create a CA, the coordinator certificate and client key pairs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--hosts", nargs="*", default=[], help="extra DNS names / IPs customers dial")
+    p.add_argument("--clients", type=int, default=0, help="number of client bundles to create")
+    p.set_defaults(fn=cmd_certs_init)
+
+    coord = sub.add_parser("coordinator", help="the coordinator (Flower SuperLink)").add_subparsers(dest="sub", required=True)
+    p = coord.add_parser("start", help="run the coordinator in the foreground")
+    p.add_argument("--address", default="127.0.0.1:8000")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--certs", help="dir from `fedge certs init` (default: STATE/certs, created if missing)")
+    p.add_argument("--insecure", action="store_true", help="plaintext and no client authentication (explicit opt-out)")
+    p.set_defaults(fn=cmd_coordinator_start)
+    p = coord.add_parser("register", help="register a client's public key (SuperNode authentication)")
+    p.add_argument("public_key")
+    p.add_argument("--name")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_coordinator_register)
+    p = coord.add_parser("nodes", help="list registered clients")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_coordinator_nodes)
+
+    client = sub.add_parser("client", help="the customer's daemon (Flower SuperNode)").add_subparsers(dest="sub", required=True)
+    p = client.add_parser("start", help="run the client daemon in the foreground")
+    p.add_argument("--coordinator", required=True, help="HOST:PORT")
+    p.add_argument("--data", required=True)
+    p.add_argument("--task", required=True)
+    p.add_argument("--name", help="customer name (default: data file stem)")
+    p.add_argument("--certs", help="dir with ca.crt, supernode.key, supernode.key.pub")
+    p.add_argument("--state", help="default: $FEDGE_HOME/clients/NAME")
+    p.add_argument("--insecure", action="store_true")
+    p.add_argument("--max-restarts", type=int, default=-1)
+    p.set_defaults(fn=cmd_client_start)
+
+    run = sub.add_parser("run", help="federated runs").add_subparsers(dest="sub", required=True)
+    p = run.add_parser("launch", help="launch a federated run and follow it")
+    _add_run_flags(p)
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run_launch)
+    p = run.add_parser("resume", help="continue a run from its last completed round")
+    p.add_argument("run", type=int)
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run_resume)
+    p = run.add_parser("list")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run_list)
+    p = run.add_parser("status")
+    p.add_argument("run", type=int)
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run_status)
+    p = run.add_parser("plot")
+    p.add_argument("run", type=int)
+    p.add_argument("--out", required=True)
+    p.add_argument("--baseline", type=float, help="draw a centralized-accuracy line")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_run_plot)
+
+    p = sub.add_parser("simulate", help="the same apps on Flower's simulation engine (Ray)")
+    p.add_argument("--task", default="digits")
+    p.add_argument("--clients", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (<= 0: IID)")
+    p.add_argument("--local-epochs", type=int, default=-1)
+    p.add_argument("--lr", type=float, default=-1.0)
+    p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpus-per-client", type=float, default=1.0)
+    p.add_argument("--out", help="directory for the registry, checkpoints and plot")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("demo", help="the whole pipeline on loopback")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--no-secagg", action="store_true")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a clear one-line error, not a traceback, for expected failures
+        if os.environ.get("FEDGE_DEBUG"):
+            raise
+        from fedge.errors import is_user_error
+
+        if not is_user_error(exc):
+            raise
+        print(f"fedge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits and a small CNN (38 K parameters)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .base import Task, TensorSpec, TrainDefaults
+from .data import Dataset, load_npz
+
+SAMPLE_SHAPE = (1, 8, 8)
+
+
+def build_digits_cnn():
+    import torch.nn as nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),   # (N,16,8,8)
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),  # (N,32,8,8)
+        nn.MaxPool2d(2),                             # (N,32,4,4)
+        nn.Flatten(),                                # (N,512)
+        nn.Linear(512, 64), nn.ReLU(),
+        nn.Linear(64, 10),                           # (N,10) logits
+    )
+
+
+@dataclass(frozen=True)
+class DigitsTask(Task):
+    name: str = "digits"
+    labels: tuple[str, ...] = tuple(str(d) for d in range(10))
+    defaults: TrainDefaults = field(default_factory=lambda: TrainDefaults(local_epochs=2, batch_size=32, lr=3e-3))
+
+    def build_model(self):
+        return build_digits_cnn()
+
+    def load_data(self, path: Path) -> Dataset:
+        return load_npz(Path(path), SAMPLE_SHAPE, self.num_classes)
+
+    def reference_data(self) -> Dataset:
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]  # (1797,1,8,8) in [0,1]
+        return Dataset(x, bunch.target.astype(np.int64))
+
+    def input_spec(self) -> TensorSpec:
+        return TensorSpec("input", "FP32", (-1, *SAMPLE_SHAPE))
+
+    def write_data(self, path: Path, ds: Dataset) -> None:
+        np.savez(path, x=ds.x.astype(np.float32), y=ds.y.astype(np.int64))

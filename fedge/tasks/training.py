@@ -1,0 +1,113 @@
+"""Local training and evaluation (torch), shared by the ClientApp, the coordinator's baseline and simulation.
+
+Model weights travel as a list of numpy arrays in ``state_dict`` order, restricted to the *exchanged* names:
+everything except the parameters frozen by ``--freeze`` patterns (which stay at their initial values).
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .data import Dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+            raise ValueError(f"invalid training config {self}")
+
+
+def frozen(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def exchanged_names(model: nn.Module, freeze: tuple[str, ...] = ()) -> list[str]:
+    """state_dict keys that travel between coordinator and clients, in a stable order."""
+    return [k for k in model.state_dict() if not frozen(k, freeze)]
+
+
+def get_arrays(model: nn.Module, names: list[str]) -> list[np.ndarray]:
+    sd = model.state_dict()
+    return [sd[k].detach().cpu().numpy().copy() for k in names]
+
+
+def set_arrays(model: nn.Module, names: list[str], arrays: list[np.ndarray]) -> None:
+    sd = model.state_dict()
+    if len(arrays) != len(names):
+        raise ValueError(f"got {len(arrays)} arrays for {len(names)} exchanged parameters")
+    for k, a in zip(names, arrays):
+        if tuple(sd[k].shape) != tuple(a.shape):
+            raise ValueError(f"parameter {k}: got shape {tuple(a.shape)}, model has {tuple(sd[k].shape)}")
+        sd[k] = torch.as_tensor(np.asarray(a), dtype=sd[k].dtype)
+    model.load_state_dict(sd)
+
+
+def _batches(ds: Dataset, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(len(ds)) if rng is not None else np.arange(len(ds))
+    for i in range(0, len(ds), batch_size):
+        idx = order[i : i + batch_size]
+        yield torch.from_numpy(ds.x[idx]), torch.from_numpy(ds.y[idx])
+
+
+def train(model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ...] = (), masks: dict | None = None) -> float:
+    """Train in place; returns the mean training loss of the last epoch. ``masks`` (name -> 0/1 tensor) hold
+    pruned weights at zero (used by the export's recovery rounds)."""
+    torch.manual_seed(cfg.seed)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not frozen(name, freeze))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params or cfg.epochs == 0 or len(ds) == 0:
+        return float("nan")
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(cfg.seed)
+    model.train()
+    last = float("nan")
+    for _ in range(cfg.epochs):
+        total, count = 0.0, 0
+        for xb, yb in _batches(ds, cfg.batch_size, rng):
+            opt.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            opt.step()
+            if masks:
+                _apply_masks(model, masks)
+            total, count = total + loss.item() * len(yb), count + len(yb)
+        last = total / max(count, 1)
+    return last
+
+
+def _apply_masks(model: nn.Module, masks: dict) -> None:
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, ...) inputs -> (N, C) float32 logits."""
+    model.eval()
+    outs = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, ds: Dataset) -> tuple[float, float]:
+    """-> (mean cross-entropy loss, accuracy)."""
+    if len(ds) == 0:
+        return float("nan"), float("nan")
+    logits = torch.from_numpy(predict(model, ds.x))
+    y = torch.from_numpy(ds.y)
+    loss = nn.functional.cross_entropy(logits, y).item()
+    return loss, float((logits.argmax(1) == y).float().mean().item())

@@ -1,0 +1,35 @@
+"""Global-model checkpoints: safetensors files plus their sha256, written once and never modified."""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict[str, np.ndarray], metadata: dict[str, str]) -> str:
+    """Atomically write ``state`` (full model state_dict as numpy) and return the file's sha256."""
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})

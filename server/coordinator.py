@@ -1,0 +1,94 @@
+"""``fedge coordinator start``: the coordinator is a real Flower SuperLink (Fleet, Control and Runtime APIs on
+one port) with its SQLite database in the state dir, TLS and SuperNode authentication on unless ``--insecure``,
+and runtime dependency installation disabled (fedge is preinstalled; hosts may be air-gapped)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fedge.procs import fedge_env, spawn, split_address, stop_pid, wait_port
+
+from .certs import CertPaths, init_certs
+
+DEFAULT_ADDRESS = "127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class CoordinatorInfo:
+    """What other fedge commands on the coordinator host need to reach it (state/coordinator.json)."""
+    address: str
+    insecure: bool
+    certs: str          # directory with ca.crt (empty when insecure)
+    pid: int
+
+    @property
+    def ca(self) -> Path:
+        return CertPaths(Path(self.certs)).ca
+
+
+def info_path(state: Path) -> Path:
+    return Path(state) / "coordinator.json"
+
+
+def load_info(state: Path) -> CoordinatorInfo:
+    path = info_path(state)
+    if not path.exists():
+        raise FileNotFoundError(f"no coordinator in {state}: start one with `fedge coordinator start --state {state}`")
+    return CoordinatorInfo(**json.loads(path.read_text()))
+
+
+def superlink_command(address: str, state: Path, certs: CertPaths | None) -> list[str]:
+    host, port = split_address(address, 8000)
+    cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--host", host, "--port", str(port),
+           "--database", str(Path(state) / "superlink.db"), "--disable-runtime-dependency-installation"]
+    if certs is None:
+        return cmd + ["--insecure"]
+    return cmd + ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert),
+                  "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth"]
+
+
+def prepare_certs(state: Path, certs_dir: Path | None, address: str) -> CertPaths:
+    paths = CertPaths(Path(certs_dir) if certs_dir else Path(state) / "certs")
+    if not paths.exists():
+        if certs_dir:
+            raise FileNotFoundError(f"{paths.dir} holds no ca.crt/server.pem/server.key: run `fedge certs init --out {paths.dir}`")
+        host, _ = split_address(address, 8000)
+        init_certs(paths.dir, hosts=[host] if host not in ("0.0.0.0", "::") else [])
+        print(f"created a CA and coordinator certificate in {paths.dir} (hand {paths.ca} to customers)")
+    return paths
+
+
+def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, foreground: bool = True):
+    """Start the SuperLink; in the foreground, block until it exits (SIGTERM/SIGINT stop it by PID)."""
+    state = Path(state).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    certs = None if insecure else prepare_certs(state, certs_dir, address)
+    proc = spawn(superlink_command(address, state, certs), state / "logs" / "superlink.log",
+                 env=fedge_env(state / "flwr-superlink"), cwd=state)
+    info = CoordinatorInfo(address=address, insecure=insecure, certs=str(certs.dir.resolve()) if certs else "",
+                           pid=os.getpid() if foreground else proc.pid)
+    host, port = split_address(address, 8000)
+    try:
+        wait_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout=60, proc=proc)
+    except Exception:
+        stop_pid(proc.pid)
+        raise
+    info_path(state).write_text(json.dumps(asdict(info), indent=2))
+    print(f"coordinator listening on {address} ({'INSECURE' if insecure else 'TLS + SuperNode auth'}),"
+          f" state in {state}, SuperLink pid {proc.pid}", flush=True)
+    if not foreground:
+        return proc
+
+    def _stop(signum, _frame):
+        stop_pid(proc.pid)
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    code = proc.wait()
+    print(f"SuperLink exited with code {code}; log: {state / 'logs' / 'superlink.log'}", file=sys.stderr)
+    return code

@@ -1,0 +1,79 @@
+"""One message exchange of a round (plain fit, evaluate), as Flower's default workflows do it but with a
+bounded wait: replies missing after ``timeout`` seconds count as failures instead of hanging the run."""
+from __future__ import annotations
+
+from typing import cast
+
+import flwr.compat.common.recorddict_compat as compat
+from flwr.app import Message
+from flwr.app.message_type import MessageType
+from flwr.common import Code
+from flwr.server.compat.legacy_context import LegacyContext
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp.grid import Grid
+
+
+def _current(context: LegacyContext):
+    cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
+    rnd = cast(int, cfg[Key.CURRENT_ROUND])
+    params = compat.arrayrecord_to_parameters(context.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+    return rnd, params
+
+
+def _exchange(grid: Grid, instructions, message_type: str, to_content, rnd: int, timeout: float):
+    proxies = {proxy.node_id: proxy for proxy, _ in instructions}
+    out = [
+        Message(content=to_content(ins, True), dst_node_id=proxy.node_id, message_type=message_type, group_id=str(rnd))
+        for proxy, ins in instructions
+    ]
+    replies = list(grid.send_and_receive(out, timeout=timeout))
+    answered = {m.metadata.src_node_id for m in replies}
+    failures: list = [
+        TimeoutError(f"node {nid}: no reply within {timeout:.0f}s") for nid in proxies if nid not in answered
+    ]
+    return proxies, replies, failures
+
+
+def fit_exchange(timeout: float):
+    """A fit workflow (``Workflow`` callable) with bounded waits."""
+
+    def workflow(grid: Grid, context: LegacyContext) -> None:
+        rnd, params = _current(context)
+        instructions = context.strategy.configure_fit(rnd, params, context.client_manager)
+        proxies, replies, failures = _exchange(
+            grid, instructions, MessageType.TRAIN, compat.fitins_to_recorddict, rnd, timeout
+        )
+        results = []
+        for msg in replies:
+            if msg.has_error():
+                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {msg.error.reason}"))
+                continue
+            res = compat.recorddict_to_fitres(msg.content, False)
+            if res.status.code == Code.OK:
+                results.append((proxies[msg.metadata.src_node_id], res))
+            else:
+                failures.append((proxies[msg.metadata.src_node_id], res))
+        aggregated, _ = context.strategy.aggregate_fit(rnd, results, failures)
+        if aggregated:
+            context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(aggregated, True)
+
+    return workflow
+
+
+def evaluate_exchange(timeout: float):
+    def workflow(grid: Grid, context: LegacyContext) -> None:
+        rnd, params = _current(context)
+        instructions = context.strategy.configure_evaluate(rnd, params, context.client_manager)
+        proxies, replies, failures = _exchange(
+            grid, instructions, MessageType.EVALUATE, compat.evaluateins_to_recorddict, rnd, timeout
+        )
+        results = []
+        for msg in replies:
+            if msg.has_error():
+                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {msg.error.reason}"))
+                continue
+            res = compat.recorddict_to_evaluateres(msg.content)
+            (results if res.status.code == Code.OK else failures).append((proxies[msg.metadata.src_node_id], res))
+        context.strategy.aggregate_evaluate(rnd, results, failures)
+
+    return workflow

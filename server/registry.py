@@ -1,0 +1,176 @@
+"""The coordinator's run registry: an embedded SQLite database in the coordinator's state dir.
+
+Every completed round is one row (metrics, participants, wall time, checkpoint path and sha256). The ServerApp
+writes, the operator's CLI reads; WAL mode lets both work at once.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    status TEXT NOT NULL,             -- pending | running | completed | failed
+    reason TEXT,
+    num_rounds INTEGER NOT NULL,
+    config TEXT NOT NULL,             -- JSON: the launch configuration
+    flower_runs TEXT NOT NULL DEFAULT '[]',  -- JSON list of Flower run ids (launch, resumes)
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    round INTEGER NOT NULL,
+    accuracy REAL,
+    loss REAL,
+    clients TEXT NOT NULL,            -- JSON list of customer names whose updates were aggregated
+    client_metrics TEXT NOT NULL,     -- JSON {customer: {fit/eval metrics}}
+    failures TEXT NOT NULL,           -- JSON list of failure descriptions
+    refused TEXT NOT NULL DEFAULT '[]',
+    privacy TEXT NOT NULL DEFAULT '{}',
+    wall_s REAL NOT NULL,
+    checkpoint TEXT NOT NULL,
+    checkpoint_sha256 TEXT NOT NULL,
+    finished REAL NOT NULL,
+    PRIMARY KEY (run_id, round)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL,
+    round INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    accuracy: float | None
+    loss: float | None
+    clients: list[str]
+    client_metrics: dict[str, dict[str, Any]]
+    failures: list[str]
+    wall_s: float
+    checkpoint: str
+    checkpoint_sha256: str
+    refused: list[dict] = field(default_factory=list)
+    privacy: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "round": self.round, "accuracy": self.accuracy, "loss": self.loss, "clients": self.clients,
+            "client_metrics": self.client_metrics, "failures": self.failures, "refused": self.refused,
+            "wall_s": self.wall_s, "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
+            **({"epsilon": self.privacy.get("epsilon"), "privacy": self.privacy} if self.privacy else {}),
+        }
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            with db:  # one transaction
+                yield db
+        finally:
+            db.close()
+
+    # -- runs ------------------------------------------------------------------------------------------
+    def create_run(self, task: str, num_rounds: int, config: dict) -> int:
+        now = time.time()
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO runs (task, status, num_rounds, config, created, updated) VALUES (?, 'pending', ?, ?, ?, ?)",
+                (task, num_rounds, json.dumps(config), now, now),
+            )
+            return int(cur.lastrowid)
+
+    def set_status(self, run_id: int, status: str, reason: str | None = None) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET status=?, reason=?, updated=? WHERE id=?", (status, reason, time.time(), run_id))
+
+    def add_flower_run(self, run_id: int, flower_run_id: int) -> None:
+        with self._db() as db:
+            row = db.execute("SELECT flower_runs FROM runs WHERE id=?", (run_id,)).fetchone()
+            ids = json.loads(row["flower_runs"]) + [flower_run_id]
+            db.execute("UPDATE runs SET flower_runs=?, updated=? WHERE id=?", (json.dumps(ids), time.time(), run_id))
+
+    def run(self, run_id: int) -> dict:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id} in {self.path}")
+        return _run_dict(row)
+
+    def runs(self) -> list[dict]:
+        with self._db() as db:
+            return [_run_dict(r) for r in db.execute("SELECT * FROM runs ORDER BY id").fetchall()]
+
+    # -- rounds ----------------------------------------------------------------------------------------
+    def add_round(self, run_id: int, rec: RoundRecord) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO rounds (run_id, round, accuracy, loss, clients, client_metrics, failures, refused, privacy,"
+                " wall_s, checkpoint, checkpoint_sha256, finished) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, rec.round, rec.accuracy, rec.loss, json.dumps(rec.clients), json.dumps(rec.client_metrics),
+                 json.dumps(rec.failures), json.dumps(rec.refused), json.dumps(rec.privacy), rec.wall_s,
+                 rec.checkpoint, rec.checkpoint_sha256, time.time()),
+            )
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+
+    def rounds(self, run_id: int) -> list[RoundRecord]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,)).fetchall()
+        return [
+            RoundRecord(
+                round=r["round"], accuracy=r["accuracy"], loss=r["loss"], clients=json.loads(r["clients"]),
+                client_metrics=json.loads(r["client_metrics"]), failures=json.loads(r["failures"]),
+                refused=json.loads(r["refused"]), privacy=json.loads(r["privacy"]), wall_s=r["wall_s"],
+                checkpoint=r["checkpoint"], checkpoint_sha256=r["checkpoint_sha256"],
+            )
+            for r in rows
+        ]
+
+    def last_round(self, run_id: int) -> RoundRecord | None:
+        rounds = self.rounds(run_id)
+        return rounds[-1] if rounds else None
+
+    # -- releases --------------------------------------------------------------------------------------
+    def add_release(self, run_id: int, rnd: int, path: str, manifest_sha256: str, summary: dict) -> int:
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO releases (run_id, round, path, manifest_sha256, summary, created) VALUES (?,?,?,?,?,?)",
+                (run_id, rnd, path, manifest_sha256, json.dumps(summary), time.time()),
+            )
+            return int(cur.lastrowid)
+
+    def releases(self) -> list[dict]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM releases ORDER BY id").fetchall()
+        return [{**dict(r), "summary": json.loads(r["summary"])} for r in rows]
+
+
+def _run_dict(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["config"] = json.loads(d["config"])
+    d["flower_runs"] = json.loads(d["flower_runs"])
+    return d

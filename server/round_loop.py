@@ -1,0 +1,164 @@
+"""The coordinator's whole story for one fedge run, executed inside Flower's ServerApp process:
+
+    load the starting model (fresh, --init checkpoint, or the last completed round when resuming)
+    for each remaining round: fit (plain or SecAgg+) -> evaluate on the customers' holdouts
+                              -> checkpoint (safetensors + sha256) -> registry row
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+import flwr.compat.common.recorddict_compat as compat
+from flwr.server import LegacyContext, ServerConfig
+from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
+from flwr.serverapp.grid import Grid
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .exchange import evaluate_exchange, fit_exchange
+from .registry import Registry, RoundRecord
+from .run_config import RunConfig
+from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
+
+log = logging.getLogger("fedge.coordinator")
+
+
+class RoundFailed(RuntimeError):
+    pass
+
+
+def registry_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "registry.db"
+
+
+def checkpoint_path(state_dir: Path, run_id: int, rnd: int) -> Path:
+    return Path(state_dir) / "runs" / str(run_id) / f"round-{rnd:04d}.safetensors"
+
+
+def secagg_workflow(cfg: RunConfig) -> SecAggPlusWorkflow:
+    """Shares go to every sampled client (num_shares=1.0); the threshold is 2/3 of them (at least 2), so
+    with 3 customers one may drop after key sharing and the round still completes."""
+    return SecAggPlusWorkflow(
+        num_shares=1.0, reconstruction_threshold=0.67, max_weight=cfg.secagg_max_weight,
+        clipping_range=cfg.secagg_clipping_range, timeout=cfg.round_timeout,
+    )
+
+
+def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
+    import torch
+    from fedge.tasks import get_task
+
+    if cfg.start_round > 0:
+        last = registry.last_round(cfg.fedge_run_id)
+        if last is None or last.round != cfg.start_round:
+            raise RoundFailed(f"cannot resume from round {cfg.start_round}: registry's last round is {last and last.round}")
+        state, _ = load_checkpoint(Path(last.checkpoint))
+        return state
+    if cfg.init:
+        state, _ = load_checkpoint(Path(cfg.init))
+        return state
+    torch.manual_seed(cfg.seed)
+    model = get_task(cfg.task).build_model()
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def run_federation(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_flower(dict(context.run_config))
+    state_dir = Path(cfg.state_dir)
+    registry = Registry(registry_path(state_dir))
+    try:
+        _run(grid, context, cfg, registry)
+    except Exception as exc:
+        registry.set_status(cfg.fedge_run_id, "failed", f"{type(exc).__name__}: {exc}")
+        raise
+    registry.set_status(cfg.fedge_run_id, "completed")
+
+
+def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> None:
+    from fedge.tasks import get_task
+    from fedge.tasks.training import frozen
+
+    registry.set_status(cfg.fedge_run_id, "running")
+    task = get_task(cfg.task)
+    state = starting_state(cfg, registry)
+    all_names = list(state)
+    trained = [k for k in all_names if not frozen(k, cfg.freeze_patterns)]
+    if not trained:
+        raise RoundFailed(f"--freeze {cfg.freeze!r} freezes every parameter; nothing to train")
+    fit_config = {
+        "task": cfg.task, "freeze": cfg.freeze, "seed": cfg.seed,
+        "local-epochs": cfg.local_epochs if cfg.local_epochs >= 0 else task.defaults.local_epochs,
+        "batch-size": cfg.batch_size if cfg.batch_size > 0 else task.defaults.batch_size,
+        "lr": cfg.lr if cfg.lr > 0 else task.defaults.lr,
+    }
+    strategy = FedgeFedAvg(
+        min_clients=cfg.min_clients, wait_timeout=cfg.wait_clients_timeout,
+        initial_parameters=ndarrays_to_parameters([state[k] for k in all_names]), fit_config=fit_config,
+    )
+    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_rounds), strategy=strategy)
+    fit = secagg_workflow(cfg) if cfg.secagg else fit_exchange(cfg.round_timeout)
+    evaluate = evaluate_exchange(cfg.round_timeout)
+
+    thread, stop, ready = start_update_client_manager_thread(grid, ctx.client_manager)
+    ready.wait()
+    try:
+        ctx.state.config_records[MAIN_CONFIGS_RECORD] = cfg_record = _config_record()
+        for rnd in range(cfg.start_round + 1, cfg.num_rounds + 1):
+            started = time.monotonic()
+            cfg_record[Key.CURRENT_ROUND] = rnd
+            outcome = _fit_round(ctx, grid, fit, strategy, state, all_names, rnd, cfg.max_round_attempts)
+            update = parameters_to_ndarrays(
+                compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
+            )
+            if len(update) != len(trained):
+                raise RoundFailed(f"round {rnd}: aggregate has {len(update)} arrays, expected {len(trained)}")
+            state.update({k: v.astype(state[k].dtype, copy=False) for k, v in zip(trained, update)})
+            _set_params(ctx, state, all_names)
+            evaluate(grid, ctx)
+            _record(registry, cfg, rnd, state, outcome, time.monotonic() - started)
+            log.info("round %d done: accuracy=%s clients=%s", rnd, outcome.accuracy, outcome.clients)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _config_record():
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({Key.START_TIME: time.time(), Key.CURRENT_ROUND: 0})
+
+
+def _set_params(ctx: LegacyContext, state: dict, names: list[str]) -> None:
+    params = ndarrays_to_parameters([state[k] for k in names])
+    ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
+
+
+def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, rnd: int, attempts: int) -> RoundOutcome:
+    """Fit with retries: a SecAgg+ round halts (no aggregate) when a client drops before key sharing ends."""
+    earlier: list[str] = []
+    for attempt in range(1, attempts + 1):
+        _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
+        outcome = strategy.begin_round(rnd)
+        fit(grid, ctx)
+        if outcome.aggregated:
+            outcome.failures = earlier + outcome.failures
+            return outcome
+        earlier += outcome.failures + [f"attempt {attempt}: round halted without an aggregate"]
+        log.warning("round %d attempt %d produced no aggregate; retrying", rnd, attempt)
+    raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {earlier}")
+
+
+def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float) -> None:
+    path = checkpoint_path(Path(cfg.state_dir), cfg.fedge_run_id, rnd)
+    sha = save_checkpoint(path, state, {"task": cfg.task, "run": str(cfg.fedge_run_id), "round": str(rnd)})
+    registry.add_round(cfg.fedge_run_id, RoundRecord(
+        round=rnd, accuracy=outcome.accuracy, loss=outcome.loss, clients=outcome.clients,
+        client_metrics=outcome.client_metrics, failures=outcome.failures, wall_s=round(wall, 3),
+        checkpoint=str(path), checkpoint_sha256=sha,
+    ))

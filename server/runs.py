@@ -1,0 +1,194 @@
+"""The operator's side of a run: launch (or resume) a Flower run of fedge's app on the coordinator, follow it
+through the registry with a progress bar, and report. Flower's own CLI exits 0 even for failed runs; here the
+registry's status decides, and a ServerApp that died without recording one counts as failed."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .fab import write_app, write_overrides
+from .flwr_cli import FlowerCLI
+from .registry import Registry
+from .round_loop import registry_path
+from .run_config import RunConfig
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+def open_registry(state: Path) -> Registry:
+    return Registry(registry_path(Path(state).resolve()))
+
+
+def resolve_init(registry: Registry, init: str) -> str:
+    """``--init`` is a checkpoint path or an earlier run's id (its last completed round)."""
+    if not init:
+        return ""
+    if init.isdigit():
+        last = registry.last_round(int(init))
+        if last is None:
+            raise ValueError(f"--init {init}: run {init} has no completed round")
+        return last.checkpoint
+    path = Path(init).resolve()
+    if not path.exists():
+        raise FileNotFoundError(f"--init {init}: no such checkpoint")
+    return str(path)
+
+
+def launch(state: Path, cfg: RunConfig, as_json: bool = False) -> int:
+    state = Path(state).resolve()
+    registry = open_registry(state)
+    cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init))
+    run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
+    return _submit_and_follow(state, registry, cfg.with_(fedge_run_id=run_id), as_json)
+
+
+def resume(state: Path, run_id: int, as_json: bool = False) -> int:
+    state = Path(state).resolve()
+    registry = open_registry(state)
+    run = registry.run(run_id)
+    if run["status"] == "completed":
+        raise RunFailed(f"run {run_id} already completed all {run['num_rounds']} rounds")
+    last = registry.last_round(run_id)
+    cfg = RunConfig(**run["config"]).with_(start_round=last.round if last else 0)
+    if cfg.start_round == cfg.num_rounds:
+        registry.set_status(run_id, "completed")
+        return 0
+    return _submit_and_follow(state, registry, cfg, as_json)
+
+
+def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool) -> int:
+    cli = FlowerCLI(state)
+    app = write_app(state / "app")
+    overrides = write_overrides(state / "runs" / str(cfg.fedge_run_id) / f"config-from-{cfg.start_round}.toml", cfg)
+    registry.set_status(cfg.fedge_run_id, "pending")
+    flower_id = cli.run(app, overrides)
+    registry.add_flower_run(cfg.fedge_run_id, flower_id)
+    err = Console(stderr=True)
+    err.print(f"run {cfg.fedge_run_id}: task {cfg.task}, rounds {cfg.start_round + 1}..{cfg.num_rounds},"
+              f" SecAgg+ {'on' if cfg.secagg else 'off'} (Flower run {flower_id})")
+    status = follow(registry, cli, cfg.fedge_run_id, flower_id, err)
+    if as_json:
+        print(json.dumps(status_document(registry, cfg.fedge_run_id), indent=2))
+    if status["status"] != "completed":
+        err.print(f"[red]run {cfg.fedge_run_id} failed:[/red] {status.get('reason')}")
+        return 1
+    return 0
+
+
+def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, console: Console,
+           poll_s: float = 0.5, flower_check_s: float = 5.0) -> dict:
+    seen = {r.round for r in registry.rounds(run_id)}
+    run = registry.run(run_id)
+    last_flower_check = time.monotonic()
+    with Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=False) as bar:
+        t = bar.add_task("", total=run["num_rounds"], completed=len(seen))
+        while True:
+            for rec in registry.rounds(run_id):
+                if rec.round not in seen:
+                    seen.add(rec.round)
+                    acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
+                    bar.console.print(f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
+                                      f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else ""))
+                    bar.update(t, completed=len(seen), description=f"accuracy {acc}")
+            run = registry.run(run_id)
+            if run["status"] in ("completed", "failed"):
+                return run
+            if time.monotonic() - last_flower_check > flower_check_s:
+                last_flower_check = time.monotonic()
+                try:
+                    fstatus = cli.run_status(flower_id)
+                except Exception as exc:  # coordinator unreachable
+                    registry.set_status(run_id, "failed", f"lost the coordinator: {exc}")
+                    return registry.run(run_id)
+                if fstatus.startswith("finished"):
+                    time.sleep(1.0)  # the ServerApp writes its final status just before finishing
+                    run = registry.run(run_id)
+                    if run["status"] not in ("completed", "failed"):
+                        registry.set_status(run_id, "failed", f"Flower run {flower_id} ended as {fstatus!r} without"
+                                                              " a fedge result (see the coordinator's log)")
+                    return registry.run(run_id)
+            time.sleep(poll_s)
+
+
+def status_document(registry: Registry, run_id: int) -> dict:
+    run = registry.run(run_id)
+    return {
+        "run": run_id, "task": run["task"], "status": run["status"], "reason": run["reason"],
+        "num_rounds": run["num_rounds"], "flower_runs": run["flower_runs"], "config": run["config"],
+        "rounds": [r.to_json() for r in registry.rounds(run_id)],
+    }
+
+
+def print_status(registry: Registry, run_id: int, as_json: bool) -> None:
+    doc = status_document(registry, run_id)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    console = Console()
+    console.print(f"run {run_id}: {doc['task']}, {doc['status']}" + (f" ({doc['reason']})" if doc["reason"] else ""))
+    console.print(rounds_table(doc["rounds"]))
+
+
+def rounds_table(rounds: list[dict]) -> Table:
+    table = Table("round", "accuracy", "loss", "clients", "wall s", "failures", "checkpoint sha256")
+    for r in rounds:
+        table.add_row(str(r["round"]), _fmt(r["accuracy"]), _fmt(r["loss"]), ", ".join(r["clients"]),
+                      f"{r['wall_s']:.1f}", str(len(r["failures"])), r["checkpoint_sha256"][:16])
+    return table
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def print_list(registry: Registry, as_json: bool) -> None:
+    runs = registry.runs()
+    if as_json:
+        print(json.dumps([{k: r[k] for k in ("id", "task", "status", "num_rounds", "reason")} |
+                          {"completed_rounds": len(registry.rounds(r["id"]))} for r in runs], indent=2))
+        return
+    table = Table("run", "task", "status", "rounds", "last accuracy", "reason")
+    for r in runs:
+        rounds = registry.rounds(r["id"])
+        table.add_row(str(r["id"]), r["task"], r["status"], f"{len(rounds)}/{r['num_rounds']}",
+                      _fmt(rounds[-1].accuracy if rounds else None), (r["reason"] or "")[:60])
+    Console().print(table)
+
+
+def plot(registry: Registry, run_id: int, out: Path, baseline: float | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = registry.rounds(run_id)
+    if not rounds:
+        raise RunFailed(f"run {run_id} has no completed rounds to plot")
+    xs = [r.round for r in rounds]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(xs, [r.accuracy for r in rounds], marker="o", label="federated (union of holdouts)")
+    names = sorted({n for r in rounds for n in r.client_metrics})
+    for n in names:
+        ax1.plot(xs, [r.client_metrics.get(n, {}).get("eval_accuracy") for r in rounds], alpha=0.4, ls="--", label=n)
+    if baseline is not None:
+        ax1.axhline(baseline, color="k", ls=":", label="centralized")
+    ax1.set(xlabel="round", ylabel="accuracy", title=f"run {run_id}: accuracy")
+    ax1.legend(fontsize=7)
+    ax2.plot(xs, [r.loss for r in rounds], marker="o", color="tab:red")
+    ax2.set(xlabel="round", ylabel="loss", title="holdout loss")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

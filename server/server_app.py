@@ -1,0 +1,13 @@
+"""fedge's Flower ServerApp. Import-light: Flower spawns a fresh process per run, and the heavy work
+(torch, the round loop) is imported only when the run starts."""
+from flwr.serverapp import Grid, ServerApp
+from flwr.app import Context
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    from server.round_loop import run_federation
+
+    run_federation(grid, context)
