@@ -67,14 +67,18 @@ class FedgeClient(NumPyClient):
 
     def fit(self, parameters, config):
         self._check_task(config)
-        train_ds, _ = self.settings.load(self.task)
+        train_ds, holdout = self.settings.load(self.task)
         model = self._model(parameters)
+        metrics: dict = {"customer": self.settings.name}
+        if config.get("evaluate-incoming", False):
+            loss, acc = evaluate(model, holdout)
+            metrics |= {"eval_loss": float(loss), "eval_accuracy": float(acc), "eval_examples": len(holdout)}
         freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
         cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
                           lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)))
         loss = train(model, train_ds, cfg, freeze=freeze)
         arrays = get_arrays(model, exchanged_names(model, freeze))
-        return arrays, len(train_ds), {"customer": self.settings.name, "train_loss": float(loss)}
+        return arrays, len(train_ds), metrics | {"train_loss": float(loss)}
 
     def evaluate(self, parameters, config):
         self._check_task(config)

@@ -137,6 +137,18 @@ class Registry:
             )
             db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
+    def set_round_eval(self, run_id: int, rnd: int, accuracy: float, loss: float, per_client: dict[str, dict]) -> None:
+        """Record the evaluation of round ``rnd``'s global model (it arrives with the next round's replies)."""
+        with self._db() as db:
+            row = db.execute("SELECT client_metrics FROM rounds WHERE run_id=? AND round=?", (run_id, rnd)).fetchone()
+            if row is None:
+                return
+            metrics = json.loads(row["client_metrics"])
+            for name, m in per_client.items():
+                metrics.setdefault(name, {}).update(m)
+            db.execute("UPDATE rounds SET accuracy=?, loss=?, client_metrics=? WHERE run_id=? AND round=?",
+                       (accuracy, loss, json.dumps(metrics), run_id, rnd))
+
     def rounds(self, run_id: int) -> list[RoundRecord]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,)).fetchall()

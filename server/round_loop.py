@@ -22,6 +22,7 @@ from flwr.serverapp.grid import Grid
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .exchange import evaluate_exchange, fit_exchange
+from .fast_grid import FastPollGrid
 from .registry import Registry, RoundRecord
 from .run_config import RunConfig
 from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
@@ -71,9 +72,10 @@ def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
 def run_federation(grid: Grid, context: Context) -> None:
     cfg = RunConfig.from_flower(dict(context.run_config))
     state_dir = Path(cfg.state_dir)
+    _log_to(state_dir / "logs" / f"run-{cfg.fedge_run_id}.log")
     registry = Registry(registry_path(state_dir))
     try:
-        _run(grid, context, cfg, registry)
+        _run(FastPollGrid(grid), context, cfg, registry)
     except Exception as exc:
         registry.set_status(cfg.fedge_run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -119,13 +121,28 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
             if len(update) != len(trained):
                 raise RoundFailed(f"round {rnd}: aggregate has {len(update)} arrays, expected {len(trained)}")
             state.update({k: v.astype(state[k].dtype, copy=False) for k, v in zip(trained, update)})
-            _set_params(ctx, state, all_names)
-            evaluate(grid, ctx)
+            if outcome.prev_eval is not None and rnd > 1:
+                e = outcome.prev_eval
+                registry.set_round_eval(cfg.fedge_run_id, rnd - 1, e.accuracy, e.loss, e.per_client)
             _record(registry, cfg, rnd, state, outcome, time.monotonic() - started)
-            log.info("round %d done: accuracy=%s clients=%s", rnd, outcome.accuracy, outcome.clients)
+            log.info("round %d: %.2fs, clients %s", rnd, time.monotonic() - started, outcome.clients)
+        _set_params(ctx, state, all_names)
+        evaluate(grid, ctx)  # the final global model
+        if strategy.final_eval is not None:
+            e = strategy.final_eval
+            registry.set_round_eval(cfg.fedge_run_id, cfg.num_rounds, e.accuracy, e.loss, e.per_client)
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def _log_to(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for name in ("fedge", "flwr"):
+        logging.getLogger(name).addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 def _config_record():
@@ -158,7 +175,7 @@ def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: 
     path = checkpoint_path(Path(cfg.state_dir), cfg.fedge_run_id, rnd)
     sha = save_checkpoint(path, state, {"task": cfg.task, "run": str(cfg.fedge_run_id), "round": str(rnd)})
     registry.add_round(cfg.fedge_run_id, RoundRecord(
-        round=rnd, accuracy=outcome.accuracy, loss=outcome.loss, clients=outcome.clients,
+        round=rnd, accuracy=None, loss=None, clients=outcome.clients,
         client_metrics=outcome.client_metrics, failures=outcome.failures, wall_s=round(wall, 3),
         checkpoint=str(path), checkpoint_sha256=sha,
     ))

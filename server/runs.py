@@ -93,15 +93,16 @@ def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, cons
                   TextColumn("{task.description}"), console=console, transient=False) as bar:
         t = bar.add_task("", total=run["num_rounds"], completed=len(seen))
         while True:
+            run = registry.run(run_id)
+            done = run["status"] in ("completed", "failed")
             for rec in registry.rounds(run_id):
-                if rec.round not in seen:
+                if rec.round not in seen and (rec.accuracy is not None or done):
                     seen.add(rec.round)
                     acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
                     bar.console.print(f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
                                       f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else ""))
                     bar.update(t, completed=len(seen), description=f"accuracy {acc}")
-            run = registry.run(run_id)
-            if run["status"] in ("completed", "failed"):
+            if done:
                 return run
             if time.monotonic() - last_flower_check > flower_check_s:
                 last_flower_check = time.monotonic()
@@ -142,7 +143,8 @@ def print_status(registry: Registry, run_id: int, as_json: bool) -> None:
 def rounds_table(rounds: list[dict]) -> Table:
     table = Table("round", "accuracy", "loss", "clients", "wall s", "failures", "checkpoint sha256")
     for r in rounds:
-        table.add_row(str(r["round"]), _fmt(r["accuracy"]), _fmt(r["loss"]), ", ".join(r["clients"]),
+        clients = ", ".join(r["clients"]) if len(r["clients"]) <= 5 else f"{len(r['clients'])} customers"
+        table.add_row(str(r["round"]), _fmt(r["accuracy"]), _fmt(r["loss"]), clients,
                       f"{r['wall_s']:.1f}", str(len(r["failures"])), r["checkpoint_sha256"][:16])
     return table
 

@@ -26,8 +26,28 @@ class RoundOutcome:
     client_metrics: dict[str, dict] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     aggregated: bool = False
-    accuracy: float | None = None
-    loss: float | None = None
+    # evaluation of the model the clients received (the previous round's global model), from fit replies
+    prev_eval: "Evaluation | None" = None
+
+
+@dataclass
+class Evaluation:
+    """A global model evaluated on the customers' holdouts, aggregated weighted by holdout size."""
+    accuracy: float
+    loss: float
+    per_client: dict[str, dict] = field(default_factory=dict)
+
+    @classmethod
+    def aggregate(cls, rows: list[tuple[str, int, float, float]]) -> "Evaluation | None":
+        """rows: (customer, holdout examples, loss, accuracy)."""
+        total = sum(n for _, n, _, _ in rows)
+        if total == 0:
+            return None
+        return cls(
+            accuracy=sum(n * a for _, n, _, a in rows) / total,
+            loss=sum(n * l for _, n, l, _ in rows) / total,
+            per_client={c: {"eval_examples": n, "eval_loss": l, "eval_accuracy": a} for c, n, l, a in rows},
+        )
 
 
 def describe_failure(failure) -> str:
@@ -48,6 +68,7 @@ class FedgeFedAvg(FedAvg):
         self.wait_timeout = wait_timeout
         self.fit_config = fit_config
         self.outcome = RoundOutcome(round=0)
+        self.final_eval: Evaluation | None = None
 
     def begin_round(self, server_round: int) -> RoundOutcome:
         self.outcome = RoundOutcome(round=server_round)
@@ -62,7 +83,9 @@ class FedgeFedAvg(FedAvg):
         return sorted(client_manager.all().values(), key=lambda p: p.node_id)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = FitIns(parameters, {**self.fit_config, "round": server_round})
+        # clients first evaluate the model they receive (last round's global model) on their holdouts: this
+        # saves a whole message exchange per round; the final model gets its own evaluate exchange
+        ins = FitIns(parameters, {**self.fit_config, "round": server_round, "evaluate-incoming": server_round > 1})
         return [(proxy, ins) for proxy in self._connected(client_manager)]
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
@@ -77,33 +100,29 @@ class FedgeFedAvg(FedAvg):
                 f"round {server_round}: {len(results)} client update(s) arrived, --min-clients is {self.min_clients};"
                 f" failures: {out.failures or 'none'}"
             )
+        evals = []
         for proxy, res in results:
-            name = str(res.metrics.get("customer", f"node-{proxy.node_id}"))
+            m = dict(res.metrics)
+            name = str(m.pop("customer", f"node-{proxy.node_id}"))
             out.clients.append(name)
-            out.client_metrics.setdefault(name, {}).update(
-                {"node_id": proxy.node_id, "num_examples": res.num_examples,
-                 **{f"fit_{k}": v for k, v in res.metrics.items() if k != "customer"}}
-            )
+            out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
+                                        **{k: v for k, v in m.items() if not k.startswith("eval_")}}
+            if "eval_examples" in m:
+                evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
         out.clients.sort()
+        out.prev_eval = Evaluation.aggregate(evals)
         params, metrics = super().aggregate_fit(server_round, results, failures)
         out.aggregated = params is not None
         return params, metrics
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
-        out = self.outcome
-        out.failures += [f"evaluate: {describe_failure(f)}" for f in failures]
-        total = sum(r.num_examples for _, r in results)
-        if total == 0:
+        self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]
+        rows = [(str(r.metrics.get("customer", f"node-{p.node_id}")), r.num_examples, r.loss,
+                 float(r.metrics["accuracy"])) for p, r in results]
+        self.final_eval = Evaluation.aggregate(rows)
+        if self.final_eval is None:
             return None, {}
-        for proxy, res in results:
-            name = str(res.metrics.get("customer", f"node-{proxy.node_id}"))
-            out.client_metrics.setdefault(name, {}).update(
-                {"node_id": proxy.node_id, "eval_examples": res.num_examples, "eval_loss": res.loss,
-                 "eval_accuracy": float(res.metrics.get("accuracy", float("nan")))}
-            )
-        out.loss = sum(r.loss * r.num_examples for _, r in results) / total
-        out.accuracy = sum(float(r.metrics["accuracy"]) * r.num_examples for _, r in results) / total
-        return out.loss, {"accuracy": out.accuracy}
+        return self.final_eval.loss, {"accuracy": self.final_eval.accuracy}
 
     def evaluate(self, server_round: int, parameters: Parameters):
         return None  # no central data: evaluation happens on the customers' holdouts

@@ -1,0 +1,110 @@
+"""A whole federation on one host, as separate real processes: the demo and the end-to-end tests use this.
+
+Every process is started with ``python -m fedge.cli ...`` in its own process group and stopped by PID.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import fedge_env, free_port, spawn, stop_pid, wait_port
+
+
+def fedge_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedge.cli", *args]
+
+
+@dataclass
+class LocalFederation:
+    root: Path
+    secure: bool = True
+    port: int = field(default_factory=free_port)
+    coordinator: subprocess.Popen | None = None
+    clients: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "coordinator"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    def start_coordinator(self, timeout: float = 60.0) -> subprocess.Popen:
+        from server.certs import init_certs
+        from server.coordinator import info_path
+
+        if self.secure and not (self.certs / "ca.crt").exists():
+            init_certs(self.certs)
+        info_path(self.state).unlink(missing_ok=True)
+        args = ["coordinator", "start", "--address", self.address, "--state", str(self.state)]
+        args += ["--certs", str(self.certs)] if self.secure else ["--insecure"]
+        self.coordinator = spawn(fedge_cmd(*args), self.root / "logs" / "coordinator.out", env=fedge_env())
+        wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.coordinator)
+        deadline = time.monotonic() + timeout
+        while not info_path(self.state).exists():
+            if time.monotonic() > deadline or self.coordinator.poll() is not None:
+                raise RuntimeError(f"coordinator did not start; see {self.root / 'logs'}")
+            time.sleep(0.1)
+        return self.coordinator
+
+    def client_bundle(self, name: str, register: bool = True) -> Path:
+        from server.certs import CertPaths, make_client_bundle
+        from server.flwr_cli import FlowerCLI
+
+        bundle = CertPaths(self.certs).client_dir(name)
+        if not (bundle / "supernode.key").exists():
+            make_client_bundle(CertPaths(self.certs), name)
+        if register:
+            FlowerCLI(self.state).register(bundle / "supernode.key.pub", name)
+        return bundle
+
+    def start_client(self, name: str, data: Path, task: str, register: bool = True, certs: Path | None = None,
+                     insecure: bool | None = None, extra: list[str] = ()) -> subprocess.Popen:
+        insecure = (not self.secure) if insecure is None else insecure
+        args = ["client", "start", "--coordinator", self.address, "--data", str(data), "--task", task,
+                "--name", name, "--state", str(self.root / "clients" / name), *extra]
+        if insecure:
+            args.append("--insecure")
+        else:
+            args += ["--certs", str(certs or self.client_bundle(name, register=register))]
+        proc = spawn(fedge_cmd(*args), self.root / "logs" / f"client-{name}.out", env=fedge_env())
+        self.clients[name] = proc
+        return proc
+
+    def stop_client(self, name: str) -> None:
+        proc = self.clients.pop(name)
+        stop_pid(proc.pid)
+
+    def kill_coordinator(self) -> None:
+        """SIGKILL the coordinator's whole process group (SuperLink, its SuperExec and the running ServerApp)."""
+        import os
+        import signal
+
+        if self.coordinator is not None:
+            try:
+                os.killpg(os.getpgid(self.coordinator.pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.coordinator.wait(timeout=10)
+            self.coordinator = None
+
+    def stop_all(self) -> None:
+        for name in list(self.clients):
+            self.stop_client(name)
+        if self.coordinator is not None:
+            stop_pid(self.coordinator.pid)
+            self.coordinator = None
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
