@@ -7,6 +7,8 @@ from flwr.client.mod import secaggplus_mod
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from client.egress import egress_audit
+
 
 def _client_fn(context: Context):
     from client.trainer import FedgeClient
@@ -21,4 +23,4 @@ def secagg_when_requested(msg: Message, context: Context, call_next):
     return call_next(msg, context)
 
 
-app = ClientApp(client_fn=_client_fn, mods=[secagg_when_requested])
+app = ClientApp(client_fn=_client_fn, mods=[egress_audit, secagg_when_requested])

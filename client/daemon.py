@@ -30,6 +30,8 @@ class ClientConfig:
     certs: Path | None = None   # dir with ca.crt, supernode.key, supernode.key.pub
     insecure: bool = False
     max_restarts: int = -1      # -1: forever
+    audit_log: Path | None = None  # JSON lines describing every message that leaves (see client.egress)
+    connect_retries: int = 10   # SuperNode gives up after this many failed attempts; the daemon then restarts it
 
     def __post_init__(self) -> None:
         if not self.insecure and self.certs is None:
@@ -39,12 +41,14 @@ class ClientConfig:
 def node_config(cfg: ClientConfig) -> str:
     items = {"name": cfg.name, "task": cfg.task, "data-path": str(Path(cfg.data).resolve()),
              "state-dir": str(Path(cfg.state).resolve())}
+    if cfg.audit_log:
+        items["audit-log"] = str(Path(cfg.audit_log).resolve())
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
 def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
     cmd = [sys.executable, "-m", "client.supernode", "--superlink", cfg.coordinator,
-           "--port", str(runtime_port), "--node-config", node_config(cfg)]
+           "--port", str(runtime_port), "--node-config", node_config(cfg), "--max-retries", str(cfg.connect_retries)]
     if cfg.insecure:
         return cmd + ["--insecure"]
     certs = Path(cfg.certs).resolve()
@@ -82,7 +86,7 @@ def run(cfg: ClientConfig) -> int:
 
     def _stop(signum, _frame):
         if proc is not None:
-            stop_pid(proc.pid)
+            stop_pid(proc.pid, group=False)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _stop)
@@ -90,13 +94,19 @@ def run(cfg: ClientConfig) -> int:
     restarts, backoff = 0, 1.0
     while True:
         offset = log_path.stat().st_size if log_path.exists() else 0
-        proc = spawn(supernode_command(cfg, runtime_port), log_path, env=fedge_env(state / "flwr-home"), cwd=state)
+        # same process group as the daemon: killing the daemon's group takes the SuperNode and its apps along
+        proc = spawn(supernode_command(cfg, runtime_port), log_path, env=fedge_env(state / "flwr-home"), cwd=state,
+                     new_session=False)
         started = time.monotonic()
         code = proc.wait()
         tail = _tail(log_path, 100_000)[-(log_path.stat().st_size - offset):] if log_path.exists() else ""
         reason = next((line.strip() for line in tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), "")
         if reason:
             print(f"customer {cfg.name!r}: refused by the coordinator: {reason}", file=sys.stderr, flush=True)
+        elif "Connection attempt failed" in tail and "SuperNode ID" not in tail:
+            reason = "unreachable"
+            print(f"customer {cfg.name!r}: could not connect to the coordinator at {cfg.coordinator} after"
+                  f" {cfg.connect_retries} attempts (down, unreachable, or refusing this TLS setup)", file=sys.stderr, flush=True)
         else:
             print(f"customer {cfg.name!r}: SuperNode exited with code {code}", file=sys.stderr, flush=True)
         restarts += 1

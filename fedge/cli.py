@@ -58,7 +58,8 @@ def cmd_client_start(a) -> int:
     name = a.name or Path(a.data).stem
     cfg = ClientConfig(coordinator=a.coordinator, data=Path(a.data), task=a.task, name=name,
                        state=Path(a.state) if a.state else fedge_home() / "clients" / name,
-                       certs=Path(a.certs) if a.certs else None, insecure=a.insecure, max_restarts=a.max_restarts)
+                       certs=Path(a.certs) if a.certs else None, insecure=a.insecure, max_restarts=a.max_restarts,
+                       audit_log=Path(a.audit_log) if a.audit_log else None, connect_retries=a.connect_retries)
     return run(cfg)
 
 
@@ -173,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certs", help="dir with ca.crt, supernode.key, supernode.key.pub")
     p.add_argument("--state", help="default: $FEDGE_HOME/clients/NAME")
     p.add_argument("--insecure", action="store_true")
-    p.add_argument("--max-restarts", type=int, default=-1)
+    p.add_argument("--max-restarts", type=int, default=-1, help="give up after N SuperNode exits (default: never)")
+    p.add_argument("--connect-retries", type=int, default=10,
+                   help="failed connection attempts before the SuperNode is restarted")
+    p.add_argument("--audit-log", help="append a JSON line describing every message that leaves this host")
     p.set_defaults(fn=cmd_client_start)
 
     run = sub.add_parser("run", help="federated runs").add_subparsers(dest="sub", required=True)

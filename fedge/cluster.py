@@ -83,17 +83,14 @@ class LocalFederation:
         proc = self.clients.pop(name)
         stop_pid(proc.pid)
 
-    def kill_coordinator(self) -> None:
-        """SIGKILL the coordinator's whole process group (SuperLink, its SuperExec and the running ServerApp)."""
-        import os
-        import signal
+    def kill_client(self, name: str) -> None:
+        """SIGKILL a customer's daemon with its SuperNode and running ClientApp (a crash, not a shutdown)."""
+        _killpg(self.clients.pop(name))
 
+    def kill_coordinator(self) -> None:
+        """SIGKILL the coordinator and everything under it (SuperLink, its SuperExec, the running ServerApp)."""
         if self.coordinator is not None:
-            try:
-                os.killpg(os.getpgid(self.coordinator.pid), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.coordinator.wait(timeout=10)
+            _killpg(self.coordinator)
             self.coordinator = None
 
     def stop_all(self) -> None:
@@ -108,3 +105,10 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.stop_all()
+
+
+def _killpg(proc: subprocess.Popen) -> None:
+    from .procs import kill_tree
+
+    kill_tree(proc.pid)
+    proc.wait(timeout=10)

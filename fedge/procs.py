@@ -43,12 +43,13 @@ def fedge_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
-    """Start ``cmd`` in its own process group (so it can be stopped with all its children), output to a log."""
+def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
+          new_session: bool = True) -> subprocess.Popen:
+    """Start ``cmd`` with output to a log, by default in its own process group (stopped with all its children)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab", buffering=0)
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                            start_new_session=True, stdin=subprocess.DEVNULL)
+                            start_new_session=new_session, stdin=subprocess.DEVNULL)
 
 
 def pid_alive(pid: int) -> bool:
@@ -87,6 +88,34 @@ def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
             if not pid_alive(pid):
                 return
             time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (Linux /proc), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant, whatever process group or session they moved to (a crash)."""
+    for p in [pid, *descendants(pid)]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def wait_port(host: str, port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:

@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fedge.procs import fedge_env, spawn, split_address, stop_pid, wait_port
+from fedge.procs import descendants, fedge_env, spawn, split_address, stop_pid, wait_port
 
 from .certs import CertPaths, init_certs
 
@@ -68,7 +68,7 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
     state.mkdir(parents=True, exist_ok=True)
     certs = None if insecure else prepare_certs(state, certs_dir, address)
     proc = spawn(superlink_command(address, state, certs), state / "logs" / "superlink.log",
-                 env=fedge_env(state / "flwr-superlink"), cwd=state)
+                 env=fedge_env(state / "flwr-superlink"), cwd=state, new_session=not foreground)
     info = CoordinatorInfo(address=address, insecure=insecure, certs=str(certs.dir.resolve()) if certs else "",
                            pid=os.getpid() if foreground else proc.pid)
     host, port = split_address(address, 8000)
@@ -84,7 +84,9 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
         return proc
 
     def _stop(signum, _frame):
-        stop_pid(proc.pid)
+        stop_pid(proc.pid, group=False)
+        for pid in descendants(os.getpid()):  # the SuperExec and any ServerApp it started
+            stop_pid(pid, timeout=5, group=False)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, _stop)

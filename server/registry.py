@@ -104,6 +104,10 @@ class Registry:
             )
             return int(cur.lastrowid)
 
+    def set_config(self, run_id: int, config: dict) -> None:
+        with self._db() as db:
+            db.execute("UPDATE runs SET config=?, updated=? WHERE id=?", (json.dumps(config), time.time(), run_id))
+
     def set_status(self, run_id: int, status: str, reason: str | None = None) -> None:
         with self._db() as db:
             db.execute("UPDATE runs SET status=?, reason=?, updated=? WHERE id=?", (status, reason, time.time(), run_id))

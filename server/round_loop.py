@@ -52,21 +52,30 @@ def secagg_workflow(cfg: RunConfig) -> SecAggPlusWorkflow:
 
 
 def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
+    """The full model state (in the task model's state_dict order) the run starts from."""
     import torch
     from fedge.tasks import get_task
 
+    torch.manual_seed(cfg.seed)
+    model = get_task(cfg.task).build_model()
+    fresh = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     if cfg.start_round > 0:
         last = registry.last_round(cfg.fedge_run_id)
         if last is None or last.round != cfg.start_round:
             raise RoundFailed(f"cannot resume from round {cfg.start_round}: registry's last round is {last and last.round}")
-        state, _ = load_checkpoint(Path(last.checkpoint))
-        return state
-    if cfg.init:
-        state, _ = load_checkpoint(Path(cfg.init))
-        return state
-    torch.manual_seed(cfg.seed)
-    model = get_task(cfg.task).build_model()
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+        path = Path(last.checkpoint)
+    elif cfg.init:
+        path = Path(cfg.init)
+    else:
+        return fresh
+    loaded, _ = load_checkpoint(path)
+    if set(loaded) != set(fresh):
+        raise RoundFailed(f"checkpoint {path} does not fit task {cfg.task!r}: missing {sorted(set(fresh) - set(loaded))},"
+                          f" unexpected {sorted(set(loaded) - set(fresh))}")
+    for k, v in fresh.items():
+        if loaded[k].shape != v.shape:
+            raise RoundFailed(f"checkpoint {path}: {k} has shape {loaded[k].shape}, task model has {v.shape}")
+    return {k: loaded[k] for k in fresh}  # safetensors stores keys sorted; keep the model's order
 
 
 def run_federation(grid: Grid, context: Context) -> None:

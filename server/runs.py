@@ -48,7 +48,9 @@ def launch(state: Path, cfg: RunConfig, as_json: bool = False) -> int:
     registry = open_registry(state)
     cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init))
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
-    return _submit_and_follow(state, registry, cfg.with_(fedge_run_id=run_id), as_json)
+    cfg = cfg.with_(fedge_run_id=run_id)
+    registry.set_config(run_id, asdict(cfg))
+    return _submit_and_follow(state, registry, cfg, as_json)
 
 
 def resume(state: Path, run_id: int, as_json: bool = False) -> int:
@@ -58,7 +60,7 @@ def resume(state: Path, run_id: int, as_json: bool = False) -> int:
     if run["status"] == "completed":
         raise RunFailed(f"run {run_id} already completed all {run['num_rounds']} rounds")
     last = registry.last_round(run_id)
-    cfg = RunConfig(**run["config"]).with_(start_round=last.round if last else 0)
+    cfg = RunConfig(**run["config"]).with_(fedge_run_id=run_id, start_round=last.round if last else 0)
     if cfg.start_round == cfg.num_rounds:
         registry.set_status(run_id, "completed")
         return 0

@@ -13,16 +13,18 @@ SAMPLE_SHAPE = (1, 8, 8)
 
 
 def build_digits_cnn():
+    from collections import OrderedDict
+
     import torch.nn as nn
 
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),   # (N,16,8,8)
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),  # (N,32,8,8)
-        nn.MaxPool2d(2),                             # (N,32,4,4)
-        nn.Flatten(),                                # (N,512)
-        nn.Linear(512, 64), nn.ReLU(),
-        nn.Linear(64, 10),                           # (N,10) logits
-    )
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 16, 3, padding=1)), ("relu1", nn.ReLU()),   # (N,16,8,8)
+        ("conv2", nn.Conv2d(16, 32, 3, padding=1)), ("relu2", nn.ReLU()),  # (N,32,8,8)
+        ("pool", nn.MaxPool2d(2)),                                         # (N,32,4,4)
+        ("flatten", nn.Flatten()),                                         # (N,512)
+        ("fc1", nn.Linear(512, 64)), ("relu3", nn.ReLU()),
+        ("fc2", nn.Linear(64, 10)),                                        # (N,10) logits
+    ]))
 
 
 @dataclass(frozen=True)

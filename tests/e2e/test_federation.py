@@ -1,0 +1,126 @@
+"""End to end with real processes on 127.0.0.1: a Flower SuperLink (coordinator) and SuperNodes (client
+daemons), TLS and SuperNode authentication on, free ports, everything stopped by PID."""
+import json
+import subprocess
+
+import pytest
+
+from fedge.cluster import LocalFederation
+from fedge.tasks import get_task
+from server.checkpoint import sha256_file
+from tests.conftest import run_fedge
+from tests.e2e.helpers import json_tail, start_launch, wait_exit, wait_rounds
+
+pytestmark = pytest.mark.e2e
+NAMES = ("acme", "globex", "initech")
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, digits_customers):
+    fed = LocalFederation(tmp_path_factory.mktemp("fed"))
+    fed.start_coordinator()
+    for name, data in zip(NAMES, digits_customers):
+        fed.start_client(name, data, "digits", extra=["--audit-log", str(fed.root / f"audit-{name}.jsonl")])
+    yield fed
+    fed.stop_all()
+
+
+def test_three_client_secagg_run_completes_with_registry_rows(federation):
+    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "2", "--min-clients", "3",
+                    "--state", str(federation.state), "--json")
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["status"] == "completed" and doc["config"]["secagg"] is True
+    assert [r["round"] for r in doc["rounds"]] == [1, 2]
+    for r in doc["rounds"]:
+        assert r["clients"] == sorted(NAMES)
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["loss"] > 0
+        assert r["checkpoint_sha256"] == sha256_file(r["checkpoint"])
+    assert doc["rounds"][1]["accuracy"] > 0.5
+    status = run_fedge("run", "status", str(doc["run"]), "--state", str(federation.state))
+    assert status.returncode == 0 and "completed" in status.stdout
+
+
+def test_clients_send_only_model_shaped_arrays_and_scalar_metrics(federation):
+    audit = {n: federation.root / f"audit-{n}.jsonl" for n in NAMES}
+    before = {n: len(p.read_text().splitlines()) if p.exists() else 0 for n, p in audit.items()}
+    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "1", "--min-clients", "3", "--no-secagg",
+                    "--state", str(federation.state), "--json")
+    assert out.returncode == 0, out.stderr
+    model = get_task("digits").build_model()
+    shapes = {tuple(v.shape) for v in model.state_dict().values()}
+    scalar = {"int", "float", "str", "bool"}
+    for name, path in audit.items():
+        entries = [json.loads(line) for line in path.read_text().splitlines()[before[name]:]]
+        assert {e["type"] for e in entries} == {"train", "evaluate"}
+        for e in entries:
+            arrays = [a for rec in e["arrays"].values() for a in rec.values()]
+            if e["type"] == "train":
+                assert len(arrays) == len(shapes)
+                assert all(tuple(a["shape"]) in shapes and a["dtype"] == "float32" for a in arrays)
+            else:
+                assert arrays == []
+            kinds = [k for rec in list(e["metrics"].values()) + list(e["configs"].values()) for k in rec.values()]
+            assert set(kinds) <= scalar, kinds
+
+
+def test_unregistered_client_is_refused(federation, digits_customers):
+    proc = federation.start_client("intruder", digits_customers[0], "digits", register=False,
+                                   extra=["--max-restarts", "0"])
+    assert wait_exit(proc, 90) != 0
+    log = (federation.root / "logs" / "client-intruder.out").read_text()
+    assert "refused by the coordinator" in log and "Failed to activate SuperNode" in log
+    federation.clients.pop("intruder")
+
+
+def test_plaintext_client_cannot_reach_tls_coordinator(federation, digits_customers):
+    proc = federation.start_client("plaintext", digits_customers[0], "digits", insecure=True,
+                                   extra=["--max-restarts", "0", "--connect-retries", "2"])
+    assert wait_exit(proc, 90) != 0
+    log = (federation.root / "logs" / "client-plaintext.out").read_text()
+    assert "refused by the coordinator: Server disconnected without sending a response" in log
+    supernode_log = (federation.root / "clients" / "plaintext" / "logs" / "supernode.log").read_text()
+    assert "SuperNode ID" not in supernode_log  # it never joined
+    federation.clients.pop("plaintext")
+
+
+def test_killed_client_does_not_stop_the_run(tmp_path, digits_customers):
+    with LocalFederation(tmp_path) as fed:
+        fed.start_coordinator()
+        for name, data in zip(NAMES, digits_customers):
+            fed.start_client(name, data, "digits")
+        launch = start_launch(fed.state, tmp_path / "launch.out", "--task", "digits", "--rounds", "3",
+                              "--min-clients", "2", "--no-secagg", "--round-timeout", "15")
+        wait_rounds(fed.state, 1, 1)
+        fed.kill_client("initech")
+        assert wait_exit(launch, 300) == 0, (tmp_path / "launch.out").read_text()
+        doc = json_tail((tmp_path / "launch.out").read_text())
+        assert [r["round"] for r in doc["rounds"]] == [1, 2, 3]
+        assert doc["rounds"][0]["clients"] == sorted(NAMES)
+        assert doc["rounds"][-1]["clients"] == ["acme", "globex"]
+        assert any("no reply" in f or "node" in f for r in doc["rounds"][1:] for f in r["failures"])
+
+
+def test_killed_coordinator_resumes_from_last_completed_round(tmp_path, digits_customers):
+    with LocalFederation(tmp_path) as fed:
+        fed.start_coordinator()
+        for name, data in zip(NAMES, digits_customers):
+            fed.start_client(name, data, "digits")
+        launch = start_launch(fed.state, tmp_path / "launch.out", "--task", "digits", "--rounds", "4",
+                              "--min-clients", "3", "--no-secagg")
+        wait_rounds(fed.state, 1, 2)
+        fed.kill_coordinator()
+        assert wait_exit(launch, 120) != 0  # the operator's launch reports the lost coordinator
+        kept = json.loads(run_fedge("run", "status", "1", "--state", str(fed.state), "--json").stdout)["rounds"]
+        kept = [(r["round"], r["checkpoint"], r["checkpoint_sha256"]) for r in kept]
+        assert [k[0] for k in kept] in ([1, 2], [1, 2, 3])
+
+        fed.start_coordinator()  # same state dir and port; the client daemons reconnect by themselves
+        out = run_fedge("run", "resume", "1", "--state", str(fed.state), "--json")
+        assert out.returncode == 0, out.stdout + out.stderr
+        doc = json.loads(out.stdout)
+        assert doc["status"] == "completed" and len(doc["flower_runs"]) == 2
+        assert [r["round"] for r in doc["rounds"]] == [1, 2, 3, 4]
+        for rnd, path, sha in kept:  # completed rounds neither lost nor repeated, checkpoints untouched
+            assert doc["rounds"][rnd - 1]["checkpoint_sha256"] == sha == sha256_file(path)
+        assert doc["rounds"][-1]["accuracy"] > doc["rounds"][0]["accuracy"]

@@ -1,0 +1,127 @@
+"""Coordinator pieces without sockets: aggregation bookkeeping, registry, run config, the FAB and certificates."""
+import tomllib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from server.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from server.fab import write_app
+from server.registry import Registry, RoundRecord
+from server.run_config import RunConfig
+from server.strategy import Evaluation, FedgeFedAvg, InsufficientClients
+
+OK = Status(Code.OK, "")
+
+
+def _fit(arrays, n, **metrics):
+    return FitRes(OK, ndarrays_to_parameters(arrays), n, metrics)
+
+
+def _strategy(min_clients=2):
+    return FedgeFedAvg(min_clients=min_clients, wait_timeout=1, fit_config={},
+                       initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)]))
+
+
+def test_fedavg_weights_by_examples_and_records_participants():
+    s = _strategy()
+    s.begin_round(3)
+    results = [
+        (SimpleNamespace(node_id=11), _fit([np.array([1.0, 2.0], np.float32)], 10, customer="a", eval_examples=5,
+                                           eval_loss=1.0, eval_accuracy=0.8)),
+        (SimpleNamespace(node_id=12), _fit([np.array([4.0, 8.0], np.float32)], 30, customer="b", eval_examples=15,
+                                           eval_loss=0.5, eval_accuracy=0.4)),
+    ]
+    params, _ = s.aggregate_fit(3, results, [])
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], [3.25, 6.5])  # (10*[1,2] + 30*[4,8]) / 40
+    assert s.outcome.clients == ["a", "b"] and s.outcome.aggregated
+    assert s.outcome.prev_eval.accuracy == pytest.approx((5 * 0.8 + 15 * 0.4) / 20)
+    assert s.outcome.prev_eval.loss == pytest.approx((5 * 1.0 + 15 * 0.5) / 20)
+
+
+def test_round_below_min_clients_fails_with_the_numbers():
+    s = _strategy(min_clients=3)
+    s.begin_round(2)
+    results = [(SimpleNamespace(node_id=1), _fit([np.ones(2, np.float32)], 5, customer="a"))]
+    with pytest.raises(InsufficientClients, match=r"round 2: 1 client update\(s\) arrived, --min-clients is 3.*timed out"):
+        s.aggregate_fit(2, results, [TimeoutError("node 7: timed out")])
+
+
+def test_final_evaluation_is_weighted_by_holdout_size():
+    s = _strategy()
+    res = [(SimpleNamespace(node_id=1), EvaluateRes(OK, 2.0, 10, {"customer": "a", "accuracy": 0.5})),
+           (SimpleNamespace(node_id=2), EvaluateRes(OK, 1.0, 30, {"customer": "b", "accuracy": 0.9}))]
+    loss, metrics = s.aggregate_evaluate(5, res, [])
+    assert loss == pytest.approx(1.25) and metrics["accuracy"] == pytest.approx(0.8)
+    assert Evaluation.aggregate([]) is None
+
+
+def test_registry_round_trip_and_late_evaluation(tmp_path):
+    reg = Registry(tmp_path / "registry.db")
+    run = reg.create_run("digits", 3, {"x": 1})
+    rec = RoundRecord(round=1, accuracy=None, loss=None, clients=["a"], client_metrics={"a": {"num_examples": 3}},
+                      failures=[], wall_s=1.5, checkpoint="c", checkpoint_sha256="ab")
+    reg.add_round(run, rec)
+    reg.set_round_eval(run, 1, 0.75, 0.3, {"a": {"eval_accuracy": 0.75}})
+    got = reg.rounds(run)[0]
+    assert (got.accuracy, got.loss) == (0.75, 0.3)
+    assert got.client_metrics["a"] == {"num_examples": 3, "eval_accuracy": 0.75}
+    with pytest.raises(Exception):  # a round is written once
+        reg.add_round(run, rec)
+    reg.set_status(run, "failed", "boom")
+    assert reg.run(run)["status"] == "failed" and reg.run(run)["reason"] == "boom"
+
+
+def test_run_config_survives_flower_round_trip_and_validates():
+    cfg = RunConfig(fedge_run_id=4, task="intent", num_rounds=7, secagg=False, lr=0.01, freeze="conv*,fc1.*")
+    assert RunConfig.from_flower(cfg.to_flower()) == cfg
+    assert cfg.freeze_patterns == ("conv*", "fc1.*")
+    with pytest.raises(ValueError, match="min_clients >= 2"):
+        RunConfig(secagg=True, min_clients=1)
+    with pytest.raises(ValueError, match="start_round"):
+        RunConfig(num_rounds=2, start_round=3)
+
+
+def test_fab_declares_every_run_config_key(tmp_path):
+    app = write_app(tmp_path / "app")
+    doc = tomllib.loads((app / "pyproject.toml").read_text())
+    declared = doc["tool"]["flwr"]["app"]["config"]
+    assert set(declared) == set(RunConfig().to_flower())  # Flower rejects overrides of undeclared keys
+    assert "app = server.server_app.app" in (app / "fedge_fab" / "server_app.py").read_text()
+
+
+def test_checkpoint_round_trip_and_hash(tmp_path):
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2, np.float32)}
+    sha = save_checkpoint(tmp_path / "c.safetensors", state, {"round": "2"})
+    assert sha == sha256_file(tmp_path / "c.safetensors")
+    loaded, meta = load_checkpoint(tmp_path / "c.safetensors")
+    assert meta["round"] == "2" and np.array_equal(loaded["w"], state["w"])
+
+
+def test_certificates_name_the_hosts_and_keys_are_openssh_ecdsa(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+    from server.certs import init_certs
+
+    paths = init_certs(tmp_path, hosts=["coord.example", "10.1.2.3"], clients=2)
+    cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"localhost", "coord.example"} <= set(san.get_values_for_type(x509.DNSName))
+    assert {"127.0.0.1", "10.1.2.3"} <= {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    bundle = paths.client_dir("client-1")
+    key = load_ssh_private_key((bundle / "supernode.key").read_bytes(), None)
+    assert key.curve.name == "secp384r1"
+    assert (bundle / "ca.crt").read_bytes() == paths.ca.read_bytes()
+    assert (bundle / "supernode.key.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+def test_cli_without_torch_or_flwr():
+    import subprocess
+    import sys
+
+    code = ("import sys, fedge.cli, edge_runtime.tokenizer; fedge.cli.build_parser();"
+            "print(sorted({'torch', 'flwr'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

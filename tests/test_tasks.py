@@ -1,0 +1,104 @@
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from edge_runtime.tokenizer import HashingTokenizer
+from fedge.tasks import Task, get_task, split_holdout
+from fedge.tasks.partition import dirichlet_partition
+from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
+
+torch.set_num_threads(1)
+
+
+def test_intent_reaches_90_percent_on_shipped_dataset():
+    task = get_task("intent")
+    ds = task.reference_data()
+    assert len(set(task.labels)) >= 10 and len(ds) >= 400
+    train_ds, holdout = split_holdout(ds, 0.2)
+    torch.manual_seed(0)
+    model = task.build_model()
+    train(model, train_ds, TrainConfig(epochs=8, batch_size=16, lr=3e-3))
+    _, acc = evaluate(model, holdout)
+    assert acc >= 0.90, acc
+
+
+def test_intent_handles_news_length_documents():
+    """Long texts are truncated to max_len tokens; the max-pool over time keeps the model length-agnostic."""
+    task = get_task("intent")
+    rng = np.random.default_rng(0)
+    filler = "the quarterly report noted market conditions and regional developments across several sectors".split()
+    texts, labels = [], []
+    for label, cue in [("roaming", "roaming abroad charges travel"), ("lost_card", "stolen card blocked wallet")]:
+        for _ in range(40):
+            words = list(rng.choice(filler, 600))  # ~600 words: news-length
+            for pos in rng.choice(len(words), 5, replace=False):
+                words.insert(int(pos) % 60, cue)  # cues early in the article
+            texts.append(" ".join(words))
+            labels.append(label)
+    ds = task.encode([(i + 2, t, lab) for i, (t, lab) in enumerate(zip(texts, labels))], "news.csv")
+    assert ds.x.shape == (80, task.tokenizer.max_len)
+    train_ds, holdout = split_holdout(ds, 0.25)
+    torch.manual_seed(0)
+    model = task.build_model()
+    train(model, train_ds, TrainConfig(epochs=5, batch_size=16, lr=3e-3))
+    assert evaluate(model, holdout)[1] >= 0.9
+
+
+def test_tokenizer_is_deterministic_across_processes():
+    import subprocess
+
+    code = "from edge_runtime.tokenizer import HashingTokenizer as T; print(T(num_buckets=4096, max_len=8).encode('Block my card').tolist())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card").tolist())
+    ids = HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card")
+    assert ids[:5].all() and not ids[5:].any()  # 3 words + 2 bigrams, then padding
+
+
+def test_custom_task_by_module_attribute(tmp_path, monkeypatch):
+    (tmp_path / "acme_task.py").write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+        from fedge.tasks.digits import DigitsTask
+
+        @dataclass(frozen=True)
+        class AcmeDigits(DigitsTask):
+            name: str = "acme"
+
+        TASK = AcmeDigits()
+        NOT_A_TASK = 42
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    task = get_task("acme_task:TASK")
+    assert isinstance(task, Task) and task.name == "acme"
+    with pytest.raises(ValueError, match="not a fedge.tasks.Task"):
+        get_task("acme_task:NOT_A_TASK")
+    with pytest.raises(ValueError, match="cannot load custom task"):
+        get_task("acme_task:MISSING")
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task("nope")
+
+
+def test_dirichlet_partition_covers_every_sample_once_and_skews_labels():
+    y = np.repeat(np.arange(10), 100)
+    parts = dirichlet_partition(y, 3, alpha=0.3, seed=1)
+    allidx = np.concatenate(parts)
+    assert sorted(allidx.tolist()) == list(range(1000))
+    shares = np.array([[np.mean(y[p] == c) for c in range(10)] for p in parts])
+    assert shares.max() > 0.25  # non-IID: some customer is dominated by a few classes
+
+
+def test_freeze_keeps_parameters_out_of_the_exchange_and_unchanged():
+    task = get_task("digits")
+    torch.manual_seed(0)
+    model = task.build_model()
+    names = exchanged_names(model, ("conv*",))
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+    before = get_arrays(model, ["conv1.weight", "fc1.weight"])
+    train_ds, _ = split_holdout(task.reference_data())
+    train(model, train_ds, TrainConfig(epochs=1), freeze=("conv*",))
+    after = get_arrays(model, ["conv1.weight", "fc1.weight"])
+    assert np.array_equal(before[0], after[0]) and not np.array_equal(before[1], after[1])
+    with pytest.raises(ValueError, match="shape"):
+        set_arrays(model, ["conv1.weight"], [np.zeros((1, 1), np.float32)])
