@@ -221,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_simulate)
 
+    from edge_runtime.cli import add_keys_parser, add_parser as add_edge_parser
+
+    add_edge_parser(sub)
+    add_keys_parser(sub)
+
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--rounds", type=int, default=6)

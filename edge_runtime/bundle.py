@@ -1,0 +1,206 @@
+"""The release bundle: the one artifact that travels from the coordinator to devices.
+
+A bundle is a directory (or a tar archive of one) holding the models, ``manifest.json`` and
+``manifest.sig``, a detached Ed25519 signature over the manifest's exact bytes. The manifest lists the
+sha256 of every other file. A device trusts a bundle only if the signature verifies against the public key it
+pinned and every file hashes to what the manifest says, with no file missing and none extra. The export writes
+bundles with :func:`write_bundle`; devices check them with :func:`verify_bundle` before anything is visible.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import BundleError
+
+FORMAT = "fedge-release/1"
+MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
+MODEL_KINDS = ("fp32", "int8_cpu", "int8_trt")  # model.fp32.onnx, model.int8.cpu.onnx, model.int8.trt.onnx
+
+
+@dataclass(frozen=True)
+class TensorDesc:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TensorDesc":
+        return cls(str(d["name"]), str(d["datatype"]), tuple(int(s) for s in d["shape"]))
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a device needs to serve a release. ``inputs``/``outputs`` describe the ONNX graph; for text models
+    ``preprocessing.raw_input`` names the BYTES input the server exposes instead, tokenized on the device."""
+    model: str
+    task: str
+    inputs: tuple[TensorDesc, ...]
+    outputs: tuple[TensorDesc, ...]
+    models: dict[str, str]               # kind -> file name (see MODEL_KINDS)
+    files: dict[str, str]                # file name -> sha256
+    labels: tuple[str, ...] = ()
+    preprocessing: dict = field(default_factory=dict)
+    max_batch_size: int = 64
+    extra: dict = field(default_factory=dict)  # lineage, gate, sparsity, calibration: kept verbatim
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Manifest":
+        try:
+            if d.get("format") != FORMAT:
+                raise BundleError(f"unsupported bundle format {d.get('format')!r} (expected {FORMAT!r})")
+            known = {"format", "model", "task", "inputs", "outputs", "models", "files", "labels", "preprocessing",
+                     "max_batch_size"}
+            m = cls(model=str(d["model"]), task=str(d["task"]),
+                    inputs=tuple(TensorDesc.from_json(t) for t in d["inputs"]),
+                    outputs=tuple(TensorDesc.from_json(t) for t in d["outputs"]),
+                    models={str(k): str(v) for k, v in d["models"].items()},
+                    files={str(k): str(v) for k, v in d["files"].items()}, labels=tuple(d.get("labels", ())),
+                    preprocessing=dict(d.get("preprocessing", {})), max_batch_size=int(d.get("max_batch_size", 64)),
+                    extra={k: v for k, v in d.items() if k not in known})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"malformed manifest: {exc!r}") from None
+        for kind, name in m.models.items():
+            if kind not in MODEL_KINDS or name not in m.files:
+                raise BundleError(f"manifest model {kind!r} -> {name!r} is not a known kind with a listed file")
+        if not m.models:
+            raise BundleError("manifest lists no model")
+        return m
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "model": self.model, "task": self.task,
+                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
+                "models": self.models, "files": self.files, "labels": list(self.labels),
+                "preprocessing": self.preprocessing, "max_batch_size": self.max_batch_size, **self.extra}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# -- keys -----------------------------------------------------------------------------------------------------
+def generate_keys(out: Path) -> tuple[Path, Path]:
+    """``fedge keys init``: the coordinator's release signing key (release.key) and what devices pin (release.pub)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    key = Ed25519PrivateKey.generate()
+    priv, pub = out / "release.key", out / "release.pub"
+    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    priv.chmod(0o600)
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return priv, pub
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(Path(path).read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+# -- writing and verifying ------------------------------------------------------------------------------------
+def write_bundle(directory: Path, manifest_fields: dict, signing_key: Ed25519PrivateKey) -> Manifest:
+    """Hash every file already in ``directory``, write manifest.json (fields + hashes) and its signature."""
+    directory = Path(directory)
+    for stale in (MANIFEST, SIGNATURE):
+        (directory / stale).unlink(missing_ok=True)
+    files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
+    manifest = Manifest.from_json({"format": FORMAT, **manifest_fields, "files": files})
+    data = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
+    (directory / MANIFEST).write_bytes(data)
+    (directory / SIGNATURE).write_bytes(signing_key.sign(data))
+    return manifest
+
+
+def verify_bundle(directory: Path, trusted: Ed25519PublicKey) -> Manifest:
+    """Raise BundleError unless the signature and every file hash check out. Returns the manifest."""
+    directory = Path(directory)
+    try:
+        data = (directory / MANIFEST).read_bytes()
+        sig = (directory / SIGNATURE).read_bytes()
+    except FileNotFoundError as exc:
+        raise BundleError(f"bundle {directory} lacks {Path(exc.filename).name}") from None
+    try:
+        trusted.verify(sig, data)
+    except InvalidSignature:
+        raise BundleError(f"bundle {directory}: signature does not verify against the trusted key") from None
+    try:
+        manifest = Manifest.from_json(json.loads(data))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"bundle {directory}: manifest is not JSON ({exc})") from None
+    present = {p.name for p in directory.iterdir()} - {MANIFEST, SIGNATURE}
+    if present != set(manifest.files):
+        raise BundleError(f"bundle {directory}: files {sorted(present ^ set(manifest.files))} are missing or not in the manifest")
+    for name, expected in manifest.files.items():
+        path = directory / name
+        if not path.is_file() or path.is_symlink():
+            raise BundleError(f"bundle {directory}: {name} is not a regular file")
+        if sha256_file(path) != expected:
+            raise BundleError(f"bundle {directory}: {name} does not match its sha256 in the manifest")
+    return manifest
+
+
+# -- archives -------------------------------------------------------------------------------------------------
+def pack(directory: Path) -> bytes:
+    """A bundle directory as an uncompressed tar of its flat files (what the release service streams)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(Path(directory).iterdir()):
+            tar.add(p, arcname=p.name, recursive=False)
+    return buf.getvalue()
+
+
+def unpack(archive: Path | bytes, dest: Path, max_bytes: int = 2 << 30) -> Path:
+    """Extract into ``dest`` only flat regular files; any path that could leave ``dest`` (absolute, '..',
+    nested, links, devices) refuses the whole archive before anything is written."""
+    dest = Path(dest)
+    src = io.BytesIO(archive) if isinstance(archive, bytes) else open(archive, "rb")
+    with src, tarfile.open(fileobj=src, mode="r:*") as tar:
+        members = tar.getmembers()
+        total = 0
+        for m in members:
+            parts = PurePosixPath(m.name).parts
+            if not m.isfile() or len(parts) != 1 or parts[0] in ("..", ".") or m.name.startswith("/") or "\\" in m.name:
+                raise BundleError(f"archive entry {m.name!r} is not a plain file at the top level: refused")
+            total += m.size
+            if total > max_bytes:
+                raise BundleError(f"archive expands beyond {max_bytes} bytes: refused")
+        dest.mkdir(parents=True, exist_ok=True)
+        for m in members:
+            with tar.extractfile(m) as f, open(dest / m.name, "wb") as out:
+                shutil.copyfileobj(f, out)
+    return dest
+
+
+def copy_bundle(src: Path, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in Path(src).iterdir():
+        if p.is_file() and not p.is_symlink():
+            shutil.copyfile(p, dest / p.name)
+    os.sync() if hasattr(os, "sync") else None

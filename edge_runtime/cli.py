@@ -1,0 +1,161 @@
+"""``fedge edge ...``: serve, install, models, predict, rollback, compile. Imports only the edge runtime."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .backends import BACKENDS
+
+
+def cmd_serve(a) -> int:
+    from .batcher import BatchingConfig
+    from .repository import ServingConfig
+    from .server import EdgeConfig, serve
+
+    serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
+                            batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us))
+    cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
+                     serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
+                     pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None)
+    return serve(cfg)
+
+
+def cmd_install(a) -> int:
+    from .bundle import load_public_key
+    from .repository import install_bundle
+
+    name, version = install_bundle(Path(a.repo), Path(a.bundle), load_public_key(Path(a.trust)), keep=a.keep)
+    print(f"installed {name} version {version} into {a.repo} (a running server picks it up by itself)")
+    return 0
+
+
+def cmd_models(a) -> int:
+    from .repository import current_version, versions
+
+    root = Path(a.repo)
+    rows = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []:
+        manifest = json.loads((d / str(current_version(d)) / "manifest.json").read_text()) if current_version(d) else {}
+        rows.append({"model": d.name, "current": current_version(d), "versions": versions(d), "task": manifest.get("task"),
+                     "run": manifest.get("lineage", {}).get("run"), "round": manifest.get("lineage", {}).get("round")})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['model']}: current {r['current']}, installed {r['versions']}, task {r['task']},"
+                  f" from run {r['run']} round {r['round']}")
+    return 0
+
+
+def cmd_predict(a) -> int:
+    import numpy as np
+
+    from .client import EdgeClient
+
+    client = EdgeClient(a.url)
+    meta = client.metadata(a.model)
+    name = meta.inputs[0].name
+    if a.text is not None:
+        inputs = {name: np.array([[t.encode()] for t in a.text], dtype=object)}
+    else:
+        inputs = {name: np.load(a.npy)}
+    out = client.infer(a.model, inputs, version=a.version or "")
+    print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in out.items()}))
+    client.close()
+    return 0
+
+
+def cmd_rollback(a) -> int:
+    from .repository import rollback
+
+    print(f"{a.model}: now serving version {rollback(Path(a.repo), a.model)} (a running server switches by itself)")
+    return 0
+
+
+def cmd_compile(a) -> int:
+    import sys
+    import tempfile
+
+    from .bundle import Manifest
+    from .tensorrt_engine import CompileConfig, compile_engine, tensorrt_status
+
+    ok, why = tensorrt_status()
+    if not ok:
+        print(f"fedge edge compile: {why}; the edge runtime will serve the ONNX models with ONNX Runtime instead",
+              file=sys.stderr)
+        return 3
+    src = Path(a.bundle)
+    if not src.is_dir():
+        from .bundle import unpack
+
+        src = unpack(src, Path(tempfile.mkdtemp()))
+    manifest = Manifest.from_json(json.loads((src / "manifest.json").read_text()))
+    sparse = manifest.extra.get("sparsity", {}).get("pattern") == "2:4"
+    path = compile_engine(src, manifest, Path(a.cache), CompileConfig(max_batch=min(a.max_batch, manifest.max_batch_size),
+                                                                     opt_batch=min(8, a.max_batch), sparse=sparse))
+    print(f"engine: {path}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    edge = sub.add_parser("edge", help="the edge runtime (KServe v2 gRPC server)").add_subparsers(dest="sub", required=True)
+    p = edge.add_parser("serve", help="serve a model repository")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--trust", required=True, help="pinned Ed25519 public key (release.pub) that signs releases")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per model")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=500)
+    p.add_argument("--no-batching", action="store_true")
+    p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
+    p.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    p.add_argument("--pull", help="coordinator release service HOST:PORT to poll for new releases")
+    p.add_argument("--pull-interval", type=float, default=10.0)
+    p.add_argument("--pull-ca", help="CA certificate of a TLS release service")
+    p.set_defaults(fn=cmd_serve)
+    p = edge.add_parser("install", help="verify and install a release bundle (dir or .tar)")
+    p.add_argument("bundle")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--trust", required=True)
+    p.add_argument("--keep", type=int, default=3)
+    p.set_defaults(fn=cmd_install)
+    p = edge.add_parser("models", help="list installed models")
+    p.add_argument("--repo", required=True)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_models)
+    p = edge.add_parser("predict", help="send one request to a running server")
+    p.add_argument("--url", required=True, help="HOST:PORT")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text", action="append", help="text input (repeatable: one row each)")
+    g.add_argument("--npy", help=".npy file with the input batch")
+    p.set_defaults(fn=cmd_predict)
+    p = edge.add_parser("rollback", help="serve the previous installed version")
+    p.add_argument("model")
+    p.add_argument("--repo", required=True)
+    p.set_defaults(fn=cmd_rollback)
+    p = edge.add_parser("compile", help="build a TensorRT engine for this device from a bundle")
+    p.add_argument("bundle")
+    p.add_argument("--cache", default=".fedge-engines")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.set_defaults(fn=cmd_compile)
+
+
+def add_keys_parser(sub) -> None:
+    keys = sub.add_parser("keys", help="release signing keys").add_subparsers(dest="sub", required=True)
+    p = keys.add_parser("init", help="create the coordinator's Ed25519 release key pair")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_keys_init)
+
+
+def cmd_keys_init(a) -> int:
+    from .bundle import generate_keys
+
+    priv, pub = generate_keys(Path(a.out))
+    print(f"release signing key: {priv} (keep secret)\npublic key devices pin with --trust: {pub}")
+    return 0

@@ -1,0 +1,42 @@
+"""A minimal Open Inference Protocol client over fedge's own stubs (``fedge edge predict``); any KServe v2
+client (tritonclient.grpc) works the same way."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+
+from .datatypes import BYTES, datatype_of, deserialize_bytes, NUMPY, serialize_bytes
+
+
+class EdgeClient:
+    def __init__(self, url: str, max_message_bytes: int = 64 << 20) -> None:
+        self.channel = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", max_message_bytes),
+                                                           ("grpc.max_receive_message_length", max_message_bytes)])
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def metadata(self, model: str) -> pb.ModelMetadataResponse:
+        return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
+
+    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30) -> dict[str, np.ndarray]:
+        req = pb.ModelInferRequest(model_name=model, model_version=version)
+        for name, arr in inputs.items():
+            dt = datatype_of(arr)
+            req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))
+            req.raw_input_contents.append(serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes())
+        resp = self.stub.ModelInfer(req, timeout=timeout)
+        return decode_outputs(resp)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def decode_outputs(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:
+    out = {}
+    for t, raw in zip(resp.outputs, resp.raw_output_contents):
+        n = int(np.prod(t.shape))
+        arr = deserialize_bytes(raw, n) if t.datatype == BYTES else np.frombuffer(raw, dtype=NUMPY[t.datatype])
+        out[t.name] = arr.reshape(tuple(t.shape))
+    return out

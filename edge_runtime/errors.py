@@ -1,0 +1,26 @@
+"""Domain errors of the edge runtime; the gRPC layer maps each to one status code, in one interceptor."""
+
+
+class EdgeError(Exception):
+    code_name = "INTERNAL"
+
+
+class InvalidInput(EdgeError):
+    code_name = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(EdgeError):
+    code_name = "NOT_FOUND"
+
+
+class ModelUnavailable(EdgeError):
+    code_name = "UNAVAILABLE"
+
+
+class TooLarge(EdgeError):
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class BundleError(EdgeError):
+    """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
+    code_name = "FAILED_PRECONDITION"

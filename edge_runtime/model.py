@@ -1,0 +1,102 @@
+"""A loaded model version: manifest + backend + batcher, with the on-device preprocessing the manifest asks
+for (text models take a BYTES tensor and tokenize it here with the manifest's tokenizer parameters)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Backend, load_backend
+from .batcher import BatchingConfig, DynamicBatcher
+from .bundle import Manifest, TensorDesc
+from .errors import InvalidInput
+from .tokenizer import HashingTokenizer
+
+LABEL_OUTPUT = "label"
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    version: int
+    manifest: Manifest
+    backend: Backend
+    batching: BatchingConfig
+    batcher: DynamicBatcher | None = None
+    tokenizer: HashingTokenizer | None = None
+
+    @classmethod
+    def load(cls, name: str, version: int, bundle_dir: Path, manifest: Manifest, backend: str,
+             batching: BatchingConfig, threads: int = 1, on_batch=None, engine_cache: Path | None = None) -> "LoadedModel":
+        be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
+        tok = manifest.preprocessing.get("tokenizer")
+        batching = BatchingConfig(batching.enabled, min(batching.max_batch_size, manifest.max_batch_size),
+                                  batching.max_queue_delay_us)
+        model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
+        if batching.enabled:
+            model.batcher = DynamicBatcher(be.run, batching, on_batch)
+        model.warmup()
+        return model
+
+    # -- the contract clients see ------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> tuple[TensorDesc, ...]:
+        raw = self.manifest.preprocessing.get("raw_input")
+        if raw and self.tokenizer is not None:
+            return (TensorDesc(raw["name"], "BYTES", (-1, 1)),)
+        return self.manifest.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorDesc, ...]:
+        outs = self.manifest.outputs
+        if self.manifest.labels:
+            outs = outs + (TensorDesc(LABEL_OUTPUT, "BYTES", (-1, 1)),)
+        return outs
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batching.max_batch_size
+
+    # -- running -------------------------------------------------------------------------------------------
+    def preprocess(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.tokenizer is None:
+            return inputs
+        (desc,) = self.inputs
+        texts = inputs[desc.name].reshape(-1)
+        try:
+            decoded = [t.decode("utf-8") if isinstance(t, (bytes, bytearray)) else str(t) for t in texts]
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(f"input {desc.name!r}: text is not UTF-8 ({exc.reason})") from None
+        return {self.manifest.inputs[0].name: self.tokenizer.encode_batch(decoded)}
+
+    def infer(self, inputs: dict[str, np.ndarray], timeout: float = 60.0) -> dict[str, np.ndarray]:
+        feeds = self.preprocess(inputs)
+        if self.batcher is not None:
+            out = self.batcher.submit(feeds).result(timeout=timeout)
+        else:
+            out = self.backend.run(feeds)
+        if self.manifest.labels:
+            logits = out[self.manifest.outputs[0].name]
+            labels = np.array([self.manifest.labels[i].encode() for i in logits.argmax(axis=1)], dtype=object)
+            out = {**out, LABEL_OUTPUT: labels.reshape(-1, 1)}
+        return out
+
+    def warmup(self) -> None:
+        """One request through the whole path before the model becomes visible."""
+        sample = {}
+        for d in self.inputs:
+            shape = tuple(1 if s < 0 else s for s in d.shape)
+            sample[d.name] = np.full(shape, b"warm up", dtype=object) if d.datatype == "BYTES" else np.zeros(
+                shape, dtype=_np(d.datatype))
+        self.infer(sample)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def _np(datatype: str):
+    from .datatypes import NUMPY
+
+    return NUMPY[datatype]

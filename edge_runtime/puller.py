@@ -1,0 +1,78 @@
+"""Polls the coordinator's release service and installs newer signed releases (verified like any install)."""
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from pathlib import Path
+
+import grpc
+
+from proto import release_pb2, release_pb2_grpc
+
+from .errors import BundleError
+from .repository import current_version, install_bundle
+
+log = logging.getLogger("fedge.edge.pull")
+
+
+class ReleasePuller:
+    def __init__(self, cfg, metrics) -> None:
+        self.cfg, self.metrics = cfg, metrics
+        from .bundle import load_public_key
+
+        self.trusted = load_public_key(cfg.trust)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fedge-puller", daemon=True)
+        self._seen: dict[str, int] = {}  # model -> newest release version handled (installed or refused)
+
+    def _channel(self) -> grpc.Channel:
+        if self.cfg.pull_ca:
+            creds = grpc.ssl_channel_credentials(root_certificates=Path(self.cfg.pull_ca).read_bytes())
+            return grpc.secure_channel(self.cfg.pull, creds)
+        return grpc.insecure_channel(self.cfg.pull)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except grpc.RpcError as exc:
+                log.warning("release service %s unreachable: %s", self.cfg.pull, exc.code())
+            except Exception:
+                log.exception("pulling releases failed")
+            self._stop.wait(self.cfg.pull_interval_s)
+
+    def poll_once(self) -> list[tuple[str, int]]:
+        installed = []
+        with self._channel() as ch:
+            stub = release_pb2_grpc.ReleaseServiceStub(ch)
+            releases = stub.ListReleases(release_pb2.ListReleasesRequest(), timeout=30).releases
+            newest: dict[str, release_pb2.Release] = {}
+            for r in releases:
+                if r.model not in newest or r.version > newest[r.model].version:
+                    newest[r.model] = r
+            for model, r in newest.items():
+                if r.version <= self._seen.get(model, 0):
+                    continue
+                self._seen[model] = r.version
+                with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.cfg.repo) as tmp:
+                    for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=model, version=r.version), timeout=300):
+                        tmp.write(chunk.data)
+                    tmp.flush()
+                    try:
+                        name, version = install_bundle(Path(self.cfg.repo), Path(tmp.name), self.trusted,
+                                                       self.cfg.serving.keep_versions)
+                    except BundleError as exc:
+                        self.metrics.installs.labels("refused").inc()
+                        log.error("release %s v%s refused: %s", model, r.version, exc)
+                        continue
+                self.metrics.installs.labels("installed").inc()
+                log.info("release %s v%s installed as local version %s", model, r.version, version)
+                installed.append((name, version))
+        return installed

@@ -1,0 +1,211 @@
+"""The model repository on the device: ``ROOT/<model>/<version>/`` holds installed (verified) bundles and
+``ROOT/<model>/CURRENT`` names the version to serve.
+
+Installing is a file operation any process can do (``fedge edge install``, the release puller): the bundle is
+unpacked into a staging dir, verified (signature against the pinned key, every file's sha256), and only then
+renamed into place and made CURRENT. The serving process notices CURRENT change, loads and warms the new
+version, and swaps it in atomically; requests already running finish on the old one. If loading fails, the
+old version keeps serving and the failure is reported in the repository index.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .batcher import BatchingConfig
+from .bundle import copy_bundle, unpack, verify_bundle
+from .errors import BundleError, ModelNotFound, ModelUnavailable
+from .model import LoadedModel
+
+log = logging.getLogger("fedge.edge")
+CURRENT = "CURRENT"
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    backend: str = "auto"
+    batching: BatchingConfig = BatchingConfig()
+    threads: int = 1            # intra-op threads per backend session
+    keep_versions: int = 3      # installed versions kept for rollback
+
+
+def versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.exists() else []
+
+
+def current_version(model_dir: Path) -> int | None:
+    try:
+        return int((model_dir / CURRENT).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        vs = versions(model_dir)
+        return vs[-1] if vs else None
+
+
+def _write_current(model_dir: Path, version: int) -> None:
+    tmp = model_dir / f".{CURRENT}.tmp"
+    tmp.write_text(f"{version}\n")
+    os.replace(tmp, model_dir / CURRENT)
+
+
+def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: int = 3) -> tuple[str, int]:
+    """Verify ``source`` (a bundle dir or tar archive) and install it as the model's next CURRENT version.
+    Raises BundleError with nothing changed if anything does not check out."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    try:
+        source = Path(source)
+        if source.is_dir():
+            copy_bundle(source, staging)
+        elif tarfile.is_tarfile(source):
+            unpack(source, staging)
+        else:
+            raise BundleError(f"{source} is neither a bundle directory nor a tar archive")
+        manifest = verify_bundle(staging, trusted)
+        if not manifest.model or "/" in manifest.model or manifest.model.startswith("."):
+            raise BundleError(f"invalid model name {manifest.model!r}")
+        model_dir = root / manifest.model
+        model_dir.mkdir(exist_ok=True)
+        version = (versions(model_dir) or [0])[-1] + 1
+        os.rename(staging, model_dir / str(version))  # atomic on one filesystem
+        _write_current(model_dir, version)
+        for old in versions(model_dir)[:-keep]:
+            if old != version:
+                shutil.rmtree(model_dir / str(old), ignore_errors=True)
+        return manifest.model, version
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def rollback(root: Path, model: str) -> int:
+    model_dir = Path(root) / model
+    cur = current_version(model_dir)
+    older = [v for v in versions(model_dir) if cur is None or v < cur]
+    if not older:
+        raise ModelNotFound(f"model {model!r} has no earlier version to roll back to")
+    _write_current(model_dir, older[-1])
+    return older[-1]
+
+
+class ModelRepository:
+    """The serving process's view: live models, kept in sync with the files by :meth:`refresh`."""
+
+    def __init__(self, root: Path, trusted: Ed25519PublicKey, cfg: ServingConfig, on_batch=None, on_load=None) -> None:
+        """``on_batch(model_name)`` returns a (rows, queued_s) callback; ``on_load(model)`` is told of swaps."""
+        self.root, self.trusted, self.cfg = Path(root), trusted, cfg
+        self._on_batch, self._on_load = on_batch, on_load
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._live: dict[str, LoadedModel] = {}
+        self._failed: dict[tuple[str, int], str] = {}
+        self._unloaded: set[str] = set()
+        self._loading: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    # -- lookups ---------------------------------------------------------------------------------------------
+    def get(self, name: str, version: str = "") -> LoadedModel:
+        with self._lock:
+            model = self._live.get(name)
+        if model is None:
+            if name in self._loading:
+                raise ModelUnavailable(f"model {name!r} is loading")
+            raise ModelNotFound(f"unknown model {name!r}")
+        if version and version != str(model.version):
+            if version.isdigit() and int(version) in versions(self.root / name):
+                raise ModelUnavailable(f"model {name!r} version {version} is installed but not loaded (serving {model.version})")
+            raise ModelNotFound(f"model {name!r} has no version {version!r} (serving {model.version})")
+        return model
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def index(self) -> list[dict]:
+        rows = []
+        for name in self.names():
+            live = self._live.get(name)
+            for v in versions(self.root / name):
+                if live is not None and live.version == v:
+                    state, reason = "READY", f"backend {live.backend.name}: {live.backend.reason}"
+                elif (name, v) in self._failed:
+                    state, reason = "UNAVAILABLE", self._failed[(name, v)]
+                else:
+                    state, reason = "UNAVAILABLE", "installed, not serving"
+                rows.append({"name": name, "version": str(v), "state": state, "reason": reason})
+        return rows
+
+    # -- syncing with the files ------------------------------------------------------------------------------
+    def refresh(self, only: str | None = None) -> None:
+        for name in ([only] if only else self.names()):
+            if name in self._unloaded:
+                continue
+            want = current_version(self.root / name)
+            live = self._live.get(name)
+            if want is None or (live is not None and live.version == want) or (name, want) in self._failed:
+                continue
+            self._load(name, want)
+
+    def _load(self, name: str, version: int) -> None:
+        bundle = self.root / name / str(version)
+        self._loading.add(name)
+        try:
+            manifest = verify_bundle(bundle, self.trusted)  # files on disk may have been tampered with since install
+            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, self.cfg.batching,
+                                     self.cfg.threads, self._on_batch(name) if self._on_batch else None,
+                                     engine_cache=self.root / ".engines")
+        except Exception as exc:
+            self._failed[(name, version)] = f"{type(exc).__name__}: {exc}"
+            log.error("model %s version %s failed to load, previous version keeps serving: %s", name, version, exc)
+            return
+        finally:
+            self._loading.discard(name)
+        with self._lock:
+            old, self._live[name] = self._live.get(name), model
+        log.info("serving %s version %s on %s (%s)", name, version, model.backend.name, model.backend.reason)
+        if self._on_load is not None:
+            self._on_load(model)
+        if old is not None:
+            threading.Thread(target=old.close, daemon=True).start()  # drains its queue, then stops
+
+    def load(self, name: str) -> None:
+        if not (self.root / name).is_dir():
+            raise ModelNotFound(f"unknown model {name!r}")
+        self._unloaded.discard(name)
+        self._failed = {k: v for k, v in self._failed.items() if k[0] != name}
+        self.refresh(only=name)
+        if name not in self._live:
+            raise ModelUnavailable(f"model {name!r} failed to load: {self.index()}")
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            model = self._live.pop(name, None)
+        if model is None and not (self.root / name).is_dir():
+            raise ModelNotFound(f"unknown model {name!r}")
+        self._unloaded.add(name)
+        if model is not None:
+            model.close()
+
+    def watch(self, interval: float = 0.5) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    self.refresh()
+                except Exception:  # never let the watcher die
+                    log.exception("repository refresh failed")
+
+        self._watcher = threading.Thread(target=loop, name="fedge-repo-watch", daemon=True)
+        self._watcher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        for model in list(self._live.values()):
+            model.close()

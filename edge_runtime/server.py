@@ -1,0 +1,109 @@
+"""``fedge edge serve``: the edge runtime process. One gRPC server (Open Inference Protocol + grpc.health.v1),
+one Prometheus endpoint, a repository watcher that hot-swaps verified new versions, and optionally a puller
+that fetches signed releases from the coordinator."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from proto import grpc_service_pb2_grpc as pb_grpc
+from proto import health_pb2_grpc
+
+from .batcher import BatchingConfig
+from .bundle import load_public_key
+from .metrics import Metrics
+from .repository import ModelRepository, ServingConfig
+from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
+
+log = logging.getLogger("fedge.edge")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    repo: Path
+    trust: Path                            # the pinned Ed25519 public key of the release signer
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int = 8002               # 0: no metrics endpoint
+    serving: ServingConfig = field(default_factory=ServingConfig)
+    max_message_bytes: int = 64 << 20      # larger requests get RESOURCE_EXHAUSTED (Triton's default)
+    workers: int = 128                     # gRPC handler threads (concurrent requests)
+    pull: str = ""                         # coordinator release service HOST:PORT, "" = air-gapped
+    pull_interval_s: float = 10.0
+    pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
+            raise ValueError("ports must be in [0, 65535]")
+
+
+class EdgeServer:
+    def __init__(self, cfg: EdgeConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.repo = ModelRepository(cfg.repo, load_public_key(cfg.trust), cfg.serving,
+                                    on_batch=self.metrics.on_batch, on_load=self._on_load)
+        self.port = cfg.port
+        self._server: grpc.Server | None = None
+        self._http = None
+        self._puller = None
+
+    def _on_load(self, model) -> None:
+        self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
+
+    def start(self) -> "EdgeServer":
+        self.repo.refresh()
+        self.repo.watch()
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.cfg.workers, thread_name_prefix="fedge-grpc"),
+            interceptors=[ErrorInterceptor(self.metrics)],
+            options=[("grpc.max_receive_message_length", self.cfg.max_message_bytes),
+                     ("grpc.max_send_message_length", self.cfg.max_message_bytes)],
+        )
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.repo, self.metrics, VERSION), server)
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
+        self.port = server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+        server.start()
+        self._server = server
+        if self.cfg.metrics_port:
+            from prometheus_client import start_http_server
+
+            self._http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=self.metrics.registry)
+        if self.cfg.pull:
+            from .puller import ReleasePuller
+
+            self._puller = ReleasePuller(self.cfg, self.metrics)
+            self._puller.start()
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self._puller is not None:
+            self._puller.stop()
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        if self._http is not None and isinstance(self._http, tuple):
+            self._http[0].shutdown()
+        self.repo.close()
+
+
+def serve(cfg: EdgeConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = EdgeServer(cfg).start()
+    for row in server.repo.index():
+        log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
+    print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
+          + (f", metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "")
+          + (f", pulling releases from {cfg.pull}" if cfg.pull else ""), flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.stop()
+    return 0

@@ -1,0 +1,130 @@
+"""The gRPC layer: servicers that only translate, and the one interceptor that maps domain errors to status
+codes (InvalidInput -> INVALID_ARGUMENT, ModelNotFound -> NOT_FOUND, ModelUnavailable -> UNAVAILABLE, ...)."""
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+from proto import health_pb2, health_pb2_grpc
+
+from .codec import decode_inputs, encode_response, requested_outputs
+from .errors import EdgeError, ModelNotFound
+from .metrics import Metrics
+from .repository import ModelRepository
+
+log = logging.getLogger("fedge.edge")
+SERVER_NAME = "fedge-edge"
+EXTENSIONS = ["model_repository"]
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+
+        def wrapped(request, context):
+            try:
+                return inner(request, context)
+            except EdgeError as exc:
+                self._count(method, request, exc.code_name)
+                context.abort(getattr(grpc.StatusCode, exc.code_name), str(exc))
+            except Exception as exc:  # a bug, not the client's fault: never crash the server
+                log.exception("%s failed", method)
+                self._count(method, request, "INTERNAL")
+                context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+        return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+    def _count(self, method: str, request, status: str) -> None:
+        if method == "ModelInfer":
+            self._metrics.requests.labels(request.model_name, request.model_version or "", status).inc()
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str) -> None:
+        self.repo, self.metrics, self.version = repo, metrics, version
+
+    def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=True)
+
+    def ModelReady(self, request, context):
+        try:
+            self.repo.get(request.name, request.version)
+        except EdgeError:
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+
+    def ModelMetadata(self, request, context):
+        m = self.repo.get(request.name, request.version)
+        resp = pb.ModelMetadataResponse(name=m.name, versions=[str(m.version)], platform="onnx_onnxv1"
+                                        if m.backend.name.startswith("onnxruntime") else "tensorrt_plan")
+        for d in m.inputs:
+            resp.inputs.add(name=d.name, datatype=d.datatype, shape=list(d.shape))
+        for d in m.outputs:
+            resp.outputs.add(name=d.name, datatype=d.datatype, shape=list(d.shape))
+        resp.properties.update({"backend": m.backend.name, "backend_reason": m.backend.reason,
+                                "model_file": m.backend.model_file, "task": m.manifest.task,
+                                "max_batch_size": str(m.max_batch_size), "labels": ",".join(m.manifest.labels)})
+        return resp
+
+    def ModelInfer(self, request, context):
+        started = time.perf_counter()
+        m = self.repo.get(request.model_name, request.model_version)
+        inputs = decode_inputs(request, m.inputs, m.max_batch_size)
+        wanted = requested_outputs(request, m.outputs)
+        outputs = m.infer(inputs)
+        resp = encode_response(m.name, str(m.version), {k: outputs[k] for k in wanted}, request.id)
+        self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
+        self.metrics.latency.labels(m.name).observe(time.perf_counter() - started)
+        return resp
+
+    def RepositoryIndex(self, request, context):
+        resp = pb.RepositoryIndexResponse()
+        for row in self.repo.index():
+            if not request.ready or row["state"] == "READY":
+                resp.models.add(**row)
+        return resp
+
+    def RepositoryModelLoad(self, request, context):
+        self.repo.load(request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        self.repo.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    """grpc.health.v1: "" is the server; a model name is that model."""
+
+    def __init__(self, repo: ModelRepository) -> None:
+        self.repo = repo
+
+    def Check(self, request, context):
+        status = health_pb2.HealthCheckResponse
+        if not request.service:
+            return status(status=status.SERVING)
+        try:
+            self.repo.get(request.service)
+        except ModelNotFound:
+            return status(status=status.SERVICE_UNKNOWN)
+        except EdgeError:
+            return status(status=status.NOT_SERVING)
+        return status(status=status.SERVING)

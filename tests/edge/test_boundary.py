@@ -1,0 +1,28 @@
+"""The edge runtime installs and runs on small devices: it must never import the training stack."""
+import subprocess
+import sys
+
+
+def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
+    code = (
+        "import sys, edge_runtime.server, edge_runtime.repository, edge_runtime.puller, edge_runtime.tensorrt_engine;"
+        "from fedge.cli import main;"
+        f"main(['edge', 'models', '--repo', {str(tmp_path)!r}]);"
+        "print(sorted({'torch', 'flwr', 'sklearn', 'opacus'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_edge_dependencies_are_the_base_install():
+    import tomllib
+    from pathlib import Path
+
+    doc = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in doc["project"]["dependencies"]}
+    assert names == {"numpy", "grpcio", "protobuf", "onnxruntime", "cryptography", "prometheus-client"}
+
+
+def test_generated_grpc_code_is_in_sync_with_the_protos():
+    out = subprocess.run([sys.executable, "-m", "proto.generate", "--check"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,86 @@
+"""Bundle trust: signature, hashes, archive confinement; a refused bundle installs nothing."""
+import io
+import json
+import shutil
+import tarfile
+
+import pytest
+
+from edge_runtime.bundle import generate_keys, load_public_key, pack, verify_bundle
+from edge_runtime.errors import BundleError
+from edge_runtime.repository import current_version, install_bundle, rollback, versions
+
+
+def _copy(src, tmp_path, name="b"):
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_signed_bundle_verifies_and_installs_atomically(tmp_path, keys, digits_bundle):
+    manifest = verify_bundle(digits_bundle, load_public_key(keys[1]))
+    assert manifest.model == "digits" and set(manifest.files) == {"model.fp32.onnx"}
+    repo = tmp_path / "repo"
+    assert install_bundle(repo, digits_bundle, load_public_key(keys[1])) == ("digits", 1)
+    assert install_bundle(repo, pack(digits_bundle) and _tar(digits_bundle, tmp_path), load_public_key(keys[1])) == ("digits", 2)
+    assert current_version(repo / "digits") == 2
+    assert rollback(repo, "digits") == 1 and current_version(repo / "digits") == 1
+    assert not [p for p in repo.iterdir() if p.name.startswith(".staging")]
+
+
+def _tar(bundle, tmp_path):
+    path = tmp_path / "bundle.tar"
+    path.write_bytes(pack(bundle))
+    return path
+
+
+@pytest.mark.parametrize("tamper, message", [
+    (lambda b: (b / "model.fp32.onnx").write_bytes((b / "model.fp32.onnx").read_bytes()[:-1] + b"\x00"),
+     "does not match its sha256"),
+    (lambda b: (b / "manifest.json").write_text((b / "manifest.json").read_text().replace('"digits"', '"digitz"', 1)),
+     "signature does not verify"),
+    (lambda b: (b / "extra.bin").write_bytes(b"x"), "missing or not in the manifest"),
+    (lambda b: (b / "manifest.sig").unlink(), "lacks manifest.sig"),
+])
+def test_tampered_bundle_is_refused_and_nothing_installed(tmp_path, keys, digits_bundle, tamper, message):
+    bundle = _copy(digits_bundle, tmp_path)
+    tamper(bundle)
+    with pytest.raises(BundleError, match=message):
+        install_bundle(tmp_path / "repo", bundle, load_public_key(keys[1]))
+    assert [p.name for p in (tmp_path / "repo").iterdir()] == []
+
+
+def test_wrong_signing_key_is_refused(tmp_path, digits_bundle):
+    _, other_pub = generate_keys(tmp_path / "other")
+    with pytest.raises(BundleError, match="signature does not verify"):
+        install_bundle(tmp_path / "repo", digits_bundle, load_public_key(other_pub))
+
+
+@pytest.mark.parametrize("entry", ["../evil.onnx", "/etc/evil", "sub/model.onnx", "link"])
+def test_archive_entries_that_could_escape_are_refused(tmp_path, keys, digits_bundle, entry):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(digits_bundle.iterdir()):
+            tar.add(p, arcname=p.name)
+        info = tarfile.TarInfo(entry)
+        if entry == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"evil"))
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(buf.getvalue())
+    with pytest.raises(BundleError, match="refused"):
+        install_bundle(tmp_path / "repo", archive, load_public_key(keys[1]))
+    assert not (tmp_path / "evil.onnx").exists() and [p.name for p in (tmp_path / "repo").iterdir()] == []
+
+
+def test_manifest_without_models_is_malformed(tmp_path, keys, digits_bundle):
+    from edge_runtime.bundle import Manifest
+
+    doc = json.loads((digits_bundle / "manifest.json").read_text())
+    with pytest.raises(BundleError, match="malformed manifest"):
+        Manifest.from_json({k: v for k, v in doc.items() if k != "inputs"})
+    with pytest.raises(BundleError, match="not a known kind"):
+        Manifest.from_json({**doc, "models": {"fp64": "model.fp32.onnx"}})

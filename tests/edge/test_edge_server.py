@@ -1,0 +1,142 @@
+"""The edge runtime as a real process on 127.0.0.1, spoken to over the wire."""
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from fedge.procs import fedge_env
+from proto import grpc_service_pb2 as pb
+from proto import health_pb2, health_pb2_grpc
+from tests.edge.bundles import reference_logits
+from tests.edge.conftest import fedge
+
+
+def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
+    x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = subprocess.run([sys.executable, "-m", "tests.edge.triton_check", edge_server.url, str(tmp_path / "x.npy")],
+                         capture_output=True, text=True, timeout=120, env=fedge_env())
+    assert out.returncode == 0, out.stderr
+    import json
+
+    r = json.loads(out.stdout)
+    assert r["live"] and r["ready"] and r["digits_ready"] and r["intent_ready"]
+    assert r["digits_inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
+    np.testing.assert_allclose(np.array(r["logits"]), reference_logits(digits_bundle, x), rtol=1e-5, atol=1e-5)
+    assert r["intent_logits_shape"] == [2, 12]
+    assert all(label in ("lost_card", "data_usage") or label for label in r["intent_labels"])
+    assert sorted(set(r["index"])) == ["digits", "intent"]
+
+
+def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="input", **kw):
+    req = pb.ModelInferRequest(model_name=model, **kw)
+    req.inputs.add(name=name, datatype=datatype, shape=list(shape))
+    if raw is None:
+        raw = np.zeros(shape, np.float32).tobytes() if all(s >= 0 for s in shape) else b""
+    req.raw_input_contents.append(raw)
+    return req
+
+
+@pytest.mark.parametrize("req, code, message", [
+    (_req(datatype="FP64", raw=np.zeros((1, 1, 8, 8)).tobytes()), "INVALID_ARGUMENT", "datatype FP64, expected FP32"),
+    (_req(shape=(1, 8, 8)), "INVALID_ARGUMENT", "expected [-1, 1, 8, 8]"),
+    (_req(shape=(1, 1, 8, 8), raw=b"\x00" * 10), "INVALID_ARGUMENT", "10 bytes of raw data, expected 256"),
+    (_req(shape=(-1, 1, 8, 8), raw=b""), "INVALID_ARGUMENT", "negative dimension"),
+    (_req(name="pixels"), "INVALID_ARGUMENT", "expected inputs ['input']"),
+    (_req(shape=(65, 1, 8, 8)), "INVALID_ARGUMENT", "exceeds the model's max_batch_size 64"),
+    (_req(model="nope"), "NOT_FOUND", "unknown model 'nope'"),
+    (_req(model_version="7"), "NOT_FOUND", "has no version '7'"),
+    (_req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\xff\xff\x00\x00abc"),
+     "INVALID_ARGUMENT", "declares 65535 bytes"),
+])
+def test_bad_requests_get_the_right_status_and_server_stays_ready(stub, req, code, message):
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req, timeout=10)
+    assert err.value.code().name == code and message in err.value.details()
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+
+
+def test_typed_contents_and_mixed_contents(stub):
+    req = pb.ModelInferRequest(model_name="digits")
+    t = req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    t.contents.fp32_contents.extend([0.5] * 64)
+    resp = stub.ModelInfer(req)
+    assert resp.outputs[0].name == "logits" and list(resp.outputs[0].shape) == [1, 10]
+    req.raw_input_contents.append(np.zeros(64, np.float32).tobytes())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(req)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "both raw_input_contents and typed" in err.value.details()
+
+
+def test_oversized_request_is_resource_exhausted(stub):
+    n = (65 << 20) // 256
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(_req(shape=(n, 1, 8, 8)), timeout=30)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_health_metadata_and_metrics(edge_server, stub):
+    with grpc.insecure_channel(edge_server.url) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service="digits")).status == health_pb2.HealthCheckResponse.SERVING
+        assert health.Check(health_pb2.HealthCheckRequest(service="x")).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+    meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"))
+    assert meta.properties["backend"] == "onnxruntime-cpu" and "model.fp32.onnx" in meta.properties["backend_reason"]
+    stub.ModelInfer(_req())
+    body = urllib.request.urlopen(f"http://127.0.0.1:{edge_server.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'fedge_edge_requests_total{model="digits",status="OK",version="1"}' in body
+    assert 'fedge_edge_backend_info{backend="onnxruntime-cpu",file="model.fp32.onnx",model="digits",version="1"} 1.0' in body
+    assert "fedge_edge_batch_size_bucket" in body
+
+
+def test_hot_reload_under_load_has_zero_failures_and_switches_version(edge_server, stub, keys, tmp_path):
+    from tests.edge.bundles import make_bundle
+
+    new = make_bundle(tmp_path / "digits-v2", keys[0], "digits", seed=1)
+    x = np.random.default_rng(1).random((1, 1, 8, 8), dtype=np.float32)
+    versions, failures, stop = [], [], threading.Event()
+
+    def hammer():
+        while not stop.is_set():
+            try:
+                versions.append(stub.ModelInfer(_req(raw=x.tobytes()), timeout=10).model_version)
+            except grpc.RpcError as exc:
+                failures.append(exc.code())
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    out = fedge("edge", "install", str(new), "--repo", str(edge_server.log.parent / "repo"), "--trust", str(keys[1]))
+    assert out.returncode == 0, out.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert versions[0] == "1" and versions[-1] == "2" and len(versions) > 50
+    resp = stub.ModelInfer(_req(raw=x.tobytes()))
+    np.testing.assert_allclose(np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(1, 10),
+                               reference_logits(new, x), rtol=1e-5, atol=1e-5)
+
+
+def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server, stub, keys, digits_bundle, tmp_path):
+    import shutil
+
+    before = stub.ModelInfer(_req()).model_version
+    bad = tmp_path / "bad"
+    shutil.copytree(digits_bundle, bad)
+    (bad / "model.fp32.onnx").write_bytes(b"not onnx")
+    out = fedge("edge", "install", str(bad), "--repo", str(edge_server.log.parent / "repo"), "--trust", str(keys[1]))
+    assert out.returncode != 0 and "does not match its sha256" in out.stderr
+    time.sleep(1.0)
+    assert stub.ModelInfer(_req()).model_version == before
