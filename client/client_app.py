@@ -23,4 +23,14 @@ def secagg_when_requested(msg: Message, context: Context, call_next):
     return call_next(msg, context)
 
 
-app = ClientApp(client_fn=_client_fn, mods=[egress_audit, secagg_when_requested])
+def export_jobs(msg: Message, context: Context, call_next):
+    """Federated calibration and the accuracy gate arrive as QUERY messages carrying a ``fedge-job`` record."""
+    if msg.metadata.message_type != MessageType.QUERY or JOB_RECORD not in msg.content.config_records:
+        return call_next(msg, context)
+    from client.job_handler import handle
+
+    return Message(handle(msg.content.config_records[JOB_RECORD], context), reply_to=msg)
+
+
+JOB_RECORD = "fedge-job"
+app = ClientApp(client_fn=_client_fn, mods=[egress_audit, export_jobs, secagg_when_requested])

@@ -76,7 +76,10 @@ class FedgeClient(NumPyClient):
         freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
         cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
                           lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)))
-        loss = train(model, train_ds, cfg, freeze=freeze)
+        masks = None
+        if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
+            masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+        loss = train(model, train_ds, cfg, freeze=freeze, masks=masks)
         arrays = get_arrays(model, exchanged_names(model, freeze))
         return arrays, len(train_ds), metrics | {"train_loss": float(loss)}
 

@@ -113,6 +113,48 @@ def cmd_simulate(a) -> int:
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
 
+def cmd_export(a) -> int:
+    import json
+
+    from server.export.pipeline import ExportConfig, export_release
+
+    cfg = ExportConfig(run=a.run, out=Path(a.out), round=a.round, prune=a.prune, recovery_rounds=a.recovery_rounds,
+                       calibration=a.calibration, max_accuracy_drop=a.max_accuracy_drop,
+                       key=Path(a.key) if a.key else None)
+    summary = export_release(Path(a.state), cfg)
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_release_list(a) -> int:
+    import json
+
+    from server.runs import open_registry
+
+    rel = open_registry(Path(a.state)).releases()
+    if a.json:
+        print(json.dumps(rel, indent=2))
+    for r in [] if a.json else rel:
+        g = r["summary"]["gate"]
+        print(f"release {r['id']}: run {r['run_id']} round {r['round']}, {r['path']}, FP32 {g['fp32_accuracy']:.4f}"
+              f" INT8 {g['int8_accuracy']:.4f}, manifest sha256 {r['manifest_sha256'][:16]}")
+    return 0
+
+
+def cmd_release_show(a) -> int:
+    import json
+
+    from server.runs import open_registry
+
+    rel = [r for r in open_registry(Path(a.state)).releases() if r["id"] == a.release]
+    if not rel:
+        raise KeyError(f"no release {a.release}")
+    manifest = json.loads((Path(rel[0]["path"]) / "manifest.json").read_text())
+    print(json.dumps({**rel[0], "manifest": manifest}, indent=2))
+    return 0
+
+
 def cmd_demo(a) -> int:
     from fedge.demo import DemoConfig, run_demo
 
@@ -220,6 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for the registry, checkpoints and plot")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_simulate)
+
+    p = sub.add_parser("export", help="prune, quantize (federated calibration), gate and sign a release")
+    p.add_argument("run", type=int)
+    p.add_argument("--round", type=int, help="default: the run's last completed round")
+    p.add_argument("--prune", default="none", help="none | 2:4 | unstructured:P")
+    p.add_argument("--recovery-rounds", type=int, default=0)
+    p.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--key", help="release signing key (default: STATE/keys/release.key)")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_export)
+    release = sub.add_parser("release", help="signed releases").add_subparsers(dest="sub", required=True)
+    p = release.add_parser("list")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_release_list)
+    p = release.add_parser("show")
+    p.add_argument("release", type=int)
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_release_show)
 
     from edge_runtime.cli import add_keys_parser, add_parser as add_edge_parser
 

@@ -103,7 +103,7 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
     if not trained:
         raise RoundFailed(f"--freeze {cfg.freeze!r} freezes every parameter; nothing to train")
     fit_config = {
-        "task": cfg.task, "freeze": cfg.freeze, "seed": cfg.seed,
+        "task": cfg.task, "freeze": cfg.freeze, "seed": cfg.seed, "hold-sparsity": cfg.hold_sparsity,
         "local-epochs": cfg.local_epochs if cfg.local_epochs >= 0 else task.defaults.local_epochs,
         "batch-size": cfg.batch_size if cfg.batch_size > 0 else task.defaults.batch_size,
         "lr": cfg.lr if cfg.lr > 0 else task.defaults.lr,

@@ -26,6 +26,9 @@ class RunConfig:
     init: str = ""                 # checkpoint to start from (fine-tuning); "" = fresh model
     freeze: str = ""               # comma-separated fnmatch patterns of parameters kept frozen
     seed: int = 0
+    hold_sparsity: bool = False    # recovery rounds after pruning: clients keep pruned weights at zero
+    job: str = ""                  # "" = federated training; else an export job (see server/jobs.py)
+    job_dir: str = ""              # the job's request and result files, on the coordinator
     secagg_max_weight: float = 10000.0
     secagg_clipping_range: float = 8.0
 

@@ -1,0 +1,81 @@
+"""Export jobs a customer runs on its own data (federated calibration, the accuracy gate). Each returns only
+per-tensor statistics or aggregate counts, never an input, an activation or a label."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+CALIBRATION_SAMPLES = 256
+
+
+class _Reader:
+    """ONNX Runtime CalibrationDataReader over local samples, in batches."""
+
+    def __init__(self, input_name: str, x: np.ndarray, batch: int = 32) -> None:
+        self._batches = iter([{input_name: x[i : i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+    def rewind(self):  # ORT calls this between passes on some versions
+        pass
+
+
+def _samples(x: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    idx = np.random.default_rng(seed).permutation(len(x))[:n]
+    return x[np.sort(idx)]
+
+
+def calibration_minmax(model_bytes: bytes, x: np.ndarray) -> dict[str, list[float]]:
+    """Per-tensor [min, max] from ONNX Runtime's MinMax calibrator over up to 256 local training samples."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(model_bytes)
+        cal = create_calibrator(str(path), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                calibrate_method=CalibrationMethod.MinMax)
+        input_name = cal.model.graph.input[0].name
+        cal.collect_data(_Reader(input_name, _samples(x, CALIBRATION_SAMPLES)))
+        data = cal.compute_data()
+    return {name: [float(np.asarray(t.range_value[0]).reshape(-1)[0]), float(np.asarray(t.range_value[1]).reshape(-1)[0])]
+            for name, t in data.data.items()}
+
+
+def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, list[float]]) -> dict[str, list[int]]:
+    """Per-tensor counts on the coordinator's bin edges (values outside fall into the end bins)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load_from_string(model_bytes)
+    existing = {o.name for o in model.graph.output}
+    for name in edges:
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    input_name = sess.get_inputs()[0].name
+    counts = {n: np.zeros(len(e) - 1, dtype=np.int64) for n, e in edges.items()}
+    names = list(edges)
+    xs = _samples(x, CALIBRATION_SAMPLES)
+    for i in range(0, len(xs), 32):
+        for name, value in zip(names, sess.run(names, {input_name: xs[i : i + 32]})):
+            e = np.asarray(edges[name], dtype=np.float32)
+            counts[name] += np.histogram(np.clip(value.reshape(-1), e[0], e[-1]), bins=e)[0]
+    return {n: c.tolist() for n, c in counts.items()}
+
+
+def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray) -> dict:
+    """Accuracy of each candidate model on the local holdout, and top-1 agreement with the first (FP32)."""
+    import onnxruntime as ort
+
+    preds = {}
+    for kind, blob in models.items():
+        sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        preds[kind] = np.concatenate([sess.run(None, {name: x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)])
+    ref = next(iter(preds.values()))
+    return {"examples": int(len(y)),
+            "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
+            "agreement": {k: float((p == ref).mean()) for k, p in preds.items()}}

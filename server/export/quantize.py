@@ -1,0 +1,48 @@
+"""Stage: INT8 QDQ models from the merged calibration ranges, with ONNX Runtime's quantizer. Two files from the
+same ranges:
+
+* ``model.int8.trt.onnx`` for TensorRT's explicit quantization: int8 symmetric activations and weights (zero
+  point 0), per-channel weight scales (axis 0 for Conv, the output axis for Gemm), float bias;
+* ``model.int8.cpu.onnx`` for ONNX Runtime on x86: uint8 activations, which its CPU kernels run fully in integer
+  (the signed variant leaves about half the convolutions in float there and is slower than FP32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .calibration import write_cache
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    method: str = "minmax"
+
+    def __post_init__(self) -> None:
+        if self.method not in ("minmax", "entropy", "percentile"):
+            raise ValueError(f"unknown calibration method {self.method!r}")
+
+
+def preprocess(fp32: Path, out: Path) -> Path:
+    """Shape inference + ORT's basic optimizations; calibration and quantization both run on this graph."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    return out
+
+
+def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir: Path, cfg: QuantizeConfig) -> dict[str, Path]:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    cache = out_dir / "calibration-cache.json"
+    cm = write_cache(cache, ranges, cfg.method)
+    common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, calibrate_method=cm,
+                  calibration_cache_path=str(cache))
+    trt = out_dir / "model.int8.trt.onnx"
+    quantize_static(str(pre), str(trt), None, activation_type=QuantType.QInt8,
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}, **common)
+    cpu = out_dir / "model.int8.cpu.onnx"
+    quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+    cache.unlink()
+    return {"int8_trt": trt, "int8_cpu": cpu}
