@@ -23,7 +23,8 @@ def handle(job: ConfigRecord, context) -> RecordDict:
     if kind == "calibrate-minmax":
         result = calibration_minmax(bytes(job["model"]), train_ds.x)
     elif kind == "calibrate-hist":
-        result = calibration_histograms(bytes(job["model"]), train_ds.x, json.loads(str(job["edges"])))
+        result = calibration_histograms(bytes(job["model"]), train_ds.x, json.loads(str(job["edges"])),
+                                        absolute=bool(job["absolute"]))
     elif kind == "gate":
         models = {k: bytes(job[f"model-{k}"]) for k in json.loads(str(job["kinds"]))}
         result = gate_evaluation(models, holdout.x, holdout.y)

@@ -44,8 +44,9 @@ def calibration_minmax(model_bytes: bytes, x: np.ndarray) -> dict[str, list[floa
             for name, t in data.data.items()}
 
 
-def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, list[float]]) -> dict[str, list[int]]:
-    """Per-tensor counts on the coordinator's bin edges (values outside fall into the end bins)."""
+def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, list[float]],
+                           absolute: bool = False) -> dict[str, list[int]]:
+    """Per-tensor counts of x (or |x|) on the coordinator's bin edges (values outside fall into the end bins)."""
     import onnx
     import onnxruntime as ort
 
@@ -62,7 +63,8 @@ def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, l
     for i in range(0, len(xs), 32):
         for name, value in zip(names, sess.run(names, {input_name: xs[i : i + 32]})):
             e = np.asarray(edges[name], dtype=np.float32)
-            counts[name] += np.histogram(np.clip(value.reshape(-1), e[0], e[-1]), bins=e)[0]
+            v = np.abs(value.reshape(-1)) if absolute else value.reshape(-1)
+            counts[name] += np.histogram(np.clip(v, e[0], e[-1]), bins=e)[0]
     return {n: c.tolist() for n, c in counts.items()}
 
 

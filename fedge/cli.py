@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-secagg", action="store_true")
     p.set_defaults(fn=cmd_demo)
     return parser

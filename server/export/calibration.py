@@ -17,16 +17,18 @@ def merge_minmax(parts: list[dict[str, tuple[float, float]]]) -> dict[str, tuple
     return {n: (min(float(p[n][0]) for p in parts), max(float(p[n][1]) for p in parts)) for n in sorted(names)}
 
 
-def histogram_edges(ranges: dict[str, tuple[float, float]], bins: int, symmetric: bool = True) -> dict[str, np.ndarray]:
+def uses_abs(method: str) -> bool:
+    """ONNX Runtime's symmetric percentile works on a histogram of |x| over [0, max|x|]; its entropy search on a
+    histogram of x centred on zero over [-max|x|, max|x|]."""
+    return method == "percentile"
+
+
+def histogram_edges(ranges: dict[str, tuple[float, float]], bins: int, method: str) -> dict[str, np.ndarray]:
     """Bin edges fixed by the coordinator, so the customers' histograms can simply be added."""
     edges = {}
     for name, (lo, hi) in ranges.items():
-        if symmetric:
-            m = max(abs(lo), abs(hi), 1e-8)
-            lo, hi = -m, m
-        elif hi <= lo:
-            hi = lo + 1e-8
-        edges[name] = np.linspace(lo, hi, bins + 1, dtype=np.float32)
+        m = max(abs(lo), abs(hi), 1e-8)
+        edges[name] = np.linspace(0.0 if uses_abs(method) else -m, m, bins + 1, dtype=np.float32)
     return edges
 
 

@@ -18,7 +18,7 @@ from edge_runtime.bundle import load_private_key, sha256_file, write_bundle
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..run_config import RunConfig
 from ..runs import launch, open_registry
-from .calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms
+from .calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms, uses_abs
 from .federated import run_job
 from .gate import GateFailed, aggregate_gate
 from .onnx_export import check_parity, to_onnx
@@ -107,8 +107,9 @@ def export_release(state: Path, cfg: ExportConfig, console: Console | None = Non
     mm = job("calibrate-minmax", {}, {"model": pre})
     ranges = merge_minmax([{k: tuple(v) for k, v in r.items()} for r in mm["results"].values()])
     if cfg.calibration != "minmax":
-        edges = histogram_edges(ranges, cfg.histogram_bins)
-        hist = job("calibrate-hist", {"edges": json.dumps({k: v.tolist() for k, v in edges.items()})}, {"model": pre})
+        edges = histogram_edges(ranges, cfg.histogram_bins, cfg.calibration)
+        hist = job("calibrate-hist", {"edges": json.dumps({k: v.tolist() for k, v in edges.items()}),
+                                      "absolute": uses_abs(cfg.calibration)}, {"model": pre})
         ranges = ranges_from_histograms(merge_histograms(list(hist["results"].values())), edges, ranges, cfg.calibration)
     console.print(f"[bold]calibration[/bold] {cfg.calibration}: {len(ranges)} tensors from {len(mm['results'])} customers")
     bundle = Path(cfg.out).resolve()

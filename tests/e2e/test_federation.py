@@ -64,6 +64,26 @@ def test_clients_send_only_model_shaped_arrays_and_scalar_metrics(federation):
             assert set(kinds) <= scalar, kinds
 
 
+def test_export_makes_a_signed_int8_release_gated_on_customer_data(federation, tmp_path):
+    from edge_runtime.bundle import generate_keys, load_public_key, verify_bundle
+
+    generate_keys(federation.state / "keys")
+    out = run_fedge("export", "1", "--prune", "2:4", "--calibration", "entropy", "--state", str(federation.state),
+                    "--out", str(tmp_path / "release"), "--json")
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    gate = summary["gate"]
+    assert gate["passed"] and set(gate["per_customer"]) == set(NAMES)
+    assert gate["accuracy_drop"] <= 0.01 and gate["top1_agreement"] >= 0.99
+    assert summary["int8_size_ratio"] <= 0.35
+    manifest = verify_bundle(tmp_path / "release", load_public_key(federation.state / "keys" / "release.pub"))
+    assert set(manifest.models) == {"fp32", "int8_cpu", "int8_trt"}
+    assert manifest.extra["lineage"]["run"] == 1 and manifest.extra["calibration"]["method"] == "entropy"
+    assert manifest.extra["sparsity"]["pattern"] == "2:4"
+    listed = run_fedge("release", "list", "--state", str(federation.state), "--json")
+    assert json.loads(listed.stdout)[-1]["path"] == str(tmp_path / "release")
+
+
 def test_unregistered_client_is_refused(federation, digits_customers):
     proc = federation.start_client("intruder", digits_customers[0], "digits", register=False,
                                    extra=["--max-restarts", "0"])
