@@ -48,7 +48,11 @@ def ranges_from_histograms(hists: dict[str, np.ndarray], edges: dict[str, np.nda
     collector.histogram_dict = {
         n: (hists[n].astype(np.int64), edges[n], np.float32(ranges[n][0]), np.float32(ranges[n][1])) for n in hists
     }
-    out = collector.compute_collection_result()
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress; keep stdout for --json
+        out = collector.compute_collection_result()
     return {n: (float(np.asarray(v[0]).reshape(-1)[0]), float(np.asarray(v[1]).reshape(-1)[0])) for n, v in out.items()}
 
 
