@@ -48,6 +48,13 @@ class ReleasePuller:
                 log.exception("pulling releases failed")
             self._stop.wait(self.cfg.pull_interval_s)
 
+    def _installed_sha(self, model: str) -> str | None:
+        from .bundle import sha256_file
+
+        v = current_version(Path(self.cfg.repo) / model)
+        manifest = Path(self.cfg.repo) / model / str(v) / "manifest.json"
+        return sha256_file(manifest) if v is not None and manifest.exists() else None
+
     def poll_once(self) -> list[tuple[str, int]]:
         installed = []
         with self._channel() as ch:
@@ -61,6 +68,9 @@ class ReleasePuller:
                 if r.version <= self._seen.get(model, 0):
                     continue
                 self._seen[model] = r.version
+                if self._installed_sha(model) == r.manifest_sha256:
+                    log.info("release %s v%s is already serving (not installed again)", model, r.version)
+                    continue
                 with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.cfg.repo) as tmp:
                     for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=model, version=r.version), timeout=300):
                         tmp.write(chunk.data)

@@ -119,6 +119,11 @@ class ModelRepository:
         if model is None:
             if name in self._loading:
                 raise ModelUnavailable(f"model {name!r} is loading")
+            if name in self._unloaded:
+                raise ModelUnavailable(f"model {name!r} is unloaded (RepositoryModelLoad serves it again)")
+            failed = [why for (n, _), why in self._failed.items() if n == name]
+            if failed:
+                raise ModelUnavailable(f"model {name!r} failed to load: {failed[-1]}")
             raise ModelNotFound(f"unknown model {name!r}")
         if version and version != str(model.version):
             if version.isdigit() and int(version) in versions(self.root / name):

@@ -32,7 +32,8 @@ def cmd_certs_init(a) -> int:
 def cmd_coordinator_start(a) -> int:
     from server.coordinator import start
 
-    return start(a.address, Path(a.state), Path(a.certs) if a.certs else None, a.insecure)
+    return start(a.address, Path(a.state), Path(a.certs) if a.certs else None, a.insecure,
+                 release_address=a.release_address)
 
 
 def cmd_coordinator_register(a) -> int:
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=state_default)
     p.add_argument("--certs", help="dir from `fedge certs init` (default: STATE/certs, created if missing)")
     p.add_argument("--insecure", action="store_true", help="plaintext and no client authentication (explicit opt-out)")
+    p.add_argument("--release-address", help="HOST:PORT of the release service devices pull signed releases from"
+                   " (default: the coordinator's port + 3; 'off' to serve none)")
     p.set_defaults(fn=cmd_coordinator_start)
     p = coord.add_parser("register", help="register a client's public key (SuperNode authentication)")
     p.add_argument("public_key")

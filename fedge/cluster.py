@@ -22,12 +22,17 @@ class LocalFederation:
     root: Path
     secure: bool = True
     port: int = field(default_factory=free_port)
+    release_port: int = field(default_factory=free_port)
     coordinator: subprocess.Popen | None = None
     clients: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def release_address(self) -> str:
+        return f"127.0.0.1:{self.release_port}"
 
     @property
     def state(self) -> Path:
@@ -44,7 +49,8 @@ class LocalFederation:
         if self.secure and not (self.certs / "ca.crt").exists():
             init_certs(self.certs)
         info_path(self.state).unlink(missing_ok=True)
-        args = ["coordinator", "start", "--address", self.address, "--state", str(self.state)]
+        args = ["coordinator", "start", "--address", self.address, "--state", str(self.state),
+                "--release-address", self.release_address]
         args += ["--certs", str(self.certs)] if self.secure else ["--insecure"]
         self.coordinator = spawn(fedge_cmd(*args), self.root / "logs" / "coordinator.out", env=fedge_env())
         wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.coordinator)

@@ -24,6 +24,7 @@ class CoordinatorInfo:
     insecure: bool
     certs: str          # directory with ca.crt (empty when insecure)
     pid: int
+    releases: str = ""  # HOST:PORT of the release service devices pull from (empty: not served)
 
     @property
     def ca(self) -> Path:
@@ -62,28 +63,47 @@ def prepare_certs(state: Path, certs_dir: Path | None, address: str) -> CertPath
     return paths
 
 
-def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, foreground: bool = True):
-    """Start the SuperLink; in the foreground, block until it exits (SIGTERM/SIGINT stop it by PID)."""
+def default_release_address(address: str) -> str:
+    host, port = split_address(address, 8000)
+    return f"{host}:{port + 3}"
+
+
+def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, foreground: bool = True,
+          release_address: str | None = None):
+    """Start the SuperLink and (in the foreground) the release service on ``release_address`` (default: the
+    coordinator's port + 3; "off" serves none); in the foreground, block until the SuperLink exits
+    (SIGTERM/SIGINT stop it by PID)."""
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     certs = None if insecure else prepare_certs(state, certs_dir, address)
     proc = spawn(superlink_command(address, state, certs), state / "logs" / "superlink.log",
                  env=fedge_env(state / "flwr-superlink"), cwd=state, new_session=not foreground)
-    info = CoordinatorInfo(address=address, insecure=insecure, certs=str(certs.dir.resolve()) if certs else "",
-                           pid=os.getpid() if foreground else proc.pid)
     host, port = split_address(address, 8000)
+    releases = None
     try:
         wait_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout=60, proc=proc)
+        if foreground and release_address != "off":
+            from .release_service import serve_releases
+
+            release_address = release_address or default_release_address(address)
+            releases = serve_releases(state, release_address, *((certs.server_cert, certs.server_key) if certs else ()))
     except Exception:
         stop_pid(proc.pid)
         raise
+    info = CoordinatorInfo(address=address, insecure=insecure, certs=str(certs.dir.resolve()) if certs else "",
+                           pid=os.getpid() if foreground else proc.pid,
+                           releases=release_address if releases is not None else "")
     info_path(state).write_text(json.dumps(asdict(info), indent=2))
     print(f"coordinator listening on {address} ({'INSECURE' if insecure else 'TLS + SuperNode auth'}),"
           f" state in {state}, SuperLink pid {proc.pid}", flush=True)
+    if releases is not None:
+        print(f"release service on {release_address} (devices: fedge edge serve --pull {release_address})", flush=True)
     if not foreground:
         return proc
 
     def _stop(signum, _frame):
+        if releases is not None:
+            releases.stop(1)
         stop_pid(proc.pid, group=False)
         for pid in descendants(os.getpid()):  # the SuperExec and any ServerApp it started
             stop_pid(pid, timeout=5, group=False)

@@ -76,6 +76,10 @@ class RoundRecord:
         }
 
 
+def registry_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "registry.db"
+
+
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)

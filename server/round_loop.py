@@ -23,7 +23,7 @@ from flwr.serverapp.grid import Grid
 from .checkpoint import load_checkpoint, save_checkpoint
 from .exchange import evaluate_exchange, fit_exchange
 from .fast_grid import FastPollGrid
-from .registry import Registry, RoundRecord
+from .registry import Registry, RoundRecord, registry_path
 from .run_config import RunConfig
 from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
 
@@ -32,10 +32,6 @@ log = logging.getLogger("fedge.coordinator")
 
 class RoundFailed(RuntimeError):
     pass
-
-
-def registry_path(state_dir: Path) -> Path:
-    return Path(state_dir) / "registry.db"
 
 
 def checkpoint_path(state_dir: Path, run_id: int, rnd: int) -> Path:

@@ -15,8 +15,7 @@ from rich.table import Table
 
 from .fab import write_app, write_overrides
 from .flwr_cli import FlowerCLI
-from .registry import Registry
-from .round_loop import registry_path
+from .registry import Registry, registry_path
 from .run_config import RunConfig
 
 

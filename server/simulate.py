@@ -10,8 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .registry import Registry
-from .round_loop import registry_path
+from .registry import Registry, registry_path
 from .run_config import RunConfig
 
 

@@ -140,3 +140,19 @@ def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server,
     assert out.returncode != 0 and "does not match its sha256" in out.stderr
     time.sleep(1.0)
     assert stub.ModelInfer(_req()).model_version == before
+
+
+def test_unloaded_model_is_unavailable_until_loaded_again(stub):
+    from proto import grpc_service_pb2 as pb
+
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="intent"), timeout=10)
+    try:
+        assert not stub.ModelReady(pb.ModelReadyRequest(name="intent")).ready
+        req = _req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\x05\x00\x00\x00hello")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unloaded" in err.value.details()
+        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # the server itself stays ready
+    finally:
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60)
+    assert stub.ModelInfer(req, timeout=10).model_name == "intent"
