@@ -7,6 +7,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
+from client.clipping import clipping_when_requested
 from client.egress import egress_audit
 
 
@@ -33,4 +34,5 @@ def export_jobs(msg: Message, context: Context, call_next):
 
 
 JOB_RECORD = "fedge-job"
-app = ClientApp(client_fn=_client_fn, mods=[egress_audit, export_jobs, secagg_when_requested])
+# order matters: the update is clipped (innermost) before SecAgg+ masks it, and the audit sees what really leaves
+app = ClientApp(client_fn=_client_fn, mods=[egress_audit, export_jobs, secagg_when_requested, clipping_when_requested])

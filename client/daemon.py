@@ -32,6 +32,8 @@ class ClientConfig:
     max_restarts: int = -1      # -1: forever
     audit_log: Path | None = None  # JSON lines describing every message that leaves (see client.egress)
     connect_retries: int = 10   # SuperNode gives up after this many failed attempts; the daemon then restarts it
+    max_epsilon: float = 0.0    # the customer's privacy limit over all runs (0: no limit); see client.ledger
+    delta: float = 1e-5
 
     def __post_init__(self) -> None:
         if not self.insecure and self.certs is None:
@@ -43,6 +45,8 @@ def node_config(cfg: ClientConfig) -> str:
              "state-dir": str(Path(cfg.state).resolve())}
     if cfg.audit_log:
         items["audit-log"] = str(Path(cfg.audit_log).resolve())
+    if cfg.max_epsilon > 0:
+        items |= {"max-epsilon": float(cfg.max_epsilon), "delta": float(cfg.delta)}
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
@@ -76,6 +80,12 @@ def run(cfg: ClientConfig) -> int:
     state = Path(cfg.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     n = validate_data(cfg)
+    from .ledger import Ledger
+
+    spent = Ledger(state).total()  # checks the ledger's hash chain: an edited ledger stops the daemon here
+    if cfg.max_epsilon > 0:
+        print(f"customer {cfg.name!r}: privacy limit ε <= {cfg.max_epsilon:g} at δ = {cfg.delta:g};"
+              f" spent so far {spent:.3f} (ledger {state / 'privacy-ledger.jsonl'})", flush=True)
     log_path = state / "logs" / "supernode.log"
     runtime_port = free_port()
     (state / "daemon.json").write_text(json.dumps({**{k: str(v) for k, v in asdict(cfg).items()},

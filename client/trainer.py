@@ -10,7 +10,10 @@ import torch
 from flwr.client import NumPyClient
 
 from fedge.tasks import Dataset, Task, get_task, split_holdout
-from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
+from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
+
+from .ledger import Budget, Ledger
+from .privacy_guard import plan_round, refusal
 
 torch.set_num_threads(1)
 
@@ -25,11 +28,16 @@ class NodeSettings:
     num_partitions: int = 0
     alpha: float = 0.0             # <= 0 -> IID
     holdout: float = 0.2
+    state_dir: str = ""            # the daemon's state dir: the privacy ledger lives there
+    max_epsilon: float = 0.0       # the customer's own privacy limit (0: none)
+    delta: float = 1e-5
 
     @classmethod
     def from_node_config(cls, nc: dict) -> "NodeSettings":
         if "data-path" in nc:
-            return cls(name=str(nc.get("name", "customer")), task=str(nc["task"]), data_path=str(nc["data-path"]))
+            return cls(name=str(nc.get("name", "customer")), task=str(nc["task"]), data_path=str(nc["data-path"]),
+                       state_dir=str(nc.get("state-dir", "")), max_epsilon=float(nc.get("max-epsilon", 0.0)),
+                       delta=float(nc.get("delta", 1e-5)))
         pid = int(nc["partition-id"])
         return cls(name=f"sim-{pid}", task=str(nc.get("task", "digits")), partition_id=pid,
                    num_partitions=int(nc["num-partitions"]), alpha=float(nc.get("alpha", 0.0)))
@@ -76,12 +84,36 @@ class FedgeClient(NumPyClient):
         freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
         cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
                           lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)))
-        masks = None
-        if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
-            masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
-        loss = train(model, train_ds, cfg, freeze=freeze, masks=masks)
+        ledger, budget = self._ledger()
+        cost = plan_round(config, ledger, self.settings.delta, len(train_ds), cfg.batch_size, cfg.epochs)
+        why = refusal(cost, ledger, budget)
+        if why is not None:  # nothing is trained; the unchanged model goes back with weight 0
+            if ledger is not None:
+                ledger.append({**cost.ledger_body(), "refused": why})
+            return get_arrays(model, exchanged_names(model, freeze)), 0, metrics | {"refused": why}
+        if cost.mechanism == "dp-sgd":
+            res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze)
+            loss = res.loss
+        else:
+            masks = None
+            if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
+                masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+            loss = train(model, train_ds, cfg, freeze=freeze, masks=masks)
+        if ledger is not None:
+            ledger.append(cost.ledger_body())
+        if cost.epsilon_run is not None:
+            metrics |= {"dp_mechanism": cost.mechanism, "dp_epsilon": float(cost.epsilon_run),
+                        "dp_delta": cost.delta, "dp_noise": float(cost.noise)}
         arrays = get_arrays(model, exchanged_names(model, freeze))
-        return arrays, len(train_ds), metrics | {"train_loss": float(loss)}
+        # under central DP every customer weighs the same, so one customer moves the average by at most C / n
+        weight = 1 if float(config.get("dp-noise", 0.0)) > 0 else len(train_ds)
+        return arrays, weight, metrics | {"train_loss": float(loss)}
+
+    def _ledger(self) -> tuple[Ledger | None, Budget | None]:
+        if not self.settings.state_dir:
+            return None, None
+        budget = Budget(self.settings.max_epsilon, self.settings.delta) if self.settings.max_epsilon > 0 else None
+        return Ledger(Path(self.settings.state_dir)), budget
 
     def evaluate(self, parameters, config):
         self._check_task(config)

@@ -1,6 +1,8 @@
 """Dynamic batching, as Triton does it: concurrent requests for one model are coalesced into one backend call
 (up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_us`` after the first request) and the outputs
-are split back by row counts."""
+are split back by row counts. The delay is only spent while there is concurrency to wait for (the previous
+batch held more than one request): a lone client is answered at once. ``instances`` worker threads take batches
+from the same queue (Triton's instance count), each running the backend on its own thread."""
 from __future__ import annotations
 
 import queue
@@ -20,9 +22,10 @@ class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 64
     max_queue_delay_us: int = 500
+    instances: int = 1
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0:
+        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1:
             raise ValueError(f"invalid batching config {self}")
 
 
@@ -38,8 +41,10 @@ class DynamicBatcher:
     def __init__(self, run: Run, cfg: BatchingConfig, on_batch: Callable[[int, float], None] | None = None) -> None:
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
         self._queue: "queue.Queue[_Item | None]" = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="fedge-batcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
+                         for i in range(cfg.instances)]
+        for t in self._threads:
+            t.start()
 
     def submit(self, inputs: dict[str, np.ndarray]) -> Future:
         rows = len(next(iter(inputs.values())))
@@ -49,18 +54,21 @@ class DynamicBatcher:
 
     def close(self) -> None:
         """Finish everything already queued, then stop."""
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        for _ in self._threads:
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=30)
 
     def _loop(self) -> None:
         pending: _Item | None = None
+        concurrent = False  # did the previous batch coalesce several requests?
         while True:
             first = pending or self._queue.get()
             pending = None
             if first is None:
                 return
             batch, rows = [first], first.rows
-            deadline = first.enqueued + self._cfg.max_queue_delay_us / 1e6
+            deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if concurrent else 0.0)
             stop = False
             while rows < self._cfg.max_batch_size:
                 timeout = deadline - time.perf_counter()
@@ -76,6 +84,7 @@ class DynamicBatcher:
                     break
                 batch.append(item)
                 rows += item.rows
+            concurrent = len(batch) > 1
             self._execute(batch, rows)
             if stop:
                 return

@@ -14,7 +14,8 @@ def cmd_serve(a) -> int:
     from .server import EdgeConfig, serve
 
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
-                            batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us))
+                            batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
+                                                           a.instances))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None)
@@ -111,6 +112,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=500)
     p.add_argument("--no-batching", action="store_true")
+    p.add_argument("--instances", type=int, default=1,
+                   help="batch workers per model running the backend in parallel (Triton's instance count)")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--pull", help="coordinator release service HOST:PORT to poll for new releases")

@@ -32,7 +32,7 @@ class LoadedModel:
         be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
         tok = manifest.preprocessing.get("tokenizer")
         batching = BatchingConfig(batching.enabled, min(batching.max_batch_size, manifest.max_batch_size),
-                                  batching.max_queue_delay_us)
+                                  batching.max_queue_delay_us, batching.instances)
         model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
         if batching.enabled:
             model.batcher = DynamicBatcher(be.run, batching, on_batch)

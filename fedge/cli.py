@@ -60,8 +60,32 @@ def cmd_client_start(a) -> int:
     cfg = ClientConfig(coordinator=a.coordinator, data=Path(a.data), task=a.task, name=name,
                        state=Path(a.state) if a.state else fedge_home() / "clients" / name,
                        certs=Path(a.certs) if a.certs else None, insecure=a.insecure, max_restarts=a.max_restarts,
-                       audit_log=Path(a.audit_log) if a.audit_log else None, connect_retries=a.connect_retries)
+                       audit_log=Path(a.audit_log) if a.audit_log else None, connect_retries=a.connect_retries,
+                       max_epsilon=a.max_epsilon, delta=a.delta)
     return run(cfg)
+
+
+def cmd_client_ledger(a) -> int:
+    import json
+
+    from client.ledger import Ledger
+
+    state = Path(a.state) if a.state else fedge_home() / "clients" / a.name
+    doc = Ledger(state).document()
+    if a.json:
+        print(json.dumps(doc, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "mechanism", "rounds trained", "ε spent", "refused")
+    for r in doc["runs"]:
+        table.add_row(r["run"], str(r["mechanism"]), str(len(r["rounds"])), f"{r['epsilon']:.4f}",
+                      "; ".join(f"round {x['round']}: {x['reason']}" for x in r["refused"]) or "-")
+    console = Console()
+    console.print(table)
+    console.print(f"total ε spent: [bold]{doc['total_epsilon']:.4f}[/bold] (ledger {doc['ledger']}, hash chain verified)")
+    return 0
 
 
 def _run_config(a):
@@ -70,7 +94,9 @@ def _run_config(a):
     return RunConfig(task=a.task, num_rounds=a.rounds, min_clients=a.min_clients, local_epochs=a.local_epochs,
                      batch_size=a.batch_size, lr=a.lr, secagg=a.secagg, round_timeout=a.round_timeout,
                      wait_clients_timeout=a.wait_clients_timeout, init=a.init or "", freeze=",".join(a.freeze),
-                     seed=a.seed)
+                     seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_delta=a.delta, dp_sgd=a.dp_sgd,
+                     dp_sgd_noise=a.dp_sgd_noise, dp_sgd_clip=a.dp_sgd_clip, dp_sgd_epsilon=a.dp_sgd_epsilon,
+                     aggregator=a.aggregator, max_update_norm=a.max_update_norm)
 
 
 def cmd_run_launch(a) -> int:
@@ -96,6 +122,13 @@ def cmd_run_status(a) -> int:
     from server.runs import open_registry, print_status
 
     print_status(open_registry(Path(a.state)), a.run, a.json)
+    return 0
+
+
+def cmd_run_privacy(a) -> int:
+    from server.runs import open_registry, print_privacy
+
+    print_privacy(open_registry(Path(a.state)), a.run, a.json)
     return 0
 
 
@@ -178,6 +211,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze", action="append", default=[], metavar="PATTERN",
                    help="keep parameters matching this fnmatch pattern frozen (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    dp = p.add_argument_group("privacy and robustness")
+    dp.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA",
+                    help="central DP: Gaussian noise multiplier on the aggregate (works with SecAgg+)")
+    dp.add_argument("--dp-clip", type=float, default=0.0, metavar="C", help="central DP: customers clip updates to L2 C")
+    dp.add_argument("--dp-sgd", action="store_true", help="sample-level DP-SGD (Opacus) in every customer's training")
+    dp.add_argument("--dp-sgd-noise", type=float, default=0.0, metavar="SIGMA")
+    dp.add_argument("--dp-sgd-clip", type=float, default=1.0, metavar="C", help="per-sample gradient L2 bound")
+    dp.add_argument("--dp-sgd-epsilon", type=float, default=0.0, metavar="E",
+                    help="target ε for the planned rounds; each customer derives its noise multiplier")
+    dp.add_argument("--delta", type=float, default=1e-5, help="δ at which the run's ε is reported")
+    dp.add_argument("--aggregator", default="fedavg", choices=["fedavg", "median", "trimmed-mean", "krum"],
+                    help="robust aggregation (needs --no-secagg)")
+    dp.add_argument("--max-update-norm", type=float, default=0.0,
+                    help="reject updates farther than this L2 distance from the global model (needs --no-secagg)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connect-retries", type=int, default=10,
                    help="failed connection attempts before the SuperNode is restarted")
     p.add_argument("--audit-log", help="append a JSON line describing every message that leaves this host")
+    p.add_argument("--max-epsilon", type=float, default=0.0,
+                   help="this customer's privacy limit over all runs; rounds that would exceed it are refused")
+    p.add_argument("--delta", type=float, default=1e-5, help="δ at which this customer's ε is accounted")
     p.set_defaults(fn=cmd_client_start)
+    p = client.add_parser("ledger", help="the customer's privacy ledger: ε spent per run and in total")
+    p.add_argument("--state", help="the daemon's state dir (default: $FEDGE_HOME/clients/NAME)")
+    p.add_argument("--name", default="customer")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_client_ledger)
 
     run = sub.add_parser("run", help="federated runs").add_subparsers(dest="sub", required=True)
     p = run.add_parser("launch", help="launch a federated run and follow it")
@@ -245,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=state_default)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_run_status)
+    p = run.add_parser("privacy", help="privacy report: mechanism, σ, clip, sampling rate, steps, ε, δ, accountant")
+    p.add_argument("run", type=int)
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_run_privacy)
     p = run.add_parser("plot")
     p.add_argument("run", type=int)
     p.add_argument("--out", required=True)

@@ -25,16 +25,36 @@ class DemoConfig:
     seed: int = 0
 
 
-def write_customer_data(out: Path, alpha: float, seed: int) -> list[Path]:
-    from .tasks import get_task
-    from .tasks.partition import partition
+def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "digits") -> list[Path]:
+    """The task's shipped reference data split non-IID (Dirichlet ``alpha`` over labels) into one private data
+    file per customer: .npz for digits, text,label CSV for intent."""
+    import csv
 
-    task = get_task("digits")
+    import numpy as np
+
+    from .tasks import get_task
+    from .tasks.partition import dirichlet_partition
+
+    task = get_task(task_name)
+    out = Path(out) / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    if task_name == "intent":
+        texts, labels = task.reference_texts()
+        y = np.array([task.labels.index(lab) for lab in labels])
+    else:
+        ref = task.reference_data()
+        y = ref.y
     files = []
-    for name, part in zip(CUSTOMERS, partition(task.reference_data(), len(CUSTOMERS), alpha, seed)):
-        path = out / "data" / f"{name}.npz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        task.write_data(path, part)
+    for name, idx in zip(CUSTOMERS, dirichlet_partition(y, len(CUSTOMERS), alpha, seed)):
+        if task_name == "intent":
+            path = out / f"{name}.csv"
+            with open(path, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["text", "label"])
+                w.writerows((texts[i], labels[i]) for i in sorted(idx))
+        else:
+            path = out / f"{name}.npz"
+            task.write_data(path, ref.take(idx))
         files.append(path)
     return files
 

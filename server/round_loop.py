@@ -25,6 +25,8 @@ from .exchange import evaluate_exchange, fit_exchange
 from .fast_grid import FastPollGrid
 from .registry import Registry, RoundRecord, registry_path
 from .run_config import RunConfig
+from .central_dp import CentralDP
+from .privacy import privacy_fit_config, round_privacy
 from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
 
 log = logging.getLogger("fedge.coordinator")
@@ -103,12 +105,17 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         "local-epochs": cfg.local_epochs if cfg.local_epochs >= 0 else task.defaults.local_epochs,
         "batch-size": cfg.batch_size if cfg.batch_size > 0 else task.defaults.batch_size,
         "lr": cfg.lr if cfg.lr > 0 else task.defaults.lr,
+        **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(
         min_clients=cfg.min_clients, wait_timeout=cfg.wait_clients_timeout,
         initial_parameters=ndarrays_to_parameters([state[k] for k in all_names]), fit_config=fit_config,
+        aggregator=cfg.aggregator, max_update_norm=cfg.max_update_norm,
     )
-    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_rounds), strategy=strategy)
+    outer = strategy
+    if cfg.dp_noise > 0:
+        outer = CentralDP(strategy, cfg.dp_noise, cfg.dp_clip, num_sampled_clients=cfg.min_clients)
+    ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_rounds), strategy=outer)
     fit = secagg_workflow(cfg) if cfg.secagg else fit_exchange(cfg.round_timeout)
     evaluate = evaluate_exchange(cfg.round_timeout)
 
@@ -119,7 +126,7 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         for rnd in range(cfg.start_round + 1, cfg.num_rounds + 1):
             started = time.monotonic()
             cfg_record[Key.CURRENT_ROUND] = rnd
-            outcome = _fit_round(ctx, grid, fit, strategy, state, all_names, rnd, cfg.max_round_attempts)
+            outcome = _fit_round(ctx, grid, fit, strategy, state, all_names, trained, rnd, cfg.max_round_attempts)
             update = parameters_to_ndarrays(
                 compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD], keep_input=True)
             )
@@ -129,7 +136,7 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
             if outcome.prev_eval is not None and rnd > 1:
                 e = outcome.prev_eval
                 registry.set_round_eval(cfg.fedge_run_id, rnd - 1, e.accuracy, e.loss, e.per_client)
-            _record(registry, cfg, rnd, state, outcome, time.monotonic() - started)
+            _record(registry, cfg, rnd, state, outcome, time.monotonic() - started, round_privacy(cfg, rnd, outcome))
             log.info("round %d: %.2fs, clients %s", rnd, time.monotonic() - started, outcome.clients)
         _set_params(ctx, state, all_names)
         evaluate(grid, ctx)  # the final global model
@@ -161,12 +168,12 @@ def _set_params(ctx: LegacyContext, state: dict, names: list[str]) -> None:
     ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, keep_input=True)
 
 
-def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, rnd: int, attempts: int) -> RoundOutcome:
+def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd: int, attempts: int) -> RoundOutcome:
     """Fit with retries: a SecAgg+ round halts (no aggregate) when a client drops before key sharing ends."""
     earlier: list[str] = []
     for attempt in range(1, attempts + 1):
         _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
-        outcome = strategy.begin_round(rnd)
+        outcome = strategy.begin_round(rnd, [state[k] for k in trained])
         fit(grid, ctx)
         if outcome.aggregated:
             outcome.failures = earlier + outcome.failures
@@ -176,11 +183,13 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, rnd: int, at
     raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {earlier}")
 
 
-def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float) -> None:
+def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float,
+            privacy: dict) -> None:
     path = checkpoint_path(Path(cfg.state_dir), cfg.fedge_run_id, rnd)
     sha = save_checkpoint(path, state, {"task": cfg.task, "run": str(cfg.fedge_run_id), "round": str(rnd)})
     registry.add_round(cfg.fedge_run_id, RoundRecord(
         round=rnd, accuracy=None, loss=None, clients=outcome.clients,
         client_metrics=outcome.client_metrics, failures=outcome.failures, wall_s=round(wall, 3),
-        checkpoint=str(path), checkpoint_sha256=sha,
+        checkpoint=str(path), checkpoint_sha256=sha, privacy=privacy,
+        refused=outcome.refused + [{**r, "rejected": True} for r in outcome.rejected],
     ))

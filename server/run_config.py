@@ -31,6 +31,15 @@ class RunConfig:
     job_dir: str = ""              # the job's request and result files, on the coordinator
     secagg_max_weight: float = 10000.0
     secagg_clipping_range: float = 8.0
+    dp_noise: float = 0.0          # central DP: noise multiplier on the aggregate (0: off)
+    dp_clip: float = 0.0           # central DP: customers clip their update to this L2 norm
+    dp_delta: float = 1e-5         # δ at which the run's ε is reported
+    dp_sgd: bool = False           # sample-level DP-SGD (Opacus) in every customer's training
+    dp_sgd_noise: float = 0.0      # DP-SGD noise multiplier (or derive it from dp_sgd_epsilon)
+    dp_sgd_clip: float = 1.0       # DP-SGD per-sample gradient bound
+    dp_sgd_epsilon: float = 0.0    # DP-SGD target ε over the planned rounds (each customer derives its noise)
+    aggregator: str = "fedavg"     # fedavg | median | trimmed-mean | krum (robust ones need secagg off)
+    max_update_norm: float = 0.0   # reject updates farther than this (L2) from the global model; 0: no bound
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -43,6 +52,21 @@ class RunConfig:
             raise ValueError("secure aggregation needs min_clients >= 2")
         if self.round_timeout <= 0 or self.wait_clients_timeout <= 0:
             raise ValueError("timeouts must be > 0")
+        if self.dp_noise < 0 or (self.dp_noise > 0 and self.dp_clip <= 0):
+            raise ValueError("central DP needs --dp-noise SIGMA >= 0 and, when on, --dp-clip C > 0")
+        if self.dp_noise > 0 and self.freeze:
+            raise ValueError("central DP clips whole-model updates: it cannot be combined with --freeze")
+        if self.dp_sgd and self.dp_sgd_noise <= 0 and self.dp_sgd_epsilon <= 0:
+            raise ValueError("--dp-sgd needs --dp-sgd-noise SIGMA or --dp-sgd-epsilon E")
+        if not 0 < self.dp_delta < 1 or self.dp_sgd_clip <= 0:
+            raise ValueError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
+        from .robust import AGGREGATORS
+
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"--aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+        if self.aggregator != "fedavg" and self.secagg:
+            raise ValueError(f"--aggregator {self.aggregator} needs individual updates: use it with --no-secagg"
+                             " (under SecAgg+ bound updates with --dp-clip instead)")
 
     @property
     def freeze_patterns(self) -> tuple[str, ...]:

@@ -136,18 +136,83 @@ def print_status(registry: Registry, run_id: int, as_json: bool) -> None:
     if as_json:
         print(json.dumps(doc, indent=2))
         return
-    console = Console()
+    console = _console()
     console.print(f"run {run_id}: {doc['task']}, {doc['status']}" + (f" ({doc['reason']})" if doc["reason"] else ""))
     console.print(rounds_table(doc["rounds"]))
+    for r in doc["rounds"]:
+        for x in r.get("refused", []):
+            what = "update rejected" if x.get("rejected") else "refused to train"
+            console.print(f"round {r['round']}: {x['customer']} {what}: {x['reason']}", soft_wrap=True)
 
 
 def rounds_table(rounds: list[dict]) -> Table:
-    table = Table("round", "accuracy", "loss", "clients", "wall s", "failures", "checkpoint sha256")
+    private = any(r.get("epsilon") is not None for r in rounds)
+    refused = any(r.get("refused") for r in rounds)
+    table = Table("round", "accuracy", "loss", "clients", "wall s", "failures", *(["ε"] if private else []),
+                  *(["refused / rejected"] if refused else []), "checkpoint sha256")
     for r in rounds:
         clients = ", ".join(r["clients"]) if len(r["clients"]) <= 5 else f"{len(r['clients'])} customers"
+        extra = [_fmt(r.get("epsilon"))] if private else []
+        if refused:
+            extra.append("; ".join(f"{x['customer']}: {x['reason']}" for x in r.get("refused", [])) or "-")
         table.add_row(str(r["round"]), _fmt(r["accuracy"]), _fmt(r["loss"]), clients,
-                      f"{r['wall_s']:.1f}", str(len(r["failures"])), r["checkpoint_sha256"][:16])
+                      f"{r['wall_s']:.1f}", str(len(r["failures"])), *extra, r["checkpoint_sha256"][:16])
     return table
+
+
+def privacy_document(registry: Registry, run_id: int) -> dict:
+    """What the run spent: per round, the central mechanism's ε and each customer's DP-SGD ε."""
+    run = registry.run(run_id)
+    cfg = run["config"]
+    rounds = registry.rounds(run_id)
+    last = rounds[-1].privacy if rounds else {}
+    return {
+        "run": run_id, "status": run["status"], "delta": cfg.get("dp_delta"),
+        "accountant": last.get("accountant"),
+        "central": {"on": cfg.get("dp_noise", 0) > 0, "noise_multiplier": cfg.get("dp_noise"), "clip": cfg.get("dp_clip"),
+                    **({k: v for k, v in last.get("central", {}).items() if k in ("sample_rate", "steps", "epsilon")})},
+        "dp_sgd": {"on": bool(cfg.get("dp_sgd")), "noise_multiplier": cfg.get("dp_sgd_noise") or None,
+                   "target_epsilon": cfg.get("dp_sgd_epsilon") or None, "clip": cfg.get("dp_sgd_clip"),
+                   "per_customer": (last.get("dp_sgd") or {}).get("per_customer", {})},
+        "secagg": cfg.get("secagg"),
+        "epsilon": last.get("epsilon"),
+        "rounds": [{"round": r.round, "epsilon": r.privacy.get("epsilon"), "customers": r.privacy.get("customers", {}),
+                    "refused": r.refused} for r in rounds],
+    }
+
+
+def print_privacy(registry: Registry, run_id: int, as_json: bool) -> None:
+    doc = privacy_document(registry, run_id)
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    console = _console()
+    c, d = doc["central"], doc["dp_sgd"]
+    console.print(f"run {run_id} ({doc['status']}): ε = [bold]{_fmt(doc['epsilon'])}[/bold] at δ = {doc['delta']}"
+                  f"; accountant: {doc['accountant'] or '-'}; SecAgg+ {'on' if doc['secagg'] else 'off'}")
+    if c["on"]:
+        console.print(f"central DP: client-side clipping C = {c['clip']}, Gaussian noise σ = {c['noise_multiplier']} on"
+                      f" the aggregate, sampling rate {c.get('sample_rate', '-')}, steps {c.get('steps', '-')},"
+                      f" ε {_fmt(c.get('epsilon'))}")
+    if d["on"]:
+        console.print(f"DP-SGD (Opacus, per-sample clip {d['clip']}, σ {d['noise_multiplier'] or 'from target ε'}"
+                      f" {'(target ε ' + str(d['target_epsilon']) + ')' if d['target_epsilon'] else ''}):")
+        for name, p in sorted(d["per_customer"].items()):
+            console.print(f"  {name}: ε {p['epsilon']:.4f} (σ {p['noise']:.3f}, δ {p['delta']})")
+    if not c["on"] and not d["on"]:
+        console.print("no differential privacy in this run (ε unbounded)")
+    table = Table("round", "ε", "per customer", "refused")
+    for r in doc["rounds"]:
+        table.add_row(str(r["round"]), _fmt(r["epsilon"]), ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["customers"].items())) or "-",
+                      "; ".join(f"{x['customer']}: {x['reason']}" for x in r["refused"]) or "-")
+    console.print(table)
+
+
+def _console() -> Console:
+    """Rich console; off a terminal (pipes, logs, tests) wide enough that tables do not fold every cell."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _fmt(v) -> str:

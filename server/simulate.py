@@ -50,6 +50,7 @@ def make_apps(cfg: RunConfig, alpha: float):
     from flwr.serverapp import ServerApp
 
     from client.client_app import secagg_when_requested
+    from client.clipping import clipping_when_requested
 
     from .round_loop import run_federation
 
@@ -60,7 +61,7 @@ def make_apps(cfg: RunConfig, alpha: float):
         context.run_config.update(cfg.to_flower())
         run_federation(grid, context)
 
-    return server_app, ClientApp(client_fn=SimClientFn(cfg.task, alpha), mods=[secagg_when_requested])
+    return server_app, ClientApp(client_fn=SimClientFn(cfg.task, alpha), mods=[secagg_when_requested, clipping_when_requested])
 
 
 def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = False) -> int:

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
+from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
+
+from .aggregate import fedavg_fit_results, npy_view
+from .robust import robust_aggregate, screen
+
+
+def npy_arrays(res: FitRes) -> list:
+    return [npy_view(t) for t in res.parameters.tensors]
 
 
 class InsufficientClients(RuntimeError):
@@ -25,6 +32,9 @@ class RoundOutcome:
     clients: list[str] = field(default_factory=list)
     client_metrics: dict[str, dict] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)     # customers who declined to train, and why
+    rejected: list[dict] = field(default_factory=list)    # updates screened out before aggregation, and why
+    privacy: dict = field(default_factory=dict)           # per-customer DP-SGD ε reported with the updates
     aggregated: bool = False
     # evaluation of the model the clients received (the previous round's global model), from fit replies
     prev_eval: "Evaluation | None" = None
@@ -59,7 +69,7 @@ def describe_failure(failure) -> str:
 
 class FedgeFedAvg(FedAvg):
     def __init__(self, *, min_clients: int, wait_timeout: float, initial_parameters: Parameters,
-                 fit_config: dict[str, Scalar]) -> None:
+                 fit_config: dict[str, Scalar], aggregator: str = "fedavg", max_update_norm: float = 0.0) -> None:
         super().__init__(
             fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=min_clients, min_evaluate_clients=1,
             min_available_clients=min_clients, initial_parameters=initial_parameters, accept_failures=True,
@@ -69,9 +79,13 @@ class FedgeFedAvg(FedAvg):
         self.fit_config = fit_config
         self.outcome = RoundOutcome(round=0)
         self.final_eval: Evaluation | None = None
+        self.aggregator, self.max_update_norm = aggregator, max_update_norm
+        self.global_arrays: list | None = None
 
-    def begin_round(self, server_round: int) -> RoundOutcome:
+    def begin_round(self, server_round: int, global_arrays: list | None = None) -> RoundOutcome:
+        """``global_arrays``: the trained part of the model the clients receive (for update screening)."""
         self.outcome = RoundOutcome(round=server_round)
+        self.global_arrays = global_arrays
         return self.outcome
 
     def _connected(self, client_manager: ClientManager) -> list[ClientProxy]:
@@ -95,24 +109,44 @@ class FedgeFedAvg(FedAvg):
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
         out = self.outcome
         out.failures += [describe_failure(f) for f in failures]
-        if len(results) < self.min_clients:
-            raise InsufficientClients(
-                f"round {server_round}: {len(results)} client update(s) arrived, --min-clients is {self.min_clients};"
-                f" failures: {out.failures or 'none'}"
-            )
-        evals = []
+        shared = len({id(res.parameters) for _, res in results}) == 1 and len(results) > 1  # SecAgg+: one aggregate
+        evals, accepted = [], []
         for proxy, res in results:
             m = dict(res.metrics)
             name = str(m.pop("customer", f"node-{proxy.node_id}"))
+            if "eval_examples" in m:
+                evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
+            if m.get("refused"):  # trained nothing; under SecAgg+ its masked share carried weight 0
+                out.refused.append({"customer": name, "reason": str(m["refused"])})
+                continue
+            why = None if shared else screen(npy_arrays(res), self.global_arrays, self.max_update_norm)
+            if why is not None:
+                out.rejected.append({"customer": name, "reason": why})
+                continue
             out.clients.append(name)
             out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
                                         **{k: v for k, v in m.items() if not k.startswith("eval_")}}
-            if "eval_examples" in m:
-                evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
+            if "dp_epsilon" in m:
+                out.privacy[name] = {"epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", 0)),
+                                     "mechanism": str(m.get("dp_mechanism", "")), "noise": float(m.get("dp_noise", 0))}
+            accepted.append((proxy, res))
         out.clients.sort()
         out.prev_eval = Evaluation.aggregate(evals)
-        params, metrics = super().aggregate_fit(server_round, results, failures)
-        out.aggregated = params is not None
+        if len(accepted) < self.min_clients:
+            raise InsufficientClients(
+                f"round {server_round}: {len(accepted)} usable client update(s), --min-clients is {self.min_clients};"
+                f" refused: {out.refused or 'none'}; rejected: {out.rejected or 'none'}; failures: {out.failures or 'none'}"
+            )
+        if self.aggregator != "fedavg" and not shared:
+            arrays = robust_aggregate(self.aggregator, [npy_arrays(r) for _, r in accepted],
+                                      [r.num_examples for _, r in accepted])
+        else:
+            arrays = fedavg_fit_results(accepted)  # Flower's FedAvg math, faster (aggregate.py)
+        params = ndarrays_to_parameters(arrays)
+        metrics = {}
+        if self.fit_metrics_aggregation_fn:
+            metrics = self.fit_metrics_aggregation_fn([(res.num_examples, res.metrics) for _, res in accepted])
+        out.aggregated = True
         return params, metrics
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):

@@ -44,7 +44,7 @@ def test_round_below_min_clients_fails_with_the_numbers():
     s = _strategy(min_clients=3)
     s.begin_round(2)
     results = [(SimpleNamespace(node_id=1), _fit([np.ones(2, np.float32)], 5, customer="a"))]
-    with pytest.raises(InsufficientClients, match=r"round 2: 1 client update\(s\) arrived, --min-clients is 3.*timed out"):
+    with pytest.raises(InsufficientClients, match=r"round 2: 1 usable client update\(s\), --min-clients is 3.*timed out"):
         s.aggregate_fit(2, results, [TimeoutError("node 7: timed out")])
 
 

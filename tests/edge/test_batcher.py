@@ -41,3 +41,33 @@ def test_backend_failure_reaches_every_waiter():
         with pytest.raises(RuntimeError, match="backend down"):
             f.result(timeout=5)
     b.close()
+
+
+def test_a_lone_request_does_not_wait_for_the_queue_delay():
+    b = DynamicBatcher(lambda inputs: inputs, BatchingConfig(max_batch_size=8, max_queue_delay_us=200_000))
+    took = []
+    for _ in range(5):  # one client, one request at a time: never any company to wait for
+        t0 = time.perf_counter()
+        b.submit({"x": np.zeros((1, 2))}).result(timeout=5)
+        took.append(time.perf_counter() - t0)
+    b.close()
+    assert max(took) < 0.1, took  # a 200 ms delay would show
+
+
+def test_instances_run_batches_in_parallel():
+    active, peak, lock = [0], [0], threading.Lock()
+
+    def run(inputs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.05)
+        with lock:
+            active[0] -= 1
+        return inputs
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=1, max_queue_delay_us=0, instances=3))
+    futures = [b.submit({"x": np.full((1, 1), i)}) for i in range(9)]
+    assert [int(f.result(timeout=5)["x"][0, 0]) for f in futures] == list(range(9))
+    b.close()
+    assert peak[0] == 3

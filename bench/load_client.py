@@ -1,0 +1,81 @@
+"""The serving benchmark's load generator, in its own process (tritonclient bundles protos of the same names as
+fedge's): ``tritonclient.grpc`` exactly as a Triton user drives a server. Reads one JSON command per stdin line,
+runs a closed loop of ``concurrency`` outstanding batch-1 requests (``async_infer``, each reply sends the next)
+for ``seconds``, answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+
+def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float) -> dict:
+    client = grpcclient.InferenceServerClient(url=url)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    inp = grpcclient.InferInput(input_name, shape, "FP32")
+    inp.set_data_from_numpy(x)
+    lat, errors = [], []
+    lock, done = threading.Lock(), threading.Event()
+    outstanding = [0]
+    deadline = time.perf_counter() + seconds
+
+    def send():
+        t0 = time.perf_counter()
+
+        def callback(result, error):
+            t1 = time.perf_counter()
+            with lock:
+                if error is not None:
+                    errors.append(str(error))
+                else:
+                    lat.append(t1 - t0)
+                again = t1 < deadline and not errors
+                if not again:
+                    outstanding[0] -= 1
+                    if outstanding[0] == 0:
+                        done.set()
+            if again:
+                send()
+
+        client.async_infer(model, [inp], callback)
+
+    started = time.perf_counter()
+    with lock:
+        outstanding[0] = concurrency
+    for _ in range(concurrency):
+        send()
+    done.wait(seconds + 60)
+    elapsed = time.perf_counter() - started
+    client.close()
+    ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
+    return {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+            "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99))}
+
+
+def live_rtt(url: str, calls: int = 500) -> dict:
+    """p50 of a bare round trip (ServerLive): the floor any request over Python gRPC pays on this machine."""
+    client = grpcclient.InferenceServerClient(url=url)
+    client.is_server_live()
+    lat = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        client.is_server_live()
+        lat.append(time.perf_counter() - t0)
+    client.close()
+    return {"p50_ms": float(np.median(lat) * 1e3)}
+
+
+def main() -> None:
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        out = live_rtt(cmd["url"]) if cmd.pop("mode", "infer") == "live" else run(**cmd)
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()

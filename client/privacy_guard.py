@@ -1,0 +1,79 @@
+"""Before a customer trains a round: what will the round cost in ε, and does it fit the customer's own limit?
+
+The cost is computed here, on the customer's side, with the maintained accountant:
+
+* DP-SGD on (``dp-sgd``): the customer adds the noise itself, so the sample-level ε of its own training is what
+  the ledger charges, whatever the coordinator does;
+* otherwise central DP (``dp-noise`` > 0): the customer-level ε of the declared central mechanism;
+* otherwise the round is not differentially private: a customer with a limit refuses it.
+
+Within one run ε composes through the accountant (RDP); across runs the ledger adds them up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fedge.privacy import DPSGDConfig, epsilon
+
+from .ledger import Budget, Ledger
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    run: str
+    round: int
+    mechanism: str                     # "dp-sgd" | "central" | "none"
+    epsilon_run: float | None          # ε of the run after this round, at the customer's δ (None: not private)
+    delta: float
+    history: list = field(default_factory=list)   # Gaussian segments (sigma, sample rate, steps) of the run
+    noise: float = 0.0
+    clip: float = 0.0
+
+    def ledger_body(self) -> dict:
+        return {"run": self.run, "round": self.round, "mechanism": self.mechanism, "epsilon_run": self.epsilon_run,
+                "delta": self.delta, "history": self.history, "noise": self.noise, "clip": self.clip}
+
+
+def dpsgd_config(config: dict, delta: float) -> DPSGDConfig | None:
+    if not config.get("dp-sgd", False):
+        return None
+    return DPSGDConfig(noise=float(config.get("dp-sgd-noise", 0.0)), clip=float(config.get("dp-sgd-clip", 1.0)),
+                       epsilon=float(config.get("dp-sgd-epsilon", 0.0)), delta=delta)
+
+
+def plan_round(config: dict, ledger: Ledger, delta: float, n_train: int, batch_size: int, epochs: int) -> RoundCost:
+    from fedge.tasks.training import dpsgd_plan
+
+    run, rnd = str(config.get("fedge-run", "unknown")), int(config.get("round", 0))
+    before = ledger.runs().get(run, {})
+    dp = dpsgd_config(config, delta)
+    if dp is not None:
+        q, steps = dpsgd_plan(n_train, batch_size, epochs)
+        sigma = dp.noise_multiplier(q, steps, int(config.get("planned-rounds", 1)))
+        history = [*before.get("history", []), [sigma, q, steps]] if before.get("mechanism") == "dp-sgd" else [[sigma, q, steps]]
+        return RoundCost(run, rnd, "dp-sgd", epsilon(history, delta), delta, history, sigma, dp.clip)
+    central = float(config.get("dp-noise", 0.0))
+    if central > 0:
+        # one Gaussian release per round, every connected customer sampled (rate 1)
+        done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
+        history = [[central, 1.0, done + 1]]
+        return RoundCost(run, rnd, "central", epsilon(history, delta), delta, history, central,
+                         float(config.get("dp-clip", 0.0)))
+    return RoundCost(run, rnd, "none", None, delta)
+
+
+def refusal(cost: RoundCost, ledger: Ledger, budget: Budget | None) -> str | None:
+    """Why this round must not be trained, or None if it fits."""
+    if budget is None:
+        return None
+    if cost.epsilon_run is None:
+        return (f"round {cost.round} is not differentially private and this customer's limit is"
+                f" ε <= {budget.max_epsilon:g} (δ = {budget.delta:g})")
+    runs = ledger.runs()
+    spent = sum(r["epsilon"] for r in runs.values())
+    spent_elsewhere = spent - runs.get(cost.run, {}).get("epsilon", 0.0)
+    projected = spent_elsewhere + cost.epsilon_run
+    if projected > budget.max_epsilon:
+        return (f"round {cost.round} would bring this customer's ε to {projected:.3f} > limit {budget.max_epsilon:g}"
+                f" (spent {spent:.3f}, δ = {budget.delta:g}, {cost.mechanism})")
+    return None

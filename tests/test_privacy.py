@@ -1,0 +1,198 @@
+"""Privacy accounting, the customer's ledger and its hard stop, central-DP fixes and robust aggregation, without
+sockets (tests/e2e/test_privacy_e2e.py runs them through real daemons)."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from client.clipping import clip_update, update_norm
+from client.ledger import Budget, Ledger, LedgerCorrupt
+from client.privacy_guard import plan_round, refusal
+from fedge.privacy import epsilon, noise_for_epsilon
+from server.central_dp import CentralDP
+from server.strategy import FedgeFedAvg
+
+OK = Status(Code.OK, "")
+
+
+# -- accountant ---------------------------------------------------------------------------------------------------
+def test_epsilon_matches_opacus_stepped_one_step_at_a_time():
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    acc = RDPAccountant()
+    for _ in range(500):
+        acc.step(noise_multiplier=1.1, sample_rate=0.02)
+    assert epsilon([(1.1, 0.02, 500)], 1e-5) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    # an independent accountant (PRV) agrees that RDP is an upper bound and close to it
+    prv = PRVAccountant()
+    for _ in range(500):
+        prv.step(noise_multiplier=1.1, sample_rate=0.02)
+    assert prv.get_epsilon(1e-5) <= epsilon([(1.1, 0.02, 500)], 1e-5) < 1.5 * prv.get_epsilon(1e-5)
+
+
+def test_epsilon_grows_with_rounds_and_segments_compose():
+    eps = [epsilon([(1.0, 0.05, 20 * r)], 1e-5) for r in range(1, 8)]
+    assert all(a < b for a, b in zip(eps, eps[1:]))
+    assert epsilon([(1.0, 0.05, 20), (1.0, 0.05, 40)], 1e-5) == pytest.approx(epsilon([(1.0, 0.05, 60)], 1e-5))
+    assert epsilon([], 1e-5) == 0.0 and epsilon([(0.0, 1.0, 1)], 1e-5) == float("inf")
+
+
+def test_noise_for_a_target_epsilon_spends_at_most_that():
+    sigma = noise_for_epsilon(8.0, 1e-5, 0.05, 300)
+    assert 7.0 < epsilon([(sigma, 0.05, 300)], 1e-5) <= 8.0
+
+
+# -- ledger ---------------------------------------------------------------------------------------------------------
+def _entry(run, rnd, eps):
+    return {"run": run, "round": rnd, "mechanism": "central", "epsilon_run": eps, "delta": 1e-5, "history": []}
+
+
+def test_ledger_totals_runs_and_survives_reopening(tmp_path):
+    led = Ledger(tmp_path)
+    led.append(_entry("c/run-1", 1, 1.0))
+    led.append(_entry("c/run-1", 2, 1.5))
+    led.append({**_entry("c/run-1", 3, 2.0), "refused": "over the limit"})
+    led.append(_entry("c/run-2", 1, 0.7))
+    again = Ledger(tmp_path)
+    assert again.total() == pytest.approx(2.2)
+    runs = again.runs()
+    assert runs["c/run-1"]["rounds"] == [1, 2] and runs["c/run-1"]["refused"][0]["round"] == 3
+    assert again.document()["total_epsilon"] == pytest.approx(2.2)
+
+
+@pytest.mark.parametrize("tamper, where", [
+    (lambda lines: [lines[0].replace('"epsilon_run": 1.0', '"epsilon_run": 0.1')] + lines[1:], ":1:"),
+    (lambda lines: [lines[1], lines[0]] + lines[2:], ":1:"),
+    (lambda lines: lines[:1] + lines[2:], ":2:"),
+    (lambda lines: lines[:-1], "entries removed"),
+    (lambda lines: lines + ["{not json"], ":4:"),
+])
+def test_an_edited_ledger_is_detected(tmp_path, tamper, where):
+    led = Ledger(tmp_path)
+    for i in range(3):
+        led.append(_entry("c/run-1", i + 1, 1.0 + i))
+    path = tmp_path / "privacy-ledger.jsonl"
+    path.write_text("\n".join(tamper(path.read_text().splitlines())) + "\n")
+    with pytest.raises(LedgerCorrupt, match=where.replace("(", r"\(")):
+        led.total()
+
+
+def test_a_deleted_ledger_is_detected(tmp_path):
+    led = Ledger(tmp_path)
+    led.append(_entry("c/run-1", 1, 1.0))
+    (tmp_path / "privacy-ledger.jsonl").unlink()
+    with pytest.raises(LedgerCorrupt, match="missing"):
+        led.total()
+
+
+# -- the hard stop ------------------------------------------------------------------------------------------------
+def test_refuses_exactly_the_round_that_would_exceed_the_limit(tmp_path):
+    led, budget = Ledger(tmp_path), Budget(3.5, 1e-5)  # sigma 2: rounds cost eps 2.17, 3.19, 4.01 cumulatively
+    config = {"fedge-run": "c/run-1", "dp-noise": 2.0, "dp-clip": 1.0}
+    decisions = []
+    for rnd in (1, 2, 3):
+        cost = plan_round({**config, "round": rnd}, led, 1e-5, 100, 10, 1)
+        why = refusal(cost, led, budget)
+        decisions.append(why)
+        led.append({**cost.ledger_body(), **({"refused": why} if why else {})})
+    assert decisions[0] is None and decisions[1] is None
+    assert "would bring this customer's ε to 4.011 > limit 3.5" in decisions[2]
+    # a new run: its first round on top of what run 1 spent does not fit either
+    cost = plan_round({**config, "fedge-run": "c/run-2", "round": 1}, led, 1e-5, 100, 10, 1)
+    assert refusal(cost, led, budget) is not None
+    assert led.total() == pytest.approx(epsilon([(2.0, 1.0, 2)], 1e-5))
+
+
+def test_non_private_rounds_are_refused_under_a_limit_and_nothing_sent_raises_it(tmp_path):
+    led = Ledger(tmp_path)
+    cost = plan_round({"fedge-run": "c/run-1", "round": 1, "max-epsilon": 1000}, led, 1e-5, 100, 10, 1)
+    assert cost.mechanism == "none"
+    assert "not differentially private" in refusal(cost, led, Budget(8, 1e-5))
+    assert refusal(cost, led, None) is None  # a customer without a limit trains
+
+
+def test_dpsgd_cost_is_the_customers_own_and_accumulates_over_rounds(tmp_path):
+    led = Ledger(tmp_path)
+    config = {"fedge-run": "c/run-1", "dp-sgd": True, "dp-sgd-noise": 1.0, "dp-sgd-clip": 1.0, "dp-noise": 0.0}
+    c1 = plan_round({**config, "round": 1}, led, 1e-5, 400, 32, 1)
+    led.append(c1.ledger_body())
+    c2 = plan_round({**config, "round": 2}, led, 1e-5, 400, 32, 1)
+    assert c1.mechanism == "dp-sgd" and c2.history == [[1.0, 0.08, 12], [1.0, 0.08, 12]]
+    assert c2.epsilon_run == pytest.approx(epsilon([(1.0, 0.08, 24)], 1e-5)) and c2.epsilon_run > c1.epsilon_run
+    # a target ε instead of a noise multiplier: the customer derives sigma for the planned rounds
+    c = plan_round({**config, "dp-sgd-noise": 0.0, "dp-sgd-epsilon": 8.0, "planned-rounds": 5, "round": 1},
+                   Ledger(tmp_path / "other"), 1e-5, 400, 32, 1)
+    assert epsilon([(c.noise, 0.08, 60)], 1e-5) <= 8.0
+
+
+# -- client-side clipping ---------------------------------------------------------------------------------------
+def test_clipping_bounds_the_update_and_passes_a_zero_update():
+    rng = np.random.default_rng(0)
+    old = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
+    new = [a + 10 for a in old]
+    clipped = clip_update(new, old, 1.5)
+    assert update_norm(clipped, old) == pytest.approx(1.5, rel=1e-5)
+    assert update_norm(clip_update([a + 1e-3 for a in old], old, 1.5), old) < 1.5  # inside the bound: untouched
+    same = clip_update([a.copy() for a in old], old, 1.5)  # Flower's fixedclipping_mod: ZeroDivisionError here
+    assert all(np.array_equal(a, b) for a, b in zip(same, old))
+
+
+# -- coordinator: refusals, screening, robust aggregation, central DP -------------------------------------------
+def _fit(arrays, n, **metrics):
+    return FitRes(OK, ndarrays_to_parameters(arrays), n, metrics)
+
+
+def _strategy(**kw):
+    return FedgeFedAvg(min_clients=kw.pop("min_clients", 2), wait_timeout=1, fit_config={},
+                       initial_parameters=ndarrays_to_parameters([np.zeros(3, np.float32)]), **kw)
+
+
+def _proxy(i):
+    return SimpleNamespace(node_id=i)
+
+
+def test_refused_and_poisoned_updates_never_reach_the_aggregate():
+    s = _strategy(max_update_norm=6.0)
+    s.begin_round(1, [np.zeros(3, np.float32)])
+    results = [
+        (_proxy(1), _fit([np.ones(3, np.float32)], 10, customer="a")),
+        (_proxy(2), _fit([np.full(3, 3.0, np.float32)], 10, customer="b")),
+        (_proxy(3), _fit([np.zeros(3, np.float32)], 0, customer="c", refused="limit reached")),
+        (_proxy(4), _fit([np.array([np.nan, 0, 0], np.float32)], 10, customer="d")),
+        (_proxy(5), _fit([np.full(3, 100.0, np.float32)], 10, customer="e")),
+    ]
+    params, _ = s.aggregate_fit(1, results, [])
+    np.testing.assert_allclose(parameters_to_ndarrays(params)[0], np.full(3, 2.0))
+    o = s.outcome
+    assert o.clients == ["a", "b"] and o.refused == [{"customer": "c", "reason": "limit reached"}]
+    assert [r["customer"] for r in o.rejected] == ["d", "e"]
+    assert "NaN" in o.rejected[0]["reason"] and "exceeds the bound 6" in o.rejected[1]["reason"]
+
+
+@pytest.mark.parametrize("aggregator", ["median", "trimmed-mean", "krum"])
+def test_robust_aggregators_resist_one_scaled_sign_flipped_client(aggregator):
+    rng = np.random.default_rng(1)
+    honest = [np.full(50, 1.0, np.float32) + rng.normal(0, 0.01, 50).astype(np.float32) for _ in range(4)]
+    attacker = np.full(50, -100.0, np.float32)
+    results = [(_proxy(i), _fit([u], 10, customer=f"c{i}")) for i, u in enumerate(honest + [attacker])]
+    fedavg = parameters_to_ndarrays(_strategy().aggregate_fit(1, results, [])[0])[0]
+    s = _strategy(aggregator=aggregator)
+    s.begin_round(1)
+    robust = parameters_to_ndarrays(s.aggregate_fit(1, results, [])[0])[0]
+    assert np.abs(fedavg - 1).max() > 10 and np.abs(robust - 1).max() < 0.1
+
+
+def test_central_dp_keeps_rounds_with_failures_and_calibrates_noise_to_survivors():
+    inner = _strategy(min_clients=2)
+    dp = CentralDP(inner, noise_multiplier=2.0, clipping_norm=1.0, num_sampled_clients=5)
+    inner.begin_round(1)
+    zeros = np.zeros(200_000, np.float32)
+    results = [(_proxy(i), _fit([zeros], 1, customer=f"c{i}")) for i in range(4)]
+    results.append((_proxy(9), _fit([zeros], 0, customer="r", refused="limit")))
+    params, _ = dp.aggregate_fit(1, results, [RuntimeError("node 7: timed out")])
+    assert params is not None  # Flower's wrapper returns None here: the round would be lost
+    noise = parameters_to_ndarrays(params)[0]
+    assert dp.last_survivors == 4 and dp.last_stdev == pytest.approx(2.0 * 1.0 / 4)
+    assert noise.std() == pytest.approx(0.5, rel=0.02)  # not 2/5 (sampled), not 2/6
