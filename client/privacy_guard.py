@@ -29,6 +29,12 @@ class RoundCost:
     noise: float = 0.0
     clip: float = 0.0
 
+    def with_last_segment(self, segment: list) -> "RoundCost":
+        from dataclasses import replace
+
+        history = [*self.history[:-1], segment]
+        return replace(self, history=history, epsilon_run=epsilon(history, self.delta))
+
     def ledger_body(self) -> dict:
         return {"run": self.run, "round": self.round, "mechanism": self.mechanism, "epsilon_run": self.epsilon_run,
                 "delta": self.delta, "history": self.history, "noise": self.noise, "clip": self.clip}
@@ -41,11 +47,11 @@ def dpsgd_config(config: dict, delta: float) -> DPSGDConfig | None:
                        epsilon=float(config.get("dp-sgd-epsilon", 0.0)), delta=delta)
 
 
-def plan_round(config: dict, ledger: Ledger, delta: float, n_train: int, batch_size: int, epochs: int) -> RoundCost:
+def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, batch_size: int, epochs: int) -> RoundCost:
     from fedge.tasks.training import dpsgd_plan
 
     run, rnd = str(config.get("fedge-run", "unknown")), int(config.get("round", 0))
-    before = ledger.runs().get(run, {})
+    before = ledger.runs().get(run, {}) if ledger is not None else {}  # simulation: no state dir, no ledger
     dp = dpsgd_config(config, delta)
     if dp is not None:
         q, steps = dpsgd_plan(n_train, batch_size, epochs)
@@ -62,9 +68,9 @@ def plan_round(config: dict, ledger: Ledger, delta: float, n_train: int, batch_s
     return RoundCost(run, rnd, "none", None, delta)
 
 
-def refusal(cost: RoundCost, ledger: Ledger, budget: Budget | None) -> str | None:
+def refusal(cost: RoundCost, ledger: Ledger | None, budget: Budget | None) -> str | None:
     """Why this round must not be trained, or None if it fits."""
-    if budget is None:
+    if budget is None or ledger is None:
         return None
     if cost.epsilon_run is None:
         return (f"round {cost.round} is not differentially private and this customer's limit is"

@@ -94,6 +94,8 @@ class FedgeClient(NumPyClient):
         if cost.mechanism == "dp-sgd":
             res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze)
             loss = res.loss
+            if [res.noise_multiplier, res.sample_rate, res.steps] != cost.history[-1]:
+                cost = cost.with_last_segment([res.noise_multiplier, res.sample_rate, res.steps])  # charge what ran
         else:
             masks = None
             if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros

@@ -143,7 +143,8 @@ def cmd_simulate(a) -> int:
     from server.simulate import SimulationConfig, simulate
 
     cfg = SimulationConfig(task=a.task, clients=a.clients, rounds=a.rounds, alpha=a.alpha, local_epochs=a.local_epochs,
-                           lr=a.lr, secagg=a.secagg, seed=a.seed, cpus_per_client=a.cpus_per_client)
+                           lr=a.lr, secagg=a.secagg, seed=a.seed, cpus_per_client=a.cpus_per_client,
+                           dp_noise=a.dp_noise, dp_clip=a.dp_clip)
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
 
@@ -192,7 +193,8 @@ def cmd_release_show(a) -> int:
 def cmd_demo(a) -> int:
     from fedge.demo import DemoConfig, run_demo
 
-    return run_demo(DemoConfig(out=Path(a.out), rounds=a.rounds, secagg=not a.no_secagg))
+    return run_demo(DemoConfig(out=Path(a.out), rounds=a.rounds, secagg=not a.no_secagg,
+                               dp_sgd_epsilon=0.0 if a.no_dp else a.dp_sgd_epsilon))
 
 
 # -- parser ---------------------------------------------------------------------------------------------------
@@ -322,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=float, default=1.0)
+    p.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA", help="central DP noise multiplier")
+    p.add_argument("--dp-clip", type=float, default=0.0, metavar="C", help="central DP clipping norm")
     p.add_argument("--out", help="directory for the registry, checkpoints and plot")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_simulate)
@@ -355,8 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--no-secagg", action="store_true")
+    p.add_argument("--dp-sgd-epsilon", type=float, default=8.0, help="DP-SGD budget of the demo run (default 8)")
+    p.add_argument("--no-dp", action="store_true", help="a non-private demo run")
     p.set_defaults(fn=cmd_demo)
     return parser
 

@@ -60,6 +60,14 @@ class Evaluation:
         )
 
 
+def _brief(failures: list[str], n: int = 3, width: int = 300) -> str:
+    """The first few failures, each cut short: enough to act on without a page of remote tracebacks."""
+    if not failures:
+        return "none"
+    shown = [f if len(f) <= width else f[:width] + "..." for f in failures[:n]]
+    return "; ".join(shown) + (f" (+{len(failures) - n} more)" if len(failures) > n else "")
+
+
 def describe_failure(failure) -> str:
     if isinstance(failure, BaseException):
         return str(failure)
@@ -135,7 +143,7 @@ class FedgeFedAvg(FedAvg):
         if len(accepted) < self.min_clients:
             raise InsufficientClients(
                 f"round {server_round}: {len(accepted)} usable client update(s), --min-clients is {self.min_clients};"
-                f" refused: {out.refused or 'none'}; rejected: {out.rejected or 'none'}; failures: {out.failures or 'none'}"
+                f" refused: {out.refused or 'none'}; rejected: {out.rejected or 'none'}; failures: {_brief(out.failures)}"
             )
         if self.aggregator != "fedavg" and not shared:
             arrays = robust_aggregate(self.aggregator, [npy_arrays(r) for _, r in accepted],

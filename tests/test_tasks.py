@@ -102,3 +102,17 @@ def test_freeze_keeps_parameters_out_of_the_exchange_and_unchanged():
     assert np.array_equal(before[0], after[0]) and not np.array_equal(before[1], after[1])
     with pytest.raises(ValueError, match="shape"):
         set_arrays(model, ["conv1.weight"], [np.zeros((1, 1), np.float32)])
+
+
+def test_dpsgd_trains_a_model_that_was_just_evaluated_and_reports_its_steps():
+    from fedge.tasks import split_holdout
+    from fedge.tasks.training import TrainConfig, evaluate, train_dpsgd
+
+    task = get_task("digits")
+    train_ds, holdout = split_holdout(task.reference_data())
+    model = task.build_model()
+    before = evaluate(model, holdout)[1]  # leaves the model in eval mode, as the ClientApp does
+    res = train_dpsgd(model, train_ds, TrainConfig(epochs=3, batch_size=64, lr=3e-3), noise_multiplier=0.5,
+                      max_grad_norm=1.0)
+    assert res.steps == 3 * -(-len(train_ds) // 64) and res.sample_rate == 64 / len(train_ds)
+    assert evaluate(model, holdout)[1] > max(before, 0.5)

@@ -122,9 +122,10 @@ class DPSGDResult:
 
 
 def dpsgd_plan(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """(Poisson sampling rate, optimizer steps) a DP-SGD round takes on ``n`` examples."""
+    """(Poisson sampling rate, optimizer steps) a DP-SGD round takes on ``n`` examples: Opacus' Poisson loader
+    draws as many batches per epoch as the plain loader it replaces, ceil(n / batch_size)."""
     q = min(1.0, batch_size / max(n, 1))
-    return q, epochs * max(1, int(round(1 / q)))
+    return q, epochs * max(1, -(-n // batch_size))
 
 
 def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplier: float, max_grad_norm: float,
@@ -146,6 +147,7 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     loader = DataLoader(TensorDataset(torch.from_numpy(ds.x), torch.from_numpy(ds.y)), batch_size=cfg.batch_size,
                         generator=torch.Generator().manual_seed(cfg.seed))
     opt = torch.optim.Adam(params, lr=cfg.lr)
+    model.train()  # Opacus refuses a module in eval mode (the client evaluated the incoming model first)
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on secure RNG and on full backward hooks
