@@ -91,15 +91,15 @@ class FedgeClient(NumPyClient):
             if ledger is not None:
                 ledger.append({**cost.ledger_body(), "refused": why})
             return get_arrays(model, exchanged_names(model, freeze)), 0, metrics | {"refused": why}
+        masks = None
+        if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
+            masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
         if cost.mechanism == "dp-sgd":
-            res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze)
+            res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze, masks=masks)
             loss = res.loss
             if [res.noise_multiplier, res.sample_rate, res.steps] != cost.history[-1]:
                 cost = cost.with_last_segment([res.noise_multiplier, res.sample_rate, res.steps])  # charge what ran
         else:
-            masks = None
-            if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
-                masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
             loss = train(model, train_ds, cfg, freeze=freeze, masks=masks)
         if ledger is not None:
             ledger.append(cost.ledger_body())

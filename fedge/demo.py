@@ -69,7 +69,9 @@ def run_demo(cfg: DemoConfig) -> int:
     from .cluster import LocalFederation
     from .tasks import get_task
 
-    console = Console()
+    import sys
+
+    console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no folding at 80 columns
     out = Path(cfg.out).resolve()
     shutil.rmtree(out, ignore_errors=True)
     files = write_customer_data(out, cfg.alpha, cfg.seed)

@@ -116,3 +116,24 @@ def test_dpsgd_trains_a_model_that_was_just_evaluated_and_reports_its_steps():
                       max_grad_norm=1.0)
     assert res.steps == 3 * -(-len(train_ds) // 64) and res.sample_rate == 64 / len(train_ds)
     assert evaluate(model, holdout)[1] > max(before, 0.5)
+
+
+def test_dpsgd_holds_a_pruning_mask():
+    import torch
+
+    from fedge.tasks import split_holdout
+    from fedge.tasks.training import TrainConfig, train_dpsgd
+
+    task = get_task("digits")
+    train_ds, _ = split_holdout(task.reference_data())
+    model = task.build_model()
+    masks = {}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.endswith("weight") and p.dim() > 1:
+                masks[n] = (torch.rand_like(p) > 0.5).float()
+                p.mul_(masks[n])
+    train_dpsgd(model, train_ds, TrainConfig(epochs=1, batch_size=64, lr=3e-3), 1.0, 1.0, masks=masks)
+    for n, p in model.named_parameters():
+        if n in masks:
+            assert torch.all(p[masks[n] == 0] == 0), n

@@ -129,7 +129,7 @@ def dpsgd_plan(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
 
 
 def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplier: float, max_grad_norm: float,
-                freeze: tuple[str, ...] = ()) -> DPSGDResult:
+                freeze: tuple[str, ...] = (), masks: dict | None = None) -> DPSGDResult:
     """Sample-level DP-SGD with Opacus: Poisson-sampled batches, per-sample gradients clipped to
     ``max_grad_norm``, Gaussian noise of ``noise_multiplier * max_grad_norm``. Trains ``model`` in place."""
     import warnings
@@ -161,15 +161,14 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
         total, count = 0.0, 0
         for xb, yb in dp_loader:
             dp_opt.zero_grad()
-            if len(yb) == 0:  # Poisson sampling may draw an empty batch: still a (noise-only) step
-                dp_opt.step()
-                taken += 1
-                continue
-            loss = loss_fn(dp_model(xb), yb)
-            loss.backward()
+            if len(yb):  # Poisson sampling may draw an empty batch: still a (noise-only) step
+                loss = loss_fn(dp_model(xb), yb)
+                loss.backward()
+                total, count = total + loss.item() * len(yb), count + len(yb)
             dp_opt.step()
             taken += 1
-            total, count = total + loss.item() * len(yb), count + len(yb)
+            if masks:  # recovery after pruning: zeros stay zeros
+                _apply_masks(model, masks)
         last = total / max(count, 1)
     dp_model.remove_hooks() if hasattr(dp_model, "remove_hooks") else None
     return DPSGDResult(last, noise_multiplier, q, taken)
