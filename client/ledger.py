@@ -1,7 +1,8 @@
 """The customer's privacy ledger: an append-only JSON-lines file in the daemon's state dir, one entry per round
 the customer trained (or refused), each entry chained to the previous one by sha256, so any edit, deletion or
 reordering of earlier lines is detected (the chain's head is also kept in a second file). Entries record the ε
-a run has spent so far at the customer's δ; the total is the sum over runs (composition across runs).
+a run has spent so far at the customer's δ; the total is the sum over runs (composition across runs). Rounds
+trained without DP (only possible without a limit) are recorded too; their runs are listed as non-private.
 
 The limit (``--max-epsilon``) is the customer's own, given when starting the daemon; nothing the coordinator
 sends is read into it.
@@ -91,6 +92,10 @@ class Ledger:
             if e.get("refused"):
                 r["refused"].append({"round": e["round"], "reason": e["refused"]})
                 continue
+            if e.get("epsilon_run") is None:  # took part without DP: unbounded, listed apart from the total
+                r["non_private"] = True
+                r["rounds"].append(e["round"])
+                continue
             r["epsilon"] = float(e["epsilon_run"])
             r["rounds"].append(e["round"])
             r["history"] = e.get("history", r["history"])
@@ -98,12 +103,14 @@ class Ledger:
         return out
 
     def total(self) -> float:
+        """ε spent over the differentially private runs (runs without DP are listed, not summed: unbounded)."""
         return sum(r["epsilon"] for r in self.runs().values())
 
     def document(self, budget: Budget | None = None) -> dict:
         runs = self.runs()
         total = sum(r["epsilon"] for r in runs.values())
-        doc = {"ledger": str(self.path), "total_epsilon": total, "runs": list(runs.values())}
+        doc = {"ledger": str(self.path), "total_epsilon": total, "runs": list(runs.values()),
+               "non_private_runs": [k for k, r in runs.items() if r.get("non_private")]}
         if budget is not None:
             doc |= {"max_epsilon": budget.max_epsilon, "delta": budget.delta, "remaining": budget.max_epsilon - total}
         return doc

@@ -80,7 +80,8 @@ def cmd_client_ledger(a) -> int:
 
     table = Table("run", "mechanism", "rounds trained", "ε spent", "refused")
     for r in doc["runs"]:
-        table.add_row(r["run"], str(r["mechanism"]), str(len(r["rounds"])), f"{r['epsilon']:.4f}",
+        table.add_row(r["run"], str(r["mechanism"]), str(len(r["rounds"])),
+                      "unbounded (not private)" if r.get("non_private") else f"{r['epsilon']:.4f}",
                       "; ".join(f"round {x['round']}: {x['reason']}" for x in r["refused"]) or "-")
     console = Console()
     console.print(table)

@@ -196,3 +196,15 @@ def test_central_dp_keeps_rounds_with_failures_and_calibrates_noise_to_survivors
     noise = parameters_to_ndarrays(params)[0]
     assert dp.last_survivors == 4 and dp.last_stdev == pytest.approx(2.0 * 1.0 / 4)
     assert noise.std() == pytest.approx(0.5, rel=0.02)  # not 2/5 (sampled), not 2/6
+
+
+def test_non_private_rounds_are_listed_not_summed_and_do_not_break_the_ledger(tmp_path):
+    led = Ledger(tmp_path)
+    for rnd in (1, 2):  # a customer without a limit in a non-private run: every round is still recorded
+        cost = plan_round({"fedge-run": "c/run-1", "round": rnd}, led, 1e-5, 100, 10, 1)
+        assert refusal(cost, led, None) is None
+        led.append(cost.ledger_body())
+    led.append(_entry("c/run-2", 1, 1.25))
+    doc = Ledger(tmp_path).document()
+    assert doc["total_epsilon"] == pytest.approx(1.25) and doc["non_private_runs"] == ["c/run-1"]
+    assert doc["runs"][0]["rounds"] == [1, 2]

@@ -1,0 +1,96 @@
+"""Edge fuzz: property-based ModelInfer requests (hypothesis) against a real `fedge edge serve` process. Every
+reply is OK or one of the documented error codes, and the server stays ready and correct throughout."""
+import grpc
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.system
+DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+              grpc.StatusCode.RESOURCE_EXHAUSTED}
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
+             "FP64", "BYTES", "BF16", "", "fp32", "STRING"]
+DIMS = st.one_of(st.sampled_from([-1, 0, 1, 2, 8, 64, 65, 2**31, 2**62, -(2**40)]), st.integers(-3, 70))
+TYPED = ["bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents", "fp32_contents",
+         "fp64_contents", "bytes_contents"]
+
+
+def _bytes_tensor(items: list[bytes], corrupt: int | None) -> bytes:
+    out = b"".join(len(b).to_bytes(4, "little") + b for b in items)
+    if corrupt is not None and out:
+        pos = corrupt % len(out)
+        out = out[:pos] + bytes([out[pos] ^ 0xFF]) + out[pos + 1:]
+    return out
+
+
+@st.composite
+def requests(draw):
+    req = pb.ModelInferRequest(model_name=draw(st.sampled_from(["digits", "intent", "", "nope", "digits/1", "ü" * 3])),
+                               model_version=draw(st.sampled_from(["", "1", "2", "0", "-1", "x"])),
+                               id=draw(st.text(max_size=8)))
+    for key in draw(st.lists(st.text(min_size=1, max_size=6), max_size=2)):
+        req.parameters[key].string_param = draw(st.text(max_size=6))
+    n_inputs = draw(st.integers(0, 3))
+    use_raw = draw(st.booleans())
+    for _ in range(n_inputs):
+        name = draw(st.sampled_from(["input", "text", "", "x"]))
+        dtype = draw(st.sampled_from(DATATYPES))
+        shape = draw(st.lists(DIMS, max_size=5))
+        t = req.inputs.add(name=name, datatype=dtype, shape=shape)
+        if draw(st.booleans()):
+            t.parameters["binary_data_size"].int64_param = draw(st.integers(-5, 5000))
+        if use_raw:
+            kind = draw(st.sampled_from(["exact", "random", "bytes"]))
+            if kind == "exact" and dtype == "FP32" and all(0 <= s <= 64 for s in shape):
+                raw = np.zeros([s for s in shape], np.float32).tobytes()
+            elif kind == "bytes":
+                raw = _bytes_tensor(draw(st.lists(st.binary(max_size=40), max_size=4)),
+                                    draw(st.one_of(st.none(), st.integers(0, 1000))))
+            else:
+                raw = draw(st.binary(max_size=600))
+            req.raw_input_contents.append(raw)
+        else:
+            field = draw(st.sampled_from(TYPED))
+            values = draw(st.lists(st.integers(0, 255), max_size=70))
+            if field == "bytes_contents":
+                getattr(t.contents, field).extend(bytes([v]) * 3 for v in values)
+            elif field == "bool_contents":
+                getattr(t.contents, field).extend(bool(v % 2) for v in values)
+            else:
+                getattr(t.contents, field).extend(values)
+    if draw(st.booleans()):  # mismatched raw/typed: raw contents for some inputs that also carry typed contents
+        req.raw_input_contents.append(draw(st.binary(max_size=64)))
+    for name in draw(st.lists(st.sampled_from(["logits", "label", "nope", ""]), max_size=3)):
+        req.outputs.add(name=name)
+    return req
+
+
+def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(edge_server, report):
+    counts = {"cases": 0, "ok": 0, "errors": {}}
+    with grpc.insecure_channel(edge_server.url) as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+
+        @settings(max_examples=2000, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(requests())
+        def check(req):
+            counts["cases"] += 1
+            try:
+                stub.ModelInfer(req, timeout=20)
+                counts["ok"] += 1
+            except grpc.RpcError as exc:
+                assert exc.code() in DOCUMENTED, (exc.code(), exc.details(), req)
+                counts["errors"][exc.code().name] = counts["errors"].get(exc.code().name, 0) + 1
+
+        check()
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+        ok = pb.ModelInferRequest(model_name="digits")
+        ok.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+        ok.raw_input_contents.append(np.zeros((1, 1, 8, 8), np.float32).tobytes())
+        assert len(stub.ModelInfer(ok, timeout=10).raw_output_contents[0]) == 40
+    assert counts["cases"] >= 2000 and edge_server.proc.poll() is None
+    report["edge_fuzz"] = counts
