@@ -28,7 +28,50 @@ def _bytes_tensor(items: list[bytes], corrupt: int | None) -> bytes:
 
 
 @st.composite
-def requests(draw):
+def mutated_valid(draw):
+    """A valid request for digits or intent with 0-3 mutations: reaches decoding, batching and the backend."""
+    text = draw(st.booleans())
+    if text:
+        items = draw(st.lists(st.text(max_size=30).map(lambda t: t.encode("utf-8", "replace")), min_size=1, max_size=4))
+        req = pb.ModelInferRequest(model_name="intent")
+        req.inputs.add(name="text", datatype="BYTES", shape=[len(items), 1])
+        req.raw_input_contents.append(_bytes_tensor(items, None))
+    else:
+        n = draw(st.integers(1, 4))
+        req = pb.ModelInferRequest(model_name="digits")
+        req.inputs.add(name="input", datatype="FP32", shape=[n, 1, 8, 8])
+        req.raw_input_contents.append(draw(st.binary(min_size=n * 256, max_size=n * 256)))
+    t = req.inputs[0]
+    for m in draw(st.lists(st.sampled_from(["dtype", "shape", "truncate", "extend", "corrupt", "param", "typed",
+                                            "extra", "version", "outputs"]), max_size=3)):
+        if m == "dtype":
+            t.datatype = draw(st.sampled_from(DATATYPES))
+        elif m == "shape":
+            t.shape[draw(st.integers(0, len(t.shape) - 1))] = draw(DIMS)
+        elif m == "truncate":
+            raw = req.raw_input_contents[0]
+            req.raw_input_contents[0] = raw[: draw(st.integers(0, max(len(raw) - 1, 0)))]
+        elif m == "extend":
+            req.raw_input_contents[0] += draw(st.binary(min_size=1, max_size=64))
+        elif m == "corrupt" and req.raw_input_contents[0]:
+            raw = bytearray(req.raw_input_contents[0])
+            raw[draw(st.integers(0, min(3, len(raw) - 1)))] = 0xFF  # a BYTES length prefix (or a float byte)
+            req.raw_input_contents[0] = bytes(raw)
+        elif m == "param":
+            req.parameters[draw(st.text(min_size=1, max_size=5))].int64_param = draw(st.integers(-9, 9))
+        elif m == "typed":
+            t.contents.fp32_contents.extend(draw(st.lists(st.floats(width=32), max_size=300)))
+        elif m == "extra":
+            req.inputs.add(name=draw(st.sampled_from(["input", "text", "x"])), datatype="FP32", shape=[1])
+        elif m == "version":
+            req.model_version = draw(st.sampled_from(["1", "2", "x", ""]))
+        elif m == "outputs":
+            req.outputs.add(name=draw(st.sampled_from(["logits", "label", "nope"])))
+    return req
+
+
+@st.composite
+def random_requests(draw):
     req = pb.ModelInferRequest(model_name=draw(st.sampled_from(["digits", "intent", "", "nope", "digits/1", "ü" * 3])),
                                model_version=draw(st.sampled_from(["", "1", "2", "0", "-1", "x"])),
                                id=draw(st.text(max_size=8)))
@@ -76,7 +119,7 @@ def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(
 
         @settings(max_examples=2000, deadline=None, database=None, derandomize=True,
                   suppress_health_check=list(HealthCheck))
-        @given(requests())
+        @given(st.one_of(mutated_valid(), mutated_valid(), random_requests()))
         def check(req):
             counts["cases"] += 1
             try:
@@ -93,4 +136,5 @@ def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(
         ok.raw_input_contents.append(np.zeros((1, 1, 8, 8), np.float32).tobytes())
         assert len(stub.ModelInfer(ok, timeout=10).raw_output_contents[0]) == 40
     assert counts["cases"] >= 2000 and edge_server.proc.poll() is None
+    assert counts["ok"] > 200 and counts["errors"].get("INVALID_ARGUMENT", 0) > 200  # deep paths were reached
     report["edge_fuzz"] = counts
