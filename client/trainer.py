@@ -54,6 +54,28 @@ class NodeSettings:
         return split_holdout(ds, self.holdout)
 
 
+FAULT_ENV = "FEDGE_FAULT_INJECT"
+
+
+def inject_fault(arrays: list[np.ndarray], received: list[np.ndarray], sent_names: list[str],
+                 all_names: list[str]) -> list[np.ndarray]:
+    """Test mode for the poisoning and robustness suites, off unless the daemon's environment sets
+    FEDGE_FAULT_INJECT: ``scale:K`` sends global + K * update, ``flip:K`` sends global - K * update, ``nan``
+    sends NaNs. A real customer never sets it; it exists so tests can run a misbehaving client end to end."""
+    import os
+
+    fault = os.environ.get(FAULT_ENV, "")
+    if not fault:
+        return arrays
+    kind, _, k = fault.partition(":")
+    base = dict(zip(all_names, received))
+    glob = [base[n].astype(a.dtype) for n, a in zip(sent_names, arrays)]
+    if kind == "nan":
+        return [np.full_like(a, np.nan) if a.dtype.kind == "f" else a for a in arrays]
+    sign = -1.0 if kind == "flip" else 1.0
+    return [(g + sign * float(k or 1) * (a - g)).astype(a.dtype) for a, g in zip(arrays, glob)]
+
+
 class FedgeClient(NumPyClient):
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -107,6 +129,8 @@ class FedgeClient(NumPyClient):
             metrics |= {"dp_mechanism": cost.mechanism, "dp_epsilon": float(cost.epsilon_run),
                         "dp_delta": cost.delta, "dp_noise": float(cost.noise)}
         arrays = get_arrays(model, exchanged_names(model, freeze))
+        arrays = inject_fault(arrays, [np.asarray(p) for p in parameters], exchanged_names(model, freeze),
+                              list(model.state_dict()))
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get("dp-noise", 0.0)) > 0 else len(train_ds)
         return arrays, weight, metrics | {"train_loss": float(loss)}

@@ -73,7 +73,7 @@ class LocalFederation:
         return bundle
 
     def start_client(self, name: str, data: Path, task: str, register: bool = True, certs: Path | None = None,
-                     insecure: bool | None = None, extra: list[str] = ()) -> subprocess.Popen:
+                     insecure: bool | None = None, extra: list[str] = (), env: dict | None = None) -> subprocess.Popen:
         insecure = (not self.secure) if insecure is None else insecure
         args = ["client", "start", "--coordinator", self.address, "--data", str(data), "--task", task,
                 "--name", name, "--state", str(self.root / "clients" / name), *extra]
@@ -81,7 +81,7 @@ class LocalFederation:
             args.append("--insecure")
         else:
             args += ["--certs", str(certs or self.client_bundle(name, register=register))]
-        proc = spawn(fedge_cmd(*args), self.root / "logs" / f"client-{name}.out", env=fedge_env())
+        proc = spawn(fedge_cmd(*args), self.root / "logs" / f"client-{name}.out", env=fedge_env(**(env or {})))
         self.clients[name] = proc
         return proc
 

@@ -14,7 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from .aggregate import fedavg_fit_results, npy_view
-from .robust import robust_aggregate, screen
+from .robust import robust_aggregate, screen, update_norm
 
 
 def npy_arrays(res: FitRes) -> list:
@@ -134,6 +134,8 @@ class FedgeFedAvg(FedAvg):
             out.clients.append(name)
             out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
                                         **{k: v for k, v in m.items() if not k.startswith("eval_")}}
+            if not shared and self.global_arrays is not None:  # what an operator sets --max-update-norm from
+                out.client_metrics[name]["update_norm"] = update_norm(npy_arrays(res), self.global_arrays)
             if "dp_epsilon" in m:
                 out.privacy[name] = {"epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", 0)),
                                      "mechanism": str(m.get("dp_mechanism", "")), "noise": float(m.get("dp_noise", 0))}

@@ -105,7 +105,9 @@ def test_plaintext_client_cannot_reach_tls_coordinator(federation, digits_custom
                                    extra=["--max-restarts", "0", "--connect-retries", "2"])
     assert wait_exit(proc, 90) != 0
     log = (federation.root / "logs" / "client-plaintext.out").read_text()
-    assert "refused by the coordinator: Server disconnected without sending a response" in log
+    # the TLS server either closes or resets the plaintext HTTP/2 handshake, depending on timing
+    assert ("refused by the coordinator: Server disconnected without sending a response" in log
+            or "refused by the coordinator: [Errno 104] Connection reset by peer" in log), log
     supernode_log = (federation.root / "clients" / "plaintext" / "logs" / "supernode.log").read_text()
     assert "SuperNode ID" not in supernode_log  # it never joined
     federation.clients.pop("plaintext")
