@@ -100,6 +100,23 @@ def test_unregistered_client_is_refused(federation, digits_customers):
     federation.clients.pop("intruder")
 
 
+def test_client_trusting_another_ca_is_refused(federation, digits_customers, tmp_path):
+    """A customer bundle from a different CA (a forged coordinator, or the wrong deployment) never connects:
+    the coordinator's certificate does not verify against it, so nothing is ever sent."""
+    from server.certs import init_certs
+
+    other = init_certs(tmp_path / "other-ca", clients=1)
+    bundle = other.client_dir("client-0")
+    proc = federation.start_client("foreign", digits_customers[0], "digits", certs=bundle,
+                                   extra=["--max-restarts", "0", "--connect-retries", "2"])
+    assert wait_exit(proc, 90) != 0
+    log = (federation.root / "logs" / "client-foreign.out").read_text()
+    assert "refused by the coordinator" in log and "CERTIFICATE_VERIFY_FAILED" in log, log
+    supernode_log = (federation.root / "clients" / "foreign" / "logs" / "supernode.log").read_text()
+    assert "SuperNode ID" not in supernode_log
+    federation.clients.pop("foreign")
+
+
 def test_plaintext_client_cannot_reach_tls_coordinator(federation, digits_customers):
     proc = federation.start_client("plaintext", digits_customers[0], "digits", insecure=True,
                                    extra=["--max-restarts", "0", "--connect-retries", "2"])
