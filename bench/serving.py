@@ -41,16 +41,13 @@ class _Server:
     def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str) -> None:
         from edge_runtime.bundle import load_public_key
         from edge_runtime.repository import install_bundle
-        from fedge.procs import fedge_env, free_port, spawn
+        from fedge.cluster import EdgeServerProcess
 
         repo = work / f"repo-{name}"
         shutil.rmtree(repo, ignore_errors=True)
         install_bundle(repo, bundle, load_public_key(pub))
-        self.port, self.metrics_port = free_port(), free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.proc = spawn([sys.executable, "-m", "fedge.cli", "edge", "serve", "--repo", str(repo), "--trust", str(pub),
-                           "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                           *flags], work / f"server-{name}.log", env=fedge_env())
+        self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags)
+        self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
 
     def wait_ready(self) -> None:
         import time
@@ -79,9 +76,7 @@ class _Server:
         return get("sum"), get("count")
 
     def stop(self) -> None:
-        from fedge.procs import stop_pid
-
-        stop_pid(self.proc.pid)
+        self.server.stop()
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:

@@ -12,13 +12,9 @@ from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
-from flwr.supercore.differential_privacy import compute_clip_model_update
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
-KEY_CLIPPING_NORM = "clipping_norm"
-
-
-def update_norm(new: list[np.ndarray], old: list[np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum((np.asarray(a, np.float64) - b) ** 2)) for a, b in zip(new, old))))
+from fedge.privacy import update_norm
 
 
 def clip_update(new: list[np.ndarray], old: list[np.ndarray], clipping_norm: float) -> list[np.ndarray]:

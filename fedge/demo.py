@@ -150,21 +150,17 @@ def edge_stage(console, fed, bundle, files) -> None:
     from edge_runtime.client import EdgeClient
     from edge_runtime.repository import install_bundle
 
-    from .procs import free_port, spawn, stop_pid, wait_port
-    from .cluster import fedge_cmd
+    from .cluster import EdgeServerProcess
     from .tasks import get_task, split_holdout
 
     console.rule("edge: verified install, KServe v2 gRPC serving")
     repo, trust = fed.root / "edge-repo", fed.state / "keys" / "release.pub"
     name, version = install_bundle(repo, bundle, load_public_key(trust))
-    port = free_port()
-    proc = spawn(fedge_cmd("edge", "serve", "--repo", str(repo), "--trust", str(trust), "--host", "127.0.0.1",
-                           "--port", str(port), "--metrics-port", "0"), fed.root / "logs" / "edge.out")
+    server = EdgeServerProcess(repo, trust, fed.root / "logs" / "edge.out")
     try:
-        wait_port("127.0.0.1", port, timeout=60, proc=proc)
-        client = EdgeClient(f"127.0.0.1:{port}")
+        client = EdgeClient(server.url)
         meta = client.metadata(name)
-        console.print(f"edge server pid {proc.pid} on 127.0.0.1:{port}: {name} v{version} on"
+        console.print(f"edge server pid {server.pid} on {server.url}: {name} v{version} on"
                       f" {meta.properties['backend']} ({meta.properties['backend_reason']})")
         _, holdout = split_holdout(get_task("digits").load_data(files[0]))
         x, y = holdout.x[:8], holdout.y[:8]
@@ -174,4 +170,4 @@ def edge_stage(console, fed, bundle, files) -> None:
         console.print(f"true labels:                                       {y.tolist()}")
         client.close()
     finally:
-        stop_pid(proc.pid)
+        server.stop()

@@ -15,6 +15,13 @@ from importlib import metadata
 ACCOUNTANT = "rdp"
 
 
+def update_norm(new, old) -> float:
+    """L2 norm of a model update (new - old) over all its tensors: what clipping bounds and screening checks."""
+    import numpy as np
+
+    return float(np.sqrt(sum(float(np.sum((np.asarray(a, np.float64) - b) ** 2)) for a, b in zip(new, old))))
+
+
 def accountant_name() -> str:
     return f"opacus {metadata.version('opacus')} RDPAccountant"
 

@@ -1,19 +1,14 @@
 """Global-model checkpoints: safetensors files plus their sha256, written once and never modified."""
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.bundle import sha256_file  # one file hash for checkpoints and bundles
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+__all__ = ["load_checkpoint", "save_checkpoint", "sha256_file"]
 
 
 def save_checkpoint(path: Path, state: dict[str, np.ndarray], metadata: dict[str, str]) -> str:

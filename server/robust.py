@@ -11,22 +11,22 @@ import numpy as np
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
 
 
-def update_norm(update: list[np.ndarray], global_arrays: list[np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum((u.astype(np.float64) - g) ** 2)) for u, g in zip(update, global_arrays))))
+def screen(update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max_norm: float
+           ) -> tuple[str | None, float | None]:
+    """(why ``update`` must not be aggregated or None, its L2 norm from the global model when known)."""
+    from fedge.privacy import update_norm
 
-
-def screen(update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max_norm: float) -> str | None:
-    """Why ``update`` must not be aggregated, or None."""
     for i, a in enumerate(update):
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            return f"tensor {i} holds NaN/Inf"
-    if global_arrays is not None and len(update) != len(global_arrays):
-        return f"{len(update)} tensors, the model has {len(global_arrays)}"
-    if max_norm > 0 and global_arrays is not None:
-        norm = update_norm(update, global_arrays)
-        if norm > max_norm:
-            return f"update L2 norm {norm:.3g} exceeds the bound {max_norm:g}"
-    return None
+            return f"tensor {i} holds NaN/Inf", None
+    if global_arrays is None:
+        return None, None
+    if len(update) != len(global_arrays):
+        return f"{len(update)} tensors, the model has {len(global_arrays)}", None
+    norm = update_norm(update, global_arrays)
+    if max_norm > 0 and norm > max_norm:
+        return f"update L2 norm {norm:.3g} exceeds the bound {max_norm:g}", norm
+    return None, norm
 
 
 def robust_aggregate(name: str, updates: list[list[np.ndarray]], weights: list[int], trim: float = 0.2,

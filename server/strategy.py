@@ -14,7 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from .aggregate import fedavg_fit_results, npy_view
-from .robust import robust_aggregate, screen, update_norm
+from .robust import robust_aggregate, screen
 
 
 def npy_arrays(res: FitRes) -> list:
@@ -127,15 +127,15 @@ class FedgeFedAvg(FedAvg):
             if m.get("refused"):  # trained nothing; under SecAgg+ its masked share carried weight 0
                 out.refused.append({"customer": name, "reason": str(m["refused"])})
                 continue
-            why = None if shared else screen(npy_arrays(res), self.global_arrays, self.max_update_norm)
+            why, norm = (None, None) if shared else screen(npy_arrays(res), self.global_arrays, self.max_update_norm)
             if why is not None:
                 out.rejected.append({"customer": name, "reason": why})
                 continue
             out.clients.append(name)
             out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
                                         **{k: v for k, v in m.items() if not k.startswith("eval_")}}
-            if not shared and self.global_arrays is not None:  # what an operator sets --max-update-norm from
-                out.client_metrics[name]["update_norm"] = update_norm(npy_arrays(res), self.global_arrays)
+            if norm is not None:  # what an operator sets --max-update-norm from
+                out.client_metrics[name]["update_norm"] = norm
             if "dp_epsilon" in m:
                 out.privacy[name] = {"epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", 0)),
                                      "mechanism": str(m.get("dp_mechanism", "")), "noise": float(m.get("dp_noise", 0))}

@@ -1,14 +1,13 @@
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from edge_runtime.bundle import generate_keys
-from fedge.procs import fedge_env, free_port, spawn, stop_pid
+from fedge.cluster import EdgeServerProcess
+from fedge.procs import fedge_env
 from tests.edge.bundles import make_bundle
 
 
@@ -33,26 +32,7 @@ def fedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout, env=fedge_env())
 
 
-class EdgeProcess:
-    def __init__(self, repo: Path, trust: Path, log: Path, *extra: str) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        self.proc = spawn([sys.executable, "-m", "fedge.cli", "edge", "serve", "--repo", str(repo), "--trust", str(trust),
-                           "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                           *extra], log, env=fedge_env())
-        self.log = log
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"edge server did not start: {log.read_text()[-3000:]}")
-                time.sleep(0.1)
-
-    def stop(self) -> None:
-        stop_pid(self.proc.pid)
+EdgeProcess = EdgeServerProcess  # `fedge edge serve` on free ports, stopped by PID
 
 
 @pytest.fixture(scope="module")
