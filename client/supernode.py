@@ -1,6 +1,11 @@
-"""Runs Flower's SuperNode with one latency fix applied by wrapping, not forking: an idle SuperNode sleeps a
-hard-coded 3 s between polls (flwr 1.41 ``start_client_internal``), which puts a 0-3 s stall in front of
-every message of every round. Here the idle sleep is capped at ``FEDGE_IDLE_POLL_S`` (default 0.25 s).
+"""Runs Flower's SuperNode with two latency fixes applied by wrapping, not forking:
+
+- an idle SuperNode sleeps a hard-coded 3 s between polls (flwr 1.41 ``start_client_internal``), which puts a
+  0-3 s stall in front of every message of every round. Here the idle sleep is capped at ``FEDGE_IDLE_POLL_S``
+  (default 0.25 s).
+- the SuperNode declares a 30 s heartbeat interval, and the SuperLink counts a node as gone only after two
+  missed intervals: a crashed customer held every round's stages for up to 60 s. fedge declares
+  ``FEDGE_HEARTBEAT_S`` (default 10 s, the SuperLink's minimum), so a dead node is noticed within ~20 s.
 
 Usage: ``python -m client.supernode <flower-supernode arguments>``
 """
@@ -22,10 +27,15 @@ class _CappedSleepTime:
 
 
 def main() -> None:
+    import flwr.supercore.heartbeat as heartbeat
+    import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as sci
+    from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
     from flwr.supernode.cli import flower_supernode
 
     sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))
+    interval = max(float(os.environ.get("FEDGE_HEARTBEAT_S", "10")), float(HEARTBEAT_MIN_INTERVAL))
+    fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval
     flower_supernode()
 
 

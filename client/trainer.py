@@ -76,6 +76,25 @@ def inject_fault(arrays: list[np.ndarray], received: list[np.ndarray], sent_name
     return [(g + sign * float(k or 1) * (a - g)).astype(a.dtype) for a, g in zip(arrays, glob)]
 
 
+RECORD_ENV = "FEDGE_RECORD_UPDATES"
+
+
+def record_update(name: str, rnd: int, arrays: list[np.ndarray], weight: int) -> None:
+    """Test mode for the system suite, off unless the daemon's environment sets FEDGE_RECORD_UPDATES=DIR:
+    each update is also written, unmasked, to DIR/round-RR-NAME.npz so a test can check that the SecAgg+
+    aggregate equals the plain weighted average of the updates that took part. It defeats SecAgg+'s purpose
+    and a real customer never sets it."""
+    import os
+
+    out = os.environ.get(RECORD_ENV, "")
+    if not out:
+        return
+    path = Path(out) / f"round-{rnd:02d}-{name}.npz"
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, weight=np.int64(weight), **{f"a{i}": a for i, a in enumerate(arrays)})
+    tmp.replace(path)
+
+
 class FedgeClient(NumPyClient):
     def __init__(self, settings: NodeSettings) -> None:
         self.settings = settings
@@ -133,6 +152,7 @@ class FedgeClient(NumPyClient):
                               list(model.state_dict()))
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get("dp-noise", 0.0)) > 0 else len(train_ds)
+        record_update(self.settings.name, int(config.get("round", 0)), arrays, weight)
         return arrays, weight, metrics | {"train_loss": float(loss)}
 
     def _ledger(self) -> tuple[Ledger | None, Budget | None]:

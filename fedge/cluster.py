@@ -23,16 +23,24 @@ class LocalFederation:
     secure: bool = True
     port: int = field(default_factory=free_port)
     release_port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"        # the address customers dial (and the coordinator certificate names)
+    netns: str | None = None       # network namespace the coordinator runs in (None: this one)
     coordinator: subprocess.Popen | None = None
     clients: dict[str, subprocess.Popen] = field(default_factory=dict)
+    registered: set[str] = field(default_factory=set)  # keys registered with the coordinator (a restart keeps them)
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def release_address(self) -> str:
-        return f"127.0.0.1:{self.release_port}"
+        return f"{self.host}:{self.release_port}"
+
+    def command(self, *args: str, netns: str | None = None) -> list[str]:
+        """``fedge ARGS``, run inside network namespace ``netns`` when given (``ip netns exec`` execs in place,
+        so the PID is the fedge process's own)."""
+        return (["ip", "netns", "exec", netns] if netns else []) + fedge_cmd(*args)
 
     @property
     def state(self) -> Path:
@@ -47,13 +55,15 @@ class LocalFederation:
         from server.coordinator import info_path
 
         if self.secure and not (self.certs / "ca.crt").exists():
-            init_certs(self.certs)
+            init_certs(self.certs, hosts=[self.host])
         info_path(self.state).unlink(missing_ok=True)
         args = ["coordinator", "start", "--address", self.address, "--state", str(self.state),
                 "--release-address", self.release_address]
         args += ["--certs", str(self.certs)] if self.secure else ["--insecure"]
-        self.coordinator = spawn(fedge_cmd(*args), self.root / "logs" / "coordinator.out", env=fedge_env())
-        wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.coordinator)
+        self.coordinator = spawn(self.command(*args, netns=self.netns), self.root / "logs" / "coordinator.out",
+                                 env=fedge_env())
+        if self.netns is None:  # from another namespace the port cannot be probed; coordinator.json says ready
+            wait_port(self.host, self.port, timeout=timeout, proc=self.coordinator)
         deadline = time.monotonic() + timeout
         while not info_path(self.state).exists():
             if time.monotonic() > deadline or self.coordinator.poll() is not None:
@@ -68,12 +78,20 @@ class LocalFederation:
         bundle = CertPaths(self.certs).client_dir(name)
         if not (bundle / "supernode.key").exists():
             make_client_bundle(CertPaths(self.certs), name)
-        if register:
+        register = register and name not in self.registered
+        if register and self.netns:  # the Control API is reachable only inside the coordinator's namespace
+            subprocess.run(self.command("coordinator", "register", str(bundle / "supernode.key.pub"), "--name", name,
+                                        "--state", str(self.state), netns=self.netns),
+                           check=True, capture_output=True, env=fedge_env(), timeout=120)
+        elif register:
             FlowerCLI(self.state).register(bundle / "supernode.key.pub", name)
+        if register:
+            self.registered.add(name)
         return bundle
 
     def start_client(self, name: str, data: Path, task: str, register: bool = True, certs: Path | None = None,
-                     insecure: bool | None = None, extra: list[str] = (), env: dict | None = None) -> subprocess.Popen:
+                     insecure: bool | None = None, extra: list[str] = (), env: dict | None = None,
+                     netns: str | None = None) -> subprocess.Popen:
         insecure = (not self.secure) if insecure is None else insecure
         args = ["client", "start", "--coordinator", self.address, "--data", str(data), "--task", task,
                 "--name", name, "--state", str(self.root / "clients" / name), *extra]
@@ -81,7 +99,8 @@ class LocalFederation:
             args.append("--insecure")
         else:
             args += ["--certs", str(certs or self.client_bundle(name, register=register))]
-        proc = spawn(fedge_cmd(*args), self.root / "logs" / f"client-{name}.out", env=fedge_env(**(env or {})))
+        proc = spawn(self.command(*args, netns=netns), self.root / "logs" / f"client-{name}.out",
+                     env=fedge_env(**(env or {})))
         self.clients[name] = proc
         return proc
 

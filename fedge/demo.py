@@ -27,7 +27,8 @@ class DemoConfig:
     seed: int = 0
 
 
-def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "digits") -> list[Path]:
+def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "digits",
+                        names: tuple[str, ...] = CUSTOMERS) -> list[Path]:
     """The task's shipped reference data split non-IID (Dirichlet ``alpha`` over labels) into one private data
     file per customer: .npz for digits, text,label CSV for intent."""
     import csv
@@ -47,7 +48,7 @@ def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "di
         ref = task.reference_data()
         y = ref.y
     files = []
-    for name, idx in zip(CUSTOMERS, dirichlet_partition(y, len(CUSTOMERS), alpha, seed)):
+    for name, idx in zip(names, dirichlet_partition(y, len(names), alpha, seed)):
         if task_name == "intent":
             path = out / f"{name}.csv"
             with open(path, "w", newline="", encoding="utf-8") as f:

@@ -44,7 +44,8 @@ def load_info(state: Path) -> CoordinatorInfo:
 
 def superlink_command(address: str, state: Path, certs: CertPaths | None) -> list[str]:
     host, port = split_address(address, 8000)
-    cmd = [str(Path(sys.executable).parent / "flower-superlink"), "--host", host, "--port", str(port),
+    # Flower's flower-superlink, wrapped so refused TLS handshakes reach the log (server/superlink.py)
+    cmd = [sys.executable, "-m", "server.superlink", "--host", host, "--port", str(port),
            "--database", str(Path(state) / "superlink.db"), "--disable-runtime-dependency-installation"]
     if certs is None:
         return cmd + ["--insecure"]

@@ -2,6 +2,7 @@
 bounded wait: replies missing after ``timeout`` seconds count as failures instead of hanging the run."""
 from __future__ import annotations
 
+import re
 from typing import cast
 
 import flwr.compat.common.recorddict_compat as compat
@@ -11,6 +12,17 @@ from flwr.common import Code
 from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp.grid import Grid
+
+
+_RAISED = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
+
+
+def error_text(error) -> str:
+    """A Flower error reply as an operator reads it: ``DataError: FILE: row 3: unknown label 11`` rather than
+    ``Error(code=2, reason="<class 'fedge.tasks.base.DataError'>:<'...'>")``."""
+    reason = str(getattr(error, "reason", error))
+    m = _RAISED.match(reason)
+    return f"{m.group(1)}: {m.group(2)}" if m else reason
 
 
 def _current(context: LegacyContext):
@@ -46,7 +58,7 @@ def fit_exchange(timeout: float):
         results = []
         for msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {msg.error.reason}"))
+                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {error_text(msg.error)}"))
                 continue
             res = compat.recorddict_to_fitres(msg.content, False)
             if res.status.code == Code.OK:
@@ -70,7 +82,7 @@ def evaluate_exchange(timeout: float):
         results = []
         for msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {msg.error.reason}"))
+                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {error_text(msg.error)}"))
                 continue
             res = compat.recorddict_to_evaluateres(msg.content)
             (results if res.status.code == Code.OK else failures).append((proxies[msg.metadata.src_node_id], res))

@@ -14,6 +14,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from .aggregate import fedavg_fit_results, npy_view
+from .exchange import error_text
 from .robust import robust_aggregate, screen
 
 
@@ -69,8 +70,9 @@ def _brief(failures: list[str], n: int = 3, width: int = 300) -> str:
 
 
 def describe_failure(failure) -> str:
-    if isinstance(failure, BaseException):
-        return str(failure)
+    if isinstance(failure, BaseException):  # SecAgg+ wraps error replies as Exception(Error(...))
+        inner = failure.args[0] if len(failure.args) == 1 else None
+        return error_text(inner) if hasattr(inner, "reason") else str(failure)
     proxy, res = failure
     return f"node {proxy.node_id}: {res.status.code.name} {res.status.message}"
 
