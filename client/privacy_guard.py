@@ -51,17 +51,25 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
     from fedge.tasks.training import dpsgd_plan
 
     run, rnd = str(config.get("fedge-run", "unknown")), int(config.get("round", 0))
-    before = ledger.runs().get(run, {}) if ledger is not None else {}  # simulation: no state dir, no ledger
+    before = ledger.runs().get(run, {}) if ledger is not None else {}
+    # simulation has no state dir and no ledger: count every earlier round as taken part in (an upper bound)
+    earlier = max(rnd - 1, 0) if ledger is None else None
     dp = dpsgd_config(config, delta)
     if dp is not None:
         q, steps = dpsgd_plan(n_train, batch_size, epochs)
         sigma = dp.noise_multiplier(q, steps, int(config.get("planned-rounds", 1)))
-        history = [*before.get("history", []), [sigma, q, steps]] if before.get("mechanism") == "dp-sgd" else [[sigma, q, steps]]
+        if earlier is not None:
+            history = [[sigma, q, steps * (earlier + 1)]]
+        elif before.get("mechanism") == "dp-sgd":
+            history = [*before.get("history", []), [sigma, q, steps]]
+        else:
+            history = [[sigma, q, steps]]
         return RoundCost(run, rnd, "dp-sgd", epsilon(history, delta), delta, history, sigma, dp.clip)
     central = float(config.get("dp-noise", 0.0))
     if central > 0:
         # one Gaussian release per round, every connected customer sampled (rate 1)
         done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
+        done = earlier if earlier is not None else done
         history = [[central, 1.0, done + 1]]
         return RoundCost(run, rnd, "central", epsilon(history, delta), delta, history, central,
                          float(config.get("dp-clip", 0.0)))

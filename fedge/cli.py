@@ -95,7 +95,8 @@ def _run_config(a):
     return RunConfig(task=a.task, num_rounds=a.rounds, min_clients=a.min_clients, local_epochs=a.local_epochs,
                      batch_size=a.batch_size, lr=a.lr, secagg=a.secagg, round_timeout=a.round_timeout,
                      wait_clients_timeout=a.wait_clients_timeout, init=a.init or "", freeze=",".join(a.freeze),
-                     seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_delta=a.delta, dp_sgd=a.dp_sgd,
+                     seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
+                     dp_target_quantile=a.dp_target_quantile, dp_delta=a.delta, dp_sgd=a.dp_sgd,
                      dp_sgd_noise=a.dp_sgd_noise, dp_sgd_clip=a.dp_sgd_clip, dp_sgd_epsilon=a.dp_sgd_epsilon,
                      aggregator=a.aggregator, max_update_norm=a.max_update_norm)
 
@@ -145,7 +146,7 @@ def cmd_simulate(a) -> int:
 
     cfg = SimulationConfig(task=a.task, clients=a.clients, rounds=a.rounds, alpha=a.alpha, local_epochs=a.local_epochs,
                            lr=a.lr, secagg=a.secagg, seed=a.seed, cpus_per_client=a.cpus_per_client,
-                           dp_noise=a.dp_noise, dp_clip=a.dp_clip)
+                           dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive)
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
 
@@ -217,7 +218,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     dp = p.add_argument_group("privacy and robustness")
     dp.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA",
                     help="central DP: Gaussian noise multiplier on the aggregate (works with SecAgg+)")
-    dp.add_argument("--dp-clip", type=float, default=0.0, metavar="C", help="central DP: customers clip updates to L2 C")
+    dp.add_argument("--dp-clip", type=float, default=0.0, metavar="C",
+                    help="central DP: customers clip updates to L2 C (with --dp-adaptive: the starting C)")
+    dp.add_argument("--dp-adaptive", action="store_true",
+                    help="central DP: adapt C each round to a quantile of the update norms, learned from noised counts")
+    dp.add_argument("--dp-target-quantile", type=float, default=0.5, metavar="Q",
+                    help="adaptive clipping: fraction of updates meant to fit under C (default 0.5, the median)")
     dp.add_argument("--dp-sgd", action="store_true", help="sample-level DP-SGD (Opacus) in every customer's training")
     dp.add_argument("--dp-sgd-noise", type=float, default=0.0, metavar="SIGMA")
     dp.add_argument("--dp-sgd-clip", type=float, default=1.0, metavar="C", help="per-sample gradient L2 bound")
@@ -327,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-client", type=float, default=1.0)
     p.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA", help="central DP noise multiplier")
     p.add_argument("--dp-clip", type=float, default=0.0, metavar="C", help="central DP clipping norm")
+    p.add_argument("--dp-adaptive", action="store_true", help="central DP with adaptive clipping (median norm)")
     p.add_argument("--out", help="directory for the registry, checkpoints and plot")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_simulate)

@@ -1,11 +1,17 @@
-"""Central DP that works with SecAgg+: Flower's client-side fixed-clipping wrapper (customers clip their updates,
-client/clipping.py; the coordinator adds Gaussian noise to the aggregate), subclassed to fix two of its traps
-measured on Flower 1.41:
+"""Central DP that works with SecAgg+: Flower's client-side clipping wrappers (customers clip their updates,
+client/clipping.py; the coordinator adds Gaussian noise to the aggregate), fixed or adaptive, subclassed to fix
+the traps measured on Flower 1.41:
 
-* the legacy wrapper returns no aggregate at all when any client failed, silently discarding the whole round:
+* the legacy wrappers return no aggregate at all when any client failed, silently discarding the whole round:
   here the survivors' aggregate is noised and kept (the failures are recorded in the round);
-* its noise is calibrated to the number of clients *sampled*; the aggregate is an average over the clients
-  whose updates were actually aggregated, so the standard deviation sigma * C / n uses n = survivors.
+* their noise is calibrated to the number of clients *sampled*; the aggregate is an average over the clients
+  whose updates were actually aggregated, so the standard deviation sigma * C / n uses n = survivors;
+* the adaptive wrapper updates the clipping norm *before* noising, so a round's noise followed next round's
+  bound rather than the one the customers clipped to: here the noise uses the norm sent this round, and the
+  norm is updated afterwards from the survivors' (noised) count of unclipped updates;
+* the adaptive wrapper's default count noise (expected clients / 20) rejects any useful noise multiplier in a
+  federation of a few customers: fedge uses max(clients / 20, sigma), as large as the update noise, which
+  costs sigma -> sigma / sqrt(3/4) on the update (Andrew et al. 2021, the split Flower implements).
 
 Updates are averaged with equal weights under DP (clients report weight 1), so each customer's influence on the
 average is bounded by C / n, which is what the noise is calibrated to.
@@ -14,26 +20,76 @@ from __future__ import annotations
 
 import logging
 
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.server.strategy import (
+    DifferentialPrivacyClientSideAdaptiveClipping,
+    DifferentialPrivacyClientSideFixedClipping,
+)
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 
 log = logging.getLogger("fedge.coordinator")
 
 
-class CentralDP(DifferentialPrivacyClientSideFixedClipping):
-    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int) -> None:
-        super().__init__(strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
-                         num_sampled_clients=num_sampled_clients)
+class _NoiseOnSurvivors:
+    """aggregate_fit shared by both wrappers: aggregate, noise for the survivors, then ``after_round``."""
+    strategy: object
+    noise_multiplier: float
+    clipping_norm: float
+
+    def _init_report(self) -> None:
         self.last_stdev: float | None = None
         self.last_survivors = 0
+        self.last_clip: float | None = None
 
     def aggregate_fit(self, server_round, results, failures):
         params, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         if params is None:
             return None, metrics
-        n = len(self.strategy.outcome.clients)  # the updates actually averaged (not refused, not rejected)
-        self.last_survivors, self.last_stdev = n, compute_stdv(self.noise_multiplier, self.clipping_norm, n)
-        params = add_gaussian_noise_to_params(params, self.noise_multiplier, self.clipping_norm, n)
-        log.info("round %d: central DP noise stdev %.5f (sigma %.3f, clip %.3f, %d survivors of %d sampled)",
-                 server_round, self.last_stdev, self.noise_multiplier, self.clipping_norm, n, len(results) + len(failures))
+        survivors = set(self.strategy.outcome.clients)  # the updates actually averaged (not refused/rejected)
+        n = len(survivors)
+        clip = self.clipping_norm  # the bound the customers clipped to this round
+        self.last_survivors, self.last_clip, self.last_stdev = n, clip, compute_stdv(self.noise_multiplier, clip, n)
+        params = add_gaussian_noise_to_params(params, self.noise_multiplier, clip, n)
+        log.info("round %d: central DP noise stdev %.5f (noise multiplier %.3f, clip %.4f, %d survivors of %d sampled)",
+                 server_round, self.last_stdev, self.noise_multiplier, clip, n, len(results) + len(failures))
+        self.after_round([(p, r) for p, r in results if _customer(p, r) in survivors])
+        self.strategy.outcome.central_dp = {"clip": clip, "stdev": self.last_stdev, "survivors": n,
+                                            "next_clip": self.clipping_norm}
         return params, metrics
+
+    def after_round(self, accepted) -> None:
+        pass
+
+
+def _customer(proxy, res) -> str:
+    return str(res.metrics.get("customer", f"node-{proxy.node_id}"))
+
+
+class CentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideFixedClipping):
+    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int) -> None:
+        super().__init__(strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
+                         num_sampled_clients=num_sampled_clients)
+        self._init_report()
+
+
+class AdaptiveCentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideAdaptiveClipping):
+    """``--dp-adaptive``: the clipping norm starts at ``--dp-clip`` and follows the ``target_quantile`` of the
+    customers' update norms (geometric update, learning rate ``clip_lr``), learned from noised counts."""
+
+    def __init__(self, strategy, noise_multiplier: float, initial_clipping_norm: float, num_sampled_clients: int,
+                 target_quantile: float = 0.5, clip_lr: float = 0.2) -> None:
+        super().__init__(strategy, noise_multiplier=noise_multiplier, num_sampled_clients=num_sampled_clients,
+                         initial_clipping_norm=initial_clipping_norm, target_clipped_quantile=target_quantile,
+                         clip_norm_lr=clip_lr,
+                         clipped_count_stddev=count_noise(noise_multiplier, num_sampled_clients))
+        self.requested_noise_multiplier = noise_multiplier
+        self._init_report()
+
+    def after_round(self, accepted) -> None:
+        if accepted:
+            self._update_clip_norm(accepted)
+
+
+def count_noise(noise_multiplier: float, clients: int) -> float:
+    """Std of the noise on the count of unclipped updates: Flower's default (clients / 20), raised to the
+    update's noise multiplier so that the split of the privacy budget is always possible."""
+    return max(clients / 20, noise_multiplier)

@@ -34,9 +34,12 @@ def round_privacy(cfg: RunConfig, rnd: int, outcome) -> dict:
     central = central_epsilon(cfg, rnd)
     doc = {"delta": cfg.dp_delta, "accountant": accountant_name(), "customers": customers}
     if central is not None:
-        doc["central"] = {"mechanism": "client-side clipping + Gaussian noise on the aggregate",
-                          "noise_multiplier": cfg.dp_noise, "clip": cfg.dp_clip, "sample_rate": 1.0,
-                          "steps": rnd, "epsilon": central}
+        used = getattr(outcome, "central_dp", {}) or {}
+        doc["central"] = {"mechanism": "client-side clipping + Gaussian noise on the aggregate"
+                                       + (" (adaptive clipping)" if cfg.dp_adaptive else ""),
+                          "noise_multiplier": cfg.dp_noise, "clip": used.get("clip", cfg.dp_clip), "sample_rate": 1.0,
+                          "steps": rnd, "epsilon": central, **{k: used[k] for k in ("stdev", "survivors", "next_clip")
+                                                               if k in used}}
     if cfg.dp_sgd:
         doc["dp_sgd"] = {"noise_multiplier": cfg.dp_sgd_noise or None, "target_epsilon": cfg.dp_sgd_epsilon or None,
                          "clip": cfg.dp_sgd_clip, "per_customer": outcome.privacy}

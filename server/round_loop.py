@@ -25,7 +25,7 @@ from .exchange import evaluate_exchange, fit_exchange
 from .fast_grid import FastPollGrid
 from .registry import Registry, RoundRecord, registry_path
 from .run_config import RunConfig
-from .central_dp import CentralDP
+from .central_dp import AdaptiveCentralDP, CentralDP
 from .privacy import privacy_fit_config, round_privacy
 from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
 
@@ -113,7 +113,10 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         aggregator=cfg.aggregator, max_update_norm=cfg.max_update_norm,
     )
     outer = strategy
-    if cfg.dp_noise > 0:
+    if cfg.dp_noise > 0 and cfg.dp_adaptive:
+        outer = AdaptiveCentralDP(strategy, cfg.dp_noise, cfg.dp_clip, num_sampled_clients=cfg.min_clients,
+                                  target_quantile=cfg.dp_target_quantile)
+    elif cfg.dp_noise > 0:
         outer = CentralDP(strategy, cfg.dp_noise, cfg.dp_clip, num_sampled_clients=cfg.min_clients)
     ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_rounds), strategy=outer)
     fit = secagg_workflow(cfg) if cfg.secagg else fit_exchange(cfg.round_timeout)

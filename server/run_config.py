@@ -32,7 +32,9 @@ class RunConfig:
     secagg_max_weight: float = 10000.0
     secagg_clipping_range: float = 8.0
     dp_noise: float = 0.0          # central DP: noise multiplier on the aggregate (0: off)
-    dp_clip: float = 0.0           # central DP: customers clip their update to this L2 norm
+    dp_clip: float = 0.0           # central DP: customers clip their update to this L2 norm (initial, if adaptive)
+    dp_adaptive: bool = False      # central DP: the clip follows a quantile of the update norms (Andrew et al.)
+    dp_target_quantile: float = 0.5  # adaptive clipping: the fraction of updates meant to fit under the clip
     dp_delta: float = 1e-5         # δ at which the run's ε is reported
     dp_sgd: bool = False           # sample-level DP-SGD (Opacus) in every customer's training
     dp_sgd_noise: float = 0.0      # DP-SGD noise multiplier (or derive it from dp_sgd_epsilon)
@@ -54,6 +56,10 @@ class RunConfig:
             raise ValueError("timeouts must be > 0")
         if self.dp_noise < 0 or (self.dp_noise > 0 and self.dp_clip <= 0):
             raise ValueError("central DP needs --dp-noise SIGMA >= 0 and, when on, --dp-clip C > 0")
+        if self.dp_adaptive and self.dp_noise <= 0:
+            raise ValueError("--dp-adaptive adapts central DP's clip: it needs --dp-noise SIGMA > 0 and --dp-clip C")
+        if not 0 < self.dp_target_quantile < 1:
+            raise ValueError(f"--dp-target-quantile must be in (0, 1), got {self.dp_target_quantile}")
         if self.dp_noise > 0 and self.freeze:
             raise ValueError("central DP clips whole-model updates: it cannot be combined with --freeze")
         if self.dp_sgd and self.dp_sgd_noise <= 0 and self.dp_sgd_epsilon <= 0:

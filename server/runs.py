@@ -170,6 +170,7 @@ def privacy_document(registry: Registry, run_id: int) -> dict:
         "run": run_id, "status": run["status"], "delta": cfg.get("dp_delta"),
         "accountant": last.get("accountant"),
         "central": {"on": cfg.get("dp_noise", 0) > 0, "noise_multiplier": cfg.get("dp_noise"), "clip": cfg.get("dp_clip"),
+                    "adaptive": bool(cfg.get("dp_adaptive")), "target_quantile": cfg.get("dp_target_quantile"),
                     **({k: v for k, v in last.get("central", {}).items() if k in ("sample_rate", "steps", "epsilon")})},
         "dp_sgd": {"on": bool(cfg.get("dp_sgd")), "noise_multiplier": cfg.get("dp_sgd_noise") or None,
                    "target_epsilon": cfg.get("dp_sgd_epsilon") or None, "clip": cfg.get("dp_sgd_clip"),
@@ -177,7 +178,7 @@ def privacy_document(registry: Registry, run_id: int) -> dict:
         "secagg": cfg.get("secagg"),
         "epsilon": last.get("epsilon"),
         "rounds": [{"round": r.round, "epsilon": r.privacy.get("epsilon"), "customers": r.privacy.get("customers", {}),
-                    "refused": r.refused} for r in rounds],
+                    "clip": r.privacy.get("central", {}).get("clip"), "refused": r.refused} for r in rounds],
     }
 
 
@@ -191,7 +192,9 @@ def print_privacy(registry: Registry, run_id: int, as_json: bool) -> None:
     console.print(f"run {run_id} ({doc['status']}): ε = [bold]{_fmt(doc['epsilon'])}[/bold] at δ = {doc['delta']}"
                   f"; accountant: {doc['accountant'] or '-'}; SecAgg+ {'on' if doc['secagg'] else 'off'}")
     if c["on"]:
-        console.print(f"central DP: client-side clipping C = {c['clip']}, Gaussian noise σ = {c['noise_multiplier']} on"
+        clip = (f"adaptive (from {c['clip']}, tracking the {c['target_quantile']} quantile of update norms)"
+                if c["adaptive"] else f"C = {c['clip']}")
+        console.print(f"central DP: client-side clipping {clip}, Gaussian noise σ = {c['noise_multiplier']} on"
                       f" the aggregate, sampling rate {c.get('sample_rate', '-')}, steps {c.get('steps', '-')},"
                       f" ε {_fmt(c.get('epsilon'))}")
     if d["on"]:
@@ -201,9 +204,10 @@ def print_privacy(registry: Registry, run_id: int, as_json: bool) -> None:
             console.print(f"  {name}: ε {p['epsilon']:.4f} (σ {p['noise']:.3f}, δ {p['delta']})")
     if not c["on"] and not d["on"]:
         console.print("no differential privacy in this run (ε unbounded)")
-    table = Table("round", "ε", "per customer", "refused")
+    table = Table("round", "ε", "clip", "per customer", "refused")
     for r in doc["rounds"]:
-        table.add_row(str(r["round"]), _fmt(r["epsilon"]), ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["customers"].items())) or "-",
+        table.add_row(str(r["round"]), _fmt(r["epsilon"]), _fmt(r["clip"]),
+                      ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["customers"].items())) or "-",
                       "; ".join(f"{x['customer']}: {x['reason']}" for x in r["refused"]) or "-")
     console.print(table)
 

@@ -27,6 +27,7 @@ class SimulationConfig:
     cpus_per_client: float = 1.0
     dp_noise: float = 0.0       # central DP noise multiplier (with dp_clip), as `fedge run launch --dp-noise`
     dp_clip: float = 0.0
+    dp_adaptive: bool = False
 
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 1:
@@ -76,7 +77,7 @@ def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = Fal
     registry = Registry(registry_path(state))
     cfg = RunConfig(task=sim.task, num_rounds=sim.rounds, min_clients=2, local_epochs=sim.local_epochs, lr=sim.lr,
                     secagg=sim.secagg, state_dir=str(state), seed=sim.seed, round_timeout=600, wait_clients_timeout=300,
-                    dp_noise=sim.dp_noise, dp_clip=sim.dp_clip)
+                    dp_noise=sim.dp_noise, dp_clip=sim.dp_clip, dp_adaptive=sim.dp_adaptive)
     run_id = registry.create_run(sim.task, sim.rounds, {**asdict(cfg), "simulation": asdict(sim)})
     cfg = cfg.with_(fedge_run_id=run_id)
     server_app, client_app = make_apps(cfg, sim.alpha)

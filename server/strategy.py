@@ -36,6 +36,7 @@ class RoundOutcome:
     refused: list[dict] = field(default_factory=list)     # customers who declined to train, and why
     rejected: list[dict] = field(default_factory=list)    # updates screened out before aggregation, and why
     privacy: dict = field(default_factory=dict)           # per-customer DP-SGD ε reported with the updates
+    central_dp: dict = field(default_factory=dict)        # the clip and noise stdev central DP used this round
     aggregated: bool = False
     # evaluation of the model the clients received (the previous round's global model), from fit replies
     prev_eval: "Evaluation | None" = None

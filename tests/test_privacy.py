@@ -11,7 +11,7 @@ from client.clipping import clip_update, update_norm
 from client.ledger import Budget, Ledger, LedgerCorrupt
 from client.privacy_guard import plan_round, refusal
 from fedge.privacy import epsilon, noise_for_epsilon
-from server.central_dp import CentralDP
+from server.central_dp import AdaptiveCentralDP, CentralDP
 from server.strategy import FedgeFedAvg
 
 OK = Status(Code.OK, "")
@@ -132,11 +132,12 @@ def test_clipping_bounds_the_update_and_passes_a_zero_update():
     rng = np.random.default_rng(0)
     old = [rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=5).astype(np.float32)]
     new = [a + 10 for a in old]
-    clipped = clip_update(new, old, 1.5)
-    assert update_norm(clipped, old) == pytest.approx(1.5, rel=1e-5)
-    assert update_norm(clip_update([a + 1e-3 for a in old], old, 1.5), old) < 1.5  # inside the bound: untouched
-    same = clip_update([a.copy() for a in old], old, 1.5)  # Flower's fixedclipping_mod: ZeroDivisionError here
-    assert all(np.array_equal(a, b) for a, b in zip(same, old))
+    clipped, fitted = clip_update(new, old, 1.5)
+    assert update_norm(clipped, old) == pytest.approx(1.5, rel=1e-5) and not fitted
+    small, fitted = clip_update([a + 1e-3 for a in old], old, 1.5)  # inside the bound: untouched
+    assert update_norm(small, old) < 1.5 and fitted
+    same, fitted = clip_update([a.copy() for a in old], old, 1.5)  # Flower's fixedclipping_mod: ZeroDivisionError
+    assert all(np.array_equal(a, b) for a, b in zip(same, old)) and fitted
 
 
 # -- coordinator: refusals, screening, robust aggregation, central DP -------------------------------------------
@@ -198,6 +199,54 @@ def test_central_dp_keeps_rounds_with_failures_and_calibrates_noise_to_survivors
     assert noise.std() == pytest.approx(0.5, rel=0.02)  # not 2/5 (sampled), not 2/6
 
 
+def _adaptive_round(dp, inner, rnd, norms, bit):
+    """One round in which customer i's update has L2 norm ``norms[i]``; ``bit(norm, C)`` is what its mod reports."""
+    inner.begin_round(rnd)
+    clip = dp.clipping_norm
+    results = [(_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}", norm_bit=int(bit(n, clip))))
+               for i, n in enumerate(norms)]
+    dp.aggregate_fit(rnd, results, [])
+    return clip
+
+
+def test_adaptive_clipping_tracks_the_median_update_norm():
+    """Norms 1..9 (median 5), starting far below at 0.1. fedge's bit (1 = fitted under C, as in Andrew et al.)
+    brings C to the median; Flower's own mod sets the bit when clipped, and its wrapper then shrinks C further."""
+    from flwr.server.strategy import DifferentialPrivacyClientSideAdaptiveClipping
+
+    norms = [float(n) for n in range(1, 10)]
+    np.random.seed(0)
+    inner = _strategy(min_clients=2)
+    ours = AdaptiveCentralDP(inner, noise_multiplier=0.0, initial_clipping_norm=0.1, num_sampled_clients=9)
+    for rnd in range(1, 80):
+        _adaptive_round(ours, inner, rnd, norms, lambda n, c: n <= c)
+    assert 3.5 < ours.clipping_norm < 6.5
+
+    inner = _strategy(min_clients=2)
+    flower = DifferentialPrivacyClientSideAdaptiveClipping(inner, noise_multiplier=0.0, num_sampled_clients=9,
+                                                           initial_clipping_norm=0.1)
+    for rnd in range(1, 30):
+        inner.begin_round(rnd)
+        results = [(_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}",
+                                    norm_bit=int(n > flower.clipping_norm))) for i, n in enumerate(norms)]
+        flower.aggregate_fit(rnd, results, [])
+    assert flower.clipping_norm < 0.01  # moving away from every update norm
+
+
+def test_adaptive_dp_noises_with_the_bound_the_customers_clipped_to_and_keeps_failed_rounds():
+    inner = _strategy(min_clients=2)
+    dp = AdaptiveCentralDP(inner, noise_multiplier=1.0, initial_clipping_norm=2.0, num_sampled_clients=5)
+    assert dp.clipped_count_stddev == 1.0 and dp.noise_multiplier == pytest.approx(1.0 / np.sqrt(0.75))
+    inner.begin_round(1)
+    zeros = np.zeros(200_000, np.float32)
+    results = [(_proxy(i), _fit([zeros], 1, customer=f"c{i}", norm_bit=0)) for i in range(4)]
+    params, _ = dp.aggregate_fit(1, results, [RuntimeError("node 7: timed out")])
+    assert params is not None and dp.last_survivors == 4 and dp.last_clip == 2.0
+    noise = parameters_to_ndarrays(params)[0]
+    assert noise.std() == pytest.approx(dp.noise_multiplier * 2.0 / 4, rel=0.02)  # this round's C, not the next
+    assert inner.outcome.central_dp["clip"] == 2.0 and inner.outcome.central_dp["next_clip"] != 2.0
+
+
 def test_non_private_rounds_are_listed_not_summed_and_do_not_break_the_ledger(tmp_path):
     led = Ledger(tmp_path)
     for rnd in (1, 2):  # a customer without a limit in a non-private run: every round is still recorded
@@ -208,3 +257,15 @@ def test_non_private_rounds_are_listed_not_summed_and_do_not_break_the_ledger(tm
     doc = Ledger(tmp_path).document()
     assert doc["total_epsilon"] == pytest.approx(1.25) and doc["non_private_runs"] == ["c/run-1"]
     assert doc["runs"][0]["rounds"] == [1, 2]
+
+
+def test_without_a_ledger_every_earlier_round_counts():
+    """Simulated customers keep no ledger: their round-r cost is the run's first r rounds, not one round's."""
+    central = plan_round({"fedge-run": "sim/run-1", "round": 3, "dp-noise": 1.5}, None, 1e-5, 100, 10, 1)
+    assert central.epsilon_run == pytest.approx(epsilon([(1.5, 1.0, 3)], 1e-5))
+    sgd = plan_round({"fedge-run": "sim/run-1", "round": 2, "dp-sgd": True, "dp-sgd-noise": 1.0}, None,
+                     1e-5, 100, 10, 1)
+    first = plan_round({"fedge-run": "sim/run-1", "round": 1, "dp-sgd": True, "dp-sgd-noise": 1.0}, None,
+                       1e-5, 100, 10, 1)
+    assert sgd.epsilon_run > first.epsilon_run
+    assert sgd.epsilon_run == pytest.approx(epsilon([(1.0, 0.1, 20)], 1e-5))
