@@ -115,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> int:
 
 
 # DP-SGD settings that learn on 3 small non-IID customers (tuned on digits: larger batches, a tight clip)
-DPSGD_DEMO = {"dp_sgd": True, "dp_sgd_clip": 0.3, "batch_size": 64, "lr": 0.005, "local_epochs": 8}
+DPSGD_DEMO = {"dp_sgd": True, "dp_sgd_clip": 0.3, "batch_size": 32, "lr": 0.005, "local_epochs": 8}
 
 
 def privacy_stage(console, fed, registry, run_id: int) -> None:

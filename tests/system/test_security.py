@@ -126,7 +126,7 @@ def test_stale_or_forged_signatures_are_refused(federation, case):
     assert coordinator_log(federation).count('/v1/fleet/activate-node HTTP/1.1" 401') == refusals + 1
 
 
-def test_only_legitimate_customers_reach_aggregation(federation):
+def test_only_legitimate_customers_reach_aggregation(federation, report):
     out = run_fedge("run", "launch", "--task", "digits", "--rounds", "1", "--min-clients", "2", "--no-secagg",
                     "--state", str(federation.state), "--json")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -135,3 +135,10 @@ def test_only_legitimate_customers_reach_aggregation(federation):
     nodes = json.loads(run_fedge("coordinator", "nodes", "--state", str(federation.state)).stdout)
     online = {int(n["node-id"]) for n in nodes if n["status"] == "online"}
     assert online == {m["node_id"] for m in rnd["client_metrics"].values()}, nodes
+    log = coordinator_log(federation)
+    report["security"] = {
+        "round_clients": rnd["clients"],
+        "coordinator_log": {"tls_handshakes_refused": log.count("refused a TLS connection"),
+                            "unregistered_key_refused": log.count("No SuperNode found with the given public key"),
+                            "signature_401": log.count('/v1/fleet/activate-node HTTP/1.1" 401')},
+    }
