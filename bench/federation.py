@@ -90,7 +90,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     i_rounds = ireg.rounds(irun)
     curves["intent, SecAgg+ off"] = [r.accuracy for r in i_rounds]
     progress.advance(t)
-    sweep = central_dp_sweep(work, rounds=3 if quick else 5, sigmas=(0.0, 1.0) if quick else (0.0, 0.3, 1.0, 3.0))
+    sweep = central_dp_sweep(work, rounds=3 if quick else 10,
+                             runs=((0.0, False), (1.0, False)) if quick else
+                             ((0.0, False), (0.3, False), (1.0, False), (3.0, False), (1.0, True)))
     progress.advance(t)
 
     sec.figures.update({
@@ -113,8 +115,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
                        [{"FP32 accuracy": gate["fp32_accuracy"], "INT8 accuracy": gate["int8_accuracy"],
                          "drop": gate["accuracy_drop"], "top-1 agreement": gate["top1_agreement"],
                          "INT8 size / FP32": summary["int8_size_ratio"]}]))
-    sec.tables.append(("Central DP (client-side clipping C = 1, Gaussian noise on the aggregate), 100 simulated"
-                       " customers (Flower simulation engine, Dirichlet 0.5), digits", sweep))
+    sec.tables.append(("Central DP (client-side clipping C = 1, or adaptive from 0.1 toward the median update norm;"
+                       " Gaussian noise on the aggregate), 100 simulated customers (Flower simulation engine,"
+                       f" Dirichlet 0.5, {SWEEP_EPOCHS} local epochs, lr {SWEEP_LR}), digits", sweep))
     if docs is not None:
         sec.plots.append(_plot(docs / "bench-learning.png", curves, {"digits": central, "intent": icentral}))
     sec.notes += [
@@ -124,7 +127,8 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         " SuperNode (importing flwr and torch: about 3 CPU-seconds each, three per round on 2 cores); SecAgg+ adds"
         " its key-exchange and share stages, each another such process.",
         "DP-SGD run: every customer runs Opacus DP-SGD with the noise it derives for ε <= 8 (δ = 1e-5) over the"
-        " planned rounds, with the demo's DP settings (batch 64, lr 0.005, 8 local epochs, per-sample clip 0.3);"
+        f" planned rounds, with the demo's DP settings (batch {DPSGD_DEMO['batch_size']}, lr {DPSGD_DEMO['lr']},"
+        f" {DPSGD_DEMO['local_epochs']} local epochs, per-sample clip {DPSGD_DEMO['dp_sgd_clip']});"
         " compared with the non-private run above (its own defaults). Customers hold 430-720 images each.",
     ]
     sec.data = {"curves": curves, "centralized": {"digits": central, "intent": icentral},
@@ -132,8 +136,12 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     return sec
 
 
-def central_dp_sweep(work: Path, rounds: int, sigmas) -> list[dict]:
-    """`fedge simulate` at several noise multipliers; each run is its own process (Ray starts and stops)."""
+SWEEP_EPOCHS, SWEEP_LR = 10, 0.01  # ~14 images per customer: one batch per epoch, so epochs are the local steps
+
+
+def central_dp_sweep(work: Path, rounds: int, runs) -> list[dict]:
+    """`fedge simulate` at several (noise multiplier, adaptive clipping) settings; each run is its own process
+    (Ray starts and stops)."""
     import json
     import subprocess
     import sys
@@ -141,18 +149,26 @@ def central_dp_sweep(work: Path, rounds: int, sigmas) -> list[dict]:
     from fedge.procs import fedge_env
 
     rows = []
-    for sigma in sigmas:
+    for sigma, adaptive in runs:
         args = [sys.executable, "-m", "fedge.cli", "simulate", "--clients", "100", "--rounds", str(rounds), "--json",
-                "--out", str(work / f"sim-sigma-{sigma}")]
+                "--local-epochs", str(SWEEP_EPOCHS), "--lr", str(SWEEP_LR),
+                "--out", str(work / f"sim-sigma-{sigma}{'-adaptive' if adaptive else ''}")]
         if sigma > 0:
-            args += ["--dp-noise", str(sigma), "--dp-clip", "1.0"]
+            args += ["--dp-noise", str(sigma), "--dp-clip", "0.1" if adaptive else "1.0"]
+            args += ["--dp-adaptive"] if adaptive else []
         out = subprocess.run(args, capture_output=True, text=True, timeout=900, env=fedge_env())
         doc = json.loads(out.stdout[out.stdout.index("{"):]) if out.returncode == 0 else None
         last = doc["rounds"][-1] if doc else {}
-        rows.append({"noise multiplier σ": sigma, "rounds": rounds, "accuracy": last.get("accuracy"),
+        rows.append({"noise multiplier σ": sigma, "clip": ("adaptive, last " + _fmt_clip(last)) if adaptive
+                     else ("1.0" if sigma > 0 else "-"), "rounds": rounds, "accuracy": last.get("accuracy"),
                      "ε (δ = 1e-5)": last.get("epsilon") if sigma > 0 else None,
                      "status": doc["status"] if doc else f"failed: {out.stderr[-200:]}"})
     return rows
+
+
+def _fmt_clip(last: dict) -> str:
+    clip = ((last.get("privacy") or {}).get("central") or {}).get("clip")
+    return f"{clip:.3f}" if clip is not None else "?"
 
 
 def _quiet_console():

@@ -54,9 +54,11 @@ EXPLANATIONS = {
     "fed_minus_central_intent": "The intent customers hold 114-216 short utterances each, heavily non-IID over 12"
         " intents; local epochs on tiny skewed sets pull the TextCNN apart. Not tuned.",
     "dpsgd_eps8_minus_nonprivate_digits": "Each customer holds 430-720 images: at ε = 8 over the whole run"
-        " DP-SGD's noise is large against such small local sets. Tried (in-process FedAvg): batch 32-128, lr"
-        " 0.003-0.03, 2-8 local epochs, clip 0.3-1.0; the best (batch 64, lr 0.005, 8 epochs, clip 0.3) is what"
-        " the demo and this benchmark use.",
+        " DP-SGD's noise is large against such small local sets. What helped: tanh instead of ReLU in the digits"
+        " model (bounded activations, Papernot et al. 2021): 0.84 -> 0.93 in-process. Tried without gain"
+        " (in-process FedAvg, 8 rounds): batch 16-256, lr 0.003-0.03, Adam or SGD with momentum (lr 0.1-0.3),"
+        " 4-16 local epochs, clip 0.1-1.0, a smaller hidden layer (16/32); the best (batch 32, lr 0.005, 8 epochs,"
+        " clip 0.3) is what the demo and this benchmark use.",
 }
 
 
