@@ -37,6 +37,7 @@ class RoundOutcome:
     rejected: list[dict] = field(default_factory=list)    # updates screened out before aggregation, and why
     privacy: dict = field(default_factory=dict)           # per-customer DP-SGD ε reported with the updates
     central_dp: dict = field(default_factory=dict)        # the clip and noise stdev central DP used this round
+    sampled: list[int] = field(default_factory=list)      # node ids asked to train this round
     aggregated: bool = False
     # evaluation of the model the clients received (the previous round's global model), from fit replies
     prev_eval: "Evaluation | None" = None
@@ -70,6 +71,18 @@ def _brief(failures: list[str], n: int = 3, width: int = 300) -> str:
     return "; ".join(shown) + (f" (+{len(failures) - n} more)" if len(failures) > n else "")
 
 
+def _distinct(failures: list) -> list:
+    """Flower 1.41's SecAgg+ workflow records each error reply of the masked-vector stage twice (two loops
+    over the same messages wrap the same Error); keep one per underlying error."""
+    seen, out = set(), []
+    for f in failures:
+        key = id(f.args[0]) if isinstance(f, BaseException) and len(f.args) == 1 else id(f)
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
 def describe_failure(failure) -> str:
     if isinstance(failure, BaseException):  # SecAgg+ wraps error replies as Exception(Error(...))
         inner = failure.args[0] if len(failure.args) == 1 else None
@@ -92,6 +105,7 @@ class FedgeFedAvg(FedAvg):
         self.final_eval: Evaluation | None = None
         self.aggregator, self.max_update_norm = aggregator, max_update_norm
         self.global_arrays: list | None = None
+        self.names: dict[int, str] = {}  # node id -> customer, learned from replies (to name who dropped out)
 
     def begin_round(self, server_round: int, global_arrays: list | None = None) -> RoundOutcome:
         """``global_arrays``: the trained part of the model the clients receive (for update screening)."""
@@ -111,7 +125,9 @@ class FedgeFedAvg(FedAvg):
         # clients first evaluate the model they receive (last round's global model) on their holdouts: this
         # saves a whole message exchange per round; the final model gets its own evaluate exchange
         ins = FitIns(parameters, {**self.fit_config, "round": server_round, "evaluate-incoming": server_round > 1})
-        return [(proxy, ins) for proxy in self._connected(client_manager)]
+        proxies = self._connected(client_manager)
+        self.outcome.sampled = [p.node_id for p in proxies]
+        return [(proxy, ins) for proxy in proxies]
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         ins = EvaluateIns(parameters, {"round": server_round})
@@ -119,12 +135,13 @@ class FedgeFedAvg(FedAvg):
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
         out = self.outcome
-        out.failures += [describe_failure(f) for f in failures]
+        out.failures += [describe_failure(f) for f in _distinct(failures)]
         shared = len({id(res.parameters) for _, res in results}) == 1 and len(results) > 1  # SecAgg+: one aggregate
         evals, accepted = [], []
         for proxy, res in results:
             m = dict(res.metrics)
             name = str(m.pop("customer", f"node-{proxy.node_id}"))
+            self.names[proxy.node_id] = name
             if "eval_examples" in m:
                 evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
             if m.get("refused"):  # trained nothing; under SecAgg+ its masked share carried weight 0
@@ -144,6 +161,7 @@ class FedgeFedAvg(FedAvg):
                                      "mechanism": str(m.get("dp_mechanism", "")), "noise": float(m.get("dp_noise", 0))}
             accepted.append((proxy, res))
         out.clients.sort()
+        out.failures += self._dropouts({proxy.node_id for proxy, _ in results})
         out.prev_eval = Evaluation.aggregate(evals)
         if len(accepted) < self.min_clients:
             raise InsufficientClients(
@@ -161,6 +179,13 @@ class FedgeFedAvg(FedAvg):
             metrics = self.fit_metrics_aggregation_fn([(res.num_examples, res.metrics) for _, res in accepted])
         out.aggregated = True
         return params, metrics
+
+    def _dropouts(self, replied: set[int]) -> list[str]:
+        """Sampled nodes that sent no update and that no failure names yet: under SecAgg+ a node that stops
+        answering is simply left out of the protocol, with no error to record."""
+        said = " ".join(self.outcome.failures)
+        return [f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round"
+                for nid in self.outcome.sampled if nid not in replied and f"node {nid}" not in said]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]

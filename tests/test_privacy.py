@@ -269,3 +269,29 @@ def test_without_a_ledger_every_earlier_round_counts():
                        1e-5, 100, 10, 1)
     assert sgd.epsilon_run > first.epsilon_run
     assert sgd.epsilon_run == pytest.approx(epsilon([(1.0, 0.1, 20)], 1e-5))
+
+
+def test_a_sampled_node_that_sent_nothing_is_named_in_the_round_failures():
+    s = _strategy(min_clients=1)
+    three = [(_proxy(i), _fit([np.ones(3, np.float32)], 10, customer=f"c{i}")) for i in (1, 2, 3)]
+    s.begin_round(1, [np.zeros(3, np.float32)])
+    s.outcome.sampled = [1, 2, 3]
+    s.aggregate_fit(1, three, [])
+    assert s.outcome.failures == []
+    s.begin_round(2, [np.zeros(3, np.float32)])
+    s.outcome.sampled = [1, 2, 3, 4]
+    s.aggregate_fit(2, three[:1], [TimeoutError("node 2: no reply within 30s")])
+    assert s.outcome.failures == ["node 2: no reply within 30s", "c3 (node 3): sent no update this round",
+                                  "unknown customer (node 4): sent no update this round"]
+
+
+def test_one_error_reply_is_one_failure_even_when_flower_wraps_it_twice():
+    from flwr.app import Error
+
+    s = _strategy(min_clients=1)
+    s.begin_round(1, [np.zeros(3, np.float32)])
+    err = Error(code=2, reason="<class 'fedge.tasks.base.DataError'>:<'/d/h.npz: row 3: unknown label 11'>")
+    other = Error(code=2, reason="<class 'fedge.tasks.base.DataError'>:<'/d/h.npz: row 3: unknown label 11'>")
+    ok = [(_proxy(1), _fit([np.ones(3, np.float32)], 10, customer="c1"))]
+    s.aggregate_fit(1, ok, [Exception(err), Exception(err), Exception(other)])
+    assert s.outcome.failures == ["DataError: /d/h.npz: row 3: unknown label 11"] * 2

@@ -108,6 +108,9 @@ def test_churn_and_bad_data_with_secagg(tmp_path, report):
     assert "globex" in took_part[5]                              # the restarted daemon rejoined
     assert "initech" not in took_part[5]
     assert all(len(c) >= 3 for c in took_part.values())
+    for rnd, name in ((2, "globex"), (4, "initech")):  # killed before its masked update got out: named
+        if name not in took_part[rnd]:
+            assert any(f.startswith(f"{name} (node ") for f in rounds[rnd - 1]["failures"]), rounds[rnd - 1]
 
     # the corrupt file: the error names the file and the row, reaches the operator, and the daemon lives on
     assert "hooli" not in took_part[3]
