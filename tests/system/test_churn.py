@@ -126,13 +126,12 @@ def test_churn_and_bad_data_with_secagg(tmp_path, report):
         expected = plain_average(records, r["round"], r["clients"])
         diffs[r["round"]] = max_diff(r["checkpoint"], names, expected)
         assert diffs[r["round"]] < 1e-3, (r["round"], diffs[r["round"]])
-    # and the check can tell: counting a dropped customer's recorded update in would be visibly off
+    # and the check can tell: counting a dropped customer's recorded update in (or, should both killed daemons
+    # have got their masked update out before dying, leaving a customer out) would be visibly off
     dropped = [(r["round"], n) for r in rounds for n in ("globex", "initech") if n not in r["clients"]
                and (records / f"round-{r['round']:02d}-{n}.npz").exists()]
-    assert dropped, "a killed customer's recorded update should exist"
-    rnd, name = dropped[0]
-    wrong = plain_average(records, rnd, took_part[rnd] + [name])
-    assert max_diff(rounds[rnd - 1]["checkpoint"], names, wrong) > 10 * diffs[rnd]
+    rnd, wrong = (dropped[0][0], took_part[dropped[0][0]] + [dropped[0][1]]) if dropped else (1, took_part[1][1:])
+    assert max_diff(rounds[rnd - 1]["checkpoint"], names, plain_average(records, rnd, wrong)) > 10 * diffs[rnd]
 
     report["churn"] = {
         "customers": len(NAMES), "rounds": len(rounds), "wall_s": round(wall, 1),
