@@ -68,8 +68,10 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
     central = float(config.get("dp-noise", 0.0))
     if central > 0:
         # one Gaussian release per round, every connected customer sampled (rate 1)
-        done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
-        done = earlier if earlier is not None else done
+        if earlier is not None:
+            done = earlier
+        else:
+            done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
         history = [[central, 1.0, done + 1]]
         return RoundCost(run, rnd, "central", epsilon(history, delta), delta, history, central,
                          float(config.get("dp-clip", 0.0)))

@@ -147,8 +147,8 @@ class FedgeClient(NumPyClient):
         if cost.epsilon_run is not None:
             metrics |= {"dp_mechanism": cost.mechanism, "dp_epsilon": float(cost.epsilon_run),
                         "dp_delta": cost.delta, "dp_noise": float(cost.noise)}
-        arrays = get_arrays(model, exchanged_names(model, freeze))
-        arrays = inject_fault(arrays, [np.asarray(p) for p in parameters], exchanged_names(model, freeze),
+        names = exchanged_names(model, freeze)
+        arrays = inject_fault(get_arrays(model, names), [np.asarray(p) for p in parameters], names,
                               list(model.state_dict()))
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get("dp-noise", 0.0)) > 0 else len(train_ds)

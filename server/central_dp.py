@@ -26,49 +26,54 @@ from flwr.server.strategy import (
 )
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 
+from .strategy import customer_name
+
 log = logging.getLogger("fedge.coordinator")
 
 
 class _NoiseOnSurvivors:
-    """aggregate_fit shared by both wrappers: aggregate, noise for the survivors, then ``after_round``."""
+    """aggregate_fit shared by both wrappers: aggregate, noise for the survivors, then ``after_round``. What was
+    used (clip, noise stdev, survivors) goes into the round's outcome, which the registry records."""
     strategy: object
     noise_multiplier: float
     clipping_norm: float
-
-    def _init_report(self) -> None:
-        self.last_stdev: float | None = None
-        self.last_survivors = 0
-        self.last_clip: float | None = None
 
     def aggregate_fit(self, server_round, results, failures):
         params, metrics = self.strategy.aggregate_fit(server_round, results, failures)
         if params is None:
             return None, metrics
-        survivors = set(self.strategy.outcome.clients)  # the updates actually averaged (not refused/rejected)
+        outcome = self.strategy.outcome
+        survivors = set(outcome.clients)  # the updates actually averaged (not refused, not rejected)
         n = len(survivors)
         clip = self.clipping_norm  # the bound the customers clipped to this round
-        self.last_survivors, self.last_clip, self.last_stdev = n, clip, compute_stdv(self.noise_multiplier, clip, n)
+        stdev = compute_stdv(self.noise_multiplier, clip, n)
         params = add_gaussian_noise_to_params(params, self.noise_multiplier, clip, n)
         log.info("round %d: central DP noise stdev %.5f (noise multiplier %.3f, clip %.4f, %d survivors of %d sampled)",
-                 server_round, self.last_stdev, self.noise_multiplier, clip, n, len(results) + len(failures))
-        self.after_round([(p, r) for p, r in results if _customer(p, r) in survivors])
-        self.strategy.outcome.central_dp = {"clip": clip, "stdev": self.last_stdev, "survivors": n,
-                                            "next_clip": self.clipping_norm}
+                 server_round, stdev, self.noise_multiplier, clip, n, len(results) + len(failures))
+        self.after_round([(p, r) for p, r in results if customer_name(p, r) in survivors])
+        outcome.central_dp = {"clip": clip, "stdev": stdev, "survivors": n, "next_clip": self.clipping_norm}
         return params, metrics
 
     def after_round(self, accepted) -> None:
         pass
 
+    @property
+    def last_clip(self) -> float | None:
+        return self.strategy.outcome.central_dp.get("clip")
 
-def _customer(proxy, res) -> str:
-    return str(res.metrics.get("customer", f"node-{proxy.node_id}"))
+    @property
+    def last_stdev(self) -> float | None:
+        return self.strategy.outcome.central_dp.get("stdev")
+
+    @property
+    def last_survivors(self) -> int:
+        return self.strategy.outcome.central_dp.get("survivors", 0)
 
 
 class CentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideFixedClipping):
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int) -> None:
         super().__init__(strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
                          num_sampled_clients=num_sampled_clients)
-        self._init_report()
 
 
 class AdaptiveCentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideAdaptiveClipping):
@@ -81,8 +86,6 @@ class AdaptiveCentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideAdaptive
                          initial_clipping_norm=initial_clipping_norm, target_clipped_quantile=target_quantile,
                          clip_norm_lr=clip_lr,
                          clipped_count_stddev=count_noise(noise_multiplier, num_sampled_clients))
-        self.requested_noise_multiplier = noise_multiplier
-        self._init_report()
 
     def after_round(self, accepted) -> None:
         if accepted:

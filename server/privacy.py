@@ -34,7 +34,7 @@ def round_privacy(cfg: RunConfig, rnd: int, outcome) -> dict:
     central = central_epsilon(cfg, rnd)
     doc = {"delta": cfg.dp_delta, "accountant": accountant_name(), "customers": customers}
     if central is not None:
-        used = getattr(outcome, "central_dp", {}) or {}
+        used = outcome.central_dp
         doc["central"] = {"mechanism": "client-side clipping + Gaussian noise on the aggregate"
                                        + (" (adaptive clipping)" if cfg.dp_adaptive else ""),
                           "noise_multiplier": cfg.dp_noise, "clip": used.get("clip", cfg.dp_clip), "sample_rate": 1.0,

@@ -83,6 +83,11 @@ def _distinct(failures: list) -> list:
     return out
 
 
+def customer_name(proxy: ClientProxy, res) -> str:
+    """Who sent a reply: the customer name its metrics carry, else its node id."""
+    return str(res.metrics.get("customer", f"node-{proxy.node_id}"))
+
+
 def describe_failure(failure) -> str:
     if isinstance(failure, BaseException):  # SecAgg+ wraps error replies as Exception(Error(...))
         inner = failure.args[0] if len(failure.args) == 1 else None
@@ -139,8 +144,8 @@ class FedgeFedAvg(FedAvg):
         shared = len({id(res.parameters) for _, res in results}) == 1 and len(results) > 1  # SecAgg+: one aggregate
         evals, accepted = [], []
         for proxy, res in results:
-            m = dict(res.metrics)
-            name = str(m.pop("customer", f"node-{proxy.node_id}"))
+            name = customer_name(proxy, res)
+            m = {k: v for k, v in res.metrics.items() if k != "customer"}
             self.names[proxy.node_id] = name
             if "eval_examples" in m:
                 evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
@@ -189,7 +194,7 @@ class FedgeFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]
-        rows = [(str(r.metrics.get("customer", f"node-{p.node_id}")), r.num_examples, r.loss,
+        rows = [(customer_name(p, r), r.num_examples, r.loss,
                  float(r.metrics["accuracy"])) for p, r in results]
         self.final_eval = Evaluation.aggregate(rows)
         if self.final_eval is None:
