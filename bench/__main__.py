@@ -22,7 +22,7 @@ PARTS = ("inference", "aggregation", "serving", "federation")
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--only", nargs="*", choices=PARTS, help="run only these parts (the files then hold only them)")
+    ap.add_argument("--only", nargs="*", choices=PARTS + ("gpu",), help="run only these parts (the files then hold only them)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run; not for publishing)")
     ap.add_argument("--docs", default="docs", help="where BENCHMARKS.md, benchmarks.json and plots go")
     ap.add_argument("--work", help="scratch dir (default: a temp dir)")

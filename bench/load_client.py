@@ -13,7 +13,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 
-def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float) -> dict:
+def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
+        samples: bool = False) -> dict:
     client = grpcclient.InferenceServerClient(url=url)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     inp = grpcclient.InferInput(input_name, shape, "FP32")
@@ -52,9 +53,12 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
     elapsed = time.perf_counter() - started
     client.close()
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
-    return {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99))}
+    out = {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
+           "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
+           "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99))}
+    if samples:
+        out["lat_ms"] = [round(float(v), 4) for v in ms] if lat else []
+    return out
 
 
 def live_rtt(url: str, calls: int = 500) -> dict:

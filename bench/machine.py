@@ -4,10 +4,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 from importlib import metadata
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "flwr", "grpcio", "protobuf", "tritonclient", "opacus")
+PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "flwr", "grpcio", "protobuf", "tritonclient", "opacus")
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -17,6 +18,25 @@ def _cpuinfo() -> dict[str, str]:
         return {}
     first = text.split("\n\n")[0]
     return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+
+
+def _gpu() -> str | None:
+    """nvidia-smi's name, memory and driver of each GPU, and the execution providers ONNX Runtime offers."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        return None
+    gpus = "; ".join(line.strip().replace(", ", " / ") for line in out.stdout.splitlines() if line.strip())
+    try:
+        import onnxruntime as ort
+
+        providers = ", ".join(ort.get_available_providers())
+    except ImportError:
+        providers = "onnxruntime not installed"
+    return f"{gpus} (name / memory / driver); ONNX Runtime providers: {providers}"
 
 
 def machine_info() -> dict:
@@ -43,5 +63,5 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "load_avg_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "versions": versions,
-        "gpu": None,
+        "gpu": _gpu(),
     }

@@ -34,8 +34,10 @@ EXPLANATIONS = {
     "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
         " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
         " concurrent requests run on both cores from the gRPC threads, which one batch worker gives up."
-        " `--instances 2` (two batch workers) recovers most of it. On a GPU or TensorRT the per-call cost that"
-        " batching amortizes dominates; not measured (no GPU).",
+        " `--instances 2` (two batch workers) recovers most of it. On an H100 with ONNX Runtime CUDA"
+        " (docs/gpu/BENCHMARKS.md, run by hand) the model is 40x cheaper per image at batch 64, yet batching gains"
+        " only 1.07x at 64 clients: there the cap is Python gRPC taking about 0.5 ms of CPU per request (about 1,800"
+        " requests/s per server process against 22,800 images/s in-process); see docs/GPU.md.",
     "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
         " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
         " Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms), in-process profiling"

@@ -5,6 +5,7 @@ at its best batch. Both servers and the in-process session use 1 intra-op thread
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import statistics
@@ -79,35 +80,73 @@ class _Server:
         self.server.stop()
 
 
+def _drive(drivers: list[subprocess.Popen], cmd: dict, concurrency: int) -> dict:
+    """Split ``concurrency`` clients over the generator processes, run them at once, merge their results."""
+    share = [len(range(i, concurrency, len(drivers))) for i in range(min(concurrency, len(drivers)))]
+    for d, c in zip(drivers, share):
+        d.stdin.write(json.dumps({**cmd, "concurrency": c, "samples": True}) + "\n")
+        d.stdin.flush()
+    parts = [json.loads(d.stdout.readline()) for d in drivers[:len(share)]]
+    ms = np.concatenate([p.pop("lat_ms") for p in parts]) if any(p["requests"] for p in parts) else np.array([np.nan])
+    return {"requests": sum(p["requests"] for p in parts), "errors": sum(p["errors"] for p in parts),
+            "first_error": next((p["first_error"] for p in parts if p["first_error"]), None), "generators": len(parts),
+            "seconds": max(p["seconds"] for p in parts), "throughput": sum(p["throughput"] for p in parts),
+            "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "p99_ms": float(np.percentile(ms, 99))}
+
+
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    from edge_runtime.backends import OrtBackend
-    from edge_runtime.bundle import generate_keys, load_private_key
+    sec = Section("Edge serving over gRPC (tritonclient.grpc, ResNet-18-style INT8)")
+    inproc_b64_vs_b1 = measure(sec, work, progress, quick, backend="onnxruntime-cpu")
+    sec.notes += [
+        "Without batching, concurrent requests run as separate ONNX Runtime calls on the gRPC worker threads (both"
+        " cores); with batching, one batcher thread runs the coalesced batch (1 intra-op thread); with"
+        " `--instances 2`, two batcher threads do (Triton's instance count).",
+        f"Batching can only win what batching saves in the backend: in-process, this INT8 ResNet runs"
+        f" {inproc_b64_vs_b1:.2f}x faster per image at batch 64 than at batch 1 on this CPU, so a"
+        " batching gain of 3x at 64 clients is out of reach here by construction; on a GPU the per-call cost that"
+        " batching amortizes is far larger: see the ONNX Runtime CUDA rows in docs/gpu/BENCHMARKS.md.",
+    ]
+    return sec
+
+
+def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffix: str = "") -> float:
+    """Serve the ResNet release with ``--backend BACKEND`` (batching, no batching, 2 batch instances), drive it
+    with 1/8/64 tritonclient clients, time the backend's own model file in-process; fills ``sec`` (figure names
+    get ``suffix``) and returns the in-process batch-64 over batch-1 throughput ratio."""
+    from edge_runtime.backends import load_backend
+    from edge_runtime.bundle import generate_keys, load_private_key, load_public_key, verify_bundle
     from fedge.procs import fedge_env
 
     from . import resnet
 
     work.mkdir(parents=True, exist_ok=True)
-    sec = Section("Edge serving over gRPC (tritonclient.grpc, ResNet-18-style INT8)")
-    t = progress.add_task("serving: building the release and starting 3 edge servers", total=1)
+    t = progress.add_task(f"serving ({backend}): building the release and starting 3 edge servers", total=1)
     art = resnet.build(work / "model")
     priv, pub = generate_keys(work / "keys")
     bundle = _bundle(work, art, load_private_key(priv))
-    servers = {"batching": _Server(work, bundle, pub, "batching"),
-               "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching"),
-               "batching, 2 instances": _Server(work, bundle, pub, "batching2", "--instances", "2")}
-    driver = subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=fedge_env())
+    flags = ("--backend", backend)
+    servers = {"batching": _Server(work, bundle, pub, "batching", *flags),
+               "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", *flags),
+               "batching, 2 instances": _Server(work, bundle, pub, "batching2", "--instances", "2", *flags)}
+    # On a machine with cores to spare the clients are spread over several generator processes, so that one
+    # Python process (tritonclient's callbacks hold its GIL) is not what limits the figure.
+    drivers = [subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, text=True, env=fedge_env())
+               for _ in range(max(1, min(8, (os.cpu_count() or 1) // 2 - 1)))]
+    driver = drivers[0]
     try:
         for s in servers.values():
             s.wait_ready()
         progress.advance(t)
 
-        # in-process: the same file, the same session options, each batch size; best throughput wins
-        be = OrtBackend.load(art.int8_cpu, "onnxruntime-cpu", "bench", threads=1)
+        # in-process: the file this backend serves, the same session options, each batch size; best throughput wins
+        be = load_backend(bundle, verify_bundle(bundle, load_public_key(pub)), backend, threads=1)
         xs = {b: np.random.default_rng(b).standard_normal((b, *resnet.INPUT)).astype(np.float32) for b in (1, 8, 64)}
-        t = progress.add_task("serving: in-process ONNX Runtime b1/b8/b64", total=3 if quick else 9)
+        t = progress.add_task(f"serving ({backend}): in-process ONNX Runtime b1/b8/b64", total=3 if quick else 9)
         inproc = interleaved({b: (lambda x=x: be.run({"input": x})) for b, x in xs.items()}, reps=3 if quick else 9,
                              target_s=0.3, on_rep=lambda: progress.advance(t))
+        be_file = be.model_file
         del be
         inproc_tput = {b: b / statistics.median(v) for b, v in inproc.items()}
         best_batch = max(inproc_tput, key=inproc_tput.get)
@@ -119,57 +158,51 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
 
         reps, seconds = (1, 2.0) if quick else (3, 4.0)
         runs: dict[tuple[str, int], list[dict]] = {}
-        t = progress.add_task("serving: 1/8/64 concurrent tritonclient clients", total=reps * len(servers) * len(CONCURRENCY))
+        t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients", total=reps * len(servers) * len(CONCURRENCY))
         rng = np.random.default_rng(0)
         for _ in range(reps):
             for name in rng.permutation(list(servers)):
                 s = servers[str(name)]
                 for c in CONCURRENCY:
                     before = s.batch_stats()
-                    driver.stdin.write(json.dumps({"url": s.url, "model": "resnet", "input_name": "input",
-                                                   "shape": [1, *resnet.INPUT], "concurrency": c, "seconds": seconds}) + "\n")
-                    driver.stdin.flush()
-                    r = json.loads(driver.stdout.readline())
+                    r = _drive(drivers, {"url": s.url, "model": "resnet", "input_name": "input",
+                                         "shape": [1, *resnet.INPUT], "seconds": seconds}, c)
                     after = s.batch_stats()
                     r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
                     runs.setdefault((str(name), c), []).append(r)
                     progress.advance(t)
     finally:
-        driver.stdin.close()
-        driver.wait(30)
+        for d in drivers:
+            d.stdin.close()
+            d.wait(30)
         for s in servers.values():
             s.stop()
 
     def med(name, c, key):
         return statistics.median(r[key] for r in runs[(name, c)])
 
-    rows = [{"setup": f"in-process ORT b{b}", "clients": "-", "requests/s (images/s)": inproc_tput[b],
+    rows = [{"setup": f"in-process ORT b{b} ({be_file})", "clients": "-", "requests/s (images/s)": inproc_tput[b],
              "p50 ms": statistics.median(inproc[b]) * 1e3, "p99 ms": None, "mean batch": b, "errors": 0}
             for b in (1, 8, 64)]
     for (name, c), rs in sorted(runs.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        rows.append({"setup": f"fedge edge serve, {name}", "clients": c, "requests/s (images/s)": med(name, c, "throughput"),
+        rows.append({"setup": f"fedge edge serve --backend {backend}, {name}", "clients": c,
+                     "requests/s (images/s)": med(name, c, "throughput"),
                      "p50 ms": med(name, c, "p50_ms"), "p99 ms": med(name, c, "p99_ms"),
                      "mean batch": med(name, c, "mean_batch"), "errors": sum(r["errors"] for r in rs)})
-    sec.tables.append((f"Closed loop, {seconds:g} s per measurement, median of {reps} repetition(s) interleaved across"
-                       " the two servers; in-process rows are medians over many calls", rows))
-    sec.figures["serving_c64_vs_inprocess"] = med("batching", 64, "throughput") / inproc_tput[best_batch]
-    sec.figures["batching_gain_c64"] = med("batching", 64, "throughput") / med("no batching", 64, "throughput")
-    sec.figures["serving_p50_c1_overhead_ms"] = med("batching", 1, "p50_ms") - inproc_p50_b1_ms
-    sec.figures["grpc_live_rtt_p50_ms"] = live_p50_ms
-    sec.figures["serving_errors"] = float(sum(r["errors"] for rs in runs.values() for r in rs))
+    sec.tables.append((f"{backend}: closed loop, {seconds:g} s per measurement, median of {reps} repetition(s)"
+                       " interleaved across the three servers; in-process rows are medians over many calls", rows))
+    sec.figures["serving_c64_vs_inprocess" + suffix] = med("batching", 64, "throughput") / inproc_tput[best_batch]
+    sec.figures["batching_gain_c64" + suffix] = med("batching", 64, "throughput") / med("no batching", 64, "throughput")
+    sec.figures["serving_p50_c1_overhead_ms" + suffix] = med("batching", 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["grpc_live_rtt_p50_ms" + suffix] = live_p50_ms
+    sec.figures["serving_errors" + suffix] = float(sum(r["errors"] for rs in runs.values() for r in rs))
     sec.notes += [
-        f"In-process best batch: {best_batch} ({inproc_tput[best_batch]:.0f} images/s); in-process b1 p50"
-        f" {inproc_p50_b1_ms:.3f} ms. The load generator shares the 2 cores with the server.",
+        f"{backend}: the servers run {be_file}; in-process best batch: {best_batch} ({inproc_tput[best_batch]:.0f}"
+        f" images/s); in-process b1 p50 {inproc_p50_b1_ms:.3f} ms. The load generator shares the machine's"
+        " cores with the servers.",
         f"A bare round trip (tritonclient `is_server_live`, no model) takes {live_p50_ms:.3f} ms p50 here: that much"
         " of the batch-1 overhead is Python gRPC on both ends before any inference work.",
-        "Without batching, concurrent requests run as separate ONNX Runtime calls on the gRPC worker threads (both"
-        " cores); with batching, one batcher thread runs the coalesced batch (1 intra-op thread); with"
-        " `--instances 2`, two batcher threads do (Triton's instance count).",
-        f"Batching can only win what batching saves in the backend: in-process, this INT8 ResNet runs"
-        f" {inproc_tput[64] / inproc_tput[1]:.2f}x faster per image at batch 64 than at batch 1 on this CPU, so a"
-        " batching gain of 3x at 64 clients is out of reach here by construction; on a GPU or TensorRT the per-call"
-        " cost that batching amortizes is far larger (not measured: no GPU in this run).",
     ]
-    sec.data = {"inprocess": {str(b): v for b, v in inproc.items()},
-                "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
-    return sec
+    sec.data[backend] = {"inprocess": {str(b): v for b, v in inproc.items()},
+                         "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
+    return inproc_tput[64] / inproc_tput[1]

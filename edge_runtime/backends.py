@@ -12,7 +12,7 @@ reason are reported in ModelMetadata and metrics.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -33,15 +33,30 @@ class Backend(Protocol):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def gpu_buckets(max_batch: int) -> tuple[int, ...]:
+    """1, 4, 16, ... up to ``max_batch`` (included): the batch sizes a GPU model is run at."""
+    out = [1]
+    while out[-1] * 4 < max_batch:
+        out.append(out[-1] * 4)
+    return tuple(sorted({*out, max_batch}))
+
+
 @dataclass
 class OrtBackend:
     name: str
     model_file: str
     reason: str
     session: object
+    # CUDA: one session per batch-size bucket, batches padded up to the nearest. Measured on an H100 with ONNX
+    # Runtime 1.31 (docs/gpu/BENCHMARKS.md): a CUDA session re-plans every convolution whenever its input shape
+    # changes, also back to a shape it ran before (+179 ms per call with the default exhaustive cuDNN search,
+    # +52 ms heuristic, +20 ms without search, which also runs 3-5x slower), so dynamic batching's varying batch
+    # sizes would pay that on most batches. A session per fixed shape pays it once, in warm_buckets(), before
+    # the model is visible (+0.2 ms after a switch).
+    buckets: dict[int, object] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path, name: str, reason: str, threads: int = 1) -> "OrtBackend":
+    def load(cls, path: Path, name: str, reason: str, threads: int = 1, buckets: tuple[int, ...] = ()) -> "OrtBackend":
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -50,11 +65,34 @@ class OrtBackend:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if name == "onnxruntime-cuda" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-        return cls(name=name, model_file=path.name, reason=reason, session=session)
+        if session.get_providers()[0] != providers[0]:  # ONNX Runtime falls back to CPU with only a warning
+            raise ModelUnavailable(f"{path.name}: ONNX Runtime could not start {providers[0]} (CUDA or cuDNN"
+                                   f" libraries missing?); the session runs on {session.get_providers()}")
+        per_bucket = {b: session if i == 0 else ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+                      for i, b in enumerate(sorted(buckets))}
+        return cls(name=name, model_file=path.name, reason=reason, session=session, buckets=per_bucket)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, inputs)))
+        rows = len(next(iter(inputs.values())))
+        size = next((b for b in self.buckets if b >= rows), None)
+        if size is None:
+            return dict(zip(names, self.session.run(names, inputs)))
+        if size > rows:
+            inputs = {k: np.concatenate([v, np.zeros((size - rows, *v.shape[1:]), v.dtype)]) for k, v in inputs.items()}
+        return {n: out[:rows] for n, out in zip(names, self.buckets[size].run(names, inputs))}
+
+    def warm_buckets(self) -> None:
+        """Run every bucket's session at its shape (zeros), so no request pays for planning it."""
+        specs = [(i.name, i.shape[1:], _ORT_DTYPES.get(i.type)) for i in self.session.get_inputs()]
+        if any(t is None or not all(isinstance(d, int) for d in dims) for _, dims, t in specs):
+            return
+        for b in self.buckets:
+            self.run({name: np.zeros((b, *dims), t) for name, dims, t in specs})
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
 
 
 def cuda_available() -> bool:
@@ -95,11 +133,18 @@ def load_backend(bundle_dir: Path, manifest: Manifest, preference: str = "auto",
     if preference in ("auto", "onnxruntime-cuda"):
         if cuda_available():
             file = _pick(manifest, ["int8_trt", "fp32"])
-            return OrtBackend.load(bundle_dir / file, "onnxruntime-cuda",
-                                   "; ".join(notes + [f"CUDA provider available: running {file}"]), threads)
-        if preference == "onnxruntime-cuda":
+            try:
+                return OrtBackend.load(bundle_dir / file, "onnxruntime-cuda",
+                                       "; ".join(notes + [f"CUDA provider available: running {file}"]), threads,
+                                       buckets=gpu_buckets(manifest.max_batch_size))
+            except ModelUnavailable as exc:
+                if preference == "onnxruntime-cuda":
+                    raise
+                notes.append(str(exc))
+        elif preference == "onnxruntime-cuda":
             raise ModelUnavailable("backend onnxruntime-cuda requested but ONNX Runtime has no CUDAExecutionProvider")
-        notes.append("no CUDAExecutionProvider in this onnxruntime")
+        else:
+            notes.append("no CUDAExecutionProvider in this onnxruntime")
     file = _pick(manifest, ["int8_cpu", "fp32"])
     why = "uint8-activation INT8 runs in integer on CPU" if file == manifest.models.get("int8_cpu") else "no CPU INT8 model in bundle"
     return OrtBackend.load(bundle_dir / file, "onnxruntime-cpu", "; ".join(notes + [f"{why}: running {file}"]), threads)

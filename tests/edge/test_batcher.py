@@ -71,3 +71,27 @@ def test_instances_run_batches_in_parallel():
     assert [int(f.result(timeout=5)["x"][0, 0]) for f in futures] == list(range(9))
     b.close()
     assert peak[0] == 3
+
+
+def test_gpu_buckets_pad_odd_batches_and_return_only_the_real_rows(tmp_path, keys):
+    """The CUDA backend runs one session per fixed batch size (a CUDA session re-plans its convolutions on every
+    shape change): a batch of 5 runs padded to 16 in the 16-session and comes back as exactly the 5 rows an
+    unpadded run gives; warm_buckets runs every bucket's session at its own size."""
+    from edge_runtime.backends import OrtBackend, gpu_buckets
+    from tests.edge.bundles import make_bundle, reference_logits
+
+    assert gpu_buckets(64) == (1, 4, 16, 64) and gpu_buckets(48) == (1, 4, 16, 48) and gpu_buckets(1) == (1,)
+    bundle = make_bundle(tmp_path / "b", keys[0])
+    be = OrtBackend.load(bundle / "model.fp32.onnx", "onnxruntime-cpu", "test", buckets=gpu_buckets(64))
+    assert len({id(s) for s in be.buckets.values()}) == 4 and be.buckets[1] is be.session
+    seen = []
+    for size, sess in be.buckets.items():
+        real = sess.run
+        sess.run = lambda names, feeds, size=size, real=real: seen.append((size, len(feeds["input"]))) or real(names, feeds)
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    out = be.run({"input": x})["logits"]
+    assert seen == [(16, 16)] and out.shape == (5, 10)
+    np.testing.assert_allclose(out, reference_logits(bundle, x), rtol=1e-5, atol=1e-5)
+    seen.clear()
+    be.warm_buckets()
+    assert seen == [(1, 1), (4, 4), (16, 16), (64, 64)]
