@@ -118,6 +118,28 @@ def test_dpsgd_trains_a_model_that_was_just_evaluated_and_reports_its_steps():
     assert evaluate(model, holdout)[1] > max(before, 0.5)
 
 
+def test_dpsgd_noise_cannot_be_regenerated_from_the_seed_the_coordinator_sends():
+    """Two customers given the same config seed in the same round (what the coordinator sends) and the same data
+    and model: with noise drawn from that seed their updates would carry the same noise, so the coordinator could
+    regenerate it or cancel it by subtracting the two updates. Their updates must differ."""
+    import torch
+
+    from fedge.tasks.training import TrainConfig, get_arrays, train_dpsgd
+
+    task = get_task("digits")
+    data = task.reference_data().take(np.arange(256))
+    torch.manual_seed(0)
+    start = task.build_model().state_dict()
+    updates = []
+    for _ in range(2):
+        model = task.build_model()
+        model.load_state_dict(start)
+        train_dpsgd(model, data, TrainConfig(epochs=1, batch_size=64, lr=3e-3, seed=7), noise_multiplier=1.0,
+                    max_grad_norm=1.0)
+        updates.append(get_arrays(model, ["fc2.bias"])[0])
+    assert not np.allclose(updates[0], updates[1])
+
+
 def test_dpsgd_holds_a_pruning_mask():
     import torch
 
