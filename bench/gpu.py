@@ -15,14 +15,9 @@ from edge_runtime.backends import OrtBackend, cuda_available
 
 from . import resnet, serving
 from .inference import measure as measure_latency
+from .inference import ort_runner
 from .report import Section
 from .timing import paired_ratio
-
-
-def _ort(path: Path, backend: str):
-    be = OrtBackend.load(path, backend, "bench", threads=1)
-    name = be.session.get_inputs()[0].name
-    return lambda x: be.run({name: x})
 
 
 def _torch_cuda(model):
@@ -55,8 +50,7 @@ def shape_switches(path: Path, progress) -> list[dict]:
         run = lambda feeds, sess=sess: sess.run(None, feeds)
         rows.append(_switch_row(f"one session, cudnn_conv_algo_search={algo}", run, timed, sequence))
         progress.advance(t)
-    be = OrtBackend.load(path, "onnxruntime-cuda", "bench", buckets=gpu_buckets(64))
-    be.warm_buckets()
+    be = OrtBackend.load(path, "onnxruntime-cuda", "bench", buckets=gpu_buckets(64))  # warmed at load
     rows.append(_switch_row("fedge: a session per bucket (1/4/16/64), warmed", be.run, timed, sequence))
     progress.advance(t)
     return rows
@@ -82,9 +76,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     t = progress.add_task("gpu: building the ResNet-18-style FP32 / INT8 models", total=1)
     art = resnet.build(work / "resnet")
     progress.advance(t)
-    models = {"torch_fp32": _torch_cuda(art.torch_model), "ort_fp32": _ort(art.fp32, "onnxruntime-cuda"),
-              "ort_cuda_int8_trt_form": _ort(art.int8_trt, "onnxruntime-cuda"),
-              "ort_cpu_int8_1thread": _ort(art.int8_cpu, "onnxruntime-cpu")}
+    models = {"torch_fp32": _torch_cuda(art.torch_model), "ort_fp32": ort_runner(art.fp32, "onnxruntime-cuda"),
+              "ort_cuda_int8_trt_form": ort_runner(art.int8_trt, "onnxruntime-cuda"),
+              "ort_cpu_int8_1thread": ort_runner(art.int8_cpu, "onnxruntime-cpu")}
     rows, s = measure_latency("resnet18-style", models, resnet.INPUT, {1: 5 if quick else 15, 64: 3 if quick else 9}, progress)
     for r in rows:
         r["variant"] = {"torch_fp32": "torch CUDA FP32 (eager)", "ort_fp32": "ORT CUDA FP32"}.get(r["variant"], r["variant"])

@@ -15,8 +15,8 @@ from .report import Section
 from .timing import interleaved, paired_ratio, stats
 
 
-def _ort(path: Path):
-    be = OrtBackend.load(path, "onnxruntime-cpu", "bench", threads=1)
+def ort_runner(path: Path, backend: str = "onnxruntime-cpu"):
+    be = OrtBackend.load(path, backend, "bench", threads=1)
     name = be.session.get_inputs()[0].name
     return lambda x: be.run({name: x})
 
@@ -67,8 +67,8 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     progress.advance(t)
     sparse = resnet.build(work / "resnet-2of4", prune="2:4")
     progress.advance(t)
-    rn_models = {"torch_fp32": _torch(dense.torch_model), "ort_fp32": _ort(dense.fp32),
-                 "ort_int8": _ort(dense.int8_cpu), "ort_int8_2of4": _ort(sparse.int8_cpu)}
+    rn_models = {"torch_fp32": _torch(dense.torch_model), "ort_fp32": ort_runner(dense.fp32),
+                 "ort_int8": ort_runner(dense.int8_cpu), "ort_int8_2of4": ort_runner(sparse.int8_cpu)}
     rows, rn = measure("resnet18-style", rn_models, resnet.INPUT, {1: 5 if quick else 15, 64: 3 if quick else 9}, progress)
 
     digits = get_task("digits")
@@ -81,7 +81,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     pre = preprocess(dfp32, work / "digits" / "model.pre.onnx")
     ranges = calibration_minmax(pre.read_bytes(), digits.reference_data().x.astype(np.float32))
     dq = quantize_variants(pre, {k: tuple(v) for k, v in ranges.items()}, work / "digits", QuantizeConfig())
-    d_models = {"torch_fp32": _torch(dmodel), "ort_fp32": _ort(dfp32), "ort_int8": _ort(dq["int8_cpu"])}
+    d_models = {"torch_fp32": _torch(dmodel), "ort_fp32": ort_runner(dfp32), "ort_int8": ort_runner(dq["int8_cpu"])}
     drows, dg = measure("digits", d_models, tuple(digits.input_spec().shape[1:]), {1: 5 if quick else 20, 64: 5 if quick else 20}, progress)
 
     def ratio(s, num, den):

@@ -51,7 +51,7 @@ class OrtBackend:
     # Runtime 1.31 (docs/gpu/BENCHMARKS.md): a CUDA session re-plans every convolution whenever its input shape
     # changes, also back to a shape it ran before (+179 ms per call with the default exhaustive cuDNN search,
     # +52 ms heuristic, +20 ms without search, which also runs 3-5x slower), so dynamic batching's varying batch
-    # sizes would pay that on most batches. A session per fixed shape pays it once, in warm_buckets(), before
+    # sizes would pay that on most batches. A session per fixed shape pays it once, in warm_buckets() at load, before
     # the model is visible (+0.2 ms after a switch).
     buckets: dict[int, object] = field(default_factory=dict)
 
@@ -70,7 +70,9 @@ class OrtBackend:
                                    f" libraries missing?); the session runs on {session.get_providers()}")
         per_bucket = {b: session if i == 0 else ort.InferenceSession(str(path), sess_options=opts, providers=providers)
                       for i, b in enumerate(sorted(buckets))}
-        return cls(name=name, model_file=path.name, reason=reason, session=session, buckets=per_bucket)
+        backend = cls(name=name, model_file=path.name, reason=reason, session=session, buckets=per_bucket)
+        backend.warm_buckets()
+        return backend
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

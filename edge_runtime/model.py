@@ -30,8 +30,6 @@ class LoadedModel:
     def load(cls, name: str, version: int, bundle_dir: Path, manifest: Manifest, backend: str,
              batching: BatchingConfig, threads: int = 1, on_batch=None, engine_cache: Path | None = None) -> "LoadedModel":
         be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
-        if hasattr(be, "warm_buckets"):
-            be.warm_buckets()
         tok = manifest.preprocessing.get("tokenizer")
         batching = BatchingConfig(batching.enabled, min(batching.max_batch_size, manifest.max_batch_size),
                                   batching.max_queue_delay_us, batching.instances)

@@ -57,18 +57,6 @@ class _NoiseOnSurvivors:
     def after_round(self, accepted) -> None:
         pass
 
-    @property
-    def last_clip(self) -> float | None:
-        return self.strategy.outcome.central_dp.get("clip")
-
-    @property
-    def last_stdev(self) -> float | None:
-        return self.strategy.outcome.central_dp.get("stdev")
-
-    @property
-    def last_survivors(self) -> int:
-        return self.strategy.outcome.central_dp.get("survivors", 0)
-
 
 class CentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideFixedClipping):
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int) -> None:

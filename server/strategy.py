@@ -6,6 +6,8 @@ surviving updates fall below ``min_clients`` fails the run with the numbers in t
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
@@ -190,7 +192,7 @@ class FedgeFedAvg(FedAvg):
         answering is simply left out of the protocol, with no error to record."""
         said = " ".join(self.outcome.failures)
         return [f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round"
-                for nid in self.outcome.sampled if nid not in replied and f"node {nid}" not in said]
+                for nid in self.outcome.sampled if nid not in replied and not re.search(rf"\bnode {nid}\b", said)]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]

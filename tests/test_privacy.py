@@ -195,7 +195,8 @@ def test_central_dp_keeps_rounds_with_failures_and_calibrates_noise_to_survivors
     params, _ = dp.aggregate_fit(1, results, [RuntimeError("node 7: timed out")])
     assert params is not None  # Flower's wrapper returns None here: the round would be lost
     noise = parameters_to_ndarrays(params)[0]
-    assert dp.last_survivors == 4 and dp.last_stdev == pytest.approx(2.0 * 1.0 / 4)
+    used = inner.outcome.central_dp  # what the registry records for the round
+    assert used["survivors"] == 4 and used["stdev"] == pytest.approx(2.0 * 1.0 / 4)
     assert noise.std() == pytest.approx(0.5, rel=0.02)  # not 2/5 (sampled), not 2/6
 
 
@@ -241,7 +242,8 @@ def test_adaptive_dp_noises_with_the_bound_the_customers_clipped_to_and_keeps_fa
     zeros = np.zeros(200_000, np.float32)
     results = [(_proxy(i), _fit([zeros], 1, customer=f"c{i}", norm_bit=0)) for i in range(4)]
     params, _ = dp.aggregate_fit(1, results, [RuntimeError("node 7: timed out")])
-    assert params is not None and dp.last_survivors == 4 and dp.last_clip == 2.0
+    used = inner.outcome.central_dp
+    assert params is not None and used["survivors"] == 4 and used["clip"] == 2.0
     noise = parameters_to_ndarrays(params)[0]
     assert noise.std() == pytest.approx(dp.noise_multiplier * 2.0 / 4, rel=0.02)  # this round's C, not the next
     assert inner.outcome.central_dp["clip"] == 2.0 and inner.outcome.central_dp["next_clip"] != 2.0
@@ -283,6 +285,10 @@ def test_a_sampled_node_that_sent_nothing_is_named_in_the_round_failures():
     s.aggregate_fit(2, three[:1], [TimeoutError("node 2: no reply within 30s")])
     assert s.outcome.failures == ["node 2: no reply within 30s", "c3 (node 3): sent no update this round",
                                   "unknown customer (node 4): sent no update this round"]
+    s.begin_round(3, [np.zeros(3, np.float32)])
+    s.outcome.sampled = [1, 2, 12]
+    s.aggregate_fit(3, three[1:2], [TimeoutError("node 12: no reply within 30s")])  # "node 12" is not node 1
+    assert s.outcome.failures == ["node 12: no reply within 30s", "c1 (node 1): sent no update this round"]
 
 
 def test_one_error_reply_is_one_failure_even_when_flower_wraps_it_twice():
