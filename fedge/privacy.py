@@ -1,4 +1,4 @@
-"""Privacy accounting with a maintained accountant (Opacus' RDP accountant): never a hand-written formula.
+"""Privacy accounting with maintained accountants (Opacus' PRV and RDP accountants): never a hand-written formula.
 
 Two mechanisms are accounted:
 
@@ -6,13 +6,18 @@ Two mechanisms are accounted:
   (noise multiplier, sampling rate, steps) segments, one per round it trained;
 * ``central``: client-side clipping plus Gaussian noise on the aggregate (customer-level DP), one step per
   round with sampling rate = sampled / connected customers.
+
+ε is the tighter of two valid upper bounds: the PRV accountant's (Gopi et al. 2021; Opacus reports its upper
+bound, numerical error included) and the RDP accountant's. Noise for a target ε is calibrated with PRV, which
+asks about 5% less noise than RDP for the same guarantee at fedge's DP-SGD settings.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
 
-ACCOUNTANT = "rdp"
+ACCOUNTANT = "prv"             # what calibrates noise for a target ε
+PRV_MAX_EPSILON = 100.0        # past this (RDP bound) PRV's grid gets slow and no budget is that large: RDP only
 
 
 def update_norm(new, old) -> float:
@@ -23,24 +28,45 @@ def update_norm(new, old) -> float:
 
 
 def accountant_name() -> str:
-    return f"opacus {metadata.version('opacus')} RDPAccountant"
+    return f"opacus {metadata.version('opacus')} PRVAccountant (RDPAccountant where tighter)"
+
+
+def merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """Segments with the same (sigma, sample rate) as one: composition does not depend on order, and PRV's cost
+    grows with the number of segments (one per round otherwise)."""
+    steps: dict[tuple[float, float], int] = {}
+    for sigma, q, n in history:
+        key = (float(sigma), float(q))
+        steps[key] = steps.get(key, 0) + int(n)
+    return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
 def epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
     """ε at ``delta`` after the Gaussian-mechanism segments in ``history`` (sigma, sample rate, steps)."""
-    from opacus.accountants import RDPAccountant
+    import warnings
+
+    from opacus.accountants import PRVAccountant, RDPAccountant
 
     if not history:
         return 0.0
     if any(sigma <= 0 for sigma, _, _ in history):
         return float("inf")
-    import warnings
-
-    acc = RDPAccountant()
-    acc.history = [(float(s), float(q), int(n)) for s, q, n in history]
+    segments = merged(history)
+    rdp = RDPAccountant()
+    rdp.history = list(segments)
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound is valid, only looser
         warnings.simplefilter("ignore", UserWarning)
-        return float(acc.get_epsilon(delta=delta))
+        bound = float(rdp.get_epsilon(delta=delta))
+    if bound > PRV_MAX_EPSILON:
+        return bound
+    prv = PRVAccountant()
+    prv.history = list(segments)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # log(0) on its grid's empty tail at sampling rate 1
+        try:
+            return min(bound, float(prv.get_epsilon(delta=delta)))
+        except (ValueError, OverflowError, FloatingPointError):
+            return bound
 
 
 def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
@@ -51,6 +77,7 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
                                           steps=steps, accountant=ACCOUNTANT))
 
