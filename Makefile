@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/fedge demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=12
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -7,7 +7,8 @@ The cost is computed here, on the customer's side, with the maintained accountan
 * otherwise central DP (``dp-noise`` > 0): the customer-level ε of the declared central mechanism;
 * otherwise the round is not differentially private: a customer with a limit refuses it.
 
-Within one run ε composes through the accountant (RDP); across runs the ledger adds them up.
+Within one run ε composes through the accountants (fedge.privacy: PRV or RDP, the tighter); across runs the ledger
+adds them up.
 """
 from __future__ import annotations
 

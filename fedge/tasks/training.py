@@ -155,7 +155,7 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
                         generator=sampling)
     opt = torch.optim.Adam(params, lr=cfg.lr)
     model.train()  # Opacus refuses a module in eval mode (the client evaluated the incoming model first)
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+    engine = PrivacyEngine(accountant="rdp", secure_mode=False)  # its own ε is never read: fedge.privacy accounts
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on secure RNG and on full backward hooks
         dp_model, dp_opt, dp_loader = engine.make_private(module=model, optimizer=opt, data_loader=loader,
