@@ -39,7 +39,7 @@ def _bundle(work: Path, art, key) -> Path:
 
 
 class _Server:
-    def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str) -> None:
+    def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str, model: str = "resnet") -> None:
         from edge_runtime.bundle import load_public_key
         from edge_runtime.repository import install_bundle
         from fedge.cluster import EdgeServerProcess
@@ -49,6 +49,7 @@ class _Server:
         install_bundle(repo, bundle, load_public_key(pub))
         self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags)
         self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
+        self.model = model
 
     def wait_ready(self) -> None:
         import time
@@ -62,7 +63,7 @@ class _Server:
         while time.monotonic() < deadline:
             try:
                 with grpc.insecure_channel(self.url) as ch:
-                    if pb_grpc.GRPCInferenceServiceStub(ch).ModelReady(pb.ModelReadyRequest(name="resnet"), timeout=2).ready:
+                    if pb_grpc.GRPCInferenceServiceStub(ch).ModelReady(pb.ModelReadyRequest(name=self.model), timeout=2).ready:
                         return
             except grpc.RpcError:
                 pass
@@ -73,11 +74,35 @@ class _Server:
 
     def batch_stats(self) -> tuple[float, float]:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        get = lambda n: float(m.group(1)) if (m := re.search(rf'^fedge_edge_batch_size_{n}{{model="resnet"}} (\S+)$', text, re.M)) else 0.0
+        get = lambda n: float(m.group(1)) if (m := re.search(rf'^fedge_edge_batch_size_{n}{{model="{self.model}"}} (\S+)$', text, re.M)) else 0.0
         return get("sum"), get("count")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU the server process has used so far (Linux), None elsewhere."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.server.stop()
+
+
+def _start_drivers() -> list[subprocess.Popen]:
+    """Load generator processes: on a machine with cores to spare the clients are spread over several, so that one
+    Python process (tritonclient's callbacks hold its GIL) is not what limits the figure."""
+    from fedge.procs import fedge_env
+
+    return [subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=fedge_env())
+            for _ in range(max(1, min(8, (os.cpu_count() or 1) // 2 - 1)))]
+
+
+def _stop_drivers(drivers: list[subprocess.Popen]) -> None:
+    for d in drivers:
+        d.stdin.close()
+        d.wait(30)
 
 
 def _drive(drivers: list[subprocess.Popen], cmd: dict, concurrency: int) -> dict:
@@ -99,14 +124,15 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     sec = Section("Edge serving over gRPC (tritonclient.grpc, ResNet-18-style INT8)")
     inproc_b64_vs_b1 = measure(sec, work, progress, quick, backend="onnxruntime-cpu")
     sec.notes += [
-        "Without batching, concurrent requests run as separate ONNX Runtime calls on the gRPC worker threads (both"
-        " cores); with batching, one batcher thread runs the coalesced batch (1 intra-op thread); with"
+        "Without batching, concurrent requests run as separate ONNX Runtime calls on the server's inference threads"
+        " (8 by default, both cores); with batching, one batcher thread runs the coalesced batch (1 intra-op thread); with"
         " `--instances 2`, two batcher threads do (Triton's instance count).",
         f"Batching can only win what batching saves in the backend: in-process, this INT8 ResNet runs"
         f" {inproc_b64_vs_b1:.2f}x faster per image at batch 64 than at batch 1 on this CPU, so a"
         " batching gain of 3x at 64 clients is out of reach here by construction; on a GPU the per-call cost that"
         " batching amortizes is far larger: see the ONNX Runtime CUDA rows in docs/gpu/BENCHMARKS.md.",
     ]
+    front_end(sec, work / "front-end", progress, quick)
     return sec
 
 
@@ -116,7 +142,6 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     get ``suffix``) and returns the in-process batch-64 over batch-1 throughput ratio."""
     from edge_runtime.backends import load_backend
     from edge_runtime.bundle import generate_keys, load_private_key, load_public_key, verify_bundle
-    from fedge.procs import fedge_env
 
     from . import resnet
 
@@ -129,11 +154,7 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     servers = {"batching": _Server(work, bundle, pub, "batching", *flags),
                "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", *flags),
                "batching, 2 instances": _Server(work, bundle, pub, "batching2", "--instances", "2", *flags)}
-    # On a machine with cores to spare the clients are spread over several generator processes, so that one
-    # Python process (tritonclient's callbacks hold its GIL) is not what limits the figure.
-    drivers = [subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, env=fedge_env())
-               for _ in range(max(1, min(8, (os.cpu_count() or 1) // 2 - 1)))]
+    drivers = _start_drivers()
     driver = drivers[0]
     try:
         for s in servers.values():
@@ -172,9 +193,7 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
                     runs.setdefault((str(name), c), []).append(r)
                     progress.advance(t)
     finally:
-        for d in drivers:
-            d.stdin.close()
-            d.wait(30)
+        _stop_drivers(drivers)
         for s in servers.values():
             s.stop()
 
@@ -206,3 +225,56 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     sec.data[backend] = {"inprocess": {str(b): v for b, v in inproc.items()},
                          "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
     return inproc_tput[64] / inproc_tput[1]
+
+
+def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
+    """What the server itself costs per request: the digits model (about 0.01 ms per call) served to 64
+    tritonclient clients, with and without batching. Its requests/s is the most any model can be served at by one
+    server process, which is what caps a GPU (see docs/gpu/BENCHMARKS.md); also the server's CPU per request."""
+    from edge_runtime.bundle import generate_keys
+    from server.export.sample_bundle import untrained_bundle
+
+    work.mkdir(parents=True, exist_ok=True)
+    t = progress.add_task("serving: front end (digits model, 64 clients)", total=1)
+    priv, pub = generate_keys(work / "keys")
+    bundle = untrained_bundle(work / "bundle", priv, "digits")
+    servers = {"batching": _Server(work, bundle, pub, "batching", "--backend", "onnxruntime-cpu", model="digits"),
+               "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", "--backend", "onnxruntime-cpu",
+                                      model="digits")}
+    drivers = _start_drivers()
+    reps, seconds = (1, 2.0) if quick else (3, 4.0)
+    runs: dict[str, list[dict]] = {}
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        progress.update(t, total=1 + reps * len(servers))
+        progress.advance(t)
+        rng = np.random.default_rng(1)
+        for _ in range(reps):
+            for name in rng.permutation(list(servers)):
+                s = servers[str(name)]
+                cpu0 = s.cpu_seconds()
+                r = _drive(drivers, {"url": s.url, "model": "digits", "input_name": "input", "shape": [1, 1, 8, 8],
+                                     "seconds": seconds}, 64)
+                cpu1 = s.cpu_seconds()
+                # the window also spans the load generator's start-up, when the server is idle
+                r["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1) if cpu0 is not None else None
+                runs.setdefault(str(name), []).append(r)
+                progress.advance(t)
+    finally:
+        _stop_drivers(drivers)
+        for s in servers.values():
+            s.stop()
+    med = lambda name, key: statistics.median(r[key] for r in runs[name]) if all(r[key] is not None for r in runs[name]) else None
+    rows = [{"setup": f"fedge edge serve (digits), {name}", "clients": 64, "requests/s": med(name, "throughput"),
+             "p50 ms": med(name, "p50_ms"), "p99 ms": med(name, "p99_ms"), "server CPU us / request": med(name, "cpu_us"),
+             "errors": sum(r["errors"] for r in runs[name])} for name in servers]
+    sec.tables.append((f"Server front end: the digits model (about 0.01 ms per call) at 64 clients, {seconds:g} s per"
+                       f" measurement, median of {reps} repetition(s)", rows))
+    sec.figures["frontend_rps_c64"] = med("batching", "throughput")
+    sec.figures["frontend_cpu_us_per_request"] = med("batching", "cpu_us")
+    sec.notes.append(
+        "Front end: the server answers gRPC on an asyncio loop (grpc.aio); batched requests wait for their batch on"
+        " the loop, and one finished batch wakes the loop once. The thread-per-request server it replaced used about"
+        " 440-470 us of server CPU per request here (2,300-2,500 requests/s at 64 clients, measured by hand against"
+        " the previous commit), because every request's handler thread had to be woken and fight for the GIL.")

@@ -54,6 +54,10 @@ class OrtBackend:
     # sizes would pay that on most batches. A session per fixed shape pays it once, in warm_buckets() at load, before
     # the model is visible (+0.2 ms after a switch).
     buckets: dict[int, object] = field(default_factory=dict)
+    output_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     @classmethod
     def load(cls, path: Path, name: str, reason: str, threads: int = 1, buckets: tuple[int, ...] = ()) -> "OrtBackend":
@@ -75,7 +79,7 @@ class OrtBackend:
         return backend
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.session.get_outputs()]
+        names = self.output_names
         rows = len(next(iter(inputs.values())))
         size = next((b for b in self.buckets if b >= rows), None)
         if size is None:

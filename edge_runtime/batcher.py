@@ -2,9 +2,13 @@
 (up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_us`` after the first request) and the outputs
 are split back by row counts. The delay is only spent while there is concurrency to wait for (the previous
 batch held more than one request): a lone client is answered at once. ``instances`` worker threads take batches
-from the same queue (Triton's instance count), each running the backend on its own thread."""
+from the same queue (Triton's instance count), each running the backend on its own thread.
+
+The gRPC server awaits results on its asyncio loop (:meth:`DynamicBatcher.submit_async`): a finished batch wakes
+the loop once and settles all of its requests there, instead of waking one handler thread per request."""
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
 import time
@@ -34,21 +38,29 @@ class _Item:
     inputs: dict[str, np.ndarray]
     rows: int
     enqueued: float
-    future: Future = field(default_factory=Future)
+    future: Future | asyncio.Future = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
 
 
 class DynamicBatcher:
     def __init__(self, run: Run, cfg: BatchingConfig, on_batch: Callable[[int, float], None] | None = None) -> None:
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
         self._queue: "queue.Queue[_Item | None]" = queue.Queue()
+        self._concurrent = False  # did the last batch coalesce several requests?
         self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
                          for i in range(cfg.instances)]
         for t in self._threads:
             t.start()
 
     def submit(self, inputs: dict[str, np.ndarray]) -> Future:
-        rows = len(next(iter(inputs.values())))
-        item = _Item(inputs, rows, time.perf_counter())
+        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter())
+        self._queue.put(item)
+        return item.future
+
+    def submit_async(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
+        """From a coroutine on the running loop: a future of that loop, settled on it."""
+        loop = asyncio.get_running_loop()
+        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(), loop.create_future(), loop)
         self._queue.put(item)
         return item.future
 
@@ -61,50 +73,73 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         pending: _Item | None = None
-        concurrent = False  # did the previous batch coalesce several requests?
         while True:
             first = pending or self._queue.get()
-            pending = None
             if first is None:
                 return
-            batch, rows = [first], first.rows
-            deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if concurrent else 0.0)
-            stop = False
-            while rows < self._cfg.max_batch_size:
-                timeout = deadline - time.perf_counter()
-                try:
-                    item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                if rows + item.rows > self._cfg.max_batch_size:
-                    pending = item
-                    break
-                batch.append(item)
-                rows += item.rows
-            concurrent = len(batch) > 1
+            batch, rows, pending, stop = self._gather(first)
+            self._concurrent = len(batch) > 1
             self._execute(batch, rows)
             if stop:
                 return
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], int, _Item | None, bool]:
+        """``first`` plus what arrives before its deadline, up to max_batch_size rows: (batch, rows, the item that
+        did not fit, whether the stop sentinel came). The delay is only spent while requests are concurrent."""
+        batch, rows = [first], first.rows
+        deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if self._concurrent else 0.0)
+        while rows < self._cfg.max_batch_size:
+            timeout = deadline - time.perf_counter()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, rows, None, True
+            if rows + item.rows > self._cfg.max_batch_size:
+                return batch, rows, item, False
+            batch.append(item)
+            rows += item.rows
+        return batch, rows, None, False
 
     def _execute(self, batch: list[_Item], rows: int) -> None:
         started = time.perf_counter()
         try:
             if len(batch) == 1:
-                outputs = self._run(batch[0].inputs)
-                batch[0].future.set_result(outputs)
+                results = [self._run(batch[0].inputs)]
             else:
                 merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
                 outputs = self._run(merged)
-                offset = 0
+                results, offset = [], 0
                 for it in batch:
-                    it.future.set_result({k: v[offset : offset + it.rows] for k, v in outputs.items()})
+                    results.append({k: v[offset : offset + it.rows] for k, v in outputs.items()})
                     offset += it.rows
+            failure = None
         except Exception as exc:  # every waiter learns of the failure
-            for it in batch:
-                if not it.future.done():
-                    it.future.set_exception(exc)
+            results, failure = [None] * len(batch), exc
+        on_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for it, res in zip(batch, results):
+            if it.loop is not None:
+                on_loop.setdefault(it.loop, []).append((it.future, res))
+            else:
+                _set(it.future, res, failure)
+        for loop, settled in on_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, settled, failure)
+            except RuntimeError:  # the loop is closed: the server stopped, nobody is waiting
+                pass
         if self._on_batch is not None:
             self._on_batch(rows, max(started - it.enqueued for it in batch))
+
+
+def _set(fut, result, failure: Exception | None) -> None:
+    if failure is not None:
+        fut.set_exception(failure)
+    else:
+        fut.set_result(result)
+
+
+def _settle(settled: list, failure: Exception | None) -> None:
+    for fut, res in settled:
+        if not fut.done():  # a cancelled request (client gone) is skipped
+            _set(fut, res, failure)

@@ -24,3 +24,7 @@ class TooLarge(EdgeError):
 class BundleError(EdgeError):
     """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
     code_name = "FAILED_PRECONDITION"
+
+
+class AddressUnavailable(OSError):
+    """The server cannot listen where it was told to (port taken, address not on this host)."""

@@ -2,6 +2,8 @@
 for (text models take a BYTES tensor and tokenize it here with the manifest's tokenizer parameters)."""
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,14 +75,25 @@ class LoadedModel:
     def infer(self, inputs: dict[str, np.ndarray], timeout: float = 60.0) -> dict[str, np.ndarray]:
         feeds = self.preprocess(inputs)
         if self.batcher is not None:
-            out = self.batcher.submit(feeds).result(timeout=timeout)
-        else:
-            out = self.backend.run(feeds)
-        if self.manifest.labels:
-            logits = out[self.manifest.outputs[0].name]
-            labels = np.array([self.manifest.labels[i].encode() for i in logits.argmax(axis=1)], dtype=object)
-            out = {**out, LABEL_OUTPUT: labels.reshape(-1, 1)}
-        return out
+            return self.postprocess(self.batcher.submit(feeds).result(timeout=timeout))
+        return self.postprocess(self.backend.run(feeds))
+
+    async def infer_async(self, inputs: dict[str, np.ndarray], executor: Executor | None = None) -> dict[str, np.ndarray]:
+        """On the server's event loop: a batched request waits for its batch there; an unbatched one runs on a
+        thread of ``executor``. (Running a lone request on the loop itself was tried: while the loop runs the model
+        it receives nothing, so every request looked lone and batching stopped; see docs/BENCHMARKS.md.)"""
+        feeds = self.preprocess(inputs)
+        if self.batcher is not None:
+            return self.postprocess(await self.batcher.submit_async(feeds))
+        return self.postprocess(await asyncio.get_running_loop().run_in_executor(executor, self.backend.run, feeds))
+
+    def postprocess(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Adds the label strings to a classifier's outputs."""
+        if not self.manifest.labels:
+            return out
+        logits = out[self.manifest.outputs[0].name]
+        labels = np.array([self.manifest.labels[i].encode() for i in logits.argmax(axis=1)], dtype=object)
+        return {**out, LABEL_OUTPUT: labels.reshape(-1, 1)}
 
     def warmup(self) -> None:
         """One request through the whole path before the model becomes visible."""

@@ -1,9 +1,14 @@
-"""The gRPC layer: servicers that only translate, and the one interceptor that maps domain errors to status
-codes (InvalidInput -> INVALID_ARGUMENT, ModelNotFound -> NOT_FOUND, ModelUnavailable -> UNAVAILABLE, ...)."""
+"""The gRPC layer (grpc.aio, on the server's event loop): servicers that only translate, and the one interceptor
+that maps domain errors to status codes (InvalidInput -> INVALID_ARGUMENT, ModelNotFound -> NOT_FOUND,
+ModelUnavailable -> UNAVAILABLE, ...). Nothing here blocks the loop for long: batched inference waits for its
+batch on the loop, unbatched inference and model loading run on threads."""
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import time
+from concurrent.futures import Executor
 
 import grpc
 
@@ -21,27 +26,39 @@ SERVER_NAME = "fedge-edge"
 EXTENSIONS = ["model_repository"]
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
+class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler]] = {}  # method -> (handler, its wrapper)
 
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method.rsplit("/", 1)[-1]
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is None or cached[0] is not handler:
+            cached = self._wrapped[method] = (handler, self._wrap(method.rsplit("/", 1)[-1], handler))
+        return cached[1]
+
+    def _wrap(self, method: str, handler) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
 
-        def wrapped(request, context):
+        async def wrapped(request, context):
             try:
-                return inner(request, context)
+                result = inner(request, context)
+                return await result if inspect.isawaitable(result) else result
             except EdgeError as exc:
                 self._count(method, request, exc.code_name)
-                context.abort(getattr(grpc.StatusCode, exc.code_name), str(exc))
+                await context.abort(getattr(grpc.StatusCode, exc.code_name), str(exc))
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except NotImplementedError:
+                await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by {SERVER_NAME}")
             except Exception as exc:  # a bug, not the client's fault: never crash the server
                 log.exception("%s failed", method)
                 self._count(method, request, "INTERNAL")
-                context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
         return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)
@@ -52,26 +69,27 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str) -> None:
+    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
+        self.executor = executor  # threads for unbatched inference and model loading
 
-    def ServerLive(self, request, context):
+    async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request, context):
+    async def ServerReady(self, request, context):
         return pb.ServerReadyResponse(ready=True)
 
-    def ModelReady(self, request, context):
+    async def ModelReady(self, request, context):
         try:
             self.repo.get(request.name, request.version)
         except EdgeError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    def ServerMetadata(self, request, context):
+    async def ServerMetadata(self, request, context):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
 
-    def ModelMetadata(self, request, context):
+    async def ModelMetadata(self, request, context):
         m = self.repo.get(request.name, request.version)
         resp = pb.ModelMetadataResponse(name=m.name, versions=[str(m.version)], platform="onnx_onnxv1"
                                         if m.backend.name.startswith("onnxruntime") else "tensorrt_plan")
@@ -84,30 +102,30 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                 "max_batch_size": str(m.max_batch_size), "labels": ",".join(m.manifest.labels)})
         return resp
 
-    def ModelInfer(self, request, context):
+    async def ModelInfer(self, request, context):
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
         inputs = decode_inputs(request, m.inputs, m.max_batch_size)
         wanted = requested_outputs(request, m.outputs)
-        outputs = m.infer(inputs)
+        outputs = await m.infer_async(inputs, self.executor)
         resp = encode_response(m.name, str(m.version), {k: outputs[k] for k in wanted}, request.id)
         self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
         self.metrics.latency.labels(m.name).observe(time.perf_counter() - started)
         return resp
 
-    def RepositoryIndex(self, request, context):
+    async def RepositoryIndex(self, request, context):
         resp = pb.RepositoryIndexResponse()
         for row in self.repo.index():
             if not request.ready or row["state"] == "READY":
                 resp.models.add(**row)
         return resp
 
-    def RepositoryModelLoad(self, request, context):
-        self.repo.load(request.model_name)
+    async def RepositoryModelLoad(self, request, context):
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.repo.load, request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(self, request, context):
-        self.repo.unload(request.model_name)
+    async def RepositoryModelUnload(self, request, context):
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.repo.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -117,14 +135,29 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self, repo: ModelRepository) -> None:
         self.repo = repo
 
-    def Check(self, request, context):
+    WATCH_POLL_S = 0.5
+
+    def _status(self, service: str) -> int:
         status = health_pb2.HealthCheckResponse
-        if not request.service:
-            return status(status=status.SERVING)
+        if not service:
+            return status.SERVING
         try:
-            self.repo.get(request.service)
+            self.repo.get(service)
         except ModelNotFound:
-            return status(status=status.SERVICE_UNKNOWN)
+            return status.SERVICE_UNKNOWN
         except EdgeError:
-            return status(status=status.NOT_SERVING)
-        return status(status=status.SERVING)
+            return status.NOT_SERVING
+        return status.SERVING
+
+    async def Check(self, request, context):
+        return health_pb2.HealthCheckResponse(status=self._status(request.service))
+
+    async def Watch(self, request, context):
+        """The current status at once, then every change, until the client hangs up."""
+        last = None
+        while True:
+            now = self._status(request.service)
+            if now != last:
+                yield health_pb2.HealthCheckResponse(status=now)
+                last = now
+            await asyncio.sleep(self.WATCH_POLL_S)

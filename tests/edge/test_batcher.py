@@ -1,3 +1,4 @@
+import asyncio
 import threading
 import time
 
@@ -95,3 +96,56 @@ def test_gpu_buckets_pad_odd_batches_and_return_only_the_real_rows(tmp_path, key
     seen.clear()
     be.warm_buckets()
     assert seen == [(1, 1), (4, 4), (16, 16), (64, 64)]
+
+
+def test_async_callers_on_a_loop_are_coalesced_and_settled_on_that_loop():
+    calls, settled_on = [], []
+
+    def run(inputs):
+        calls.append(len(inputs["x"]))
+        time.sleep(0.01)
+        return {"y": inputs["x"] * 3}
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=16, max_queue_delay_us=20_000))
+
+    async def main():
+        loop_thread = threading.get_ident()
+
+        async def one(i):
+            out = await b.submit_async({"x": np.full((1, 2), i, np.float32)})
+            settled_on.append(threading.get_ident() == loop_thread)
+            return out["y"]
+
+        return await asyncio.gather(*(one(i) for i in range(40)))
+
+    results = asyncio.run(main())
+    b.close()
+    assert all(np.array_equal(r, np.full((1, 2), 3 * i)) for i, r in enumerate(results))
+    assert sum(calls) == 40 and max(calls) <= 16 and len(calls) < 40 and all(settled_on)
+
+
+def test_async_failure_reaches_every_waiter_and_a_cancelled_waiter_harms_nobody():
+    release = threading.Event()
+
+    def run(inputs):
+        release.wait(5)
+        if (inputs["x"] < 0).any():
+            raise RuntimeError("backend down")
+        return inputs
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_queue_delay_us=50_000))
+
+    async def main():
+        blocker = b.submit_async({"x": np.zeros((1, 1))})  # the batcher is busy with this one
+        await asyncio.sleep(0.05)
+        gone = b.submit_async({"x": np.ones((1, 1))})
+        kept = b.submit_async({"x": np.ones((1, 1)) * 2})
+        gone.cancel()  # the client hung up while queued
+        release.set()
+        assert (await blocker)["x"][0, 0] == 0 and (await kept)["x"][0, 0] == 2
+        bad = [b.submit_async({"x": -np.ones((1, 1))}) for _ in range(3)]
+        return await asyncio.gather(*bad, return_exceptions=True)
+
+    errors = asyncio.run(main())
+    b.close()
+    assert [str(e) for e in errors] == ["backend down"] * 3

@@ -148,17 +148,36 @@ def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server,
     assert stub.ModelInfer(_req()).model_version == before
 
 
-def test_unloaded_model_is_unavailable_until_loaded_again(stub):
+def test_unloaded_model_is_unavailable_until_loaded_again(edge_server, stub):
+    """Also: a grpc.health.v1 Watch on the model streams SERVING -> NOT_SERVING -> SERVING as it goes."""
     from proto import grpc_service_pb2 as pb
 
-    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="intent"), timeout=10)
-    try:
-        assert not stub.ModelReady(pb.ModelReadyRequest(name="intent")).ready
+    health = health_pb2.HealthCheckResponse
+    with grpc.insecure_channel(edge_server.url) as ch:
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service="intent"), timeout=60)
+        assert next(watch).status == health.SERVING
+        stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="intent"), timeout=10)
         req = _req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\x05\x00\x00\x00hello")
-        with pytest.raises(grpc.RpcError) as err:
-            stub.ModelInfer(req, timeout=10)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unloaded" in err.value.details()
-        assert stub.ServerReady(pb.ServerReadyRequest()).ready  # the server itself stays ready
-    finally:
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60)
-    assert stub.ModelInfer(req, timeout=10).model_name == "intent"
+        try:
+            assert not stub.ModelReady(pb.ModelReadyRequest(name="intent")).ready
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(req, timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "unloaded" in err.value.details()
+            assert stub.ServerReady(pb.ServerReadyRequest()).ready  # the server itself stays ready
+            assert next(watch).status == health.NOT_SERVING
+        finally:
+            stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60)
+        assert stub.ModelInfer(req, timeout=10).model_name == "intent"
+        assert next(watch).status == health.SERVING
+        watch.cancel()
+
+
+def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
+    """gRPC turns on SO_REUSEPORT by default: a second server on the same port would start and silently take
+    some of the connections. fedge's refuses to start, saying why."""
+    try:
+        out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
+                    "--port", str(edge_server.port), "--metrics-port", "0", timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a second server started on a port already in use")
+    assert out.returncode == 2 and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr
