@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedge.privacy import DPSGDConfig, epsilon
+from fedge.privacy import NOISE_CACHE, DPSGDConfig, epsilon
 
 from .ledger import Budget, Ledger
 
@@ -58,7 +58,8 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
     dp = dpsgd_config(config, delta)
     if dp is not None:
         q, steps = dpsgd_plan(n_train, batch_size, epochs)
-        sigma = dp.noise_multiplier(q, steps, int(config.get("planned-rounds", 1)))
+        sigma = dp.noise_multiplier(q, steps, int(config.get("planned-rounds", 1)),
+                                    cache=ledger.dir / NOISE_CACHE if ledger is not None else None)
         if earlier is not None:
             history = [[sigma, q, steps * (earlier + 1)]]
         elif before.get("mechanism") == "dp-sgd":

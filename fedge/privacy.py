@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 ACCOUNTANT = "prv"             # what calibrates noise for a target ε
+NOISE_CACHE = "dp-noise-cache.json"  # in a customer's state dir: noise multipliers already calibrated
 PRV_MAX_EPSILON = 100.0        # past this (RDP bound) PRV's grid gets slow and no budget is that large: RDP only
 
 
@@ -69,17 +71,42 @@ def epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
             return bound
 
 
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The noise multiplier that spends ``target_epsilon`` over ``steps`` steps at ``sample_rate``."""
+def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int,
+                      cache: Path | None = None) -> float:
+    """The noise multiplier that spends ``target_epsilon`` over ``steps`` steps at ``sample_rate``.
+
+    The search runs the accountant a few dozen times (about 2.4 s on a small CPU), and Flower starts a fresh
+    process for every round's message, so a customer would repeat it every round: with ``cache`` (a JSON file in
+    its state dir) the answer is kept per (accountant, Opacus version, ε, δ, rate, steps). An unreadable cache is
+    ignored and rewritten."""
+    import json
+    import os
     import warnings
 
+    key = f"{ACCOUNTANT}|opacus {metadata.version('opacus')}|{target_epsilon!r}|{delta!r}|{sample_rate!r}|{steps}"
+    known: dict = {}
+    if cache is not None and cache.exists():
+        try:
+            known = json.loads(cache.read_text())
+            if isinstance(known.get(key), float):
+                return known[key]
+        except (ValueError, OSError, AttributeError):
+            known = {}
     from opacus.accountants.utils import get_noise_multiplier
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                          steps=steps, accountant=ACCOUNTANT))
+        sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                           steps=steps, accountant=ACCOUNTANT))
+    if cache is not None:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps({**known, key: sigma}, indent=1, sort_keys=True))
+            os.replace(tmp, cache)
+        except OSError:  # a cache, not state: the next round computes it again
+            pass
+    return sigma
 
 
 @dataclass(frozen=True)
@@ -90,9 +117,10 @@ class DPSGDConfig:
     epsilon: float = 0.0        # target ε for the whole planned run (alternative to noise)
     delta: float = 1e-5
 
-    def noise_multiplier(self, sample_rate: float, steps_per_round: int, planned_rounds: int) -> float:
+    def noise_multiplier(self, sample_rate: float, steps_per_round: int, planned_rounds: int,
+                         cache: Path | None = None) -> float:
         if self.noise > 0:
             return self.noise
         if self.epsilon <= 0:
             raise ValueError("DP-SGD needs --dp-sgd-noise or --dp-sgd-epsilon")
-        return noise_for_epsilon(self.epsilon, self.delta, sample_rate, steps_per_round * planned_rounds)
+        return noise_for_epsilon(self.epsilon, self.delta, sample_rate, steps_per_round * planned_rounds, cache)

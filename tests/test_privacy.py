@@ -67,6 +67,21 @@ def test_noise_for_a_target_epsilon_spends_at_most_that():
     assert 7.0 < epsilon([(sigma, 0.05, 300)], 1e-5) <= 8.0
 
 
+def test_calibrated_noise_is_cached_per_setting_and_a_broken_cache_is_rewritten(tmp_path, monkeypatch):
+    import opacus.accountants.utils as utils
+
+    real, calls = utils.get_noise_multiplier, []
+    monkeypatch.setattr(utils, "get_noise_multiplier", lambda **kw: calls.append(kw) or real(**kw))
+    cache = tmp_path / "dp-noise-cache.json"
+    first = noise_for_epsilon(8.0, 1e-5, 0.05, 300, cache)
+    assert noise_for_epsilon(8.0, 1e-5, 0.05, 300, cache) == first and len(calls) == 1  # the next round: no search
+    assert noise_for_epsilon(4.0, 1e-5, 0.05, 300, cache) > first and len(calls) == 2  # another budget: searched
+    assert first == noise_for_epsilon(8.0, 1e-5, 0.05, 300)  # the cached value is the computed one
+    cache.write_text("{not json")
+    assert noise_for_epsilon(8.0, 1e-5, 0.05, 300, cache) == first and len(calls) == 4
+    assert len(json.loads(cache.read_text())) == 1
+
+
 # -- ledger ---------------------------------------------------------------------------------------------------------
 def _entry(run, rnd, eps):
     return {"run": run, "round": rnd, "mechanism": "central", "epsilon_run": eps, "delta": 1e-5, "history": []}
