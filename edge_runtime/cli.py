@@ -54,16 +54,25 @@ def cmd_predict(a) -> int:
 
     from .client import EdgeClient
 
+    import sys
+
+    import grpc
+
     client = EdgeClient(a.url)
-    meta = client.metadata(a.model)
-    name = meta.inputs[0].name
-    if a.text is not None:
-        inputs = {name: np.array([[t.encode()] for t in a.text], dtype=object)}
-    else:
-        inputs = {name: np.load(a.npy)}
-    out = client.infer(a.model, inputs, version=a.version or "")
+    try:
+        meta = client.metadata(a.model)
+        name = meta.inputs[0].name
+        if a.text is not None:
+            inputs = {name: np.array([[t.encode()] for t in a.text], dtype=object)}
+        else:
+            inputs = {name: np.load(a.npy)}
+        out = client.infer(a.model, inputs, version=a.version or "")
+    except grpc.RpcError as exc:  # the server's status and message, not a traceback
+        print(f"fedge edge predict: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
     print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in out.items()}))
-    client.close()
     return 0
 
 

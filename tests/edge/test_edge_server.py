@@ -181,3 +181,58 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("a second server started on a port already in use")
     assert out.returncode == 2 and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr
+
+
+def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
+    import json
+
+    x = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "digits", "--npy", str(tmp_path / "x.npy"))
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    served = stub.ModelInfer(_req(shape=(2, 1, 8, 8), raw=x.tobytes()))  # whichever version the server runs now
+    logits = np.frombuffer(served.raw_output_contents[0], np.float32).reshape(2, 10)
+    np.testing.assert_allclose(np.array(got["logits"]), logits, rtol=1e-5, atol=1e-5)
+    assert got["label"] == [[str(int(i))] for i in logits.argmax(1)]
+    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "intent", "--text", "I lost my card",
+                "--text", "how much data is left")
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert np.array(got["logits"]).shape == (2, 12) and len(got["label"]) == 2
+    from fedge.tasks import get_task
+
+    assert all(row[0] in get_task("intent").labels for row in got["label"])
+    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "nope", "--text", "hi")
+    assert out.returncode == 2 and out.stderr.strip() == "fedge edge predict: NOT_FOUND: unknown model 'nope'"
+
+
+def test_models_lists_versions_and_rollback_switches_the_running_server_back(edge_server, stub, keys, tmp_path):
+    import json
+
+    from tests.edge.bundles import make_bundle
+
+    repo = str(edge_server.log.parent / "repo")
+
+    def listed():
+        out = fedge("edge", "models", "--repo", repo, "--json")
+        assert out.returncode == 0, out.stderr
+        return {r["model"]: r for r in json.loads(out.stdout)}
+
+    def served_version(want: str) -> str:
+        deadline = time.monotonic() + 30
+        while (got := stub.ModelInfer(_req()).model_version) != want and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return got
+
+    before = listed()["digits"]["current"]
+    out = fedge("edge", "install", str(make_bundle(tmp_path / "d", keys[0], "digits", seed=3)), "--repo", repo,
+                "--trust", str(keys[1]))
+    assert out.returncode == 0, out.stderr
+    now = listed()["digits"]
+    assert now["current"] == before + 1 and now["versions"][-2:] == [before, before + 1] and now["task"] == "digits"
+    assert served_version(str(before + 1)) == str(before + 1)
+    out = fedge("edge", "rollback", "digits", "--repo", repo)
+    assert out.returncode == 0 and f"now serving version {before}" in out.stdout, out.stderr
+    assert listed()["digits"]["current"] == before
+    assert served_version(str(before)) == str(before)  # the running server switched back by itself
