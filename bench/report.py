@@ -10,27 +10,8 @@ TARGETS = {  # figure -> (comparison, target): what the benchmarks issue asks fo
     "int8_vs_torch_fp32_resnet_b64": (">=", 6.0),
     "int8_vs_ort_fp32_resnet_b1": (">=", 3.5),
     "serving_c64_vs_inprocess": (">=", 0.8),
-    "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
-        " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
-        " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
-        " `--instances 2` (two batch workers) recovers most of it. On an H100 with ONNX Runtime CUDA"
-        " (docs/gpu/BENCHMARKS.md, run by hand with the previous thread-per-request server) the model is 40x"
-        " cheaper per image at batch 64, yet batching gained only 1.07x at 64 clients: the cap was the server's"
-        " Python front end (about 1,800 requests/s per process against 22,800 images/s in-process). The asyncio"
-        " front end now serves {frontend_rps_c64:.0f} requests/s of a trivial model here on 2 shared cores"
-        " ({frontend_cpu_us_per_request:.0f} us of server CPU per request, down from about 450); not yet re-measured on a GPU.",
-    "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
-        " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
-        " Measured by hand (one server, 800 blocking tritonclient requests, timers inside the server): of about"
-        " 0.9 ms over the in-process call, the bare round trip is 0.35-0.45 ms (a raw gRPC echo of the 49 KB"
-        " input adds 0.02-0.05 ms), ONNX Runtime runs 0.16 ms slower inside the server than in the benchmark's"
-        " hot loop (1.69 against 1.53 ms p50: caches are cold after the gRPC stack and the client ran), the"
-        " servicer (decode, checks, encode, metrics) adds 0.07 ms, tritonclient's request building and"
-        " callbacks the rest. The asyncio front end (kept for its throughput, see batching_gain_c64) costs about"
-        " 0.1 ms more at 1 client than the thread-per-request server did (2.90 against 2.77 ms p50, 2,000 paired"
-        " requests). Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms); running a lone"
-        " request on the caller's thread (no measurable gain with threads; on the event loop it stops batching,"
-        " since the loop receives nothing while it runs the model).",
+    "batching_gain_c64": (">=", 3.0),
+    "serving_p50_c1_overhead_ms": ("<=", 0.5),
     "aggregation_vs_floor": ("<=", 1.5),
     "aggregation_vs_flower": (">=", 1.0),
     "round_s_plain": ("<=", 6.0),
@@ -52,11 +33,13 @@ EXPLANATIONS = {
         " activation model (slower than FP32 here: ONNX Runtime fuses only part of it into integer kernels), per-channel weights (kept).",
     "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
         " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
-        " concurrent requests run on both cores from the gRPC threads, which one batch worker gives up."
+        " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
         " `--instances 2` (two batch workers) recovers most of it. On an H100 with ONNX Runtime CUDA"
-        " (docs/gpu/BENCHMARKS.md, run by hand) the model is 40x cheaper per image at batch 64, yet batching gains"
-        " only 1.07x at 64 clients: there the cap is Python gRPC taking about 0.5 ms of CPU per request (about 1,800"
-        " requests/s per server process against 22,800 images/s in-process); see docs/GPU.md.",
+        " (docs/gpu/BENCHMARKS.md, run by hand with the previous thread-per-request server) the model is 40x"
+        " cheaper per image at batch 64, yet batching gained only 1.07x at 64 clients: the cap was the server's"
+        " Python front end (about 1,800 requests/s per process against 22,800 images/s in-process). The asyncio"
+        " front end now serves {frontend_rps_c64:.0f} requests/s of a trivial model here on 2 shared cores"
+        " ({frontend_cpu_us_per_request:.0f} us of server CPU per request, down from about 450); not yet re-measured on a GPU.",
     "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
         " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
         " Measured by hand (one server, 800 blocking tritonclient requests, timers inside the server): of about"
@@ -64,8 +47,11 @@ EXPLANATIONS = {
         " input adds 0.02-0.05 ms), ONNX Runtime runs 0.16 ms slower inside the server than in the benchmark's"
         " hot loop (1.69 against 1.53 ms p50: caches are cold after the gRPC stack and the client ran), the"
         " servicer (decode, checks, encode, metrics) adds 0.07 ms, tritonclient's request building and"
-        " callbacks the rest. Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms),"
-        " a grpc.aio server (0.07-0.33 ms slower at 1 client).",
+        " callbacks the rest. The asyncio front end (kept for its throughput, see batching_gain_c64) costs about"
+        " 0.1 ms more at 1 client than the thread-per-request server did (2.90 against 2.77 ms p50, 2,000 paired"
+        " requests). Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms); running a lone"
+        " request on the caller's thread (no measurable gain with threads; on the event loop it stops batching,"
+        " since the loop receives nothing while it runs the model).",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
         " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",
