@@ -6,6 +6,8 @@
 - the SuperNode declares a 30 s heartbeat interval, and the SuperLink counts a node as gone only after two
   missed intervals: a crashed customer held every round's stages for up to 60 s. fedge declares
   ``FEDGE_HEARTBEAT_S`` (default 10 s, the SuperLink's minimum), so a dead node is noticed within ~20 s.
+- every message starts a fresh ``flwr-clientapp`` process that imports flwr, torch and the task code (1.2-4 s of
+  CPU): the SuperNode's SuperExec forks them from a pre-imported parent instead (``fedge.warm_exec``).
 
 Usage: ``python -m client.supernode <flower-supernode arguments>``
 """
@@ -13,6 +15,12 @@ from __future__ import annotations
 
 import os
 import time as _time
+
+
+# what a ClientApp process imports for its messages (client.client_app loads torch and the tasks lazily)
+# (torch._dynamo: torch.optim's constructors import it on first use, about 0.5 s)
+WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "client.client_app", "client.trainer", "client.job_handler",
+                "opacus", "torch._dynamo"]
 
 
 class _CappedSleepTime:
@@ -33,9 +41,12 @@ def main() -> None:
     from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
     from flwr.supernode.cli import flower_supernode
 
+    from fedge.warm_exec import SuperExecStarter
+
     sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))
     interval = max(float(os.environ.get("FEDGE_HEARTBEAT_S", "10")), float(HEARTBEAT_MIN_INTERVAL))
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval
+    sci.subprocess = SuperExecStarter(WARM_MODULES)
     flower_supernode()
 
 

@@ -4,7 +4,8 @@ A plaintext client, or one whose CA bundle does not match the coordinator's cert
 handshake, before any Flower code runs; Python's SSL transport reports that only in asyncio debug mode, so
 the coordinator's log showed nothing. This wrapper runs uvicorn on the standard asyncio loop (not uvloop,
 whose SSL layer cannot be observed) and logs every failed handshake as a warning naming the peer and the
-reason. Everything else is Flower's own ``flower-superlink``.
+reason. The ``flwr-serverapp`` process of each run is forked from a pre-imported parent (``fedge.warm_exec``)
+instead of importing flwr, torch and the round loop afresh. Everything else is Flower's own ``flower-superlink``.
 
 Usage: ``python -m server.superlink <flower-superlink arguments>``
 """
@@ -47,9 +48,20 @@ def log_refused_handshakes() -> bool:
     return True
 
 
+# what a ServerApp process imports (server.server_app loads the round loop and torch lazily)
+WARM_MODULES = ["flwr.superlink.cli", "server.server_app", "server.round_loop", "server.jobs", "torch", "fedge.tasks"]
+
+
 def main() -> None:
+    import importlib
+
     import uvicorn
-    from flwr.superlink.cli.flower_superlink import flower_superlink
+
+    from fedge.warm_exec import SuperExecStarter
+
+    # the module, not the function of the same name that flwr.superlink.cli exports
+    superlink_cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    superlink_cli.subprocess = SuperExecStarter(WARM_MODULES)
 
     if log_refused_handshakes():
         run = uvicorn.run
@@ -59,7 +71,7 @@ def main() -> None:
             return run(*args, **kwargs)
 
         uvicorn.run = run_on_asyncio
-    flower_superlink()
+    superlink_cli.flower_superlink()
 
 
 if __name__ == "__main__":

@@ -87,3 +87,25 @@ def test_export_makes_a_signed_int8_release_gated_on_customer_data(federation, t
 
 def manifest_recovery(bundle):
     return json.loads((bundle / "manifest.json").read_text())["lineage"]["recovery_run"]
+
+
+def test_app_processes_are_forked_from_warm_launchers(federation):
+    """Every SuperNode's SuperExec and the SuperLink's have a pre-imported zygote (fedge.warm_exec) to fork
+    ClientApp/ServerApp processes from, instead of Flower's cold start per message."""
+    from fedge.procs import descendants
+
+    def zygotes(pid: int) -> list[str]:
+        found = []
+        for p in descendants(pid):
+            try:
+                with open(f"/proc/{p}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if b"fedge.warm_exec" in argv and b"--zygote" in argv:
+                found.append(argv[argv.index(b"--zygote") + 1].decode())
+        return found
+
+    assert [m for m in zygotes(federation.coordinator.pid) if "server.server_app" in m], "no ServerApp launcher"
+    for name, proc in federation.clients.items():
+        assert [m for m in zygotes(proc.pid) if "client.client_app" in m], f"no ClientApp launcher under {name}"
