@@ -124,9 +124,10 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     sec.notes += [
         "Centralized = the same (non-private) model trained on the union of the customers' training splits for as many epochs as"
         " the federated run trained locally in total, evaluated on the union of their holdouts.",
-        "Each round's time is dominated by Flower starting a fresh `flwr-clientapp` process per message on every"
-        " SuperNode (importing flwr and torch: about 3 CPU-seconds each, three per round on 2 cores); SecAgg+ adds"
-        " its key-exchange and share stages, each another such process.",
+        "Flower starts a `flwr-clientapp` process per message on every SuperNode; fedge forks it from a pre-imported"
+        " zygote (fedge/warm_exec.py), which saves the 1.2-4 CPU-seconds of imports a cold start costs each time"
+        " (FEDGE_WARM_APPS=0 turns it off). SecAgg+ adds its key-exchange, share and unmask stages, each another"
+        " message and process per SuperNode.",
         "DP-SGD run: every customer runs Opacus DP-SGD with the noise it derives for ε <= 8 (δ = 1e-5) over the"
         f" {dpsgd_rounds} planned rounds (noisy training converges more slowly: the non-private run is flat from"
         " round 4, the DP-SGD run still gains until about round 14), with the demo's DP settings"
