@@ -17,8 +17,8 @@ import os
 import time as _time
 
 
-# what a ClientApp process imports for its messages (client.client_app loads torch and the tasks lazily)
-# (torch._dynamo: torch.optim's constructors import it on first use, about 0.5 s)
+# what a ClientApp process imports for its messages (client.client_app loads torch and the tasks lazily;
+# torch.optim's constructors import torch._dynamo on first use, about 0.5 s)
 WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "client.client_app", "client.trainer", "client.job_handler",
                 "opacus", "torch._dynamo"]
 
