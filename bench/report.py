@@ -62,51 +62,6 @@ EXPLANATIONS = {
         " the coordinator's checkpoint and evaluation, on 2 shared cores.",
     "round_s_secagg": "SecAgg+ adds its key-exchange, share and unmask stages, each another message round trip with"
         " its own ClientApp process per SuperNode (see round_s_plain).",
-    "fed_minus_central_digits": (">=", -0.01),
-    "fed_minus_central_intent": (">=", -0.01),
-    "dpsgd_eps8_minus_nonprivate_digits": (">=", -0.03),
-    "int8_accuracy_drop_digits": ("<=", 0.005),
-    "int8_size_ratio_resnet": ("<=", 0.27),
-    "int8_24_zipped_size_ratio_resnet": ("<=", 0.2),
-}
-
-
-# What a miss means and what was tried, printed under "Where targets are missed" (figures fill the braces).
-EXPLANATIONS = {
-    "int8_vs_ort_fp32_resnet_b64": "ONNX Runtime's uint8 x int8 VNNI kernels on 1 thread; batch 1 meets the target"
-        " ({int8_vs_ort_fp32_resnet_b1:.2f}x). The 4x VNNI ceiling is not reached because parts of the graph stay"
-        " float (input quantize, global average pool, requantizing residual adds). Tried: the TensorRT-form int8"
-        " activation model (slower than FP32 here: ONNX Runtime fuses only part of it into integer kernels), per-channel weights (kept).",
-    "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
-        " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
-        " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
-        " `--instances 2` (two batch workers) recovers most of it. On an H100 with ONNX Runtime CUDA"
-        " (docs/gpu/BENCHMARKS.md, run by hand with the previous thread-per-request server) the model is 40x"
-        " cheaper per image at batch 64, yet batching gained only 1.07x at 64 clients: the cap was the server's"
-        " Python front end (about 1,800 requests/s per process against 22,800 images/s in-process). The asyncio"
-        " front end now serves {frontend_rps_c64:.0f} requests/s of a trivial model here on 2 shared cores"
-        " ({frontend_cpu_us_per_request:.0f} us of server CPU per request, down from about 450); not yet re-measured on a GPU.",
-    "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
-        " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
-        " Measured by hand (one server, 800 blocking tritonclient requests, timers inside the server): of about"
-        " 0.9 ms over the in-process call, the bare round trip is 0.35-0.45 ms (a raw gRPC echo of the 49 KB"
-        " input adds 0.02-0.05 ms), ONNX Runtime runs 0.16 ms slower inside the server than in the benchmark's"
-        " hot loop (1.69 against 1.53 ms p50: caches are cold after the gRPC stack and the client ran), the"
-        " servicer (decode, checks, encode, metrics) adds 0.07 ms, tritonclient's request building and"
-        " callbacks the rest. The asyncio front end (kept for its throughput, see batching_gain_c64) costs about"
-        " 0.1 ms more at 1 client than the thread-per-request server did (2.90 against 2.77 ms p50, 2,000 paired"
-        " requests). Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms); running a lone"
-        " request on the caller's thread (no measurable gain with threads; on the event loop it stops batching,"
-        " since the loop receives nothing while it runs the model).",
-    "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
-        " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
-        " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",
-    "round_s_plain": "Each round costs a fresh `flwr-clientapp` process per message on every SuperNode (Flower"
-        " starts one per message; importing flwr and torch is about 3 CPU-seconds, three per round on 2 cores)."
-        " Already applied: evaluation folded into the fit message, 50-250 ms reply polling, 0.25 s SuperNode idle"
-        " poll. Next: a warm executor (a long-lived process speaking the SuperNode's runtime API).",
-    "round_s_secagg": "SecAgg+ adds its key-exchange, share and unmask stages, each another message round trip with"
-        " its own ClientApp process per SuperNode (see round_s_plain).",
     "fed_minus_central_digits": "3 customers, Dirichlet(0.5) non-IID; the federated model is still closing the gap"
         " at the last round (see the learning plot).",
     "fed_minus_central_intent": "The intent customers hold 114-216 short utterances each, heavily non-IID over 12"
