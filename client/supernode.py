@@ -41,12 +41,12 @@ def main() -> None:
     from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
     from flwr.supernode.cli import flower_supernode
 
-    from fedge.warm_exec import SuperExecStarter
+    from fedge.warm_exec import SuperExecStarter, patch_subprocess
 
     sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))
     interval = max(float(os.environ.get("FEDGE_HEARTBEAT_S", "10")), float(HEARTBEAT_MIN_INTERVAL))
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval
-    sci.subprocess = SuperExecStarter(WARM_MODULES)
+    patch_subprocess("flwr.supernode.start_client_internal", SuperExecStarter(WARM_MODULES))
     flower_supernode()
 
 

@@ -49,8 +49,20 @@ def superexec_command(command: list[str], modules: list[str]) -> list[str]:
     return [sys.executable, "-m", "fedge.warm_exec", ",".join(modules), "--", *command[1:]]
 
 
-class SuperExecStarter:
-    """Stands in for the ``subprocess`` module where a SuperNode or SuperLink starts its ``flower-superexec``."""
+class _SubprocessStandIn:
+    """Replaces the ``subprocess`` module inside one Flower module: ``Popen`` is overridden, the rest delegated."""
+
+    def __getattr__(self, name: str):
+        return getattr(subprocess, name)
+
+
+def patch_subprocess(module_name: str, stand_in: _SubprocessStandIn) -> None:
+    # by module name: ``import a.b.c as m`` can bind a function that package ``a.b`` exports under the same name
+    importlib.import_module(module_name).subprocess = stand_in
+
+
+class SuperExecStarter(_SubprocessStandIn):
+    """Stands in where a SuperNode or SuperLink starts its ``flower-superexec``."""
 
     def __init__(self, modules: list[str]) -> None:
         self._modules = modules
@@ -58,15 +70,10 @@ class SuperExecStarter:
     def Popen(self, command, *args, **kwargs):  # noqa: N802 (the name Flower calls)
         return subprocess.Popen(superexec_command(list(command), self._modules), *args, **kwargs)
 
-    def __getattr__(self, name: str):
-        return getattr(subprocess, name)
-
 
 # ---------------------------------------------------------------- the SuperExec side
-class ForkingLauncher:
-    """Stands in for the ``subprocess`` module inside Flower's ``SubprocessExecutor``."""
-
-    DEVNULL = subprocess.DEVNULL
+class ForkingLauncher(_SubprocessStandIn):
+    """Stands in inside Flower's ``SubprocessExecutor``: warm commands go to the zygote."""
 
     def __init__(self, modules: list[str]) -> None:
         self._modules = modules
@@ -102,11 +109,10 @@ class ForkingLauncher:
 
 
 def run_superexec(modules: list[str], flower_args: list[str]) -> None:
-    import flwr.supercore.superexec.executor.subprocess_executor as executor
     from flwr.supercore.cli import flower_superexec
 
     launcher = ForkingLauncher(modules)
-    executor.subprocess = launcher
+    patch_subprocess("flwr.supercore.superexec.executor.subprocess_executor", launcher)
     sys.argv = ["flower-superexec", *flower_args]
     try:
         flower_superexec()

@@ -53,15 +53,12 @@ WARM_MODULES = ["flwr.superlink.cli", "server.server_app", "server.round_loop", 
 
 
 def main() -> None:
-    import importlib
-
     import uvicorn
+    from flwr.superlink.cli import flower_superlink
 
-    from fedge.warm_exec import SuperExecStarter
+    from fedge.warm_exec import SuperExecStarter, patch_subprocess
 
-    # the module, not the function of the same name that flwr.superlink.cli exports
-    superlink_cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
-    superlink_cli.subprocess = SuperExecStarter(WARM_MODULES)
+    patch_subprocess("flwr.superlink.cli.flower_superlink", SuperExecStarter(WARM_MODULES))
 
     if log_refused_handshakes():
         run = uvicorn.run
@@ -71,7 +68,7 @@ def main() -> None:
             return run(*args, **kwargs)
 
         uvicorn.run = run_on_asyncio
-    superlink_cli.flower_superlink()
+    flower_superlink()
 
 
 if __name__ == "__main__":
