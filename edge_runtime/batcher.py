@@ -43,7 +43,9 @@ class _Item:
 
 
 class DynamicBatcher:
-    def __init__(self, run: Run, cfg: BatchingConfig, on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(self, run: Run, cfg: BatchingConfig,
+                 on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
+        """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call."""
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
         self._queue: "queue.Queue[_Item | None]" = queue.Queue()
         self._concurrent = False  # did the last batch coalesce several requests?
@@ -117,6 +119,7 @@ class DynamicBatcher:
             failure = None
         except Exception as exc:  # every waiter learns of the failure
             results, failure = [None] * len(batch), exc
+        computed = time.perf_counter() - started
         on_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for it, res in zip(batch, results):
             if it.loop is not None:
@@ -129,7 +132,7 @@ class DynamicBatcher:
             except RuntimeError:  # the loop is closed: the server stopped, nobody is waiting
                 pass
         if self._on_batch is not None:
-            self._on_batch(rows, max(started - it.enqueued for it in batch))
+            self._on_batch(rows, [started - it.enqueued for it in batch], computed)
 
 
 def _set(fut, result, failure: Exception | None) -> None:

@@ -104,10 +104,31 @@ def encode_response(model_name: str, version: str, outputs: dict[str, np.ndarray
     return resp
 
 
-def requested_outputs(req: pb.ModelInferRequest, available: tuple[TensorDesc, ...]) -> list[str]:
-    names = [d.name for d in available]
-    asked = [o.name for o in req.outputs]
-    unknown = [n for n in asked if n not in names]
+def requested_outputs(req: pb.ModelInferRequest, available: tuple[TensorDesc, ...]) -> dict[str, int]:
+    """Output name -> the top-k count asked by Triton's classification extension (``classification`` parameter;
+    0: the tensor itself), for the outputs asked (all when none is)."""
+    by_name = {d.name: d for d in available}
+    unknown = [o.name for o in req.outputs if o.name not in by_name]
     if unknown:
-        raise InvalidInput(f"unknown requested output(s) {unknown}; the model has {names}")
-    return asked or names
+        raise InvalidInput(f"unknown requested output(s) {unknown}; the model has {list(by_name)}")
+    wanted = {}
+    for o in req.outputs:
+        param = o.parameters.get("classification")
+        k = 0 if param is None else param.int64_param
+        if param is not None and (param.WhichOneof("parameter_choice") != "int64_param" or k < 1):
+            raise InvalidInput(f"output {o.name!r}: classification must be an int64 >= 1")
+        if k and (by_name[o.name].datatype == BYTES or len(by_name[o.name].shape) != 2):
+            raise InvalidInput(f"output {o.name!r}: classification needs a [batch, classes] numeric output")
+        wanted[o.name] = k
+    return wanted or {d.name: 0 for d in available}
+
+
+def classify(scores: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
+    """Triton's classification output: per row, the top ``k`` classes as "score:index" or "score:index:label"
+    (BYTES, [batch, min(k, classes)])."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    named = len(labels) == scores.shape[1]
+    rows = [[(f"{row[i]:f}:{i}" + (f":{labels[i]}" if named else "")).encode() for i in idx]
+            for row, idx in zip(scores, top)]
+    return np.array(rows, dtype=object).reshape(len(scores), k)

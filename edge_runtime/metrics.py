@@ -23,8 +23,11 @@ class Metrics:
         self.installs = Counter("fedge_edge_installs", "Bundle installs by outcome", ["outcome"], registry=r)
 
     def on_batch(self, model: str):
-        def record(rows: int, queued: float) -> None:
-            self.batch.labels(model).observe(rows)
-            self.queue.labels(model).observe(queued)
+        batch, queue = self.batch.labels(model), self.queue.labels(model)
+
+        def record(rows: int, queued: list[float], compute_s: float) -> None:
+            batch.observe(rows)
+            for q in queued:
+                queue.observe(q)
 
         return record

@@ -3,8 +3,10 @@ for (text models take a BYTES tensor and tokenize it here with the manifest's to
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ from .backends import Backend, load_backend
 from .batcher import BatchingConfig, DynamicBatcher
 from .bundle import Manifest, TensorDesc
 from .errors import InvalidInput
+from .statistics import ModelStats
 from .tokenizer import HashingTokenizer
 
 LABEL_OUTPUT = "label"
@@ -27,6 +30,8 @@ class LoadedModel:
     batching: BatchingConfig
     batcher: DynamicBatcher | None = None
     tokenizer: HashingTokenizer | None = None
+    stats: ModelStats = field(default_factory=ModelStats)
+    on_batch: Callable[[int, list[float], float], None] | None = None  # (rows, queue times, backend s): metrics
 
     @classmethod
     def load(cls, name: str, version: int, bundle_dir: Path, manifest: Manifest, backend: str,
@@ -37,8 +42,9 @@ class LoadedModel:
                                   batching.max_queue_delay_us, batching.instances)
         model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
         if batching.enabled:
-            model.batcher = DynamicBatcher(be.run, batching, on_batch)
+            model.batcher = DynamicBatcher(be.run, batching, model._executed)
         model.warmup()
+        model.stats, model.on_batch = ModelStats(), on_batch  # count from the first client request on
         return model
 
     # -- the contract clients see ------------------------------------------------------------------------------
@@ -76,16 +82,29 @@ class LoadedModel:
         feeds = self.preprocess(inputs)
         if self.batcher is not None:
             return self.postprocess(self.batcher.submit(feeds).result(timeout=timeout))
-        return self.postprocess(self.backend.run(feeds))
+        return self.postprocess(self._run_timed(feeds, time.perf_counter()))
 
-    async def infer_async(self, inputs: dict[str, np.ndarray], executor: Executor | None = None) -> dict[str, np.ndarray]:
-        """On the server's event loop: a batched request waits for its batch there; an unbatched one runs on a
-        thread of ``executor``. (Running a lone request on the loop itself was tried: while the loop runs the model
-        it receives nothing, so every request looked lone and batching stopped; see docs/BENCHMARKS.md.)"""
-        feeds = self.preprocess(inputs)
+    async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None) -> dict[str, np.ndarray]:
+        """The backend outputs for preprocessed ``feeds``, on the server's event loop: a batched request waits for
+        its batch there; an unbatched one runs on a thread of ``executor``. (Running a lone request on the loop
+        itself was tried: while the loop runs the model it receives nothing, so every request looked lone and
+        batching stopped; see docs/BENCHMARKS.md.)"""
         if self.batcher is not None:
-            return self.postprocess(await self.batcher.submit_async(feeds))
-        return self.postprocess(await asyncio.get_running_loop().run_in_executor(executor, self.backend.run, feeds))
+            return await self.batcher.submit_async(feeds)
+        return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter())
+
+    def _run_timed(self, feeds: dict[str, np.ndarray], submitted: float) -> dict[str, np.ndarray]:
+        """One unbatched backend call, accounted like a batch of one."""
+        started = time.perf_counter()
+        try:
+            return self.backend.run(feeds)
+        finally:
+            self._executed(len(next(iter(feeds.values()))), [started - submitted], time.perf_counter() - started)
+
+    def _executed(self, rows: int, queued: list[float], compute_s: float) -> None:
+        self.stats.execution(rows, queued, compute_s)
+        if self.on_batch is not None:
+            self.on_batch(rows, queued, compute_s)
 
     def postprocess(self, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Adds the label strings to a classifier's outputs."""

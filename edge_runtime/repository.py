@@ -131,6 +131,11 @@ class ModelRepository:
             raise ModelNotFound(f"model {name!r} has no version {version!r} (serving {model.version})")
         return model
 
+    def live(self) -> list[LoadedModel]:
+        """The versions being served, by model name."""
+        with self._lock:
+            return [self._live[n] for n in sorted(self._live)]
+
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 

@@ -16,14 +16,15 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import health_pb2, health_pb2_grpc
 
-from .codec import decode_inputs, encode_response, requested_outputs
+from . import describe
+from .codec import classify, decode_inputs, encode_response, requested_outputs
 from .errors import EdgeError, ModelNotFound
 from .metrics import Metrics
 from .repository import ModelRepository
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
-EXTENSIONS = ["model_repository"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics"]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -65,7 +66,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
     def _count(self, method: str, request, status: str) -> None:
         if method == "ModelInfer":
-            self._metrics.requests.labels(request.model_name, request.model_version or "", status).inc()
+            count_failure(self._metrics, request, status)
+
+
+def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) -> None:
+    metrics.requests.labels(request.model_name, request.model_version or "", status).inc()
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -90,27 +95,76 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
 
     async def ModelMetadata(self, request, context):
-        m = self.repo.get(request.name, request.version)
-        resp = pb.ModelMetadataResponse(name=m.name, versions=[str(m.version)], platform="onnx_onnxv1"
-                                        if m.backend.name.startswith("onnxruntime") else "tensorrt_plan")
-        for d in m.inputs:
-            resp.inputs.add(name=d.name, datatype=d.datatype, shape=list(d.shape))
-        for d in m.outputs:
-            resp.outputs.add(name=d.name, datatype=d.datatype, shape=list(d.shape))
-        resp.properties.update({"backend": m.backend.name, "backend_reason": m.backend.reason,
-                                "model_file": m.backend.model_file, "task": m.manifest.task,
-                                "max_batch_size": str(m.max_batch_size), "labels": ",".join(m.manifest.labels)})
-        return resp
+        return describe.metadata(self.repo.get(request.name, request.version))
+
+    async def ModelConfig(self, request, context):
+        return pb.ModelConfigResponse(config=describe.config(self.repo.get(request.name, request.version)))
+
+    async def ModelStatistics(self, request, context):
+        models = [self.repo.get(request.name, request.version)] if request.name else self.repo.live()
+        return pb.ModelStatisticsResponse(model_stats=[m.stats.to_proto(m.name, str(m.version)) for m in models])
 
     async def ModelInfer(self, request, context):
+        return await self._infer(request)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Triton's streaming inference: each request of the stream is answered as soon as it is done (requests
+        of one stream are batched like any others); a failed request gets ``error_message`` and the stream goes
+        on. The stream ends once the client has closed its side and every answer is sent."""
+        answers: asyncio.Queue = asyncio.Queue()
+        running: set[asyncio.Task] = set()
+
+        async def answer(request) -> None:
+            try:
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
+            except EdgeError as exc:
+                count_failure(self.metrics, request, exc.code_name)
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=f"[{exc.code_name}] {exc}"))
+            except Exception as exc:  # a bug, not the client's fault: this request fails, the stream goes on
+                log.exception("ModelStreamInfer failed")
+                count_failure(self.metrics, request, "INTERNAL")
+                answers.put_nowait(pb.ModelStreamInferResponse(error_message=f"[INTERNAL] {type(exc).__name__}: {exc}"))
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    task = asyncio.ensure_future(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (resp := await answers.get()) is not None:
+                yield resp
+            await reader  # re-raises a broken request stream
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    async def _infer(self, request) -> pb.ModelInferResponse:
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
-        inputs = decode_inputs(request, m.inputs, m.max_batch_size)
-        wanted = requested_outputs(request, m.outputs)
-        outputs = await m.infer_async(inputs, self.executor)
-        resp = encode_response(m.name, str(m.version), {k: outputs[k] for k in wanted}, request.id)
+        try:
+            feeds = m.preprocess(decode_inputs(request, m.inputs, m.max_batch_size))
+            wanted = requested_outputs(request, m.outputs)
+            decoded = time.perf_counter()
+            outputs = await m.run_async(feeds, self.executor)
+            ran = time.perf_counter()
+            outputs = m.postprocess(outputs)
+            outputs = {name: classify(outputs[name], k, m.manifest.labels) if k else outputs[name]
+                       for name, k in wanted.items()}
+            resp = encode_response(m.name, str(m.version), outputs, request.id)
+        except BaseException:
+            m.stats.request(False, time.perf_counter() - started)
+            raise
+        done = time.perf_counter()
+        m.stats.request(True, done - started, decoded - started, done - ran)
         self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
-        self.metrics.latency.labels(m.name).observe(time.perf_counter() - started)
+        self.metrics.latency.labels(m.name).observe(done - started)
         return resp
 
     async def RepositoryIndex(self, request, context):

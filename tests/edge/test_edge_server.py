@@ -31,17 +31,62 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
 
     tol = 2e-3 if cuda_available() else 1e-5  # CUDA convolutions (TF32 on Ampere and later) vs the CPU reference
     np.testing.assert_allclose(np.array(r["logits"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol)
+    # Triton's classification extension: top 3 per row as "score:index:label", best first
+    logits = reference_logits(digits_bundle, x)
+    labels = json.loads((digits_bundle / "manifest.json").read_text())["labels"]
+    for row, top in zip(logits, r["top3"]):
+        best = np.argsort(-row)[:3]
+        assert [t.split(":", 1)[1] for t in top] == [f"{i}:{labels[i]}" for i in best]
+        np.testing.assert_allclose([float(t.split(":")[0]) for t in top], row[best], atol=1e-5)
     assert r["intent_logits_shape"] == [2, 12]
     assert all(label in ("lost_card", "data_usage") or label for label in r["intent_labels"])
     assert sorted(set(r["index"])) == ["digits", "intent"]
 
+    # model configuration, read the way Triton's own example clients read it (image_client.py's parse_model)
+    digits, intent = r["config"]["digits"], r["config"]["intent"]
+    assert digits["max_batch_size"] == 64 and digits["backend"] == "onnxruntime"
+    assert digits["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": ["1", "8", "8"]}]
+    assert digits["output"][0] == {"name": "logits", "data_type": "TYPE_FP32", "dims": ["10"]}
+    assert digits["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
+    assert digits["instance_group"][0]["kind"] == "KIND_CPU"
+    assert intent["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": ["1"]}]
+    assert {"name": "label", "data_type": "TYPE_STRING", "dims": ["1"]} in intent["output"]
 
-def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="input", **kw):
+    # streaming: every request answered, by id; the bad ones fail alone and the stream goes on
+    answers = r["stream"]
+    by_id = {a["id"]: a for a in answers if "id" in a}
+    assert sorted(by_id) == ["d0", "d1", "d2", "d3", "d4", "text"]
+    for i in range(5):
+        np.testing.assert_allclose(np.array(by_id[f"d{i}"]["output"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol)
+    assert len(by_id["text"]["output"]) == 2
+    errors = sorted(a["error"] for a in answers if "error" in a)
+    assert len(errors) == 2
+    assert errors == ["[INVALID_ARGUMENT] input 'input': datatype FP64, expected FP32",
+                      "[NOT_FOUND] unknown model 'no_such_model'"]
+
+    # statistics: the stream's 5 good digits requests (3 rows each) and its 1 bad one are counted
+    def digits_stats(stats):
+        (s,) = [m for m in stats if m["name"] == "digits"]
+        return s
+    before, after = digits_stats(r["stats"]["before"]), digits_stats(r["stats"]["after"])
+    inf = lambda s, phase: int(s.get("inference_stats", {}).get(phase, {}).get("count", 0))
+    assert inf(after, "success") - inf(before, "success") == 5
+    assert inf(after, "fail") - inf(before, "fail") == 1
+    assert int(after["inference_count"]) - int(before.get("inference_count", 0)) == 15
+    assert int(after["execution_count"]) - int(before.get("execution_count", 0)) in range(1, 6)  # batched: fewer
+    assert {"digits", "intent"} <= {m["name"] for m in r["stats"]["after"]}
+    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in after["batch_stats"]}
+    assert sum(size * n for size, n in batches.items()) == int(after["inference_count"])
+
+
+def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="input", classify=None, **kw):
     req = pb.ModelInferRequest(model_name=model, **kw)
     req.inputs.add(name=name, datatype=datatype, shape=list(shape))
     if raw is None:
         raw = np.zeros(shape, np.float32).tobytes() if all(s >= 0 for s in shape) else b""
     req.raw_input_contents.append(raw)
+    if classify is not None:  # Triton's classification extension on one output: (output, parameter)
+        req.outputs.add(name=classify[0]).parameters["classification"].CopyFrom(classify[1])
     return req
 
 
@@ -56,6 +101,12 @@ def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="in
     (_req(model_version="7"), "NOT_FOUND", "has no version '7'"),
     (_req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\xff\xff\x00\x00abc"),
      "INVALID_ARGUMENT", "declares 65535 bytes"),
+    (_req(classify=("label", pb.InferParameter(int64_param=3))), "INVALID_ARGUMENT",
+     "output 'label': classification needs a [batch, classes] numeric output"),
+    (_req(classify=("logits", pb.InferParameter(int64_param=0))), "INVALID_ARGUMENT",
+     "classification must be an int64 >= 1"),
+    (_req(classify=("logits", pb.InferParameter(string_param="3"))), "INVALID_ARGUMENT",
+     "classification must be an int64 >= 1"),
 ])
 def test_bad_requests_get_the_right_status_and_server_stays_ready(stub, req, code, message):
     with pytest.raises(grpc.RpcError) as err:
