@@ -1,7 +1,7 @@
 """The serving benchmark's load generator, in its own process (tritonclient bundles protos of the same names as
 fedge's): ``tritonclient.grpc`` exactly as a Triton user drives a server. Reads one JSON command per stdin line,
-runs a closed loop of ``concurrency`` outstanding batch-1 requests (``async_infer``, each reply sends the next)
-for ``seconds``, answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
+runs a closed loop of ``concurrency`` outstanding batch-1 requests (``async_infer``, or ``async_stream_infer`` on one
+stream; each reply sends the next) for ``seconds``, answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
 from __future__ import annotations
 
 import json
@@ -14,44 +14,63 @@ import tritonclient.grpc as grpcclient
 
 
 def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
-        samples: bool = False) -> dict:
-    client = grpcclient.InferenceServerClient(url=url)
+        samples: bool = False, stream: bool = False) -> dict:
+    """``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
+    instead of one RPC per request."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     inp = grpcclient.InferInput(input_name, shape, "FP32")
     inp.set_data_from_numpy(x)
     lat, errors = [], []
     lock, done = threading.Lock(), threading.Event()
-    outstanding = [0]
+    outstanding = [concurrency]
     deadline = time.perf_counter() + seconds
 
-    def send():
-        t0 = time.perf_counter()
+    def finished(t0: float, error, send) -> None:
+        t1 = time.perf_counter()
+        with lock:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                lat.append(t1 - t0)
+            again = t1 < deadline and not errors
+            if not again:
+                outstanding[0] -= 1
+                if outstanding[0] == 0:
+                    done.set()
+        if again:
+            send()
 
-        def callback(result, error):
-            t1 = time.perf_counter()
-            with lock:
-                if error is not None:
-                    errors.append(str(error))
-                else:
-                    lat.append(t1 - t0)
-                again = t1 < deadline and not errors
-                if not again:
-                    outstanding[0] -= 1
-                    if outstanding[0] == 0:
-                        done.set()
-            if again:
-                send()
+    if stream:
+        clients = [grpcclient.InferenceServerClient(url=url) for _ in range(concurrency)]
 
-        client.async_infer(model, [inp], callback)
+        def streamer(client):
+            sent = [0.0]
 
+            def send():
+                sent[0] = time.perf_counter()
+                client.async_stream_infer(model, [inp])
+
+            client.start_stream(callback=lambda result, error: finished(sent[0], error, send))
+            return send
+
+        senders = [streamer(c) for c in clients]
+    else:
+        clients = [grpcclient.InferenceServerClient(url=url)]
+
+        def unary():
+            t0 = time.perf_counter()
+            clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, unary))
+
+        senders = [unary] * concurrency
     started = time.perf_counter()
-    with lock:
-        outstanding[0] = concurrency
-    for _ in range(concurrency):
+    for send in senders:
         send()
     done.wait(seconds + 60)
     elapsed = time.perf_counter() - started
-    client.close()
+    for c in clients:
+        if stream:
+            c.stop_stream()
+        c.close()
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     out = {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
            "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),

@@ -66,7 +66,8 @@ def cmd_predict(a) -> int:
             inputs = {name: np.array([[t.encode()] for t in a.text], dtype=object)}
         else:
             inputs = {name: np.load(a.npy)}
-        out = client.infer(a.model, inputs, version=a.version or "")
+        top = {next(o.name for o in meta.outputs if o.datatype != "BYTES"): a.top} if a.top else None
+        out = client.infer(a.model, inputs, version=a.version or "", outputs=top)
     except grpc.RpcError as exc:  # the server's status and message, not a traceback
         print(f"fedge edge predict: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -146,6 +147,8 @@ def add_parser(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="text input (repeatable: one row each)")
     g.add_argument("--npy", help=".npy file with the input batch")
+    p.add_argument("--top", type=int, default=0, metavar="K",
+                   help="only the K best classes per row, as score:index:label (Triton's classification extension)")
     p.set_defaults(fn=cmd_predict)
     p = edge.add_parser("rollback", help="serve the previous installed version")
     p.add_argument("model")

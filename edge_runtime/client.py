@@ -20,8 +20,15 @@ class EdgeClient:
     def metadata(self, model: str) -> pb.ModelMetadataResponse:
         return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30) -> dict[str, np.ndarray]:
+    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30,
+              outputs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+        """``outputs``: output name -> top-k classes to return for it (Triton's classification extension; 0: the
+        tensor itself); None: every output."""
         req = pb.ModelInferRequest(model_name=model, model_version=version)
+        for name, top in (outputs or {}).items():
+            wanted = req.outputs.add(name=name)
+            if top:
+                wanted.parameters["classification"].int64_param = top
         for name, arr in inputs.items():
             dt = datatype_of(arr)
             req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))

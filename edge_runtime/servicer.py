@@ -25,6 +25,7 @@ from .repository import ModelRepository
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics"]
+STREAM_IN_FLIGHT = 256  # requests of one stream being answered at once; the stream is not read further meanwhile
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -128,6 +129,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
+                    if len(running) >= STREAM_IN_FLIGHT:  # back-pressure: read on once answers go out
+                        await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
                     task = asyncio.ensure_future(answer(request))
                     running.add(task)
                     task.add_done_callback(running.discard)

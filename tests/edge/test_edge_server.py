@@ -13,6 +13,7 @@ from fedge.procs import fedge_env
 from proto import grpc_service_pb2 as pb
 from proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
+from edge_runtime.servicer import STREAM_IN_FLIGHT
 from tests.edge.conftest import fedge
 
 
@@ -125,6 +126,28 @@ def test_typed_contents_and_mixed_contents(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(req)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "both raw_input_contents and typed" in err.value.details()
+
+
+def test_streams_answer_in_order_of_completion_end_cleanly_and_survive_a_client_leaving(edge_server, stub):
+    assert list(stub.ModelStreamInfer(iter([]), timeout=10)) == []  # closed at once: ends at once
+    n = 2 * STREAM_IN_FLIGHT  # more than the server answers at once: it reads on as answers go out
+    answers = list(stub.ModelStreamInfer(iter([_req(id=str(i)) for i in range(n)]), timeout=60))
+    assert sorted(int(a.infer_response.id) for a in answers) == list(range(n))
+    assert all(not a.error_message and a.infer_response.outputs[0].name == "logits" for a in answers)
+
+    def endless():
+        i = 0
+        while True:
+            yield _req(id=str(i))
+            i += 1
+
+    call = stub.ModelStreamInfer(endless(), timeout=30)
+    got = [next(call) for _ in range(50)]
+    call.cancel()  # the client leaves with requests in flight
+    assert all(not a.error_message for a in got)
+    assert stub.ModelInfer(_req(), timeout=10).outputs[0].name == "logits"
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
+    assert "Traceback" not in edge_server.log.read_text()
 
 
 def test_oversized_request_is_resource_exhausted(stub):
@@ -254,6 +277,11 @@ def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
     from fedge.tasks import get_task
 
     assert all(row[0] in get_task("intent").labels for row in got["label"])
+    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "intent", "--text", "I lost my card", "--top", "2")
+    assert out.returncode == 0, out.stderr
+    (row,) = json.loads(out.stdout)["logits"]  # only the asked output, its 2 best classes
+    scores = [float(t.split(":")[0]) for t in row]
+    assert len(row) == 2 and scores[0] >= scores[1] and all(t.split(":")[2] in get_task("intent").labels for t in row)
     out = fedge("edge", "predict", "--url", edge_server.url, "--model", "nope", "--text", "hi")
     assert out.returncode == 2 and out.stderr.strip() == "fedge edge predict: NOT_FOUND: unknown model 'nope'"
 
