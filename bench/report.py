@@ -39,9 +39,13 @@ EXPLANATIONS = {
         " cheaper per image at batch 64, yet batching gained only 1.07x at 64 clients: the cap was the server's"
         " Python front end (about 1,800 requests/s per process against 22,800 images/s in-process). The asyncio"
         " front end now serves {frontend_rps_c64:.0f} requests/s of a trivial model here on 2 shared cores"
-        " ({frontend_cpu_us_per_request:.0f} us of server CPU per request, down from about 450); not yet re-measured on a GPU.",
+        " ({frontend_cpu_us_per_request:.0f} us of server CPU per request; the thread-per-request server used about 1.5x"
+        " as much, measured side by side by hand); not yet re-measured on a GPU.",
     "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
         " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
+        " And the reference is a hot loop: in-process, the same batch-1 call takes {inprocess_b1_after_idle_p50_ms:.2f}"
+        " ms p50 when it follows 1 ms of idle, as each request of a lone client does, against"
+        " {inprocess_b1_p50_ms:.2f} ms back to back (caches and the core go cold on this VM between calls)."
         " Measured by hand (one server, 800 blocking tritonclient requests, timers inside the server): of about"
         " 0.9 ms over the in-process call, the bare round trip is 0.35-0.45 ms (a raw gRPC echo of the 49 KB"
         " input adds 0.02-0.05 ms), ONNX Runtime runs 0.16 ms slower inside the server than in the benchmark's"
