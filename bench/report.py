@@ -31,6 +31,9 @@ EXPLANATIONS = {
         " ({int8_vs_ort_fp32_resnet_b1:.2f}x). The 4x VNNI ceiling is not reached because parts of the graph stay"
         " float (input quantize, global average pool, requantizing residual adds). Tried: the TensorRT-form int8"
         " activation model (slower than FP32 here: ONNX Runtime fuses only part of it into integer kernels), per-channel weights (kept).",
+    "serving_c64_vs_inprocess": "The batch worker shares the 2 cores with the server's Python front end and the"
+        " load generator, so this figure moves with the shared host's load: 0.92 (met) in the run before, and on"
+        " 2026-11-23 the previous commit and this one, served side by side, gave the same c1 and c64 figures.",
     "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
         " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
         " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
