@@ -9,6 +9,7 @@ the loop once and settles all of its requests there, instead of waking one handl
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+log = logging.getLogger("fedge.edge")
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
@@ -120,6 +122,11 @@ class DynamicBatcher:
         except Exception as exc:  # every waiter learns of the failure
             results, failure = [None] * len(batch), exc
         computed = time.perf_counter() - started
+        if self._on_batch is not None:  # before anyone is answered: a client reading statistics sees its call
+            try:
+                self._on_batch(rows, [started - it.enqueued for it in batch], computed)
+            except Exception:  # accounting must never strand the waiters
+                log.exception("batch accounting failed")
         on_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for it, res in zip(batch, results):
             if it.loop is not None:
@@ -131,8 +138,6 @@ class DynamicBatcher:
                 loop.call_soon_threadsafe(_settle, settled, failure)
             except RuntimeError:  # the loop is closed: the server stopped, nobody is waiting
                 pass
-        if self._on_batch is not None:
-            self._on_batch(rows, [started - it.enqueued for it in batch], computed)
 
 
 def _set(fut, result, failure: Exception | None) -> None:

@@ -149,3 +149,24 @@ def test_async_failure_reaches_every_waiter_and_a_cancelled_waiter_harms_nobody(
     errors = asyncio.run(main())
     b.close()
     assert [str(e) for e in errors] == ["backend down"] * 3
+
+
+def test_each_call_is_accounted_before_its_requests_are_answered_and_accounting_cannot_strand_them():
+    seen = []
+
+    def account(rows, queued, compute_s):
+        seen.append((rows, len(queued), compute_s))
+        if len(seen) == 2:
+            raise ValueError("a broken metrics sink")
+
+    def run(inputs):
+        time.sleep(0.02)
+        return inputs
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_queue_delay_us=0), account)
+    b.submit({"x": np.zeros((3, 2))}).result(timeout=5)
+    assert seen and seen[0][:2] == (3, 1) and seen[0][2] >= 0.02  # already there when the answer is
+    b.submit({"x": np.zeros((1, 2))}).result(timeout=5)  # its accounting raises: still answered
+    b.submit({"x": np.zeros((1, 2))}).result(timeout=5)  # and the worker lives on
+    b.close()
+    assert len(seen) == 3
