@@ -50,7 +50,6 @@ class DynamicBatcher:
         """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call."""
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
         self._queue: "queue.Queue[_Item | None]" = queue.Queue()
-        self._concurrent = False  # did the last batch coalesce several requests?
         self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
                          for i in range(cfg.instances)]
         for t in self._threads:
@@ -77,21 +76,22 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         pending: _Item | None = None
+        concurrent = False  # did this worker's last batch coalesce several requests?
         while True:
             first = pending or self._queue.get()
             if first is None:
                 return
-            batch, rows, pending, stop = self._gather(first)
-            self._concurrent = len(batch) > 1
+            batch, rows, pending, stop = self._gather(first, concurrent)
+            concurrent = len(batch) > 1
             self._execute(batch, rows)
             if stop:
                 return
 
-    def _gather(self, first: _Item) -> tuple[list[_Item], int, _Item | None, bool]:
+    def _gather(self, first: _Item, concurrent: bool) -> tuple[list[_Item], int, _Item | None, bool]:
         """``first`` plus what arrives before its deadline, up to max_batch_size rows: (batch, rows, the item that
         did not fit, whether the stop sentinel came). The delay is only spent while requests are concurrent."""
         batch, rows = [first], first.rows
-        deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if self._concurrent else 0.0)
+        deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if concurrent else 0.0)
         while rows < self._cfg.max_batch_size:
             timeout = deadline - time.perf_counter()
             try:

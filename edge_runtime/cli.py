@@ -50,13 +50,12 @@ def cmd_models(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    import numpy as np
-
-    from .client import EdgeClient
-
     import sys
 
     import grpc
+    import numpy as np
+
+    from .client import EdgeClient
 
     client = EdgeClient(a.url)
     try:

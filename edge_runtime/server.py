@@ -3,8 +3,8 @@ grpc.aio on an event loop of its own thread), one Prometheus endpoint, a reposit
 verified new versions, and optionally a puller that fetches signed releases from the coordinator.
 
 Why asyncio: with a thread per request, every request's handler thread must be woken to pick up its result and
-fights the others for the GIL; measured on 2 cores with a tiny model at 64 clients, that cost about 450 us of
-server CPU per request against about 330 us on the event loop (docs/BENCHMARKS.md, `frontend_cpu_us_per_request`)."""
+fights the others for the GIL; measured side by side on 2 cores with a tiny model at 64 clients, that cost about
+1.5x the server CPU per request of the event loop (docs/BENCHMARKS.md, the front-end table's note)."""
 from __future__ import annotations
 
 import asyncio
