@@ -18,7 +18,8 @@ def cmd_serve(a) -> int:
                                                            a.instances))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
-                     pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None)
+                     pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
+                     allow_client_shm=a.allow_client_shm)
     return serve(cfg)
 
 
@@ -108,6 +109,14 @@ def cmd_compile(a) -> int:
     return 0
 
 
+def _boolean(text: str) -> bool:
+    """``--allow-client-shm``, ``--allow-client-shm=true`` (Triton's spelling) and ``=false`` all work."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes", "on")
+
+
 def add_parser(sub) -> None:
     edge = sub.add_parser("edge", help="the edge runtime (KServe v2 gRPC server)").add_subparsers(dest="sub", required=True)
     p = edge.add_parser("serve", help="serve a model repository")
@@ -128,6 +137,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pull", help="coordinator release service HOST:PORT to poll for new releases")
     p.add_argument("--pull-interval", type=float, default=10.0)
     p.add_argument("--pull-ca", help="CA certificate of a TLS release service")
+    p.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
+                   help="let clients on this host pass tensors through system shared memory (Triton's extension;"
+                        " off by default, as in Triton)")
     p.set_defaults(fn=cmd_serve)
     p = edge.add_parser("install", help="verify and install a release bundle (dir or .tar)")
     p.add_argument("bundle")

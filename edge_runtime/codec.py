@@ -1,9 +1,10 @@
 """Open Inference Protocol messages <-> numpy, with every check a malformed request needs: input names and
 count, datatype, shape (rank, negative or mismatched dims, batch limits), byte sizes, BYTES length prefixes,
-raw vs typed contents. Any violation is InvalidInput saying what was expected."""
+raw vs typed contents vs shared memory. Any violation is InvalidInput saying what was expected."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -12,8 +13,10 @@ from proto import grpc_service_pb2 as pb
 from .bundle import TensorDesc
 from .datatypes import BYTES, CONTENTS_FIELD, DATATYPES, NUMPY, datatype_of, deserialize_bytes, serialize_bytes
 from .errors import InvalidInput
+from .shared_memory import ShmClient, ShmRef
 
 MAX_ELEMENTS = 1 << 31
+SHM_PARAMS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 
 
 def _check_shape(t, desc: TensorDesc, max_batch: int) -> tuple[int, ...]:
@@ -34,16 +37,20 @@ def _check_shape(t, desc: TensorDesc, max_batch: int) -> tuple[int, ...]:
     return shape
 
 
-def decode_inputs(req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], max_batch: int) -> dict[str, np.ndarray]:
+def decode_inputs(req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], max_batch: int,
+                  shm: ShmClient | None = None) -> dict[str, np.ndarray]:
     want = {d.name: d for d in expected}
     names = [t.name for t in req.inputs]
     if sorted(names) != sorted(want) or len(set(names)) != len(names):
         raise InvalidInput(f"expected inputs {sorted(want)}, got {names}")
-    raw = list(req.raw_input_contents)
-    if raw and len(raw) != len(req.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(req.inputs)} inputs")
+    refs = [shm_ref(f"input {t.name!r}", t.parameters) for t in req.inputs]
+    raw = iter(req.raw_input_contents)
+    n_raw = sum(ref is None for ref in refs)  # an input in shared memory has no raw_input_contents entry
+    if req.raw_input_contents and len(req.raw_input_contents) != n_raw:
+        raise InvalidInput(f"raw_input_contents has {len(req.raw_input_contents)} entries for {n_raw} inputs"
+                           + (" not in shared memory" if n_raw != len(refs) else ""))
     out, batch = {}, None
-    for i, t in enumerate(req.inputs):
+    for t, ref in zip(req.inputs, refs):
         desc = want[t.name]
         if t.datatype not in DATATYPES:
             raise InvalidInput(f"input {t.name!r}: unknown datatype {t.datatype!r}")
@@ -55,16 +62,44 @@ def decode_inputs(req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], m
         batch = shape[0]
         count = math.prod(shape)
         has_typed = t.HasField("contents") and t.contents.ByteSize() > 0
-        if raw:
+        if ref is not None:
+            if has_typed:
+                raise InvalidInput(f"input {t.name!r}: both shared memory parameters and typed contents are set")
+            if shm is None:
+                raise InvalidInput(f"input {t.name!r}: shared memory is not available here")
+            arr = _from_raw(t.name, t.datatype, shm.read(ref, f"input {t.name!r}"), count)
+        elif req.raw_input_contents:
             if has_typed:
                 raise InvalidInput(f"input {t.name!r}: both raw_input_contents and typed contents are set")
-            arr = _from_raw(t.name, t.datatype, raw[i], count)
+            arr = _from_raw(t.name, t.datatype, next(raw), count)
         elif has_typed:
             arr = _from_typed(t, count)
         else:
             raise InvalidInput(f"input {t.name!r} carries no data (neither raw_input_contents nor contents)")
         out[t.name] = arr.reshape(shape)
     return out
+
+
+def shm_ref(tensor: str, params) -> ShmRef | None:
+    """Triton's shared-memory parameters of an input or requested output, or None when it has none."""
+    region, size, offset = (params.get(k) for k in SHM_PARAMS)
+    if region is None and size is None:
+        if offset is not None:
+            raise InvalidInput(f"{tensor}: shared_memory_offset is set without shared_memory_region")
+        return None
+    if region is None or size is None:
+        raise InvalidInput(f"{tensor}: shared memory needs both shared_memory_region and shared_memory_byte_size")
+    if region.WhichOneof("parameter_choice") != "string_param":
+        raise InvalidInput(f"{tensor}: shared_memory_region must be a string")
+    return ShmRef(region.string_param, _int_param(tensor, "shared_memory_offset", offset) if offset is not None else 0,
+                  _int_param(tensor, "shared_memory_byte_size", size))
+
+
+def _int_param(tensor: str, name: str, param) -> int:
+    kind = param.WhichOneof("parameter_choice")
+    if kind not in ("int64_param", "uint64_param") or getattr(param, kind) < 0:
+        raise InvalidInput(f"{tensor}: {name} must be an integer >= 0")
+    return getattr(param, kind)
 
 
 def _from_raw(name: str, datatype: str, buf: bytes, count: int) -> np.ndarray:
@@ -95,18 +130,36 @@ def _from_typed(t, count: int) -> np.ndarray:
         raise InvalidInput(f"input {t.name!r}: a value does not fit {t.datatype}") from None
 
 
-def encode_response(model_name: str, version: str, outputs: dict[str, np.ndarray], req_id: str) -> pb.ModelInferResponse:
+def encode_response(model_name: str, version: str, outputs: dict[str, np.ndarray], req_id: str,
+                    to_shm: dict[str, ShmRef] | None = None, shm: ShmClient | None = None) -> pb.ModelInferResponse:
+    """Raw outputs; those in ``to_shm`` are written into their shared memory region instead, keep an empty
+    raw_output_contents entry (so that entry i is still output i, which is how tritonclient finds them) and say
+    where they went in their parameters."""
     resp = pb.ModelInferResponse(model_name=model_name, model_version=version, id=req_id)
     for name, arr in outputs.items():
         dt = datatype_of(arr)
-        resp.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
-        resp.raw_output_contents.append(serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes())
+        out = resp.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
+        data = serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes()
+        ref = to_shm.get(name) if to_shm else None
+        if ref is None:
+            resp.raw_output_contents.append(data)
+            continue
+        shm.write(ref, data, f"output {name!r}")
+        resp.raw_output_contents.append(b"")
+        out.parameters["shared_memory_region"].string_param = ref.region
+        out.parameters["shared_memory_byte_size"].int64_param = len(data)
+        if ref.offset:
+            out.parameters["shared_memory_offset"].int64_param = ref.offset
     return resp
 
 
-def requested_outputs(req: pb.ModelInferRequest, available: tuple[TensorDesc, ...]) -> dict[str, int]:
-    """Output name -> the top-k count asked by Triton's classification extension (``classification`` parameter;
-    0: the tensor itself), for the outputs asked (all when none is)."""
+class Wanted(NamedTuple):
+    class_count: int        # Triton's classification extension: the top k classes; 0: the tensor itself
+    shm: ShmRef | None      # where the client wants it written, if in shared memory
+
+
+def requested_outputs(req: pb.ModelInferRequest, available: tuple[TensorDesc, ...]) -> dict[str, Wanted]:
+    """The outputs asked for (all when none is), each with its classification count and shared memory place."""
     by_name = {d.name: d for d in available}
     unknown = [o.name for o in req.outputs if o.name not in by_name]
     if unknown:
@@ -119,8 +172,8 @@ def requested_outputs(req: pb.ModelInferRequest, available: tuple[TensorDesc, ..
             raise InvalidInput(f"output {o.name!r}: classification must be an int64 >= 1")
         if k and (by_name[o.name].datatype == BYTES or len(by_name[o.name].shape) != 2):
             raise InvalidInput(f"output {o.name!r}: classification needs a [batch, classes] numeric output")
-        wanted[o.name] = k
-    return wanted or {d.name: 0 for d in available}
+        wanted[o.name] = Wanted(k, shm_ref(f"output {o.name!r}", o.parameters))
+    return wanted or {d.name: Wanted(0, None) for d in available}
 
 
 def classify(scores: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:

@@ -21,6 +21,23 @@ class TooLarge(EdgeError):
     code_name = "RESOURCE_EXHAUSTED"
 
 
+class RegionNotFound(EdgeError):
+    """A shared memory region that is not registered (status of one region)."""
+    code_name = "NOT_FOUND"
+
+
+class AlreadyExists(EdgeError):
+    code_name = "ALREADY_EXISTS"
+
+
+class PermissionDenied(EdgeError):
+    code_name = "PERMISSION_DENIED"
+
+
+class Unsupported(EdgeError):
+    code_name = "UNIMPLEMENTED"
+
+
 class BundleError(EdgeError):
     """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
     code_name = "FAILED_PRECONDITION"

@@ -26,6 +26,7 @@ from .errors import AddressUnavailable
 from .metrics import Metrics
 from .repository import ModelRepository, ServingConfig
 from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
+from .shared_memory import SharedMemory
 
 log = logging.getLogger("fedge.edge")
 VERSION = "0.1.0"
@@ -44,6 +45,7 @@ class EdgeConfig:
     pull: str = ""                         # coordinator release service HOST:PORT, "" = air-gapped
     pull_interval_s: float = 10.0
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
+    allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
@@ -63,6 +65,7 @@ class EdgeServer:
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fedge-infer")
         self._http = None
         self._puller = None
+        self.shm = SharedMemory(cfg.allow_client_shm)
 
     def _on_load(self, model) -> None:
         self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
@@ -99,7 +102,7 @@ class EdgeServer:
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repo, self.metrics, VERSION, self._executor), server)
+            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
         try:
             port = server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
@@ -116,6 +119,7 @@ class EdgeServer:
             asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(grace + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
+        self.shm.close()
         self._executor.shutdown(wait=False)
         if self._http is not None and isinstance(self._http, tuple):
             self._http[0].shutdown()
@@ -129,7 +133,8 @@ def serve(cfg: EdgeConfig) -> int:
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
           + (f", metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "")
-          + (f", pulling releases from {cfg.pull}" if cfg.pull else ""), flush=True)
+          + (f", pulling releases from {cfg.pull}" if cfg.pull else "")
+          + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

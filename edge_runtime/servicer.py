@@ -18,9 +18,10 @@ from proto import health_pb2, health_pb2_grpc
 
 from . import describe
 from .codec import classify, decode_inputs, encode_response, requested_outputs
-from .errors import EdgeError, ModelNotFound
+from .errors import EdgeError, ModelNotFound, PermissionDenied, RegionNotFound, Unsupported
 from .metrics import Metrics
 from .repository import ModelRepository
+from .shared_memory import OFF, SharedMemory
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
@@ -75,9 +76,12 @@ def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) 
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor) -> None:
+    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
+                 shm: SharedMemory | None = None) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
         self.executor = executor  # threads for unbatched inference and model loading
+        self.shm = shm or SharedMemory(allowed=False)
+        self.extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -93,7 +97,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     async def ServerMetadata(self, request, context):
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self.version, extensions=self.extensions)
 
     async def ModelMetadata(self, request, context):
         return describe.metadata(self.repo.get(request.name, request.version))
@@ -106,7 +110,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[m.stats.to_proto(m.name, str(m.version)) for m in models])
 
     async def ModelInfer(self, request, context):
-        return await self._infer(request)
+        return await self._infer(request, context.peer())
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference: each request of the stream is answered as soon as it is done (requests
@@ -114,10 +118,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         on. The stream ends once the client has closed its side and every answer is sent."""
         answers: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
+        peer = context.peer()
 
         async def answer(request) -> None:
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request)))
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, peer)))
             except EdgeError as exc:
                 count_failure(self.metrics, request, exc.code_name)
                 answers.put_nowait(pb.ModelStreamInferResponse(error_message=f"[{exc.code_name}] {exc}"))
@@ -148,19 +153,23 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in (reader, *running):
                 task.cancel()
 
-    async def _infer(self, request) -> pb.ModelInferResponse:
+    async def _infer(self, request, peer: str) -> pb.ModelInferResponse:
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
+        shm = self.shm.client(peer)
         try:
-            feeds = m.preprocess(decode_inputs(request, m.inputs, m.max_batch_size))
             wanted = requested_outputs(request, m.outputs)
+            to_shm = {name: w.shm for name, w in wanted.items() if w.shm is not None}
+            for name, ref in to_shm.items():  # a bad output region fails the request before it runs
+                shm.check(ref, f"output {name!r}")
+            feeds = m.preprocess(decode_inputs(request, m.inputs, m.max_batch_size, shm))
             decoded = time.perf_counter()
             outputs = await m.run_async(feeds, self.executor)
             ran = time.perf_counter()
             outputs = m.postprocess(outputs)
-            outputs = {name: classify(outputs[name], k, m.manifest.labels) if k else outputs[name]
-                       for name, k in wanted.items()}
-            resp = encode_response(m.name, str(m.version), outputs, request.id)
+            outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count
+                       else outputs[name] for name, w in wanted.items()}
+            resp = encode_response(m.name, str(m.version), outputs, request.id, to_shm, shm)
         except BaseException:
             m.stats.request(False, time.perf_counter() - started)
             raise
@@ -184,6 +193,38 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelUnload(self, request, context):
         await asyncio.get_running_loop().run_in_executor(self.executor, self.repo.unload, request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+    # -- Triton's shared-memory extension (system memory; CUDA memory is refused) ------------------------------
+    async def SystemSharedMemoryStatus(self, request, context):
+        resp = pb.SystemSharedMemoryStatusResponse()
+        for r in self.shm.status(request.name):
+            resp.regions[r.name].CopyFrom(resp.RegionStatus(name=r.name, key=r.key, offset=r.offset,
+                                                            byte_size=r.byte_size))
+        return resp
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        self.shm.register(request.name, request.key, request.offset, request.byte_size, context.peer())
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        self.shm.unregister(request.name, context.peer())
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request, context):
+        if request.name:
+            raise RegionNotFound(f"no CUDA shared memory region {request.name!r} is registered")
+        return pb.CudaSharedMemoryStatusResponse()  # none ever is
+
+    async def CudaSharedMemoryRegister(self, request, context):
+        if not self.shm.allowed:
+            raise PermissionDenied(OFF)
+        raise Unsupported(f"{SERVER_NAME} does not take CUDA shared memory; use system shared memory")
+
+    async def CudaSharedMemoryUnregister(self, request, context):
+        if not self.shm.allowed:
+            raise PermissionDenied(OFF)
+        return pb.CudaSharedMemoryUnregisterResponse()  # nothing to unregister
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

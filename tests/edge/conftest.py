@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,18 +36,31 @@ def fedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 EdgeProcess = EdgeServerProcess  # `fedge edge serve` on free ports, stopped by PID
 
 
-@pytest.fixture(scope="module")
-def edge_server(tmp_path_factory, keys, digits_bundle, intent_bundle):
-    root = tmp_path_factory.mktemp("edge")
-    for b in (digits_bundle, intent_bundle):
-        out = fedge("edge", "install", str(b), "--repo", str(root / "repo"), "--trust", str(keys[1]))
-        assert out.returncode == 0, out.stderr
-    server = EdgeProcess(root / "repo", keys[1], root / "server.log")
-    yield server
-    server.stop()
+def serving(root: Path, keys, bundles, *flags: str):
+    """Install ``bundles`` into a fresh repository under ``root`` and serve it (a generator for fixtures: the
+    server is stopped by PID afterwards, and must be gone)."""
     from fedge.procs import pid_alive
 
+    for b in bundles:
+        out = fedge("edge", "install", str(b), "--repo", str(root / "repo"), "--trust", str(keys[1]))
+        assert out.returncode == 0, out.stderr
+    server = EdgeProcess(root / "repo", keys[1], root / "server.log", *flags)
+    yield server
+    server.stop()
     assert not pid_alive(server.proc.pid)
+
+
+def triton_script(module: str, *args: str) -> dict:
+    """Run one of the tritonclient scripts (own process: tritonclient's protos clash with fedge's); its JSON."""
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
+                         env=fedge_env())
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def edge_server(tmp_path_factory, keys, digits_bundle, intent_bundle):
+    yield from serving(tmp_path_factory.mktemp("edge"), keys, (digits_bundle, intent_bundle))
 
 
 @pytest.fixture

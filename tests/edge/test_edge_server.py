@@ -1,6 +1,6 @@
 """The edge runtime as a real process on 127.0.0.1, spoken to over the wire."""
+import json
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -9,23 +9,17 @@ import grpc
 import numpy as np
 import pytest
 
-from fedge.procs import fedge_env
 from proto import grpc_service_pb2 as pb
 from proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
 from edge_runtime.servicer import STREAM_IN_FLIGHT
-from tests.edge.conftest import fedge
+from tests.edge.conftest import fedge, triton_script
 
 
 def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     x = np.random.default_rng(0).random((3, 1, 8, 8), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    out = subprocess.run([sys.executable, "-m", "tests.edge.triton_check", edge_server.url, str(tmp_path / "x.npy")],
-                         capture_output=True, text=True, timeout=120, env=fedge_env())
-    assert out.returncode == 0, out.stderr
-    import json
-
-    r = json.loads(out.stdout)
+    r = triton_script("tests.edge.triton_check", edge_server.url, str(tmp_path / "x.npy"))
     assert r["live"] and r["ready"] and r["digits_ready"] and r["intent_ready"]
     assert r["digits_inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
     from edge_runtime.backends import cuda_available
@@ -126,6 +120,25 @@ def test_typed_contents_and_mixed_contents(stub):
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(req)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "both raw_input_contents and typed" in err.value.details()
+
+
+def test_client_shared_memory_is_off_unless_the_server_allows_it(stub, tmp_path):
+    assert "system_shared_memory" not in stub.ServerMetadata(pb.ServerMetadataRequest()).extensions
+    assert not stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
+    req = _req()
+    t = req.inputs[0]
+    t.parameters["shared_memory_region"].string_param = "r"
+    t.parameters["shared_memory_byte_size"].int64_param = 256
+    del req.raw_input_contents[:]
+    calls = [lambda: stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="r", key="/r", byte_size=1)),
+             lambda: stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest()),
+             lambda: stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="g", byte_size=1)),
+             lambda: stub.ModelInfer(req)]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--allow-client-shm" in err.value.details()
+    assert stub.ServerReady(pb.ServerReadyRequest()).ready
 
 
 def test_streams_answer_in_order_of_completion_end_cleanly_and_survive_a_client_leaving(edge_server, stub):
@@ -258,8 +271,6 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
 
 
 def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
-    import json
-
     x = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     out = fedge("edge", "predict", "--url", edge_server.url, "--model", "digits", "--npy", str(tmp_path / "x.npy"))
@@ -287,8 +298,6 @@ def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
 
 
 def test_models_lists_versions_and_rollback_switches_the_running_server_back(edge_server, stub, keys, tmp_path):
-    import json
-
     from tests.edge.bundles import make_bundle
 
     repo = str(edge_server.log.parent / "repo")
