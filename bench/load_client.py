@@ -1,10 +1,12 @@
 """The serving benchmark's load generator, in its own process (tritonclient bundles protos of the same names as
 fedge's): ``tritonclient.grpc`` exactly as a Triton user drives a server. Reads one JSON command per stdin line,
 runs a closed loop of ``concurrency`` outstanding batch-1 requests (``async_infer``, or ``async_stream_infer`` on one
-stream; each reply sends the next) for ``seconds``, answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
+stream; each reply sends the next; optionally with the input and output in system shared memory) for ``seconds``,
+answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
@@ -14,12 +16,19 @@ import tritonclient.grpc as grpcclient
 
 
 def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
-        samples: bool = False, stream: bool = False) -> dict:
+        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "") -> dict:
     """``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
-    instead of one RPC per request."""
+    instead of one RPC per request. ``shm``: the input is read from, and ``output_name`` written into, system
+    shared memory (Triton's extension; an output region per outstanding request)."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     inp = grpcclient.InferInput(input_name, shape, "FP32")
-    inp.set_data_from_numpy(x)
+    outputs = [None] * concurrency
+    regions = SharedRegions(url, x, concurrency) if shm else None
+    if regions is not None:
+        inp.set_shared_memory(regions.input, x.nbytes)
+        outputs = [[regions.output(i, output_name)] for i in range(concurrency)]
+    else:
+        inp.set_data_from_numpy(x)
     lat, errors = [], []
     lock, done = threading.Lock(), threading.Event()
     outstanding = [concurrency]
@@ -43,25 +52,27 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
     if stream:
         clients = [grpcclient.InferenceServerClient(url=url) for _ in range(concurrency)]
 
-        def streamer(client):
+        def streamer(client, outs):
             sent = [0.0]
 
             def send():
                 sent[0] = time.perf_counter()
-                client.async_stream_infer(model, [inp])
+                client.async_stream_infer(model, [inp], outputs=outs)
 
             client.start_stream(callback=lambda result, error: finished(sent[0], error, send))
             return send
 
-        senders = [streamer(c) for c in clients]
+        senders = [streamer(c, outs) for c, outs in zip(clients, outputs)]
     else:
         clients = [grpcclient.InferenceServerClient(url=url)]
 
-        def unary():
-            t0 = time.perf_counter()
-            clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, unary))
+        def unary(outs):
+            def send():
+                t0 = time.perf_counter()
+                clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, send), outputs=outs)
+            return send
 
-        senders = [unary] * concurrency
+        senders = [unary(outs) for outs in outputs]
     started = time.perf_counter()
     for send in senders:
         send()
@@ -71,6 +82,8 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
         if stream:
             c.stop_stream()
         c.close()
+    if regions is not None:
+        regions.close()
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     out = {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
            "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
@@ -78,6 +91,37 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
     if samples:
         out["lat_ms"] = [round(float(v), 4) for v in ms] if lat else []
     return out
+
+
+class SharedRegions:
+    """One input region holding ``x`` and ``n`` output regions, created and registered with the server."""
+    OUTPUT_BYTES = 1 << 16
+
+    def __init__(self, url: str, x: np.ndarray, n: int) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm, self.client = shm, grpcclient.InferenceServerClient(url=url)
+        tag = f"bench_{os.getpid()}"
+        self.input = f"{tag}_in"
+        self.handles = [shm.create_shared_memory_region(self.input, f"/{self.input}", x.nbytes)]
+        shm.set_shared_memory_region(self.handles[0], [x])
+        self.client.register_system_shared_memory(self.input, f"/{self.input}", x.nbytes)
+        self.outputs = [f"{tag}_out{i}" for i in range(n)]
+        for name in self.outputs:
+            self.handles.append(shm.create_shared_memory_region(name, f"/{name}", self.OUTPUT_BYTES))
+            self.client.register_system_shared_memory(name, f"/{name}", self.OUTPUT_BYTES)
+
+    def output(self, i: int, name: str) -> grpcclient.InferRequestedOutput:
+        out = grpcclient.InferRequestedOutput(name)
+        out.set_shared_memory(self.outputs[i], self.OUTPUT_BYTES)
+        return out
+
+    def close(self) -> None:
+        for name in (self.input, *self.outputs):
+            self.client.unregister_system_shared_memory(name)
+        for h in self.handles:
+            self.shm.destroy_shared_memory_region(h)
+        self.client.close()
 
 
 def live_rtt(url: str, calls: int = 500) -> dict:

@@ -22,6 +22,7 @@ from .timing import interleaved, stats
 
 CONCURRENCY = (1, 8, 64)
 STREAMING = "batching, a stream per client"  # the batching server driven with tritonclient's async_stream_infer
+SHARED = "batching, input and output in shared memory"  # ... and with Triton's system shared memory extension
 
 
 def _bundle(work: Path, art, key) -> Path:
@@ -153,7 +154,7 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     priv, pub = generate_keys(work / "keys")
     bundle = _bundle(work, art, load_private_key(priv))
     flags = ("--backend", backend)
-    servers = {"batching": _Server(work, bundle, pub, "batching", *flags),
+    servers = {"batching": _Server(work, bundle, pub, "batching", "--allow-client-shm", *flags),
                "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", *flags),
                "batching, 2 instances": _Server(work, bundle, pub, "batching2", "--instances", "2", *flags)}
     drivers = _start_drivers()
@@ -189,17 +190,18 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
 
         reps, seconds = (1, 2.0) if quick else (3, 4.0)
         runs: dict[tuple[str, int], list[dict]] = {}
-        setups = {name: (name, False) for name in servers} | {STREAMING: ("batching", True)}
+        setups = {name: (name, {}) for name in servers} | {STREAMING: ("batching", {"stream": True}),
+                                                            SHARED: ("batching", {"shm": True, "output_name": "logits"})}
         t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients", total=reps * len(setups) * len(CONCURRENCY))
         rng = np.random.default_rng(0)
         for _ in range(reps):
             for name in rng.permutation(list(setups)):
-                server, stream = setups[str(name)]
+                server, mode = setups[str(name)]
                 s = servers[server]
                 for c in CONCURRENCY:
                     before = s.batch_stats()
                     r = _drive(drivers, {"url": s.url, "model": "resnet", "input_name": "input",
-                                         "shape": [1, *resnet.INPUT], "seconds": seconds, "stream": stream}, c)
+                                         "shape": [1, *resnet.INPUT], "seconds": seconds, **mode}, c)
                     after = s.batch_stats()
                     r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
                     runs.setdefault((str(name), c), []).append(r)
@@ -224,11 +226,12 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
                      "p50 ms": med(name, c, "p50_ms"), "p99 ms": med(name, c, "p99_ms"),
                      "mean batch": med(name, c, "mean_batch"), "errors": sum(r["errors"] for r in rs)})
     sec.tables.append((f"{backend}: closed loop, {seconds:g} s per measurement, median of {reps} repetition(s)"
-                       " interleaved across the setups (3 servers, one also driven over streams); in-process rows are medians over many calls", rows))
+                       " interleaved across the setups (3 servers, one also driven over streams and through shared memory); in-process rows are medians over many calls", rows))
     sec.figures["serving_c64_vs_inprocess" + suffix] = med("batching", 64, "throughput") / inproc_tput[best_batch]
     sec.figures["batching_gain_c64" + suffix] = med("batching", 64, "throughput") / med("no batching", 64, "throughput")
     sec.figures["serving_p50_c1_overhead_ms" + suffix] = med("batching", 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["serving_p50_c1_overhead_ms_stream" + suffix] = med(STREAMING, 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["serving_p50_c1_overhead_ms_shm" + suffix] = med(SHARED, 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["grpc_live_rtt_p50_ms" + suffix] = live_p50_ms
     sec.figures["inprocess_b1_p50_ms" + suffix] = inproc_p50_b1_ms
     sec.figures["inprocess_b1_after_idle_p50_ms" + suffix] = statistics.median(idle) * 1e3
