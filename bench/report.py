@@ -62,9 +62,9 @@ EXPLANATIONS = {
         " have it from the same server with tritonclient's streaming API (a stream per client,"
         " `async_stream_infer`): {serving_p50_c1_overhead_ms_stream:.2f} ms over in-process at 1 client, since"
         " each request is then one message on an open stream, not a new HTTP/2 stream with headers and trailers."
-        " Passing the input and output through system shared memory instead (`--allow-client-shm`, for a client"
-        " on the device): {serving_p50_c1_overhead_ms_shm:.2f} ms, so the 49 KB tensor on the wire is not where"
-        " the time goes.",
+        " With the input and output in system shared memory instead (`--allow-client-shm`, for a client on the"
+        " device) it is {serving_p50_c1_overhead_ms_shm:.2f} ms: what remains is the RPC itself, not the 49 KB"
+        " tensor it carries.",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
         " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",
