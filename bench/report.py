@@ -77,8 +77,13 @@ EXPLANATIONS = {
         " its own ClientApp process per SuperNode (see round_s_plain).",
     "fed_minus_central_digits": "3 customers, Dirichlet(0.5) non-IID; the federated model is still closing the gap"
         " at the last round (see the learning plot).",
-    "fed_minus_central_intent": "The intent customers hold 114-216 short utterances each, heavily non-IID over 12"
-        " intents; local epochs on tiny skewed sets pull the TextCNN apart. Not tuned.",
+    "fed_minus_central_intent": "The intent customers hold 114-216 short utterances each (91-173 after the"
+        " holdout), heavily non-IID over 12 intents, and the holdout has 108 utterances (one error is 0.009)."
+        " Measured by hand with an in-process FedAvg of the same customers, model and defaults: 6 rounds of 3"
+        " local epochs reach 0.96 and are still climbing, 12 rounds level off at 0.98, while the centralized"
+        " model reaches 1.00 after 6 epochs already: each round gives a customer a third of the data's steps,"
+        " and the skewed local sets pull the TextCNN apart a little. Server momentum (FedAvgM, beta 0.5-0.9) or a"
+        " server learning rate of 1.5 gave 0.95-0.98 after 6 rounds, no setting 0.99; defaults left as they are.",
     "dpsgd_eps8_minus_nonprivate_digits": "Each customer holds 430-720 images: at ε = 8 over the whole run"
         " DP-SGD's noise is large against such small local sets, and one run lands a point either side of the"
         " mean (in-process, 4 seeds: 0.953-0.969, mean 0.964). What helped: tanh instead of ReLU in the digits"
