@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .batcher import BatchingConfig
 from .bundle import copy_bundle, unpack, verify_bundle
-from .errors import BundleError, ModelNotFound, ModelUnavailable
+from . import model_config
+from .errors import BundleError, InvalidInput, ModelNotFound, ModelUnavailable
 from .model import LoadedModel
 
 log = logging.getLogger("fedge.edge")
@@ -108,6 +109,7 @@ class ModelRepository:
         self._failed: dict[tuple[str, int], str] = {}
         self._unloaded: set[str] = set()
         self._loading: set[str] = set()
+        self._batching: dict[str, BatchingConfig] = {}  # set by RepositoryModelLoad's config, until the next load
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -169,7 +171,7 @@ class ModelRepository:
         self._loading.add(name)
         try:
             manifest = verify_bundle(bundle, self.trusted)  # files on disk may have been tampered with since install
-            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, self.cfg.batching,
+            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, self.batching_for(name),
                                      self.cfg.threads, self._on_batch(name) if self._on_batch else None,
                                      engine_cache=self.root / ".engines")
         except Exception as exc:
@@ -186,14 +188,38 @@ class ModelRepository:
         if old is not None:
             threading.Thread(target=old.close, daemon=True).start()  # drains its queue, then stops
 
-    def load(self, name: str) -> None:
+    def load(self, name: str, config: str | None = None) -> None:
+        """Serve ``name`` again after an unload, or reload it as Triton does for a loaded model: with ``config``
+        (model config JSON; its batching settings hold until the next load) or with the model's config.json and
+        the server's flags. A reload swaps like a new version: in-flight requests finish on the old one."""
         if not (self.root / name).is_dir():
             raise ModelNotFound(f"unknown model {name!r}")
+        if config is not None:
+            batching = model_config.parse(config, name, self.cfg.batching, "the config parameter")
+            live = self._live.get(name)
+            if live is not None and batching.max_batch_size > live.manifest.max_batch_size:
+                raise InvalidInput(f"the config parameter: max_batch_size {batching.max_batch_size} exceeds the"
+                                   f" {live.manifest.max_batch_size} that model {name!r}'s release allows")
+            self._batching[name] = batching
+        else:
+            self._batching.pop(name, None)
         self._unloaded.discard(name)
         self._failed = {k: v for k, v in self._failed.items() if k[0] != name}
-        self.refresh(only=name)
-        if name not in self._live:
-            raise ModelUnavailable(f"model {name!r} failed to load: {self.index()}")
+        want = current_version(self.root / name)
+        if want is not None:
+            self._load(name, want)
+        if (name, want) in self._failed or name not in self._live:
+            self._batching.pop(name, None)
+            raise ModelUnavailable(f"model {name!r} failed to load: {self._failed.get((name, want), self.index())}")
+
+    def batching_for(self, name: str) -> BatchingConfig:
+        """The load's config, else the model's config.json in the repository, else the server's flags."""
+        if name in self._batching:
+            return self._batching[name]
+        path = self.root / name / model_config.FILE
+        if path.is_file():
+            return model_config.parse(path.read_text(encoding="utf-8"), name, self.cfg.batching, str(path))
+        return self.cfg.batching
 
     def unload(self, name: str) -> None:
         with self._lock:

@@ -18,7 +18,7 @@ from proto import health_pb2, health_pb2_grpc
 
 from . import describe
 from .codec import classify, decode_inputs, encode_response, requested_outputs
-from .errors import EdgeError, ModelNotFound, PermissionDenied, RegionNotFound, Unsupported
+from .errors import EdgeError, InvalidInput, ModelNotFound, PermissionDenied, RegionNotFound, Unsupported
 from .metrics import Metrics
 from .repository import ModelRepository
 from .shared_memory import OFF, SharedMemory
@@ -187,7 +187,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
     async def RepositoryModelLoad(self, request, context):
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.repo.load, request.model_name)
+        """Triton's load, with its ``config`` parameter (model config JSON: the batching settings, see
+        edge_runtime.model_config); ``file:`` parameters are refused: model files come only in signed bundles."""
+        params = dict(request.parameters)
+        files = sorted(k for k in params if k.startswith("file:"))
+        if files:
+            raise InvalidInput(f"{SERVER_NAME} loads model files only from signed release bundles (fedge edge"
+                               f" install), not from the request ({files})")
+        unknown = sorted(set(params) - {"config"})
+        if unknown:
+            raise InvalidInput(f"RepositoryModelLoad takes only the config parameter, not {unknown}")
+        config = params["config"].string_param if "config" in params else None
+        await asyncio.get_running_loop().run_in_executor(self.executor, self.repo.load, request.model_name, config)
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(self, request, context):

@@ -145,6 +145,7 @@ class EdgeServerProcess:
     def __init__(self, repo: Path, trust: Path, log: Path, *flags: str, timeout: float = 60.0) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.repo = Path(repo)
         self.log = Path(log)
         self.proc = spawn(fedge_cmd("edge", "serve", "--repo", str(repo), "--trust", str(trust), "--host", "127.0.0.1",
                                     "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags),

@@ -47,6 +47,12 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     assert intent["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": ["1"]}]
     assert {"name": "label", "data_type": "TYPE_STRING", "dims": ["1"]} in intent["output"]
 
+    # load_model with a config (Triton's override): served without batching, max 8, two instances; then restored
+    reloaded, restored = r["reloaded_config"], r["restored_config"]
+    assert reloaded["max_batch_size"] == 8 and "dynamic_batching" not in reloaded
+    assert reloaded["instance_group"][0]["count"] == 2
+    assert restored["max_batch_size"] == 64 and restored["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
+
     # streaming: every request answered, by id; the bad ones fail alone and the stream goes on
     answers = r["stream"]
     by_id = {a["id"]: a for a in answers if "id" in a}
@@ -257,6 +263,84 @@ def test_unloaded_model_is_unavailable_until_loaded_again(edge_server, stub):
         assert stub.ModelInfer(req, timeout=10).model_name == "intent"
         assert next(watch).status == health.SERVING
         watch.cancel()
+
+
+def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load(edge_server, stub):
+    """Triton's load_model(name, config=JSON): max_batch_size, dynamic batching and instance count per model;
+    the repository's config.json does the same for every load; model files never come from a request."""
+    def load(**params):
+        req = pb.RepositoryModelLoadRequest(model_name="digits")
+        for key, value in params.items():
+            if isinstance(value, bytes):
+                req.parameters[key].bytes_param = value
+            else:
+                req.parameters[key].string_param = value
+        return stub.RepositoryModelLoad(req, timeout=60)
+
+    def config():
+        return stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config
+
+    def batch(n):
+        return stub.ModelInfer(_req(shape=(n, 1, 8, 8)), timeout=10)
+
+    config_file = edge_server.repo / "digits" / "config.json"
+    try:
+        # as get_model_config's JSON writes it: 64-bit integers as strings, kind included
+        load(config=json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": "100"},
+                                "instance_group": [{"count": 2, "kind": "KIND_CPU"}]}))
+        c = config()
+        assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (4, 100, 2)
+        assert list(batch(4).outputs[0].shape) == [4, 10]
+        with pytest.raises(grpc.RpcError) as err:
+            batch(5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_batch_size 4" in err.value.details()
+
+        failures, answered, stop = [], [], threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    answered.append(batch(1))
+                except grpc.RpcError as exc:
+                    failures.append(exc.code())
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:  # reloads swap like new versions: no request in flight fails
+            for cfg in ({"max_batch_size": 16, "dynamic_batching": {}}, {"max_batch_size": 8}):
+                load(config=json.dumps(cfg))
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert failures == [] and len(answered) > 20
+        # the last config has no dynamic_batching: served without batching, as Triton does
+        assert not config().HasField("dynamic_batching") and config().max_batch_size == 8
+
+        bad = {"not JSON": ({"config": "{max_batch_size: 4"}, "not JSON"),
+               "an input": ({"config": json.dumps({"input": []})}, "not ['input'] (inputs, outputs and model files"),
+               "zero": ({"config": json.dumps({"max_batch_size": 0})}, "max_batch_size must be an integer >= 1"),
+               "past the release": ({"config": json.dumps({"max_batch_size": 65})}, "exceeds the 64 that model"),
+               "another model": ({"config": json.dumps({"name": "intent"})}, "names model 'intent', not 'digits'"),
+               "a file": ({"file:1/model.onnx": b"\x08\x01"}, "only from signed release bundles"),
+               "a stray parameter": ({"colour": "red"}, "takes only the config parameter")}
+        for what, (params, message) in bad.items():
+            with pytest.raises(grpc.RpcError) as err:
+                load(**params)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details(), what
+        assert config().max_batch_size == 8 and batch(8)  # still the last good config
+
+        config_file.write_text(json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
+        load()  # a plain load reads the repository's config.json
+        c = config()
+        assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds) == (2, 500)  # delay: the flag's
+    finally:
+        config_file.unlink(missing_ok=True)
+        load()
+    c = config()
+    assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (64, 500, 1)
 
 
 def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):

@@ -33,6 +33,10 @@ def main(url: str, x_path: str) -> None:
     before = c.get_inference_statistics("digits", as_json=True)["model_stats"]
     report["stream"] = stream(c, inp, tin)
     report["stats"] = {"before": before, "after": c.get_inference_statistics(as_json=True)["model_stats"]}
+    c.load_model("digits", config=json.dumps({"max_batch_size": 8, "instance_group": [{"count": 2}]}))
+    report["reloaded_config"] = c.get_model_config("digits", as_json=True)["config"]
+    c.load_model("digits")  # back to the server's flags
+    report["restored_config"] = c.get_model_config("digits", as_json=True)["config"]
     print(json.dumps(report))
 
 

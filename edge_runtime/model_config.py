@@ -1,0 +1,53 @@
+"""Per-model serving settings, in the terms of Triton's model configuration (the part of it that is the operator's to
+choose): ``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds`` and ``instance_group[].count``. They
+come as JSON in RepositoryModelLoad's ``config`` parameter (tritonclient ``load_model(name, config=...)``) or in
+``config.json`` beside the model's versions in the repository, and override the server's flags for that model. As
+in Triton, a config without ``dynamic_batching`` serves the model without batching. Inputs, outputs and model files
+come from the signed bundle only."""
+from __future__ import annotations
+
+import json
+
+from .batcher import BatchingConfig
+from .errors import InvalidInput
+
+FILE = "config.json"
+KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group")
+
+
+def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> BatchingConfig:
+    """``where`` names the source in errors ("config.json of 'digits'", "the config parameter")."""
+    try:
+        cfg = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{where}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(cfg, dict):
+        raise InvalidInput(f"{where}: expected a JSON object")
+    unknown = sorted(set(cfg) - set(KEYS))
+    if unknown:
+        raise InvalidInput(f"{where}: fedge takes {list(KEYS[1:])} from a model config, not {unknown} (inputs,"
+                           " outputs and model files come from the signed bundle)")
+    if cfg.get("name", model) != model:
+        raise InvalidInput(f"{where}: config names model {cfg['name']!r}, not {model!r}")
+    batching = cfg.get("dynamic_batching")
+    if batching is not None and (not isinstance(batching, dict) or set(batching) - {"max_queue_delay_microseconds"}):
+        raise InvalidInput(f"{where}: dynamic_batching takes only max_queue_delay_microseconds")
+    delay = _count(where, "dynamic_batching.max_queue_delay_microseconds",
+                   (batching or {}).get("max_queue_delay_microseconds", defaults.max_queue_delay_us), 0)
+    groups = cfg.get("instance_group", [{"count": defaults.instances}])
+    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) and set(g) <= {"count", "kind"}
+                                                             for g in groups):
+        raise InvalidInput(f"{where}: instance_group must be a list of {{\"count\": N}} (the backend picks the kind)")
+    instances = sum(_count(where, "instance_group.count", g.get("count", 1), 1) for g in groups)
+    return BatchingConfig(enabled=batching is not None,
+                          max_batch_size=_count(where, "max_batch_size", cfg.get("max_batch_size", defaults.max_batch_size), 1),
+                          max_queue_delay_us=delay, instances=instances)
+
+
+def _count(where: str, key: str, value, minimum: int) -> int:
+    """An integer >= ``minimum``; Triton's own JSON (get_model_config) writes 64-bit integers as strings."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInput(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
