@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import queue
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -132,12 +133,14 @@ def compile_engine(bundle_dir: Path, manifest: Manifest, cache_dir: Path, cfg: C
 
 @dataclass
 class TensorRTBackend:
+    """An engine and its execution contexts. A context (and its stream) serves one call at a time, as Triton runs
+    one per model instance; concurrent calls (the unbatched server's threads, several batch instances) each lease
+    one, made the first time there are that many at once and reused after."""
     name: str
     model_file: str
     reason: str
     engine: object
-    context: object
-    stream: object
+    idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # (context, stream) not in use
 
     @classmethod
     def load(cls, bundle_dir: Path, manifest: Manifest, cache_dir: Path | None) -> "TensorRTBackend":
@@ -152,11 +155,27 @@ class TensorRTBackend:
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:  # built by another TensorRT version or for another GPU
             raise RuntimeError(f"engine {engine_path} does not deserialize on this device")
-        stream = _check(_cudart().cudaStreamCreate())
-        return cls("tensorrt", engine_path.name, f"TensorRT engine built on this device from {onnx_path.name}",
-                   engine, engine.create_execution_context(), stream)
+        backend = cls("tensorrt", engine_path.name, f"TensorRT engine built on this device from {onnx_path.name}", engine)
+        backend.idle.put(backend._new_context())
+        return backend
+
+    def _new_context(self) -> tuple[object, object]:
+        context = self.engine.create_execution_context()
+        if context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of device memory?)")
+        return context, _check(_cudart().cudaStreamCreate())
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            context, stream = self.idle.get_nowait()
+        except queue.Empty:
+            context, stream = self._new_context()
+        try:
+            return self._run(context, stream, inputs)
+        finally:
+            self.idle.put((context, stream))
+
+    def _run(self, context, stream, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorrt as trt
 
         cudart = _cudart()
@@ -166,27 +185,27 @@ class TensorRTBackend:
             for name in names:
                 if self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
                     host = np.ascontiguousarray(inputs[name], dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                    self.context.set_input_shape(name, host.shape)
-                    ptr = _check(cudart.cudaMallocAsync(host.nbytes, self.stream))
+                    context.set_input_shape(name, host.shape)
+                    ptr = _check(cudart.cudaMallocAsync(host.nbytes, stream))
                     allocations.append(ptr)
                     _check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes,
-                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, self.stream))
-                    self.context.set_tensor_address(name, ptr)
+                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+                    context.set_tensor_address(name, ptr)
             for name in names:
                 if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-                    host = np.empty(tuple(self.context.get_tensor_shape(name)),
+                    host = np.empty(tuple(context.get_tensor_shape(name)),
                                     dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
-                    ptr = _check(cudart.cudaMallocAsync(host.nbytes, self.stream))
+                    ptr = _check(cudart.cudaMallocAsync(host.nbytes, stream))
                     allocations.append(ptr)
-                    self.context.set_tensor_address(name, ptr)
+                    context.set_tensor_address(name, ptr)
                     outputs[name] = (host, ptr)
-            if not self.context.execute_async_v3(self.stream):
+            if not context.execute_async_v3(stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             for host, ptr in outputs.values():
                 _check(cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
-            _check(cudart.cudaStreamSynchronize(self.stream))
+                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+            _check(cudart.cudaStreamSynchronize(stream))
             return {name: host for name, (host, _) in outputs.items()}
         finally:
             for ptr in allocations:
-                cudart.cudaFreeAsync(ptr, self.stream)
+                cudart.cudaFreeAsync(ptr, stream)
