@@ -26,6 +26,8 @@ from .errors import AddressUnavailable
 from .metrics import Metrics
 from .repository import ModelRepository, ServingConfig
 from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
+from .log_settings import FORMAT as LOG_FORMAT
+from .log_settings import LogSettings
 from .shared_memory import SharedMemory
 
 log = logging.getLogger("fedge.edge")
@@ -66,6 +68,7 @@ class EdgeServer:
         self._http = None
         self._puller = None
         self.shm = SharedMemory(cfg.allow_client_shm)
+        self.logs = LogSettings()  # serve() hands it the process's log handlers
 
     def _on_load(self, model) -> None:
         self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
@@ -102,7 +105,7 @@ class EdgeServer:
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm), server)
+            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
         try:
             port = server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
@@ -127,8 +130,10 @@ class EdgeServer:
 
 
 def serve(cfg: EdgeConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = EdgeServer(cfg).start()
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    server = EdgeServer(cfg)
+    server.logs.install()
+    server.start()
     for row in server.repo.index():
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"

@@ -19,13 +19,14 @@ from proto import health_pb2, health_pb2_grpc
 from . import describe
 from .codec import classify, decode_inputs, encode_response, requested_outputs
 from .errors import EdgeError, InvalidInput, ModelNotFound, PermissionDenied, RegionNotFound, Unsupported
+from .log_settings import LogSettings
 from .metrics import Metrics
 from .repository import ModelRepository
 from .shared_memory import OFF, SharedMemory
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
-EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging"]
 STREAM_IN_FLIGHT = 256  # requests of one stream being answered at once; the stream is not read further meanwhile
 
 
@@ -77,10 +78,11 @@ def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
-                 shm: SharedMemory | None = None) -> None:
+                 shm: SharedMemory | None = None, logs: LogSettings | None = None) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
         self.executor = executor  # threads for unbatched inference and model loading
         self.shm = shm or SharedMemory(allowed=False)
+        self.logs = logs or LogSettings()
         self.extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
 
     async def ServerLive(self, request, context):
@@ -236,6 +238,22 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if not self.shm.allowed:
             raise PermissionDenied(OFF)
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing to unregister
+
+
+    async def LogSettings(self, request, context):
+        changes = {}
+        for key, value in request.settings.items():
+            kind = value.WhichOneof("parameter_choice")
+            if kind is None:
+                raise InvalidInput(f"log setting {key!r} has no value")
+            changes[key] = getattr(value, kind)
+        if changes:
+            self.logs.update(changes)
+        resp = pb.LogSettingsResponse()
+        for key, value in self.logs.settings().items():
+            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            setattr(resp.settings[key], kind, value)
+        return resp
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):

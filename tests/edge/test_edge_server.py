@@ -53,6 +53,9 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     assert reloaded["instance_group"][0]["count"] == 2
     assert restored["max_batch_size"] == 64 and restored["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
 
+    # Triton's logging extension, as tritonclient's update_log_settings drives it
+    assert r["log_settings"]["log_verbose_level"] == {"uint32_param": 1} and "logging" in r["extensions"]
+
     # streaming: every request answered, by id; the bad ones fail alone and the stream goes on
     answers = r["stream"]
     by_id = {a["id"]: a for a in answers if "id" in a}
@@ -341,6 +344,44 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
         load()
     c = config()
     assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (64, 500, 1)
+
+
+def test_log_settings_change_what_a_running_server_logs(edge_server, stub):
+    """Triton's logging extension (tritonclient update_log_settings): all of a request's changes or none."""
+    import re
+
+    def settings(**changes):
+        req = pb.LogSettingsRequest()
+        for key, value in changes.items():
+            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            setattr(req.settings[key], kind, value)
+        resp = stub.LogSettings(req, timeout=10)
+        return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.settings.items()}
+
+    def logged_by_a_reload() -> str:
+        before = len(edge_server.log.read_text())
+        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60)  # logs "serving intent"
+        time.sleep(0.3)
+        return edge_server.log.read_text()[before:]
+
+    assert settings() == {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
+                          "log_verbose_level": 0, "log_format": "default"}
+    try:
+        assert settings(log_info=False)["log_info"] is False
+        assert "serving intent" not in logged_by_a_reload()
+        assert settings(log_info=True, log_format="ISO8601")["log_format"] == "ISO8601"
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO fedge.edge: serving intent", logged_by_a_reload())
+        bad = {"log_verbose_level": ({"log_verbose_level": "2"}, "must be a int"),
+               "log_file": ({"log_file": "/tmp/x.log"}, "log_file cannot be changed"),
+               "unknown": ({"log_colour": True}, "unknown log setting 'log_colour'"),
+               "format": ({"log_info": False, "log_format": "xml"}, "log_format must be one of")}
+        for what, (changes, message) in bad.items():
+            with pytest.raises(grpc.RpcError) as err:
+                settings(**changes)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details(), what
+        assert settings()["log_info"] is True  # the refused request changed nothing
+    finally:
+        settings(log_info=True, log_format="default")
 
 
 def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):

@@ -37,6 +37,9 @@ def main(url: str, x_path: str) -> None:
     report["reloaded_config"] = c.get_model_config("digits", as_json=True)["config"]
     c.load_model("digits")  # back to the server's flags
     report["restored_config"] = c.get_model_config("digits", as_json=True)["config"]
+    report["log_settings"] = c.update_log_settings({"log_verbose_level": 1}, as_json=True)["settings"]
+    c.update_log_settings({"log_verbose_level": 0})
+    report["extensions"] = c.get_server_metadata(as_json=True)["extensions"]
     print(json.dumps(report))
 
 
