@@ -44,6 +44,14 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
                           max_queue_delay_us=delay, instances=instances)
 
 
+def check_fits(batching: BatchingConfig, release_max: int, model: str, where: str) -> None:
+    """A model's own config may not ask for larger batches than its release was built for (the server's
+    ``--max-batch-size`` flag, a default for every model, is capped to it instead)."""
+    if batching.max_batch_size > release_max:
+        raise InvalidInput(f"{where}: max_batch_size {batching.max_batch_size} exceeds the {release_max} that"
+                           f" model {model!r}'s release allows")
+
+
 def _count(where: str, key: str, value, minimum: int) -> int:
     """An integer >= ``minimum``; Triton's own JSON (get_model_config) writes 64-bit integers as strings."""
     if isinstance(value, str) and value.isdigit():

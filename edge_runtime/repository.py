@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .batcher import BatchingConfig
 from .bundle import copy_bundle, unpack, verify_bundle
 from . import model_config
-from .errors import BundleError, InvalidInput, ModelNotFound, ModelUnavailable
+from .errors import BundleError, ModelNotFound, ModelUnavailable
 from .model import LoadedModel
 
 log = logging.getLogger("fedge.edge")
+CONFIG_PARAMETER = "the config parameter"  # RepositoryModelLoad's, in errors
 CURRENT = "CURRENT"
 
 
@@ -171,7 +172,10 @@ class ModelRepository:
         self._loading.add(name)
         try:
             manifest = verify_bundle(bundle, self.trusted)  # files on disk may have been tampered with since install
-            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, self.batching_for(name),
+            batching, where = self.batching_for(name)
+            if where:
+                model_config.check_fits(batching, manifest.max_batch_size, name, where)
+            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, batching,
                                      self.cfg.threads, self._on_batch(name) if self._on_batch else None,
                                      engine_cache=self.root / ".engines")
         except Exception as exc:
@@ -195,11 +199,10 @@ class ModelRepository:
         if not (self.root / name).is_dir():
             raise ModelNotFound(f"unknown model {name!r}")
         if config is not None:
-            batching = model_config.parse(config, name, self.cfg.batching, "the config parameter")
+            batching = model_config.parse(config, name, self.cfg.batching, CONFIG_PARAMETER)
             live = self._live.get(name)
-            if live is not None and batching.max_batch_size > live.manifest.max_batch_size:
-                raise InvalidInput(f"the config parameter: max_batch_size {batching.max_batch_size} exceeds the"
-                                   f" {live.manifest.max_batch_size} that model {name!r}'s release allows")
+            if live is not None:  # refused before the reload (the reload checks it too, against the new release)
+                model_config.check_fits(batching, live.manifest.max_batch_size, name, CONFIG_PARAMETER)
             self._batching[name] = batching
         else:
             self._batching.pop(name, None)
@@ -212,14 +215,15 @@ class ModelRepository:
             self._batching.pop(name, None)
             raise ModelUnavailable(f"model {name!r} failed to load: {self._failed.get((name, want), self.index())}")
 
-    def batching_for(self, name: str) -> BatchingConfig:
-        """The load's config, else the model's config.json in the repository, else the server's flags."""
+    def batching_for(self, name: str) -> tuple[BatchingConfig, str]:
+        """The load's config, else the model's config.json in the repository, else the server's flags; with
+        where it came from ("" for the flags)."""
         if name in self._batching:
-            return self._batching[name]
+            return self._batching[name], CONFIG_PARAMETER
         path = self.root / name / model_config.FILE
         if path.is_file():
-            return model_config.parse(path.read_text(encoding="utf-8"), name, self.cfg.batching, str(path))
-        return self.cfg.batching
+            return model_config.parse(path.read_text(encoding="utf-8"), name, self.cfg.batching, str(path)), str(path)
+        return self.cfg.batching, ""
 
     def unload(self, name: str) -> None:
         with self._lock:

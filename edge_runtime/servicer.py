@@ -18,11 +18,11 @@ from proto import health_pb2, health_pb2_grpc
 
 from . import describe
 from .codec import classify, decode_inputs, encode_response, requested_outputs
-from .errors import EdgeError, InvalidInput, ModelNotFound, PermissionDenied, RegionNotFound, Unsupported
+from .errors import EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported
 from .log_settings import LogSettings
 from .metrics import Metrics
 from .repository import ModelRepository
-from .shared_memory import OFF, SharedMemory
+from .shared_memory import SharedMemory
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
@@ -230,13 +230,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.CudaSharedMemoryStatusResponse()  # none ever is
 
     async def CudaSharedMemoryRegister(self, request, context):
-        if not self.shm.allowed:
-            raise PermissionDenied(OFF)
+        self.shm.permit(context.peer())
         raise Unsupported(f"{SERVER_NAME} does not take CUDA shared memory; use system shared memory")
 
     async def CudaSharedMemoryUnregister(self, request, context):
-        if not self.shm.allowed:
-            raise PermissionDenied(OFF)
+        self.shm.permit(context.peer())
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing to unregister
 
 

@@ -79,7 +79,7 @@ class SharedMemory:
 
     # -- registration ----------------------------------------------------------------------------------------
     def register(self, name: str, key: str, offset: int, byte_size: int, peer: str) -> None:
-        self._permit(peer)
+        self.permit(peer)
         if not name:
             raise InvalidInput("a shared memory region needs a name")
         if name in self._regions:
@@ -111,7 +111,7 @@ class SharedMemory:
 
     def unregister(self, name: str, peer: str) -> None:
         """One region, or every region when ``name`` is empty; an unknown name is not an error (as Triton)."""
-        self._permit(peer)
+        self.permit(peer)
         for region in ([self._regions.pop(name, None)] if name else self._pop_all()):
             if region is not None:
                 os.close(region.fd)
@@ -134,7 +134,7 @@ class SharedMemory:
     # -- tensors -------------------------------------------------------------------------------------------
     def check(self, ref: ShmRef, tensor: str, peer: str) -> Region:
         """The region of ``ref``, which must lie inside it."""
-        self._permit(peer)
+        self.permit(peer)
         region = self._regions.get(ref.region)
         if region is None:
             raise InvalidInput(f"{tensor}: shared memory region {ref.region!r} is not registered")
@@ -161,7 +161,8 @@ class SharedMemory:
             n = os.pwrite(region.fd, view, at)
             view, at = view[n:], at + n
 
-    def _permit(self, peer: str) -> None:
+    def permit(self, peer: str) -> None:
+        """Client shared memory is on and ``peer`` is on this host, or PermissionDenied."""
         if not self.allowed:
             raise PermissionDenied(OFF)
         if not is_local_peer(peer):

@@ -335,6 +335,12 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in err.value.details(), what
         assert config().max_batch_size == 8 and batch(8)  # still the last good config
 
+        config_file.write_text(json.dumps({"max_batch_size": 65}))  # a file is held to the release's limit too
+        with pytest.raises(grpc.RpcError) as err:
+            load()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "exceeds the 64 that model" in err.value.details()
+        assert config().max_batch_size == 8 and batch(8)  # the version it had keeps serving
+
         config_file.write_text(json.dumps({"max_batch_size": 2, "dynamic_batching": {}}))
         load()  # a plain load reads the repository's config.json
         c = config()
