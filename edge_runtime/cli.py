@@ -12,14 +12,19 @@ def cmd_serve(a) -> int:
     from .batcher import BatchingConfig
     from .repository import ServingConfig
     from .server import EdgeConfig, serve
+    from .tls import ServerTLS
 
+    if (a.tls_cert is None) != (a.tls_key is None) or (a.tls_client_ca and not a.tls_cert):
+        raise ValueError("TLS needs --tls-cert and --tls-key together (and --tls-client-ca only with them)")
+    tls = ServerTLS(Path(a.tls_cert), Path(a.tls_key), Path(a.tls_client_ca) if a.tls_client_ca else None
+                    ) if a.tls_cert else None
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
                                                            a.instances))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
-                     allow_client_shm=a.allow_client_shm)
+                     allow_client_shm=a.allow_client_shm, tls=tls)
     return serve(cfg)
 
 
@@ -58,7 +63,7 @@ def cmd_predict(a) -> int:
 
     from .client import EdgeClient
 
-    client = EdgeClient(a.url)
+    client = EdgeClient(a.url, tls=_client_tls(a))
     try:
         meta = client.metadata(a.model)
         name = meta.inputs[0].name
@@ -75,6 +80,15 @@ def cmd_predict(a) -> int:
         client.close()
     print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in out.items()}))
     return 0
+
+
+def _client_tls(a):
+    """Channel credentials from ``--tls``/``--tls-ca``/``--tls-cert``/``--tls-key``; None: plaintext."""
+    if not (a.tls or a.tls_ca or a.tls_cert or a.tls_key):
+        return None
+    from .tls import channel_credentials
+
+    return channel_credentials(*(Path(f) if f else None for f in (a.tls_ca, a.tls_cert, a.tls_key)))
 
 
 def cmd_rollback(a) -> int:
@@ -140,6 +154,11 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                    help="let clients on this host pass tensors through system shared memory (Triton's extension;"
                         " off by default, as in Triton)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain); e.g. from"
+                   " `fedge certs issue NAME --hosts ...` (Triton's --grpc-use-ssl)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's unencrypted private key")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="mutual TLS: only clients with a certificate this CA signed"
+                   " may connect (Triton's --grpc-use-ssl-mutual)")
     p.set_defaults(fn=cmd_serve)
     p = edge.add_parser("install", help="verify and install a release bundle (dir or .tar)")
     p.add_argument("bundle")
@@ -160,6 +179,10 @@ def add_parser(sub) -> None:
     g.add_argument("--npy", help=".npy file with the input batch")
     p.add_argument("--top", type=int, default=0, metavar="K",
                    help="only the K best classes per row, as score:index:label (Triton's classification extension)")
+    p.add_argument("--tls", action="store_true", help="dial the server over TLS (implied by the --tls-* files)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate (default: the system's)")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for a server that requires one")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key")
     p.set_defaults(fn=cmd_predict)
     p = edge.add_parser("rollback", help="serve the previous installed version")
     p.add_argument("model")

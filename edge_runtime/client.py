@@ -12,9 +12,12 @@ from .datatypes import BYTES, datatype_of, deserialize_bytes, NUMPY, serialize_b
 
 
 class EdgeClient:
-    def __init__(self, url: str, max_message_bytes: int = 64 << 20) -> None:
-        self.channel = grpc.insecure_channel(url, options=[("grpc.max_send_message_length", max_message_bytes),
-                                                           ("grpc.max_receive_message_length", max_message_bytes)])
+    def __init__(self, url: str, max_message_bytes: int = 64 << 20, tls: grpc.ChannelCredentials | None = None) -> None:
+        """``tls``: credentials from ``edge_runtime.tls.channel_credentials`` for a TLS server; None: plaintext."""
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        self.channel = (grpc.secure_channel(url, tls, options=options) if tls is not None
+                        else grpc.insecure_channel(url, options=options))
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     def metadata(self, model: str) -> pb.ModelMetadataResponse:

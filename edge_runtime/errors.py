@@ -45,3 +45,7 @@ class BundleError(EdgeError):
 
 class AddressUnavailable(OSError):
     """The server cannot listen where it was told to (port taken, address not on this host)."""
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file that TLS cannot use; the message names the file and what is wrong."""

@@ -29,6 +29,7 @@ from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
 from .log_settings import FORMAT as LOG_FORMAT
 from .log_settings import LogSettings
 from .shared_memory import SharedMemory
+from .tls import ServerTLS
 
 log = logging.getLogger("fedge.edge")
 VERSION = "0.1.0"
@@ -48,6 +49,7 @@ class EdgeConfig:
     pull_interval_s: float = 10.0
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
+    tls: ServerTLS | None = None           # None: plaintext gRPC (Triton's default); metrics stay plain HTTP
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
@@ -74,12 +76,13 @@ class EdgeServer:
         self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
 
     def start(self) -> "EdgeServer":
+        creds = self.cfg.tls.credentials() if self.cfg.tls else None  # bad files fail here, before anything runs
         self.repo.refresh()
         self.repo.watch()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
-        self._server, self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(), self._loop).result()
+        self._server, self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(creds), self._loop).result()
         if self.cfg.metrics_port:
             from prometheus_client import start_http_server
 
@@ -95,7 +98,7 @@ class EdgeServer:
             self._puller.start()
         return self
 
-    async def _start_grpc(self) -> tuple[grpc.aio.Server, int]:
+    async def _start_grpc(self, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(self.metrics)],
             options=[("grpc.max_receive_message_length", self.cfg.max_message_bytes),
@@ -108,7 +111,8 @@ class EdgeServer:
             InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
         try:
-            port = server.add_insecure_port(f"{self.cfg.host}:{self.cfg.port}")
+            address = f"{self.cfg.host}:{self.cfg.port}"
+            port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         except RuntimeError as exc:  # gRPC says only "Failed to bind"
             raise AddressUnavailable(f"cannot serve gRPC on {self.cfg.host}:{self.cfg.port}: the address is in use"
                                      " or not available here") from exc
@@ -137,6 +141,7 @@ def serve(cfg: EdgeConfig) -> int:
     for row in server.repo.index():
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
+          + (f" ({cfg.tls.describe()})" if cfg.tls else "")
           + (f", metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "")
           + (f", pulling releases from {cfg.pull}" if cfg.pull else "")
           + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)

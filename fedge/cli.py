@@ -29,6 +29,21 @@ def cmd_certs_init(a) -> int:
     return 0
 
 
+def cmd_certs_issue(a) -> int:
+    from server.certs import CertPaths, issue_cert
+
+    paths = CertPaths(Path(a.certs))
+    if not paths.ca_key.exists():
+        print(f"fedge certs issue: no CA in {paths.dir} (expected {paths.ca.name} and {paths.ca_key.name} from"
+              " `fedge certs init`)", file=sys.stderr)
+        return 2
+    cert, key = issue_cert(paths, a.name, Path(a.out or a.certs), hosts=None if a.client else a.hosts)
+    kind = "client certificate (mutual TLS)" if a.client else (
+        "server certificate (SAN: localhost, 127.0.0.1, ::1" + "".join(f", {h}" for h in a.hosts) + ")")
+    print(f"{kind}: {cert}\nkey: {key}\nCA that verifies it: {paths.ca}")
+    return 0
+
+
 def cmd_coordinator_start(a) -> int:
     from server.coordinator import start
 
@@ -247,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", nargs="*", default=[], help="extra DNS names / IPs customers dial")
     p.add_argument("--clients", type=int, default=0, help="number of client bundles to create")
     p.set_defaults(fn=cmd_certs_init)
+    p = certs.add_parser("issue", help="another certificate from the CA: an edge server's, or a client's for mutual TLS")
+    p.add_argument("name", help="common name; the files are NAME.pem and NAME.key")
+    p.add_argument("--certs", required=True, help="dir from `fedge certs init` (holds ca.crt and ca.key)")
+    p.add_argument("--out", help="where to write NAME.pem and NAME.key (default: --certs)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--hosts", nargs="*", default=[], help="DNS names / IPs clients dial, besides localhost")
+    g.add_argument("--client", action="store_true", help="a client certificate (for `fedge edge serve --tls-client-ca`)")
+    p.set_defaults(fn=cmd_certs_issue)
 
     coord = sub.add_parser("coordinator", help="the coordinator (Flower SuperLink)").add_subparsers(dest="sub", required=True)
     p = coord.add_parser("start", help="run the coordinator in the foreground")
