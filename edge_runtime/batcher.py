@@ -42,6 +42,7 @@ class _Item:
     enqueued: float
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
+    trace: object | None = None                     # a tracing.Trace: told when its batch computed
 
 
 class DynamicBatcher:
@@ -60,10 +61,12 @@ class DynamicBatcher:
         self._queue.put(item)
         return item.future
 
-    def submit_async(self, inputs: dict[str, np.ndarray]) -> asyncio.Future:
-        """From a coroutine on the running loop: a future of that loop, settled on it."""
+    def submit_async(self, inputs: dict[str, np.ndarray], trace=None) -> asyncio.Future:
+        """From a coroutine on the running loop: a future of that loop, settled on it. ``trace`` (a
+        tracing.Trace) gets the timestamps of the batch this request runs in."""
         loop = asyncio.get_running_loop()
-        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(), loop.create_future(), loop)
+        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(), loop.create_future(), loop,
+                     trace)
         self._queue.put(item)
         return item.future
 
@@ -108,12 +111,16 @@ class DynamicBatcher:
 
     def _execute(self, batch: list[_Item], rows: int) -> None:
         started = time.perf_counter()
+        merged_at = ran_at = started
         try:
             if len(batch) == 1:
                 results = [self._run(batch[0].inputs)]
+                ran_at = time.perf_counter()
             else:
                 merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
+                merged_at = time.perf_counter()
                 outputs = self._run(merged)
+                ran_at = time.perf_counter()
                 results, offset = [], 0
                 for it in batch:
                     results.append({k: v[offset : offset + it.rows] for k, v in outputs.items()})
@@ -121,7 +128,11 @@ class DynamicBatcher:
             failure = None
         except Exception as exc:  # every waiter learns of the failure
             results, failure = [None] * len(batch), exc
-        computed = time.perf_counter() - started
+        ended = time.perf_counter()
+        computed = ended - started
+        for it in batch:
+            if it.trace is not None:
+                it.trace.compute(started, merged_at, ran_at, ended)
         if self._on_batch is not None:  # before anyone is answered: a client reading statistics sees its call
             try:
                 self._on_batch(rows, [started - it.enqueued for it in batch], computed)

@@ -13,18 +13,21 @@ def cmd_serve(a) -> int:
     from .repository import ServingConfig
     from .server import EdgeConfig, serve
     from .tls import ServerTLS
+    from .tracing import parse_config
 
     if (a.tls_cert is None) != (a.tls_key is None) or (a.tls_client_ca and not a.tls_cert):
         raise ValueError("TLS needs --tls-cert and --tls-key together (and --tls-client-ca only with them)")
     tls = ServerTLS(Path(a.tls_cert), Path(a.tls_key), Path(a.tls_client_ca) if a.tls_client_ca else None
                     ) if a.tls_cert else None
+    trace_file, trace = parse_config(a.trace_config)
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
                                                            a.instances))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
-                     allow_client_shm=a.allow_client_shm, tls=tls)
+                     allow_client_shm=a.allow_client_shm, tls=tls,
+                     trace_file=trace_file, trace=trace)
     return serve(cfg)
 
 
@@ -159,6 +162,10 @@ def add_parser(sub) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's unencrypted private key")
     p.add_argument("--tls-client-ca", metavar="PEM", help="mutual TLS: only clients with a certificate this CA signed"
                    " may connect (Triton's --grpc-use-ssl-mutual)")
+    p.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
+                   help="request tracing, as Triton's flag: triton,file=PATH (where traces go; only here, never over"
+                        " the network), level=OFF|TIMESTAMPS, rate=N (one request in N), count=N (-1: no limit),"
+                        " triton,log-frequency=N (write every N traces to PATH.0, PATH.1, ...; 0: at shutdown)")
     p.set_defaults(fn=cmd_serve)
     p = edge.add_parser("install", help="verify and install a release bundle (dir or .tar)")
     p.add_argument("bundle")

@@ -84,22 +84,27 @@ class LoadedModel:
             return self.postprocess(self.batcher.submit(feeds).result(timeout=timeout))
         return self.postprocess(self._run_timed(feeds, time.perf_counter()))
 
-    async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None) -> dict[str, np.ndarray]:
+    async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None,
+                        trace=None) -> dict[str, np.ndarray]:
         """The backend outputs for preprocessed ``feeds``, on the server's event loop: a batched request waits for
         its batch there; an unbatched one runs on a thread of ``executor``. (Running a lone request on the loop
         itself was tried: while the loop runs the model it receives nothing, so every request looked lone and
-        batching stopped; see docs/BENCHMARKS.md.)"""
+        batching stopped; see docs/BENCHMARKS.md.) ``trace``: a tracing.Trace told when the backend ran."""
         if self.batcher is not None:
-            return await self.batcher.submit_async(feeds)
-        return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter())
+            return await self.batcher.submit_async(feeds, trace)
+        return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter(),
+                                                                trace)
 
-    def _run_timed(self, feeds: dict[str, np.ndarray], submitted: float) -> dict[str, np.ndarray]:
+    def _run_timed(self, feeds: dict[str, np.ndarray], submitted: float, trace=None) -> dict[str, np.ndarray]:
         """One unbatched backend call, accounted like a batch of one."""
         started = time.perf_counter()
         try:
             return self.backend.run(feeds)
         finally:
-            self._executed(len(next(iter(feeds.values()))), [started - submitted], time.perf_counter() - started)
+            ended = time.perf_counter()
+            if trace is not None:
+                trace.compute(started, started, ended, ended)
+            self._executed(len(next(iter(feeds.values()))), [started - submitted], ended - started)
 
     def _executed(self, rows: int, queued: list[float], compute_s: float) -> None:
         self.stats.execution(rows, queued, compute_s)

@@ -30,6 +30,7 @@ from .log_settings import FORMAT as LOG_FORMAT
 from .log_settings import LogSettings
 from .shared_memory import SharedMemory
 from .tls import ServerTLS
+from .tracing import Tracer, TraceSettings
 
 log = logging.getLogger("fedge.edge")
 VERSION = "0.1.0"
@@ -50,6 +51,8 @@ class EdgeConfig:
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
     tls: ServerTLS | None = None           # None: plaintext gRPC (Triton's default); metrics stay plain HTTP
+    trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
+    trace: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
@@ -71,6 +74,7 @@ class EdgeServer:
         self._puller = None
         self.shm = SharedMemory(cfg.allow_client_shm)
         self.logs = LogSettings()  # serve() hands it the process's log handlers
+        self.tracer = Tracer(cfg.trace_file, cfg.trace)
 
     def _on_load(self, model) -> None:
         self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
@@ -108,7 +112,8 @@ class EdgeServer:
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs), server)
+            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs,
+                              self.tracer), server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
@@ -127,6 +132,7 @@ class EdgeServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
         self.shm.close()
+        self.tracer.close()
         self._executor.shutdown(wait=False)
         if self._http is not None and isinstance(self._http, tuple):
             self._http[0].shutdown()

@@ -23,10 +23,11 @@ from .log_settings import LogSettings
 from .metrics import Metrics
 from .repository import ModelRepository
 from .shared_memory import SharedMemory
+from .tracing import Tracer
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
-EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging", "trace"]
 STREAM_IN_FLIGHT = 256  # requests of one stream being answered at once; the stream is not read further meanwhile
 
 
@@ -78,11 +79,13 @@ def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
-                 shm: SharedMemory | None = None, logs: LogSettings | None = None) -> None:
+                 shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None
+                 ) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
         self.executor = executor  # threads for unbatched inference and model loading
         self.shm = shm or SharedMemory(allowed=False)
         self.logs = logs or LogSettings()
+        self.tracer = tracer or Tracer()
         self.extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
 
     async def ServerLive(self, request, context):
@@ -159,6 +162,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
         shm = self.shm.client(peer)
+        trace = self.tracer.sample(m.name, m.version, request.id) if self.tracer.active else None
+        if trace is not None:
+            trace.mark("REQUEST_START", started)
         try:
             wanted = requested_outputs(request, m.outputs)
             to_shm = {name: w.shm for name, w in wanted.items() if w.shm is not None}
@@ -166,7 +172,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 shm.check(ref, f"output {name!r}")
             feeds = m.preprocess(decode_inputs(request, m.inputs, m.max_batch_size, shm))
             decoded = time.perf_counter()
-            outputs = await m.run_async(feeds, self.executor)
+            if trace is not None:
+                trace.mark("QUEUE_START", decoded)
+            outputs = await m.run_async(feeds, self.executor, trace)
             ran = time.perf_counter()
             outputs = m.postprocess(outputs)
             outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count
@@ -175,6 +183,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except BaseException:
             m.stats.request(False, time.perf_counter() - started)
             raise
+        finally:
+            if trace is not None:
+                trace.mark("REQUEST_END", time.perf_counter())
+                self.tracer.finish(trace)
         done = time.perf_counter()
         m.stats.request(True, done - started, decoded - started, done - ran)
         self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
@@ -237,6 +249,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.shm.permit(context.peer())
         return pb.CudaSharedMemoryUnregisterResponse()  # nothing to unregister
 
+
+    async def TraceSetting(self, request, context):
+        if request.model_name and request.model_name not in self.repo.names():
+            raise ModelNotFound(f"unknown model {request.model_name!r}")
+        changes = {key: list(value.value) for key, value in request.settings.items()}
+        if changes:
+            self.tracer.update(changes, request.model_name)
+        resp = pb.TraceSettingResponse()
+        for key, values in self.tracer.settings(request.model_name).items():
+            resp.settings[key].value.extend(values)
+        return resp
 
     async def LogSettings(self, request, context):
         changes = {}
