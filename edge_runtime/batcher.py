@@ -78,15 +78,22 @@ class DynamicBatcher:
             t.join(timeout=30)
 
     def _loop(self) -> None:
+        """Requests whose caller has gone (a cancelled future: the client hung up or its deadline passed while
+        it was queued) are dropped instead of computed, so an overloaded server does not spend itself on answers
+        nobody waits for."""
         pending: _Item | None = None
         concurrent = False  # did this worker's last batch coalesce several requests?
         while True:
-            first = pending or self._queue.get()
+            first, pending = pending or self._queue.get(), None
             if first is None:
                 return
+            if first.future.cancelled():
+                continue
             batch, rows, pending, stop = self._gather(first, concurrent)
             concurrent = len(batch) > 1
-            self._execute(batch, rows)
+            live = [it for it in batch if not it.future.cancelled()]  # gone while the batch gathered
+            if live:
+                self._execute(live, rows if len(live) == len(batch) else sum(it.rows for it in live))
             if stop:
                 return
 
@@ -103,6 +110,8 @@ class DynamicBatcher:
                 break
             if item is None:
                 return batch, rows, None, True
+            if item.future.cancelled():
+                continue
             if rows + item.rows > self._cfg.max_batch_size:
                 return batch, rows, item, False
             batch.append(item)

@@ -56,7 +56,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             except EdgeError as exc:
                 self._count(method, request, exc.code_name)
                 await context.abort(getattr(grpc.StatusCode, exc.code_name), str(exc))
-            except (grpc.aio.AbortError, asyncio.CancelledError):
+            except asyncio.CancelledError:  # the client hung up or its deadline passed
+                self._count(method, request, "CANCELLED")
+                raise
+            except grpc.aio.AbortError:
                 raise
             except NotImplementedError:
                 await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not implemented by {SERVER_NAME}")

@@ -151,6 +151,31 @@ def test_async_failure_reaches_every_waiter_and_a_cancelled_waiter_harms_nobody(
     assert [str(e) for e in errors] == ["backend down"] * 3
 
 
+def test_requests_cancelled_while_queued_are_not_computed():
+    release, calls = threading.Event(), []
+
+    def run(inputs):
+        calls.append(inputs["x"][:, 0].tolist())
+        release.wait(5)
+        return inputs
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_queue_delay_us=20_000))
+
+    async def main():
+        blocker = b.submit_async({"x": np.zeros((1, 1))})  # the batcher is busy with this one
+        await asyncio.sleep(0.05)
+        queued = [b.submit_async({"x": np.full((1, 1), i)}) for i in range(1, 6)]
+        for i in (0, 2, 4):  # requests 1, 3 and 5: their clients hung up while they waited
+            queued[i].cancel()
+        release.set()
+        return await blocker, [await queued[i] for i in (1, 3)]
+
+    first, kept = asyncio.run(main())
+    b.close()
+    assert calls == [[0.0], [2.0, 4.0]]
+    assert [k["x"][0, 0] for k in kept] == [2.0, 4.0]
+
+
 def test_each_call_is_accounted_before_its_requests_are_answered_and_accounting_cannot_strand_them():
     seen = []
 
