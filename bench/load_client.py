@@ -16,10 +16,12 @@ import tritonclient.grpc as grpcclient
 
 
 def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
-        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "") -> dict:
+        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "", tls_ca: str = "") -> dict:
     """``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
     instead of one RPC per request. ``shm``: the input is read from, and ``output_name`` written into, system
-    shared memory (Triton's extension; an output region per outstanding request)."""
+    shared memory (Triton's extension; an output region per outstanding request). ``tls_ca``: dial over TLS,
+    verifying the server with this CA certificate."""
+    tls = {"ssl": True, "root_certificates": tls_ca} if tls_ca else {}
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     inp = grpcclient.InferInput(input_name, shape, "FP32")
     outputs = [None] * concurrency
@@ -50,7 +52,7 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
             send()
 
     if stream:
-        clients = [grpcclient.InferenceServerClient(url=url) for _ in range(concurrency)]
+        clients = [grpcclient.InferenceServerClient(url=url, **tls) for _ in range(concurrency)]
 
         def streamer(client, outs):
             sent = [0.0]
@@ -64,7 +66,7 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
 
         senders = [streamer(c, outs) for c, outs in zip(clients, outputs)]
     else:
-        clients = [grpcclient.InferenceServerClient(url=url)]
+        clients = [grpcclient.InferenceServerClient(url=url, **tls)]
 
         def unary(outs):
             def send():

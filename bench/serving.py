@@ -42,7 +42,9 @@ def _bundle(work: Path, art, key) -> Path:
 
 
 class _Server:
-    def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str, model: str = "resnet") -> None:
+    def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str, model: str = "resnet",
+                 tls_ca: Path | None = None) -> None:
+        """``tls_ca``: the server serves TLS (its flags say with what certificate); this CA verifies it."""
         from edge_runtime.bundle import load_public_key
         from edge_runtime.repository import install_bundle
         from fedge.cluster import EdgeServerProcess
@@ -52,20 +54,22 @@ class _Server:
         install_bundle(repo, bundle, load_public_key(pub))
         self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags)
         self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
-        self.model = model
+        self.model, self.tls_ca = model, tls_ca
 
     def wait_ready(self) -> None:
         import time
 
         import grpc
 
+        from edge_runtime.tls import channel_credentials
         from proto import grpc_service_pb2 as pb
         from proto import grpc_service_pb2_grpc as pb_grpc
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                with grpc.insecure_channel(self.url) as ch:
+                with (grpc.secure_channel(self.url, channel_credentials(self.tls_ca)) if self.tls_ca
+                      else grpc.insecure_channel(self.url)) as ch:
                     if pb_grpc.GRPCInferenceServiceStub(ch).ModelReady(pb.ModelReadyRequest(name=self.model), timeout=2).ready:
                         return
             except grpc.RpcError:
@@ -248,6 +252,14 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     return inproc_tput[64] / inproc_tput[1]
 
 
+def _certificates(out: Path) -> tuple[Path, Path, Path]:
+    """(server certificate, its key, CA) for the TLS setup, as `fedge certs init` makes them."""
+    from server.certs import init_certs
+
+    paths = init_certs(out)
+    return paths.server_cert, paths.server_key, paths.ca
+
+
 def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
     """What the server itself costs per request: the digits model (about 0.01 ms per call) served to 64
     tritonclient clients, with and without batching. Its requests/s is the most any model can be served at by one
@@ -259,9 +271,16 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
     t = progress.add_task("serving: front end (digits model, 64 clients)", total=1)
     priv, pub = generate_keys(work / "keys")
     bundle = untrained_bundle(work / "bundle", priv, "digits")
+    certs = _certificates(work / "certs")
     servers = {"batching": _Server(work, bundle, pub, "batching", "--backend", "onnxruntime-cpu", model="digits"),
                "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", "--backend", "onnxruntime-cpu",
-                                      model="digits")}
+                                      model="digits"),
+               "batching, TLS": _Server(work, bundle, pub, "tls", "--backend", "onnxruntime-cpu", "--tls-cert",
+                                        str(certs[0]), "--tls-key", str(certs[1]), model="digits", tls_ca=certs[2]),
+               "batching, tracing every request": _Server(
+                   work, bundle, pub, "trace", "--backend", "onnxruntime-cpu", "--trace-config",
+                   f"triton,file={work / 'trace.json'}", "--trace-config", "level=TIMESTAMPS", "--trace-config",
+                   "rate=1", "--trace-config", "triton,log-frequency=10000", model="digits")}
     drivers = _start_drivers()
     reps, seconds = (1, 2.0) if quick else (3, 4.0)
     runs: dict[str, list[dict]] = {}
@@ -276,7 +295,7 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
                 s = servers[str(name)]
                 cpu0 = s.cpu_seconds()
                 r = _drive(drivers, {"url": s.url, "model": "digits", "input_name": "input", "shape": [1, 1, 8, 8],
-                                     "seconds": seconds}, 64)
+                                     "seconds": seconds, "tls_ca": str(s.tls_ca or "")}, 64)
                 cpu1 = s.cpu_seconds()
                 # the window also spans the load generator's start-up, when the server is idle
                 r["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1) if cpu0 is not None else None
@@ -294,6 +313,8 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
                        f" measurement, median of {reps} repetition(s)", rows))
     sec.figures["frontend_rps_c64"] = med("batching", "throughput")
     sec.figures["frontend_cpu_us_per_request"] = med("batching", "cpu_us")
+    sec.figures["frontend_cpu_us_per_request_tls"] = med("batching, TLS", "cpu_us")
+    sec.figures["frontend_cpu_us_per_request_traced"] = med("batching, tracing every request", "cpu_us")
     sec.notes.append(
         "Front end: the server answers gRPC on an asyncio loop (grpc.aio); batched requests wait for their batch on"
         " the loop, and one finished batch wakes the loop once. Measured by hand side by side with the previous commit,"
@@ -301,3 +322,8 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
         " 305 us; 2,300-2,500 against about 3,800 requests/s at 64 clients), because every request's handler thread"
         " had to be woken and fight for the GIL. This machine's speed varies from hour to hour (shared host): compare"
         " rows of one run, not figures across runs.")
+    sec.notes.append(
+        "TLS row: the same server with --tls-cert/--tls-key (an ECDSA P-384 certificate from `fedge certs init`),"
+        " tritonclient with ssl=True; the handshake happens once per connection, so what remains is encrypting each"
+        " message. Tracing row: --trace-config level=TIMESTAMPS rate=1 (every request traced, the worst case; the"
+        " default rate is 1 in 1000), traces written every 10,000.")
