@@ -58,13 +58,13 @@ EXPLANATIONS = {
         " 0.1 ms more at 1 client than the thread-per-request server did (2.90 against 2.77 ms p50, 2,000 paired"
         " requests). Tried: no batch delay for a lone client (adaptive delay: saved about 0.5 ms); running a lone"
         " request on the caller's thread (no measurable gain with threads; on the event loop it stops batching,"
-        " since the loop receives nothing while it runs the model). A client that needs the lower latency can"
-        " have it from the same server with tritonclient's streaming API (a stream per client,"
-        " `async_stream_infer`): {serving_p50_c1_overhead_ms_stream:.2f} ms over in-process at 1 client, since"
-        " each request is then one message on an open stream, not a new HTTP/2 stream with headers and trailers."
-        " With the input and output in system shared memory instead (`--allow-client-shm`, for a client on the"
-        " device) it is {serving_p50_c1_overhead_ms_shm:.2f} ms: what remains is the RPC itself, not the 49 KB"
-        " tensor it carries.",
+        " since the loop receives nothing while it runs the model). The same server also takes tritonclient's"
+        " streaming API (a stream per client, `async_stream_infer`: each request one message on an open stream, not"
+        " a new HTTP/2 stream with headers and trailers) and, for a client on the device, system shared memory"
+        " (`--allow-client-shm`: the 49 KB tensor is not copied through gRPC): {serving_p50_c1_overhead_ms_stream:.2f}"
+        " and {serving_p50_c1_overhead_ms_shm:.2f} ms over in-process at 1 client in this run, 0.82 and 1.05 ms"
+        " (against 1.29 ms plain) in the run before. At 1 client on this shared 2-core VM these rows move between"
+        " runs by more than they differ, so neither is a dependable saving here; both leave the RPC itself.",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
         " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",

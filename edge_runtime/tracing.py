@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,6 +134,7 @@ class Tracer:
         self._ids = itertools.count(1)
         self._done: list[Trace] = []
         self._file_index = 0
+        self._writers: list[threading.Thread] = []
         self.active = self._ever_on = settings.on
 
     def effective(self, model: str = "") -> TraceSettings:
@@ -205,24 +207,37 @@ class Tracer:
         with self._lock:
             self._done.append(trace)
             every = self.effective(trace.model_name if trace.model_name in self._models else "").log_frequency
-            if every and len(self._done) >= every:
-                self._write(f"{self.file}.{self._file_index}")
-                self._file_index += 1
+            if not (every and len(self._done) >= every):
+                return
+            traces, self._done = self._done, []
+            path = Path(f"{self.file}.{self._file_index}")
+            self._file_index += 1
+        # off the event loop: serializing thousands of traces would hold up every request meanwhile
+        writer = threading.Thread(target=_write, args=(path, traces), name="fedge-trace-writer", daemon=True)
+        writer.start()
+        self._writers.append(writer)
 
     def close(self) -> None:
         """At shutdown, what has not been written yet: to FILE (log_frequency 0: every trace, or [] if tracing
         was on and caught none), or to the next FILE.N after periodic writes."""
+        for writer in self._writers:
+            writer.join(30)
         with self._lock:
             if self.file is None or not (self._done or (self._ever_on and self._file_index == 0)):
                 return
             periodic = self._file_index or self._global.log_frequency
-            self._write(f"{self.file}.{self._file_index}" if periodic else str(self.file))
+            _write(Path(f"{self.file}.{self._file_index}") if periodic else self.file, self._done)
+            self._done = []
 
-    def _write(self, path: str) -> None:
-        try:
-            Path(path).write_text(json.dumps([t.to_json() for t in self._done], indent=1) + "\n")
-        except OSError as exc:  # a full or read-only disk must not fail requests
-            log.error("cannot write %d traces to %s: %s", len(self._done), path, exc)
-            return
-        log.info("wrote %d traces to %s", len(self._done), path)
-        self._done = []
+
+def _write(path: Path, traces: list[Trace]) -> None:
+    """A JSON array, one trace per line, replacing ``path`` at once (a reader never sees half a file)."""
+    text = "[\n" + ",\n".join(json.dumps(t.to_json()) for t in traces) + "\n]\n"
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk must not fail requests
+        log.error("cannot write %d traces to %s: %s", len(traces), path, exc)
+        return
+    log.info("wrote %d traces to %s", len(traces), path)

@@ -2,6 +2,7 @@
 tritonclient (globally and per model), sampled requests' timestamps in the trace file in Triton's format, written
 at shutdown or every log-frequency traces; bad settings refused with the reason."""
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -69,6 +70,14 @@ def _infer(url: str, n: int, concurrency: int) -> None:
             list(pool.map(one, range(n)))
 
 
+def _wait_for(path, timeout: float = 20.0) -> list:
+    deadline = time.monotonic() + timeout
+    while not path.exists():  # written by a thread of its own, replaced at once (never half a file)
+        assert time.monotonic() < deadline, f"{path} was not written"
+        time.sleep(0.05)
+    return json.loads(path.read_text())
+
+
 def test_log_frequency_writes_numbered_files_while_serving(tmp_path, keys, digits_bundle):
     trace_file = tmp_path / "t.json"
     run = serving(tmp_path, keys, (digits_bundle,), "--trace-config", f"triton,file={trace_file}",
@@ -77,7 +86,7 @@ def test_log_frequency_writes_numbered_files_while_serving(tmp_path, keys, digit
     server = next(run)
     try:
         _infer(server.url, 8, concurrency=8)
-        first = [json.loads((tmp_path / f"t.json.{i}").read_text()) for i in range(2)]  # written while serving
+        first = [_wait_for(tmp_path / f"t.json.{i}") for i in range(2)]  # written while serving
         _infer(server.url, 3, concurrency=1)
     finally:
         next(run, None)
