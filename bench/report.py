@@ -32,8 +32,9 @@ EXPLANATIONS = {
         " float (input quantize, global average pool, requantizing residual adds). Tried: the TensorRT-form int8"
         " activation model (slower than FP32 here: ONNX Runtime fuses only part of it into integer kernels), per-channel weights (kept).",
     "serving_c64_vs_inprocess": "The batch worker shares the 2 cores with the server's Python front end and the"
-        " load generator, so this figure moves with the shared host's load: 0.92 (met) in the run before, and on"
-        " 2026-11-23 the previous commit and this one, served side by side, gave the same c1 and c64 figures.",
+        " load generator, so this figure moves with the shared host's load: 0.86 and 0.81 (met) in the two runs"
+        " before on 2026-11-23, the second with the same batcher and front end as this one (its front-end row,"
+        " 3,123 requests/s, matches this run's).",
     "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
         " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
         " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
