@@ -173,8 +173,10 @@ class Tracer:
             if "TIMESTAMPS" in replace(glob, **own).level and self.file is None:
                 raise InvalidInput("tracing needs a trace file, and this server was started without one: start it"
                                    " with --trace-config triton,file=PATH")
-            if model:
+            if own:
                 self._models[model] = own
+            else:  # nothing of its own left: the model follows the global settings and counter again
+                self._models.pop(model, None)
             self._global = glob
             self._refresh()
         log.warning("trace settings%s now %s", f" of model {model}" if model else "", self.settings(model))
@@ -183,8 +185,8 @@ class Tracer:
         """A Trace if this request is one to trace, else None (also counts the request toward the rate). A model
         with settings of its own has its own request counter, and its own trace budget if it set trace_count."""
         with self._lock:
-            own = self._models.get(model)
-            scope = model if own is not None else ""
+            own = self._models.get(model)  # never empty: update() drops a model with nothing of its own
+            scope = model if own else ""
             s = replace(self._global, **own) if own else self._global
             if not s.on:
                 return None
@@ -192,7 +194,7 @@ class Tracer:
             if seen % s.rate:
                 return None
             if s.count > 0:
-                if own is not None and "count" in own:
+                if own and "count" in own:
                     own["count"] = s.count - 1
                 else:
                     self._global = replace(self._global, count=s.count - 1)
@@ -206,7 +208,7 @@ class Tracer:
     def finish(self, trace: Trace) -> None:
         with self._lock:
             self._done.append(trace)
-            every = self.effective(trace.model_name if trace.model_name in self._models else "").log_frequency
+            every = self.effective(trace.model_name).log_frequency
             if not (every and len(self._done) >= every):
                 return
             traces, self._done = self._done, []
