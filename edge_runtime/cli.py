@@ -24,6 +24,7 @@ def cmd_serve(a) -> int:
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
                                                            a.instances))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
+                     http_port=a.http_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      allow_client_shm=a.allow_client_shm, tls=tls,
@@ -142,6 +143,8 @@ def add_parser(sub) -> None:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8001)
     p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=int, default=8000,
+                   help="KServe v2 REST endpoint (Triton's HTTP protocol: tritonclient.http, curl); 0: none")
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per model")
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -157,7 +160,7 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                    help="let clients on this host pass tensors through system shared memory (Triton's extension;"
                         " off by default, as in Triton)")
-    p.add_argument("--tls-cert", metavar="PEM", help="serve gRPC over TLS with this certificate (chain); e.g. from"
+    p.add_argument("--tls-cert", metavar="PEM", help="serve gRPC (and HTTP) over TLS with this certificate (chain); e.g. from"
                    " `fedge certs issue NAME --hosts ...` (Triton's --grpc-use-ssl)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's unencrypted private key")
     p.add_argument("--tls-client-ca", metavar="PEM", help="mutual TLS: only clients with a certificate this CA signed"

@@ -1,5 +1,6 @@
 """``fedge edge serve``: the edge runtime process. One gRPC server (Open Inference Protocol + grpc.health.v1,
-grpc.aio on an event loop of its own thread), one Prometheus endpoint, a repository watcher that hot-swaps
+grpc.aio on an event loop of its own thread), the KServe v2 REST endpoint on the same loop and the same
+servicer, one Prometheus endpoint, a repository watcher that hot-swaps
 verified new versions, and optionally a puller that fetches signed releases from the coordinator.
 
 Why asyncio: with a thread per request, every request's handler thread must be woken to pick up its result and
@@ -23,8 +24,10 @@ from proto import health_pb2_grpc
 from .batcher import BatchingConfig
 from .bundle import load_public_key
 from .errors import AddressUnavailable
+from .http_server import HttpServer
 from .metrics import Metrics
 from .repository import ModelRepository, ServingConfig
+from .rest import RestApi
 from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
 from .log_settings import FORMAT as LOG_FORMAT
 from .log_settings import LogSettings
@@ -43,6 +46,7 @@ class EdgeConfig:
     host: str = "0.0.0.0"
     port: int = 8001
     metrics_port: int = 8002               # 0: no metrics endpoint
+    http_port: int = 8000                  # KServe v2 REST (Triton's HTTP port); 0: no HTTP endpoint
     serving: ServingConfig = field(default_factory=ServingConfig)
     max_message_bytes: int = 64 << 20      # larger requests get RESOURCE_EXHAUSTED (Triton's default)
     workers: int = 8                       # threads for unbatched inference and model loading
@@ -50,12 +54,12 @@ class EdgeConfig:
     pull_interval_s: float = 10.0
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
-    tls: ServerTLS | None = None           # None: plaintext gRPC (Triton's default); metrics stay plain HTTP
+    tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default); metrics stay plain
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
     trace: TraceSettings = field(default_factory=TraceSettings)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536 or not 0 <= self.metrics_port < 65536:
+        if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
             raise ValueError("ports must be in [0, 65535]")
 
 
@@ -70,7 +74,9 @@ class EdgeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fedge-infer")
-        self._http = None
+        self._metrics_http = None
+        self._rest: HttpServer | None = None
+        self.http_port = 0
         self._puller = None
         self.shm = SharedMemory(cfg.allow_client_shm)
         self.logs = LogSettings()  # serve() hands it the process's log handlers
@@ -81,17 +87,27 @@ class EdgeServer:
 
     def start(self) -> "EdgeServer":
         creds = self.cfg.tls.credentials() if self.cfg.tls else None  # bad files fail here, before anything runs
+        https = self.cfg.tls.ssl_context() if self.cfg.tls and self.cfg.http_port else None
         self.repo.refresh()
         self.repo.watch()
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
-        self._server, self.port = asyncio.run_coroutine_threadsafe(self._start_grpc(creds), self._loop).result()
+        servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs, self.tracer)
+        self._server, self.port = self._call(self._start_grpc(servicer, creds))
+        if self.cfg.http_port:
+            self._rest = HttpServer(RestApi(servicer), self.cfg.max_message_bytes, https)
+            try:
+                self.http_port = self._call(self._rest.start(self.cfg.host, self.cfg.http_port))
+            except OSError as exc:
+                self.stop()
+                raise AddressUnavailable(f"cannot serve HTTP on {self.cfg.host}:{self.cfg.http_port}: {exc.strerror}"
+                                         ) from exc
         if self.cfg.metrics_port:
             from prometheus_client import start_http_server
 
             try:
-                self._http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=self.metrics.registry)
+                self._metrics_http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=self.metrics.registry)
             except OSError as exc:
                 self.stop()
                 raise AddressUnavailable(f"cannot serve metrics on {self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror}") from exc
@@ -102,7 +118,12 @@ class EdgeServer:
             self._puller.start()
         return self
 
-    async def _start_grpc(self, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
+    def _call(self, coro):
+        """Run ``coro`` on the server's event loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _start_grpc(self, servicer: InferenceServicer, creds: grpc.ServerCredentials | None
+                          ) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor(self.metrics)],
             options=[("grpc.max_receive_message_length", self.cfg.max_message_bytes),
@@ -111,9 +132,7 @@ class EdgeServer:
                      # it (each getting some of the connections) instead of failing to start
                      ("grpc.so_reuseport", 0)],
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs,
-                              self.tracer), server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
@@ -127,6 +146,8 @@ class EdgeServer:
     def stop(self, grace: float = 5.0) -> None:
         if self._puller is not None:
             self._puller.stop()
+        if self._rest is not None:
+            asyncio.run_coroutine_threadsafe(self._rest.stop(), self._loop).result(grace + 5)
         if self._server is not None:
             asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(grace + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -134,8 +155,8 @@ class EdgeServer:
         self.shm.close()
         self.tracer.close()
         self._executor.shutdown(wait=False)
-        if self._http is not None and isinstance(self._http, tuple):
-            self._http[0].shutdown()
+        if self._metrics_http is not None and isinstance(self._metrics_http, tuple):
+            self._metrics_http[0].shutdown()
         self.repo.close()
 
 
@@ -148,6 +169,7 @@ def serve(cfg: EdgeConfig) -> int:
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
           + (f" ({cfg.tls.describe()})" if cfg.tls else "")
+          + (f", HTTP (KServe v2 REST) on {cfg.host}:{server.http_port}" if server.http_port else "")
           + (f", metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "")
           + (f", pulling releases from {cfg.pull}" if cfg.pull else "")
           + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)

@@ -118,7 +118,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelStatisticsResponse(model_stats=[m.stats.to_proto(m.name, str(m.version)) for m in models])
 
     async def ModelInfer(self, request, context):
-        return await self._infer(request, context.peer())
+        return await self.infer(request, context.peer())
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference: each request of the stream is answered as soon as it is done (requests
@@ -130,7 +130,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def answer(request) -> None:
             try:
-                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self._infer(request, peer)))
+                answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self.infer(request, peer)))
             except EdgeError as exc:
                 count_failure(self.metrics, request, exc.code_name)
                 answers.put_nowait(pb.ModelStreamInferResponse(error_message=f"[{exc.code_name}] {exc}"))
@@ -161,7 +161,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             for task in (reader, *running):
                 task.cancel()
 
-    async def _infer(self, request, peer: str) -> pb.ModelInferResponse:
+    async def infer(self, request, peer: str) -> pb.ModelInferResponse:
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
         shm = self.shm.client(peer)

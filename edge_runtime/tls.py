@@ -1,8 +1,9 @@
-"""TLS for the edge runtime's gRPC endpoint (Triton's ``--grpc-use-ssl``/``--grpc-use-ssl-mutual``) and for the
-clients that dial it. Files are checked up front, so a wrong path, a key that is not the certificate's or an
+"""TLS for the edge runtime's gRPC and HTTP endpoints (Triton's ``--grpc-use-ssl``/``--grpc-use-ssl-mutual``) and
+for the clients that dial them. Files are checked up front, so a wrong path, a key that is not the certificate's or an
 encrypted key fails ``fedge edge serve`` at start with the file named, not every client at its first handshake."""
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,18 @@ class ServerTLS:
         chain, key = _key_pair(self.cert, self.key)
         ca = _certificates(self.client_ca, "client CA")[0] if self.client_ca else None
         return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same certificate (and client CA) for the HTTP endpoint."""
+        _key_pair(self.cert, self.key)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert, self.key)
+        if self.client_ca:
+            _certificates(self.client_ca, "client CA")
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(cafile=self.client_ca)
+        return ctx
 
     def describe(self) -> str:
         return "TLS, client certificates required" if self.client_ca else "TLS"

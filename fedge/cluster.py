@@ -143,15 +143,18 @@ class EdgeServerProcess:
     """``fedge edge serve`` as a real process on 127.0.0.1 with free ports (the demo, the tests, the benchmarks)."""
 
     def __init__(self, repo: Path, trust: Path, log: Path, *flags: str, timeout: float = 60.0) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.http_url = f"127.0.0.1:{self.http_port}"
         self.repo = Path(repo)
         self.log = Path(log)
         self.proc = spawn(fedge_cmd("edge", "serve", "--repo", str(repo), "--trust", str(trust), "--host", "127.0.0.1",
-                                    "--port", str(self.port), "--metrics-port", str(self.metrics_port), *flags),
+                                    "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                                    "--http-port", str(self.http_port), *flags),
                           self.log, env=fedge_env())
         try:
             wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.proc)
+            wait_port("127.0.0.1", self.http_port, timeout=timeout, proc=self.proc)  # bound right after gRPC
         except Exception as exc:
             raise RuntimeError(f"edge server did not start: {exc}; log {self.log}") from exc
 

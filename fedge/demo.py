@@ -154,7 +154,7 @@ def edge_stage(console, fed, bundle, files) -> None:
     from .cluster import EdgeServerProcess
     from .tasks import get_task, split_holdout
 
-    console.rule("edge: verified install, KServe v2 gRPC serving")
+    console.rule("edge: verified install, KServe v2 serving (gRPC and HTTP)")
     repo, trust = fed.root / "edge-repo", fed.state / "keys" / "release.pub"
     name, version = install_bundle(repo, bundle, load_public_key(trust))
     server = EdgeServerProcess(repo, trust, fed.root / "logs" / "edge.out")
@@ -169,6 +169,18 @@ def edge_stage(console, fed, bundle, files) -> None:
         pred = [int(v.decode()) if isinstance(v, bytes) else int(v) for v in out["label"].reshape(-1)]
         console.print(f"predictions over gRPC for 8 of {files[0].stem}'s holdout digits: {pred}")
         console.print(f"true labels:                                       {y.tolist()}")
+        console.print(f"the same over KServe v2 REST (http://{server.http_url}, JSON): {_labels_over_http(server.http_url, name, x)}")
         client.close()
     finally:
         server.stop()
+
+
+def _labels_over_http(url: str, model: str, x) -> list[int]:
+    """What curl or tritonclient.http would send: one JSON inference request to the REST endpoint."""
+    import json
+    import urllib.request
+
+    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
+           "outputs": [{"name": "label"}]}
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/infer", json.dumps(doc).encode(), timeout=30) as resp:
+        return [int(v) for v in json.loads(resp.read())["outputs"][0]["data"]]

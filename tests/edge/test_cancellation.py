@@ -18,7 +18,7 @@ from proto import grpc_service_pb2_grpc as pb_grpc
 def slow_server(tmp_path, keys, digits_bundle):
     install_bundle(tmp_path / "repo", digits_bundle, load_public_key(keys[1]))
     server = EdgeServer(EdgeConfig(repo=tmp_path / "repo", trust=keys[1], host="127.0.0.1", port=0,
-                                   metrics_port=0)).start()
+                                   metrics_port=0, http_port=0)).start()
     batcher = server.repo.get("digits").batcher
     run, computed = batcher._run, []
 

@@ -395,7 +395,7 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
     some of the connections. fedge's refuses to start, saying why."""
     try:
         out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                    "--port", str(edge_server.port), "--metrics-port", "0", timeout=60)
+                    "--port", str(edge_server.port), "--metrics-port", "0", "--http-port", "0", timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("a second server started on a port already in use")
     assert out.returncode == 2 and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr

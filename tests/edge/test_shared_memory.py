@@ -206,3 +206,44 @@ def test_inputs_in_shared_memory_and_on_the_wire_mix_in_one_request(shm_object):
             decode_inputs(req, expected, 8, registry.client("ipv4:10.0.0.9:1"))
     finally:
         registry.close()
+
+
+def test_shared_memory_over_http_as_tritonclient_http_uses_it(shm_server, shm_object, digits_bundle):
+    """Register, infer with the input and the logits in one region, status, unregister: Triton's HTTP routes."""
+    import http.client
+
+    x = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
+    key, path = shm_object(x.nbytes + 80)
+    path.write_bytes(x.tobytes() + bytes(80))
+    conn = http.client.HTTPConnection("127.0.0.1", shm_server.http_port, timeout=10)
+
+    def call(method: str, url: str, doc=None) -> tuple[int, object]:
+        conn.request(method, url, json.dumps(doc).encode() if doc is not None else None)
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, json.loads(body) if body else None
+
+    assert call("POST", "/v2/systemsharedmemory/region/io/register",
+                {"key": key, "offset": 0, "byte_size": x.nbytes + 80}) == (200, None)
+    status, regions = call("GET", "/v2/systemsharedmemory/status")
+    assert status == 200 and regions == [{"name": "io", "key": key, "offset": 0, "byte_size": x.nbytes + 80}]
+    region = {"shared_memory_region": "io"}
+    status, resp = call("POST", "/v2/models/digits/infer", {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                    "parameters": {**region, "shared_memory_byte_size": x.nbytes}}],
+        "outputs": [{"name": "logits", "parameters": {**region, "shared_memory_byte_size": 80,
+                                                      "shared_memory_offset": x.nbytes}},
+                    {"name": "label"}]})
+    assert status == 200, resp
+    logits, label = resp["outputs"]
+    assert "data" not in logits and logits["parameters"]["shared_memory_byte_size"] == 80
+    written = np.frombuffer(path.read_bytes()[x.nbytes:], dtype=np.float32).reshape(2, 10)
+    expected = reference_logits(digits_bundle, x)
+    np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6)
+    labels = json.loads((digits_bundle / "manifest.json").read_text())["labels"]
+    assert label["data"] == [labels[i] for i in expected.argmax(1)]
+    assert call("POST", "/v2/systemsharedmemory/region/io/unregister") == (200, None)
+    assert call("GET", "/v2/systemsharedmemory/status") == (200, [])
+    status, err = call("GET", "/v2/systemsharedmemory/region/io/status")
+    assert status == 404 and "io" in err["error"]
+    conn.close()

@@ -1,6 +1,9 @@
-"""TLS on the edge runtime's gRPC endpoint: server-only and mutual, driven over the wire by tritonclient.grpc and
+"""TLS on the edge runtime's gRPC and HTTP endpoints: server-only and mutual, driven over the wire by tritonclient.grpc and
 `fedge edge predict`, with certificates from `fedge certs init` / `fedge certs issue`; bad files refused at start."""
+import http.client
 import json
+import ssl
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,7 +91,7 @@ def test_serve_refuses_unusable_tls_files_at_start(case, pki, keys, tmp_path):
         "key_without_cert": "TLS needs --tls-cert and --tls-key together",
     }[case]
     out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", *flags, timeout=60)
+                "--port", "0", "--metrics-port", "0", "--http-port", "0", *flags, timeout=60)
     assert out.returncode == 2 and expected in out.stderr, out.stderr
 
 
@@ -105,3 +108,31 @@ def test_issued_certificates_name_what_they_are_for(pki):
     assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     client.verify_directly_issued_by(ca)
     assert oct((pki / "ca" / "camera-7.key").stat().st_mode & 0o777) == "0o600"
+
+
+def _https_ready(port: int, ca: Path, cert: Path | None = None, key: Path | None = None) -> int:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", "/v2/health/ready")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_the_http_endpoint_uses_the_same_tls(tls_server, mutual_server, pki):
+    ca = pki / "ca"
+    assert _https_ready(tls_server.http_port, ca / "ca.crt") == 200
+    assert _https_ready(mutual_server.http_port, ca / "ca.crt", ca / "camera-7.pem", ca / "camera-7.key") == 200
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # no client certificate: refused in the handshake
+        _https_ready(mutual_server.http_port, ca / "ca.crt")
+    with pytest.raises(ssl.SSLCertVerificationError):  # a server this CA did not sign is not trusted
+        _https_ready(tls_server.http_port, pki / "other" / "ca.crt")
+    plain = http.client.HTTPConnection("127.0.0.1", tls_server.http_port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):  # plaintext to a TLS port gets no answer
+        plain.request("GET", "/v2/health/ready")
+        plain.getresponse()
+    plain.close()
+    assert _https_ready(tls_server.http_port, ca / "ca.crt") == 200  # and the server is still there

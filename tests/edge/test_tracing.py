@@ -123,5 +123,5 @@ def test_tracing_needs_a_file_given_at_start(edge_server):
 def test_bad_trace_config_is_refused_at_start(flags, message, keys, tmp_path):
     args = [a for f in flags for a in ("--trace-config", f)]
     out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", *args, timeout=60)
+                "--port", "0", "--metrics-port", "0", "--http-port", "0", *args, timeout=60)
     assert out.returncode == 2 and message in out.stderr, out.stderr
