@@ -1,8 +1,9 @@
 """The serving benchmark's load generator, in its own process (tritonclient bundles protos of the same names as
-fedge's): ``tritonclient.grpc`` exactly as a Triton user drives a server. Reads one JSON command per stdin line,
-runs a closed loop of ``concurrency`` outstanding batch-1 requests (``async_infer``, or ``async_stream_infer`` on one
-stream; each reply sends the next; optionally with the input and output in system shared memory) for ``seconds``,
-answers one JSON line: requests, errors, seconds, latency percentiles in ms."""
+fedge's): ``tritonclient.grpc`` (or ``tritonclient.http.aio`` for the REST endpoint) exactly as a Triton user
+drives a server. Reads one JSON command per stdin line, runs a closed loop of ``concurrency`` outstanding batch-1
+requests (``async_infer``, or ``async_stream_infer`` on one stream; each reply sends the next; optionally with the
+input and output in system shared memory) for ``seconds``, answers one JSON line: requests, errors, seconds,
+latency percentiles in ms."""
 from __future__ import annotations
 
 import json
@@ -16,13 +17,20 @@ import tritonclient.grpc as grpcclient
 
 
 def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
-        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "", tls_ca: str = "") -> dict:
-    """``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
+        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "", tls_ca: str = "",
+        http: bool = False) -> dict:
+    """``http``: ``url`` is the REST endpoint, driven by tritonclient.http.aio (binary tensors, its default).
+    ``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
     instead of one RPC per request. ``shm``: the input is read from, and ``output_name`` written into, system
     shared memory (Triton's extension; an output region per outstanding request). ``tls_ca``: dial over TLS,
     verifying the server with this CA certificate."""
     tls = {"ssl": True, "root_certificates": tls_ca} if tls_ca else {}
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    if http:
+        import asyncio
+
+        lat, errors, elapsed = asyncio.run(_http_loop(url, model, input_name, x, concurrency, seconds))
+        return _summary(lat, errors, elapsed, samples)
     inp = grpcclient.InferInput(input_name, shape, "FP32")
     outputs = [None] * concurrency
     regions = SharedRegions(url, x, concurrency) if shm else None
@@ -86,6 +94,40 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
         c.close()
     if regions is not None:
         regions.close()
+    return _summary(lat, errors, elapsed, samples)
+
+
+async def _http_loop(url: str, model: str, input_name: str, x: np.ndarray, concurrency: int, seconds: float
+                     ) -> tuple[list[float], list[str], float]:
+    """``concurrency`` coroutines on one aiohttp session, each sending its next request when its reply is in."""
+    import asyncio
+
+    import tritonclient.http.aio as httpclient
+
+    client = httpclient.InferenceServerClient(url=url, conn_limit=concurrency)
+    inp = httpclient.InferInput(input_name, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    lat, errors = [], []
+    deadline = time.perf_counter() + seconds
+
+    async def one_client() -> None:
+        while time.perf_counter() < deadline and not errors:
+            t0 = time.perf_counter()
+            try:
+                await client.infer(model, [inp])
+            except Exception as exc:
+                errors.append(str(exc))
+                return
+            lat.append(time.perf_counter() - t0)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    await client.close()
+    return lat, errors, elapsed
+
+
+def _summary(lat: list[float], errors: list[str], elapsed: float, samples: bool) -> dict:
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
     out = {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
            "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),

@@ -34,7 +34,7 @@ EXPLANATIONS = {
     "serving_c64_vs_inprocess": "The batch worker shares the 2 cores with the server's Python front end and the"
         " load generator, so this figure moves with the shared host's load: 0.86 and 0.81 (met) in the two runs"
         " before on 2026-11-23, the second with the same batcher and front end as this one (its front-end row,"
-        " 3,123 requests/s, matches this run's).",
+        " 3,123 requests/s, matches this run's). Over HTTP in this run: {serving_c64_vs_inprocess_http:.2f}.",
     "batching_gain_c64": "In-process, this INT8 ResNet is barely faster per image at batch 64 than at batch 1 on"
         " this CPU (see the serving table), so coalescing requests cannot give 3x here; without batching,"
         " concurrent requests run on both cores from the inference threads, which one batch worker gives up."
@@ -44,7 +44,9 @@ EXPLANATIONS = {
         " Python front end (about 1,800 requests/s per process against 22,800 images/s in-process). The asyncio"
         " front end now serves {frontend_rps_c64:.0f} requests/s of a trivial model here on 2 shared cores"
         " ({frontend_cpu_us_per_request:.0f} us of server CPU per request; the thread-per-request server used about 1.5x"
-        " as much, measured side by side by hand); not yet re-measured on a GPU.",
+        " as much, measured side by side by hand); not yet re-measured on a GPU. The KServe v2 REST endpoint"
+        " (fedge's own asyncio HTTP/1.1 server on the same loop) costs {frontend_cpu_us_per_request_http:.0f} us"
+        " per request in the same table: for request rates a GPU could absorb, HTTP is the cheaper door.",
     "serving_p50_c1_overhead_ms": "A bare Python gRPC round trip without any model (ServerLive) already takes"
         " {grpc_live_rtt_p50_ms:.2f} ms p50 on this 2-core machine, with the load generator on the same cores."
         " And the reference is a hot loop: in-process, the same batch-1 call takes {inprocess_b1_after_idle_p50_ms:.2f}"
@@ -65,7 +67,8 @@ EXPLANATIONS = {
         " (`--allow-client-shm`: the 49 KB tensor is not copied through gRPC): {serving_p50_c1_overhead_ms_stream:.2f}"
         " and {serving_p50_c1_overhead_ms_shm:.2f} ms over in-process at 1 client in this run, 0.82 and 1.05 ms"
         " (against 1.29 ms plain) in the run before. At 1 client on this shared 2-core VM these rows move between"
-        " runs by more than they differ, so neither is a dependable saving here; both leave the RPC itself.",
+        " runs by more than they differ, so neither is a dependable saving here; both leave the RPC itself."
+        " Over HTTP (tritonclient.http.aio against the REST endpoint, binary tensors): {serving_p50_c1_overhead_ms_http:.2f} ms.",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
         " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",

@@ -23,6 +23,7 @@ from .timing import interleaved, stats
 CONCURRENCY = (1, 8, 64)
 STREAMING = "batching, a stream per client"  # the batching server driven with tritonclient's async_stream_infer
 SHARED = "batching, input and output in shared memory"  # ... and with Triton's system shared memory extension
+HTTP = "batching, over HTTP (tritonclient.http.aio)"  # ... and over the KServe v2 REST endpoint instead of gRPC
 
 
 def _bundle(work: Path, art, key) -> Path:
@@ -54,6 +55,7 @@ class _Server:
         install_bundle(repo, bundle, load_public_key(pub))
         self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags)
         self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
+        self.http_url = self.server.http_url
         self.model, self.tls_ca = model, tls_ca
 
     def wait_ready(self) -> None:
@@ -128,7 +130,7 @@ def _drive(drivers: list[subprocess.Popen], cmd: dict, concurrency: int) -> dict
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    sec = Section("Edge serving over gRPC (tritonclient.grpc, ResNet-18-style INT8)")
+    sec = Section("Edge serving over gRPC and HTTP (tritonclient, ResNet-18-style INT8)")
     inproc_b64_vs_b1 = measure(sec, work, progress, quick, backend="onnxruntime-cpu")
     sec.notes += [
         "Without batching, concurrent requests run as separate ONNX Runtime calls on the server's inference threads"
@@ -195,7 +197,8 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
         reps, seconds = (1, 2.0) if quick else (3, 4.0)
         runs: dict[tuple[str, int], list[dict]] = {}
         setups = {name: (name, {}) for name in servers} | {STREAMING: ("batching", {"stream": True}),
-                                                            SHARED: ("batching", {"shm": True, "output_name": "logits"})}
+                                                            SHARED: ("batching", {"shm": True, "output_name": "logits"}),
+                                                            HTTP: ("batching", {"http": True})}
         t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients", total=reps * len(setups) * len(CONCURRENCY))
         rng = np.random.default_rng(0)
         for _ in range(reps):
@@ -204,7 +207,7 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
                 s = servers[server]
                 for c in CONCURRENCY:
                     before = s.batch_stats()
-                    r = _drive(drivers, {"url": s.url, "model": "resnet", "input_name": "input",
+                    r = _drive(drivers, {"url": s.http_url if mode.get("http") else s.url, "model": "resnet", "input_name": "input",
                                          "shape": [1, *resnet.INPUT], "seconds": seconds, **mode}, c)
                     after = s.batch_stats()
                     r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
@@ -236,6 +239,8 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     sec.figures["serving_p50_c1_overhead_ms" + suffix] = med("batching", 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["serving_p50_c1_overhead_ms_stream" + suffix] = med(STREAMING, 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["serving_p50_c1_overhead_ms_shm" + suffix] = med(SHARED, 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["serving_p50_c1_overhead_ms_http" + suffix] = med(HTTP, 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["serving_c64_vs_inprocess_http" + suffix] = med(HTTP, 64, "throughput") / inproc_tput[best_batch]
     sec.figures["grpc_live_rtt_p50_ms" + suffix] = live_p50_ms
     sec.figures["inprocess_b1_p50_ms" + suffix] = inproc_p50_b1_ms
     sec.figures["inprocess_b1_after_idle_p50_ms" + suffix] = statistics.median(idle) * 1e3
@@ -281,21 +286,24 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
                    work, bundle, pub, "trace", "--backend", "onnxruntime-cpu", "--trace-config",
                    f"triton,file={work / 'trace.json'}", "--trace-config", "level=TIMESTAMPS", "--trace-config",
                    "rate=1", "--trace-config", "triton,log-frequency=10000", model="digits")}
+    setups = {name: (name, {}) for name in servers} | {"batching, over HTTP": ("batching", {"http": True})}
     drivers = _start_drivers()
     reps, seconds = (1, 2.0) if quick else (3, 4.0)
     runs: dict[str, list[dict]] = {}
     try:
         for s in servers.values():
             s.wait_ready()
-        progress.update(t, total=1 + reps * len(servers))
+        progress.update(t, total=1 + reps * len(setups))
         progress.advance(t)
         rng = np.random.default_rng(1)
         for _ in range(reps):
-            for name in rng.permutation(list(servers)):
-                s = servers[str(name)]
+            for name in rng.permutation(list(setups)):
+                server, mode = setups[str(name)]
+                s = servers[server]
                 cpu0 = s.cpu_seconds()
-                r = _drive(drivers, {"url": s.url, "model": "digits", "input_name": "input", "shape": [1, 1, 8, 8],
-                                     "seconds": seconds, "tls_ca": str(s.tls_ca or "")}, 64)
+                r = _drive(drivers, {"url": s.http_url if mode.get("http") else s.url, "model": "digits",
+                                     "input_name": "input", "shape": [1, 1, 8, 8], "seconds": seconds,
+                                     "tls_ca": str(s.tls_ca or ""), **mode}, 64)
                 cpu1 = s.cpu_seconds()
                 # the window also spans the load generator's start-up, when the server is idle
                 r["cpu_us"] = (cpu1 - cpu0) * 1e6 / max(r["requests"], 1) if cpu0 is not None else None
@@ -308,13 +316,14 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
     med = lambda name, key: statistics.median(r[key] for r in runs[name]) if all(r[key] is not None for r in runs[name]) else None
     rows = [{"setup": f"fedge edge serve (digits), {name}", "clients": 64, "requests/s": med(name, "throughput"),
              "p50 ms": med(name, "p50_ms"), "p99 ms": med(name, "p99_ms"), "server CPU us / request": med(name, "cpu_us"),
-             "errors": sum(r["errors"] for r in runs[name])} for name in servers]
+             "errors": sum(r["errors"] for r in runs[name])} for name in setups]
     sec.tables.append((f"Server front end: the digits model (about 0.01 ms per call) at 64 clients, {seconds:g} s per"
                        f" measurement, median of {reps} repetition(s)", rows))
     sec.figures["frontend_rps_c64"] = med("batching", "throughput")
     sec.figures["frontend_cpu_us_per_request"] = med("batching", "cpu_us")
     sec.figures["frontend_cpu_us_per_request_tls"] = med("batching, TLS", "cpu_us")
     sec.figures["frontend_cpu_us_per_request_traced"] = med("batching, tracing every request", "cpu_us")
+    sec.figures["frontend_cpu_us_per_request_http"] = med("batching, over HTTP", "cpu_us")
     sec.notes.append(
         "Front end: the server answers gRPC on an asyncio loop (grpc.aio); batched requests wait for their batch on"
         " the loop, and one finished batch wakes the loop once. Measured by hand side by side with the previous commit,"
@@ -326,4 +335,6 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
         "TLS row: the same server with --tls-cert/--tls-key (an ECDSA P-384 certificate from `fedge certs init`),"
         " tritonclient with ssl=True; the handshake happens once per connection, so what remains is encrypting each"
         " message. Tracing row: --trace-config level=TIMESTAMPS rate=1 (every request traced, the worst case; the"
-        " default rate is 1 in 1000), traces written every 10,000.")
+        " default rate is 1 in 1000), traces written every 10,000. HTTP row: the batching server's KServe v2 REST"
+        " endpoint (fedge's own asyncio HTTP/1.1 server on the same loop) driven by tritonclient.http.aio, binary"
+        " tensors, 64 keep-alive connections.")

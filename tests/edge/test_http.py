@@ -153,3 +153,33 @@ def test_http_failures_are_counted_in_the_metrics_like_grpc_ones(edge_server):
     for _ in range(3):
         assert _exchange(edge_server.http_port, BAD["wrong_count"][0])[0] == 400
     assert invalid() == before + 3
+
+
+@pytest.mark.parametrize("datatype, data, expected", [
+    ("FP32", [[1, 2.5], [3, 4]], np.array([1, 2.5, 3, 4], np.float32)),
+    ("INT64", [[-3], [2**40]], np.array([-3, 2**40], np.int64)),
+    ("UINT8", [0, 255], np.array([0, 255], np.uint8)),
+    ("BOOL", [True, False], np.array([True, False])),
+    ("FP16", [0.5], np.array([0.5], np.float16)),
+])
+def test_json_data_becomes_the_raw_bytes_tritonclient_would_send(datatype, data, expected):
+    from edge_runtime.rest_codec import json_tensor
+
+    assert json_tensor("x", datatype, data) == expected.tobytes()
+
+
+@pytest.mark.parametrize("datatype, data, words", [
+    ("UINT8", [256], "does not fit UINT8"),
+    ("INT8", [-129], "does not fit INT8"),
+    ("INT32", [1.5], "must be integers"),
+    ("BOOL", [1], "must be true/false"),
+    ("FP32", [[1, 2], [3]], "regular"),
+    ("FP32", ["1"], "must be numbers"),
+    ("BF16", [1.0], "binary"),
+])
+def test_json_data_of_the_wrong_kind_is_refused_not_converted(datatype, data, words):
+    from edge_runtime.errors import InvalidInput
+    from edge_runtime.rest_codec import json_tensor
+
+    with pytest.raises(InvalidInput, match=words):
+        json_tensor("x", datatype, data)
