@@ -31,6 +31,10 @@ EXPLANATIONS = {
         " ({int8_vs_ort_fp32_resnet_b1:.2f}x). The 4x VNNI ceiling is not reached because parts of the graph stay"
         " float (input quantize, global average pool, requantizing residual adds). Tried: the TensorRT-form int8"
         " activation model (slower than FP32 here: ONNX Runtime fuses only part of it into integer kernels), per-channel weights (kept).",
+    "int8_vs_torch_fp32_resnet_b64": "This ratio moves with the CPU the VM lands on (see Machine): 6.50 (met) on"
+        " AMD family 26 model 2 (AVX-VNNI in its flags) in the run of 2026-11-23 13:27, 5.16 on family 25 model 17"
+        " (no AVX-VNNI) in the run of 17:50, with ONNX Runtime INT8 against ONNX Runtime FP32 at 3.45 and 3.49 on"
+        " the two: it is PyTorch's FP32 convolution that runs relatively faster on the second CPU.",
     "serving_c64_vs_inprocess": "The batch worker shares the 2 cores with the server's Python front end and the"
         " load generator, so this figure moves with the shared host's load: 0.86 and 0.81 (met) in the two runs"
         " before on 2026-11-23, the second with the same batcher and front end as this one (its front-end row,"
@@ -71,7 +75,10 @@ EXPLANATIONS = {
         " Over HTTP (tritonclient.http.aio against the REST endpoint, binary tensors): {serving_p50_c1_overhead_ms_http:.2f} ms.",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
-        " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain).",
+        " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain)."
+        " The gap moves with the CPU the VM lands on (see Machine): 1.71 on AMD family 26 model 2 (run of"
+        " 2026-11-23 13:27), 2.35 on family 25 model 17 (run of 17:50); at K=100 or 10M parameters it is 1.2-1.4 on the"
+        " first and 1.5-2.0 on the second (table below).",
     "round_s_plain": "Each round is one message to every SuperNode (evaluation folded into the fit message), and Flower"
         " starts a process per message; fedge forks it from a pre-imported zygote (fedge/warm_exec.py; a cold start"
         " imports flwr and torch, about 3 CPU-seconds, three per round on 2 cores). Also applied: 50-250 ms reply"
