@@ -4,6 +4,10 @@ are split back by row counts. The delay is only spent while there is concurrency
 batch held more than one request): a lone client is answered at once. ``instances`` worker threads take batches
 from the same queue (Triton's instance count), each running the backend on its own thread.
 
+Triton's queue policy bounds the waiting: at most ``max_queue_size`` requests wait (one more is refused at once),
+and a request that waited past its timeout is refused instead of computed, so an overloaded device answers
+"busy" quickly rather than everyone late (both UNAVAILABLE, as in Triton).
+
 The gRPC server awaits results on its asyncio loop (:meth:`DynamicBatcher.submit_async`): a finished batch wakes
 the loop once and settles all of its requests there, instead of waking one handler thread per request."""
 from __future__ import annotations
@@ -19,8 +23,29 @@ from typing import Callable
 
 import numpy as np
 
+from .errors import Overloaded
+
 log = logging.getLogger("fedge.edge")
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class QueuePolicy:
+    """Triton's ``dynamic_batching.default_queue_policy`` (timeout action REJECT)."""
+    max_queue_size: int = 0                 # requests that may wait; one more is refused at once. 0: no limit
+    timeout_us: int = 0                     # a request that waited longer is refused, not computed. 0: no limit
+    allow_timeout_override: bool = False    # a request's own ``timeout`` parameter (us) may shorten timeout_us
+
+    def __post_init__(self) -> None:
+        if self.max_queue_size < 0 or self.timeout_us < 0:
+            raise ValueError(f"invalid queue policy {self}")
+
+    def deadline(self, enqueued: float, request_timeout_us: int = 0) -> float | None:
+        """When a request enqueued at ``enqueued`` (perf_counter) expires; None: never."""
+        us = self.timeout_us
+        if self.allow_timeout_override and request_timeout_us > 0:
+            us = min(us, request_timeout_us) if us else request_timeout_us
+        return enqueued + us / 1e6 if us else None
 
 
 @dataclass(frozen=True)
@@ -29,6 +54,7 @@ class BatchingConfig:
     max_batch_size: int = 64
     max_queue_delay_us: int = 500
     instances: int = 1
+    queue: QueuePolicy = QueuePolicy()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1:
@@ -43,6 +69,7 @@ class _Item:
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
     trace: object | None = None                     # a tracing.Trace: told when its batch computed
+    expires: float | None = None                    # perf_counter time past which it is refused, not computed
 
 
 class DynamicBatcher:
@@ -56,17 +83,23 @@ class DynamicBatcher:
         for t in self._threads:
             t.start()
 
-    def submit(self, inputs: dict[str, np.ndarray]) -> Future:
-        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter())
-        self._queue.put(item)
-        return item.future
+    def submit(self, inputs: dict[str, np.ndarray], timeout_us: int = 0) -> Future:
+        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter()), timeout_us)
 
-    def submit_async(self, inputs: dict[str, np.ndarray], trace=None) -> asyncio.Future:
+    def submit_async(self, inputs: dict[str, np.ndarray], trace=None, timeout_us: int = 0) -> asyncio.Future:
         """From a coroutine on the running loop: a future of that loop, settled on it. ``trace`` (a
-        tracing.Trace) gets the timestamps of the batch this request runs in."""
+        tracing.Trace) gets the timestamps of the batch this request runs in; ``timeout_us``: the request's own
+        queue timeout (honoured when the queue policy allows overrides)."""
         loop = asyncio.get_running_loop()
-        item = _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(), loop.create_future(), loop,
-                     trace)
+        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(),
+                                   loop.create_future(), loop, trace), timeout_us)
+
+    def _enqueue(self, item: _Item, timeout_us: int):
+        policy = self._cfg.queue
+        if policy.max_queue_size and self._queue.qsize() >= policy.max_queue_size:
+            raise Overloaded(f"the model's queue is full ({policy.max_queue_size} requests wait, its"
+                             " max_queue_size); retry later")
+        item.expires = policy.deadline(item.enqueued, timeout_us)
         self._queue.put(item)
         return item.future
 
@@ -91,7 +124,13 @@ class DynamicBatcher:
                 continue
             batch, rows, pending, stop = self._gather(first, concurrent)
             concurrent = len(batch) > 1
+            now = time.perf_counter()
             live = [it for it in batch if not it.future.cancelled()]  # gone while the batch gathered
+            expired = [it for it in live if it.expires is not None and it.expires < now]
+            if expired:  # Triton's timeout action REJECT
+                self._deliver(expired, [None] * len(expired), Overloaded(
+                    "the request waited longer than its queue timeout for the model; retry later"))
+                live = [it for it in live if it.expires is None or it.expires >= now]
             if live:
                 self._execute(live, rows if len(live) == len(batch) else sum(it.rows for it in live))
             if stop:
@@ -147,6 +186,11 @@ class DynamicBatcher:
                 self._on_batch(rows, [started - it.enqueued for it in batch], computed)
             except Exception:  # accounting must never strand the waiters
                 log.exception("batch accounting failed")
+        self._deliver(batch, results, failure)
+
+    @staticmethod
+    def _deliver(batch: list[_Item], results: list, failure: Exception | None) -> None:
+        """Answer each request (on its own loop, one wake-up per loop), or fail them all with ``failure``."""
         on_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for it, res in zip(batch, results):
             if it.loop is not None:

@@ -9,7 +9,7 @@ from .backends import BACKENDS
 
 
 def cmd_serve(a) -> int:
-    from .batcher import BatchingConfig
+    from .batcher import BatchingConfig, QueuePolicy
     from .repository import ServingConfig
     from .server import EdgeConfig, serve
     from .tls import ServerTLS
@@ -20,9 +20,10 @@ def cmd_serve(a) -> int:
     tls = ServerTLS(Path(a.tls_cert), Path(a.tls_key), Path(a.tls_client_ca) if a.tls_client_ca else None
                     ) if a.tls_cert else None
     trace_file, trace = parse_config(a.trace_config)
+    queue = QueuePolicy(a.max_queue_size, a.queue_timeout_us, a.allow_timeout_override)
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
-                                                           a.instances))
+                                                    a.instances, queue))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      http_port=a.http_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
@@ -150,6 +151,14 @@ def add_parser(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=500)
     p.add_argument("--no-batching", action="store_true")
+    p.add_argument("--max-queue-size", type=int, default=0, metavar="N",
+                   help="requests that may wait for a batched model; one more gets UNAVAILABLE at once (Triton's"
+                        " queue policy max_queue_size); 0: no limit")
+    p.add_argument("--queue-timeout-us", type=int, default=0, metavar="US",
+                   help="a request that waited longer for its batch gets UNAVAILABLE instead of an answer (Triton's"
+                        " default_timeout_microseconds, timeout action REJECT); 0: no limit")
+    p.add_argument("--allow-timeout-override", action="store_true",
+                   help="let a request's own timeout parameter (tritonclient infer(..., timeout=US)) shorten it")
     p.add_argument("--instances", type=int, default=1,
                    help="batch workers per model running the backend in parallel (Triton's instance count)")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")

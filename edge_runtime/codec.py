@@ -80,6 +80,12 @@ def decode_inputs(req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], m
     return out
 
 
+def request_timeout_us(req: pb.ModelInferRequest) -> int:
+    """The request's ``timeout`` parameter (tritonclient's ``infer(..., timeout=us)``), 0 when it has none."""
+    param = req.parameters.get("timeout")
+    return 0 if param is None else _int_param("the request", "timeout (microseconds)", param)
+
+
 def shm_ref(tensor: str, params) -> ShmRef | None:
     """Triton's shared-memory parameters of an input or requested output, or None when it has none."""
     region, size, offset = (params.get(k) for k in SHM_PARAMS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proto import grpc_service_pb2 as pb
 
+from .batcher import QueuePolicy
 from .datatypes import BYTES
 from .model import LoadedModel
 
@@ -50,6 +51,11 @@ def config(m: LoadedModel) -> pb.ModelConfig:
                            gpus=[0] if gpu else [])
     if m.batcher is not None:
         cfg.dynamic_batching.max_queue_delay_microseconds = m.batching.max_queue_delay_us
+        q = m.batching.queue
+        if q != QueuePolicy():
+            cfg.dynamic_batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
+                max_queue_size=q.max_queue_size, default_timeout_microseconds=q.timeout_us,
+                allow_timeout_override=q.allow_timeout_override))
     for key, value in _properties(m).items():
         cfg.parameters[key].string_value = value
     return cfg

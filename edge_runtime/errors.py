@@ -17,6 +17,11 @@ class ModelUnavailable(EdgeError):
     code_name = "UNAVAILABLE"
 
 
+class Overloaded(EdgeError):
+    """The model's queue is full, or a request waited past its queue timeout (Triton's queue policy)."""
+    code_name = "UNAVAILABLE"
+
+
 class TooLarge(EdgeError):
     code_name = "RESOURCE_EXHAUSTED"
 

@@ -3,6 +3,7 @@ for (text models take a BYTES tensor and tokenize it here with the manifest's to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -38,8 +39,7 @@ class LoadedModel:
              batching: BatchingConfig, threads: int = 1, on_batch=None, engine_cache: Path | None = None) -> "LoadedModel":
         be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
         tok = manifest.preprocessing.get("tokenizer")
-        batching = BatchingConfig(batching.enabled, min(batching.max_batch_size, manifest.max_batch_size),
-                                  batching.max_queue_delay_us, batching.instances)
+        batching = dataclasses.replace(batching, max_batch_size=min(batching.max_batch_size, manifest.max_batch_size))
         model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
         if batching.enabled:
             model.batcher = DynamicBatcher(be.run, batching, model._executed)
@@ -85,13 +85,14 @@ class LoadedModel:
         return self.postprocess(self._run_timed(feeds, time.perf_counter()))
 
     async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None,
-                        trace=None) -> dict[str, np.ndarray]:
+                        trace=None, timeout_us: int = 0) -> dict[str, np.ndarray]:
         """The backend outputs for preprocessed ``feeds``, on the server's event loop: a batched request waits for
         its batch there; an unbatched one runs on a thread of ``executor``. (Running a lone request on the loop
         itself was tried: while the loop runs the model it receives nothing, so every request looked lone and
-        batching stopped; see docs/BENCHMARKS.md.) ``trace``: a tracing.Trace told when the backend ran."""
+        batching stopped; see docs/BENCHMARKS.md.) ``trace``: a tracing.Trace told when the backend ran;
+        ``timeout_us``: the request's own queue timeout (batched models, when their queue policy allows it)."""
         if self.batcher is not None:
-            return await self.batcher.submit_async(feeds, trace)
+            return await self.batcher.submit_async(feeds, trace, timeout_us)
         return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter(),
                                                                 trace)
 

@@ -1,5 +1,7 @@
 """Per-model serving settings, in the terms of Triton's model configuration (the part of it that is the operator's to
-choose): ``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds`` and ``instance_group[].count``. They
+choose): ``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``, its ``default_queue_policy``
+(``max_queue_size``, ``default_timeout_microseconds``, ``allow_timeout_override``, ``timeout_action`` REJECT) and
+``instance_group[].count``. They
 come as JSON in RepositoryModelLoad's ``config`` parameter (tritonclient ``load_model(name, config=...)``) or in
 ``config.json`` beside the model's versions in the repository, and override the server's flags for that model. As
 in Triton, a config without ``dynamic_batching`` serves the model without batching. Inputs, outputs and model files
@@ -8,11 +10,13 @@ from __future__ import annotations
 
 import json
 
-from .batcher import BatchingConfig
+from .batcher import BatchingConfig, QueuePolicy
 from .errors import InvalidInput
 
 FILE = "config.json"
 KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group")
+BATCHING_KEYS = ("max_queue_delay_microseconds", "default_queue_policy")
+POLICY_KEYS = ("max_queue_size", "default_timeout_microseconds", "allow_timeout_override", "timeout_action")
 
 
 def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> BatchingConfig:
@@ -30,10 +34,11 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
     if cfg.get("name", model) != model:
         raise InvalidInput(f"{where}: config names model {cfg['name']!r}, not {model!r}")
     batching = cfg.get("dynamic_batching")
-    if batching is not None and (not isinstance(batching, dict) or set(batching) - {"max_queue_delay_microseconds"}):
-        raise InvalidInput(f"{where}: dynamic_batching takes only max_queue_delay_microseconds")
+    if batching is not None and (not isinstance(batching, dict) or set(batching) - set(BATCHING_KEYS)):
+        raise InvalidInput(f"{where}: dynamic_batching takes only {list(BATCHING_KEYS)}")
     delay = _count(where, "dynamic_batching.max_queue_delay_microseconds",
                    (batching or {}).get("max_queue_delay_microseconds", defaults.max_queue_delay_us), 0)
+    queue = _queue_policy((batching or {}).get("default_queue_policy", {}), defaults.queue, where)
     groups = cfg.get("instance_group", [{"count": defaults.instances}])
     if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) and set(g) <= {"count", "kind"}
                                                              for g in groups):
@@ -41,7 +46,22 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
     instances = sum(_count(where, "instance_group.count", g.get("count", 1), 1) for g in groups)
     return BatchingConfig(enabled=batching is not None,
                           max_batch_size=_count(where, "max_batch_size", cfg.get("max_batch_size", defaults.max_batch_size), 1),
-                          max_queue_delay_us=delay, instances=instances)
+                          max_queue_delay_us=delay, instances=instances, queue=queue)
+
+
+def _queue_policy(policy, defaults: QueuePolicy, where: str) -> QueuePolicy:
+    key = "dynamic_batching.default_queue_policy"
+    if not isinstance(policy, dict) or set(policy) - set(POLICY_KEYS):
+        raise InvalidInput(f"{where}: {key} takes only {list(POLICY_KEYS)}")
+    if policy.get("timeout_action", "REJECT") != "REJECT":
+        raise InvalidInput(f"{where}: {key}.timeout_action: fedge refuses a request that waited too long (REJECT);"
+                           f" {policy['timeout_action']!r} is not supported")
+    override = policy.get("allow_timeout_override", defaults.allow_timeout_override)
+    if not isinstance(override, bool):
+        raise InvalidInput(f"{where}: {key}.allow_timeout_override must be true or false")
+    return QueuePolicy(_count(where, f"{key}.max_queue_size", policy.get("max_queue_size", defaults.max_queue_size), 0),
+                       _count(where, f"{key}.default_timeout_microseconds",
+                              policy.get("default_timeout_microseconds", defaults.timeout_us), 0), override)
 
 
 def check_fits(batching: BatchingConfig, release_max: int, model: str, where: str) -> None:

@@ -5,7 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from edge_runtime.batcher import BatchingConfig, DynamicBatcher
+from edge_runtime.batcher import BatchingConfig, DynamicBatcher, QueuePolicy
+from edge_runtime.errors import Overloaded
 
 
 def test_concurrent_requests_are_coalesced_and_split_back_in_order():
@@ -195,3 +196,53 @@ def test_each_call_is_accounted_before_its_requests_are_answered_and_accounting_
     b.submit({"x": np.zeros((1, 2))}).result(timeout=5)  # and the worker lives on
     b.close()
     assert len(seen) == 3
+
+
+def _blocked_batcher(policy: QueuePolicy):
+    """A batcher whose backend holds each call until ``release`` is set; ``started`` is set once it is busy."""
+    release, started, calls = threading.Event(), threading.Event(), []
+
+    def run(inputs):
+        calls.append(inputs["x"][:, 0].tolist())
+        started.set()
+        release.wait(5)
+        return inputs
+
+    return DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_queue_delay_us=0, queue=policy)), release, started, calls
+
+
+def test_a_full_queue_refuses_at_once_and_serves_what_it_holds():
+    b, release, started, calls = _blocked_batcher(QueuePolicy(max_queue_size=2))
+    busy = b.submit({"x": np.zeros((1, 1))})
+    assert started.wait(5)  # the worker runs it: the queue is empty again
+    queued = [b.submit({"x": np.full((1, 1), i)}) for i in (1, 2)]
+    with pytest.raises(Overloaded, match="queue is full"):
+        b.submit({"x": np.full((1, 1), 3)})
+    release.set()
+    assert [f.result(5)["x"][0, 0] for f in (busy, *queued)] == [0, 1, 2]
+    b.submit({"x": np.full((1, 1), 4)}).result(5)  # room again once the queue drained
+    b.close()
+    assert calls == [[0.0], [1.0, 2.0], [4.0]]
+
+
+@pytest.mark.parametrize("policy, request_us, refused", [
+    (QueuePolicy(timeout_us=50_000), 0, True),                                 # the model's timeout
+    (QueuePolicy(timeout_us=10_000_000, allow_timeout_override=True), 50_000, True),  # the request's, shorter
+    (QueuePolicy(), 50_000, False),                                            # overrides not allowed: ignored
+    (QueuePolicy(timeout_us=10_000_000), 0, False),                            # long enough
+])
+def test_a_request_that_waited_past_its_timeout_is_refused_not_computed(policy, request_us, refused):
+    b, release, started, calls = _blocked_batcher(policy)
+    busy = b.submit({"x": np.zeros((1, 1))})
+    assert started.wait(5)
+    waiting = b.submit({"x": np.ones((1, 1))}, timeout_us=request_us)
+    time.sleep(0.15)  # past 50 ms, while the backend is still busy
+    release.set()
+    busy.result(5)
+    if refused:
+        with pytest.raises(Overloaded, match="queue timeout"):
+            waiting.result(5)
+    else:
+        assert waiting.result(5)["x"][0, 0] == 1
+    b.close()
+    assert calls == ([[0.0]] if refused else [[0.0], [1.0]])
