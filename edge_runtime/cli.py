@@ -142,7 +142,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repo", required=True)
     p.add_argument("--trust", required=True, help="pinned Ed25519 public key (release.pub) that signs releases")
     p.add_argument("--host", default="0.0.0.0")
-    p.add_argument("--port", type=int, default=8001)
+    p.add_argument("--port", "--grpc-port", type=int, default=8001, help="gRPC port (Triton's --grpc-port)")
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--http-port", type=int, default=8000,
                    help="KServe v2 REST endpoint (Triton's HTTP protocol: tritonclient.http, curl); 0: none")

@@ -2,7 +2,8 @@
 dependencies hold no web framework, and this endpoint needs only a little of HTTP. Keep-alive, Content-Length and
 chunked bodies, ``Expect: 100-continue`` (curl sends it for bodies over 1 KiB), gzip/deflate request bodies and
 responses (what tritonclient.http's compression options send and accept), a body limit (413 before the body is
-read) and TLS. It runs on the gRPC server's event loop, so HTTP and gRPC requests are batched together."""
+read), TLS, and requests whose client hung up are cancelled. It runs on the gRPC server's event loop, so HTTP and
+gRPC requests are batched together."""
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,12 @@ class HttpServer:
         self._connections: set[asyncio.Task] = set()
 
     async def start(self, host: str, port: int) -> int:
-        self._server = await asyncio.start_server(self._connection, host, port, ssl=self._tls, limit=MAX_HEAD_BYTES)
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds, with our reader
+            return asyncio.StreamReaderProtocol(_Reader(limit=MAX_HEAD_BYTES, loop=loop), self._connection, loop=loop)
+
+        self._server = await loop.create_server(protocol, host, port, ssl=self._tls)
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -87,11 +93,19 @@ class HttpServer:
                     return
                 if req is None:
                     return
+                handler = asyncio.ensure_future(self._handle(req))
+                reader.on_hangup = handler.cancel  # a client that hung up is not answered, nor computed for
                 try:
-                    resp = await self._handle(req)
+                    resp = await handler
+                except asyncio.CancelledError:
+                    if reader.hung_up:
+                        return
+                    raise
                 except Exception as exc:  # a bug, not the client's fault: answer 500, keep serving
                     log.exception("%s %s failed", req.method, req.path)
                     resp = Response.error(500, f"{type(exc).__name__}: {exc}")
+                finally:
+                    reader.on_hangup = None
                 await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive)
                 if not keep_alive:
                     return
@@ -155,6 +169,27 @@ class HttpServer:
         if len(out) > self._max_body:
             raise HttpError(413, f"the decompressed request body exceeds the limit of {self._max_body} bytes")
         return out
+
+
+class _Reader(asyncio.StreamReader):
+    """A StreamReader that says when its client hung up, so that the request it was waiting for can be cancelled
+    (a queued inference is then dropped, not computed, as one over gRPC is). A client that only half-closes its
+    side after a request is taken to have gone, as HTTP/1.1 clients do not do that while they wait."""
+    hung_up = False
+    on_hangup: Callable[[], object] | None = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        self._hang_up()
+
+    def set_exception(self, exc) -> None:
+        super().set_exception(exc)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        self.hung_up = True
+        if self.on_hangup is not None:
+            self.on_hangup()
 
 
 async def _chunks(reader: asyncio.StreamReader, limit: int) -> bytes:

@@ -4,6 +4,7 @@ both protocols share one data plane (models, batching, statistics, shared memory
 Domain errors become HTTP statuses here, in one place, with Triton's error body {"error": "..."}."""
 from __future__ import annotations
 
+import asyncio
 import re
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -120,6 +121,9 @@ class RestApi:
             body, json_size = render_infer(await self.servicer.infer(request, req.peer), form)
         except EdgeError as exc:
             count_failure(self.servicer.metrics, request, exc.code_name)
+            raise
+        except asyncio.CancelledError:  # the client hung up
+            count_failure(self.servicer.metrics, request, "CANCELLED")
             raise
         headers = {"Content-Type": "application/octet-stream" if json_size is not None else "application/json"}
         if json_size is not None:

@@ -1,6 +1,7 @@
-"""Requests whose client has gone (deadline passed, call cancelled) while they wait for a busy model are dropped,
+"""Requests whose client has gone (deadline passed, call cancelled, HTTP connection closed) while they wait for a busy model are dropped,
 not computed, and counted as CANCELLED. Over the wire against a server in this process, whose batched backend
 call is slowed to 300 ms (a stand-in for a heavy model; the digits model answers in microseconds)."""
+import socket
 import time
 
 import grpc
@@ -10,6 +11,7 @@ import pytest
 from edge_runtime.bundle import load_public_key
 from edge_runtime.repository import install_bundle
 from edge_runtime.server import EdgeConfig, EdgeServer
+from fedge.procs import free_port
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -18,7 +20,7 @@ from proto import grpc_service_pb2_grpc as pb_grpc
 def slow_server(tmp_path, keys, digits_bundle):
     install_bundle(tmp_path / "repo", digits_bundle, load_public_key(keys[1]))
     server = EdgeServer(EdgeConfig(repo=tmp_path / "repo", trust=keys[1], host="127.0.0.1", port=0,
-                                   metrics_port=0, http_port=0)).start()
+                                   metrics_port=0, http_port=free_port())).start()
     batcher = server.repo.get("digits").batcher
     run, computed = batcher._run, []
 
@@ -58,3 +60,26 @@ def test_requests_whose_deadline_passed_in_the_queue_are_not_computed(slow_serve
     assert computed == [1, 1], computed  # the busy request and the patient one: nothing for the 6 gone
     value = server.metrics.registry.get_sample_value
     assert value("fedge_edge_requests_total", {"model": "digits", "version": "", "status": "CANCELLED"}) == 6
+
+
+def test_an_http_client_that_hangs_up_is_not_computed_for(slow_server):
+    server, computed = slow_server
+    body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": %s}]}' % ([0.0] * 64)).encode()
+    raw = f"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        busy = stub.ModelInfer.future(_request(), timeout=10)
+        time.sleep(0.05)  # the model is now busy with it for 300 ms
+        clients = [socket.create_connection(("127.0.0.1", server.http_port), timeout=10) for _ in range(3)]
+        for c in clients:
+            c.sendall(raw)
+        time.sleep(0.05)  # queued by now; then their clients give up
+        for c in clients:
+            c.close()
+        assert busy.result().outputs[0].name
+        with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as c:  # one that waits
+            c.sendall(raw)
+            assert c.recv(64).startswith(b"HTTP/1.1 200")
+    assert computed == [1, 1], computed
+    value = server.metrics.registry.get_sample_value
+    assert value("fedge_edge_requests_total", {"model": "digits", "version": "", "status": "CANCELLED"}) == 3
