@@ -106,7 +106,8 @@ class HttpServer:
                     resp = Response.error(500, f"{type(exc).__name__}: {exc}")
                 finally:
                     reader.on_hangup = None
-                await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive)
+                await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive,
+                            head_only=req.method == "HEAD")
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
@@ -224,7 +225,8 @@ def _compressed(resp: Response, accept: str) -> Response:
     return resp
 
 
-async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool) -> None:
+async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, head_only: bool = False) -> None:
+    """``head_only``: the answer to a HEAD request, which has the headers of the body but not the body."""
     try:
         reason = HTTPStatus(resp.status).phrase
     except ValueError:
@@ -234,7 +236,8 @@ async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool) 
     if not keep_alive:
         head.append("Connection: close")
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-    writer.write(resp.body)
+    if not head_only:
+        writer.write(resp.body)
     await writer.drain()
 
 

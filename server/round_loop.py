@@ -172,12 +172,22 @@ def _set_params(ctx: LegacyContext, state: dict, names: list[str]) -> None:
 
 
 def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd: int, attempts: int) -> RoundOutcome:
-    """Fit with retries: a SecAgg+ round halts (no aggregate) when a client drops before key sharing ends."""
+    """Fit with retries: a SecAgg+ round halts (no aggregate) when a client drops before key sharing ends, and a
+    round falls short of --min-clients when clients fail (no reply in time, node unavailable: as just after a
+    coordinator restart, while SuperNodes reconnect). Both are tried again. A shortfall of refusals or rejected
+    updates alone is final: another attempt would not change a customer's decision or its update."""
     earlier: list[str] = []
     for attempt in range(1, attempts + 1):
         _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
         outcome = strategy.begin_round(rnd, [state[k] for k in trained])
-        fit(grid, ctx)
+        try:
+            fit(grid, ctx)
+        except InsufficientClients as exc:
+            if not outcome.failures or attempt == attempts:
+                raise InsufficientClients(f"{exc}" + (f"; earlier attempts: {earlier}" if earlier else "")) from exc
+            earlier += outcome.failures + [f"attempt {attempt}: {exc}"]
+            log.warning("round %d attempt %d: too few updates after failures; retrying", rnd, attempt)
+            continue
         if outcome.aggregated:
             outcome.failures = earlier + outcome.failures
             return outcome

@@ -125,3 +125,32 @@ def test_cli_without_torch_or_flwr():
             "print(sorted({'torch', 'flwr'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_round_short_of_clients_after_failures_is_tried_again_but_not_after_refusals(monkeypatch):
+    """As just after a coordinator restart: a SuperNode misses the first attempt; the second has all three."""
+    from server import round_loop
+
+    monkeypatch.setattr(round_loop, "_set_params", lambda *a: None)
+    s = _strategy(min_clients=3)
+    update = [np.ones(2, np.float32)]
+    replies = {name: (SimpleNamespace(node_id=i), _fit(update, 5, customer=name)) for i, name in enumerate("abc")}
+    attempts = []
+
+    def fit(grid, ctx, missing=("c",), refusing=()):
+        attempts.append(1)
+        results = [r for name, r in replies.items() if name not in missing or len(attempts) > 1]
+        results = [(p, _fit(update, 5, customer=res.metrics["customer"], refused="budget spent"))
+                   if res.metrics["customer"] in refusing else (p, res) for p, res in results]
+        failures = [TimeoutError("node 2: no reply within 120s")] if len(results) < 3 else []
+        s.aggregate_fit(4, results, failures)
+
+    outcome = round_loop._fit_round(None, None, fit, s, {"w": np.zeros(2)}, ["w"], ["w"], 4, attempts=3)
+    assert len(attempts) == 2 and outcome.clients == ["a", "b", "c"]
+    assert any("attempt 1" in f for f in outcome.failures)  # the registry says a retry happened, and why
+
+    attempts.clear()  # a refusal is final: no second attempt
+    with pytest.raises(InsufficientClients, match="refused"):
+        round_loop._fit_round(None, None, lambda g, c: fit(g, c, missing=(), refusing=("c",)), s,
+                              {"w": np.zeros(2)}, ["w"], ["w"], 5, attempts=3)
+    assert len(attempts) == 1

@@ -50,6 +50,48 @@ def serving(root: Path, keys, bundles, *flags: str):
     assert not pid_alive(server.proc.pid)
 
 
+def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, delay_s: float = 0.3):
+    """An edge server in this process (gRPC and HTTP on free ports) serving ``bundle`` (the digits model), whose
+    batched backend call is slowed to ``delay_s``: a stand-in for a heavy model, as digits answers in microseconds.
+    ``config``: the model's config.json. Yields (server, the rows of each backend call); a fixture's generator."""
+    import time
+
+    from edge_runtime.bundle import load_public_key
+    from edge_runtime.repository import install_bundle
+    from edge_runtime.server import EdgeConfig, EdgeServer
+    from fedge.procs import free_port
+
+    install_bundle(root / "repo", bundle, load_public_key(keys[1]))
+    if config is not None:
+        (root / "repo" / "digits" / "config.json").write_text(json.dumps(config))
+    server = EdgeServer(EdgeConfig(repo=root / "repo", trust=keys[1], host="127.0.0.1", port=0, metrics_port=0,
+                                   http_port=free_port())).start()
+    batcher = server.repo.get("digits").batcher
+    run, computed = batcher._run, []
+
+    def slow(feeds):
+        computed.append(len(feeds["input"]))
+        time.sleep(delay_s)
+        return run(feeds)
+
+    batcher._run = slow
+    yield server, computed
+    server.stop()
+
+
+def digits_request(timeout_us: int = 0):
+    """One zero image for the digits model, with the request's own queue timeout when ``timeout_us``."""
+    import numpy as np
+
+    from proto import grpc_service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[np.zeros((1, 1, 8, 8), np.float32).tobytes()])
+    req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+    if timeout_us:
+        req.parameters["timeout"].int64_param = timeout_us
+    return req
+
+
 def triton_script(module: str, *args: str) -> dict:
     """Run one of the tritonclient scripts (own process: tritonclient's protos clash with fedge's); its JSON."""
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,

@@ -1,53 +1,30 @@
-"""Requests whose client has gone (deadline passed, call cancelled, HTTP connection closed) while they wait for a busy model are dropped,
-not computed, and counted as CANCELLED. Over the wire against a server in this process, whose batched backend
-call is slowed to 300 ms (a stand-in for a heavy model; the digits model answers in microseconds)."""
+"""Requests whose client has gone (deadline passed, call cancelled, HTTP connection closed) while they wait for a
+busy model are dropped, not computed, and counted as CANCELLED. Over the wire against a server in this process,
+whose batched backend call is slowed to 300 ms (a stand-in for a heavy model; the digits model answers in
+microseconds)."""
 import socket
 import time
 
 import grpc
-import numpy as np
 import pytest
 
-from edge_runtime.bundle import load_public_key
-from edge_runtime.repository import install_bundle
-from edge_runtime.server import EdgeConfig, EdgeServer
-from fedge.procs import free_port
-from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from tests.edge.conftest import digits_request, slowed_server
 
 
 @pytest.fixture
 def slow_server(tmp_path, keys, digits_bundle):
-    install_bundle(tmp_path / "repo", digits_bundle, load_public_key(keys[1]))
-    server = EdgeServer(EdgeConfig(repo=tmp_path / "repo", trust=keys[1], host="127.0.0.1", port=0,
-                                   metrics_port=0, http_port=free_port())).start()
-    batcher = server.repo.get("digits").batcher
-    run, computed = batcher._run, []
-
-    def slow(feeds):
-        computed.append(len(feeds["input"]))
-        time.sleep(0.3)
-        return run(feeds)
-
-    batcher._run = slow
-    yield server, computed
-    server.stop()
-
-
-def _request() -> pb.ModelInferRequest:
-    req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[np.zeros((1, 1, 8, 8), np.float32).tobytes()])
-    req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
-    return req
+    yield from slowed_server(tmp_path, keys, digits_bundle)
 
 
 def test_requests_whose_deadline_passed_in_the_queue_are_not_computed(slow_server):
     server, computed = slow_server
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        busy = stub.ModelInfer.future(_request(), timeout=10)
+        busy = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)  # the model is now busy with it for 300 ms
-        hasty = [stub.ModelInfer.future(_request(), timeout=0.1) for _ in range(5)]
-        cancelled = stub.ModelInfer.future(_request(), timeout=10)
+        hasty = [stub.ModelInfer.future(digits_request(), timeout=0.1) for _ in range(5)]
+        cancelled = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)  # queued by now
         cancelled.cancel()
         for f in hasty:
@@ -55,7 +32,7 @@ def test_requests_whose_deadline_passed_in_the_queue_are_not_computed(slow_serve
                 f.result()
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert busy.result().outputs[0].name
-        patient = stub.ModelInfer(_request(), timeout=10)  # the server goes on answering
+        patient = stub.ModelInfer(digits_request(), timeout=10)  # the server goes on answering
         assert patient.outputs[0].name
     assert computed == [1, 1], computed  # the busy request and the patient one: nothing for the 6 gone
     value = server.metrics.registry.get_sample_value
@@ -68,7 +45,7 @@ def test_an_http_client_that_hangs_up_is_not_computed_for(slow_server):
     raw = f"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        busy = stub.ModelInfer.future(_request(), timeout=10)
+        busy = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)  # the model is now busy with it for 300 ms
         clients = [socket.create_connection(("127.0.0.1", server.http_port), timeout=10) for _ in range(3)]
         for c in clients:

@@ -1,6 +1,6 @@
 """Triton's queue policy over the wire: a model whose config bounds its queue and its queue time refuses the
 overflow at once and the requests that waited too long, UNAVAILABLE over gRPC and 503 over HTTP, and keeps
-answering the others. Against a server in this process whose batched backend call is slowed to 300 ms (a stand-in
+answering the others. Against a server in this process whose batched backend call is slowed to 600 ms (a stand-in
 for a heavy model; the digits model answers in microseconds)."""
 import json
 import time
@@ -8,48 +8,22 @@ import urllib.error
 import urllib.request
 
 import grpc
-import numpy as np
 import pytest
 
 from edge_runtime.batcher import BatchingConfig, QueuePolicy
-from edge_runtime.bundle import load_public_key
 from edge_runtime.errors import InvalidInput
 from edge_runtime.model_config import parse
-from edge_runtime.repository import install_bundle
-from edge_runtime.server import EdgeConfig, EdgeServer
-from fedge.procs import free_port
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from tests.edge.conftest import digits_request, slowed_server
 
 POLICY = {"max_queue_size": 2, "default_timeout_microseconds": 150_000, "allow_timeout_override": True}
+CONFIG = {"dynamic_batching": {"max_queue_delay_microseconds": 0, "default_queue_policy": POLICY}}
 
 
 @pytest.fixture
 def slow_server(tmp_path, keys, digits_bundle):
-    install_bundle(tmp_path / "repo", digits_bundle, load_public_key(keys[1]))
-    (tmp_path / "repo" / "digits" / "config.json").write_text(json.dumps(
-        {"dynamic_batching": {"max_queue_delay_microseconds": 0, "default_queue_policy": POLICY}}))
-    server = EdgeServer(EdgeConfig(repo=tmp_path / "repo", trust=keys[1], host="127.0.0.1", port=0,
-                                   metrics_port=0, http_port=free_port())).start()
-    batcher = server.repo.get("digits").batcher
-    run, computed = batcher._run, []
-
-    def slow(feeds):
-        computed.append(len(feeds["input"]))
-        time.sleep(0.3)
-        return run(feeds)
-
-    batcher._run = slow
-    yield server, computed
-    server.stop()
-
-
-def _request(timeout_us: int = 0) -> pb.ModelInferRequest:
-    req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[np.zeros((1, 1, 8, 8), np.float32).tobytes()])
-    req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
-    if timeout_us:
-        req.parameters["timeout"].int64_param = timeout_us
-    return req
+    yield from slowed_server(tmp_path, keys, digits_bundle, CONFIG, delay_s=0.6)  # 4x the queue timeout
 
 
 def _outcome(future) -> str:
@@ -67,24 +41,24 @@ def test_overflow_is_refused_at_once_and_late_requests_are_not_computed(slow_ser
         policy = stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config.dynamic_batching.default_queue_policy
         assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (2, 150_000, True)
 
-        busy = stub.ModelInfer.future(_request(), timeout=10)
-        time.sleep(0.05)  # the model is busy with it for 300 ms
-        queued = [stub.ModelInfer.future(_request(), timeout=10) for _ in range(2)]
+        busy = stub.ModelInfer.future(digits_request(), timeout=10)
+        time.sleep(0.05)  # the model is busy with it for 600 ms
+        queued = [stub.ModelInfer.future(digits_request(), timeout=10) for _ in range(2)]
         time.sleep(0.05)
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as err:  # a third one does not fit the queue: refused at once
-            stub.ModelInfer(_request(), timeout=10)
+            stub.ModelInfer(digits_request(), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "queue is full" in err.value.details()
-        assert time.perf_counter() - t0 < 0.2
-        # the two queued ones waited ~250 ms for the busy call, past the model's 150 ms: refused, not computed
+        assert time.perf_counter() - t0 < 0.3
+        # the two queued ones waited ~550 ms for the busy call, past the model's 150 ms: refused, not computed
         assert [_outcome(busy), *map(_outcome, queued)] == ["OK", "UNAVAILABLE", "UNAVAILABLE"]
 
-        busy = stub.ModelInfer.future(_request(), timeout=10)
+        busy = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)
-        patient = stub.ModelInfer.future(_request(), timeout=10)          # no timeout of its own: 150 ms
-        hasty = stub.ModelInfer.future(_request(timeout_us=20_000), timeout=10)  # its own, shorter
+        patient = stub.ModelInfer.future(digits_request(), timeout=10)          # no timeout of its own: 150 ms
+        hasty = stub.ModelInfer.future(digits_request(timeout_us=20_000), timeout=10)  # its own, shorter
         assert [_outcome(busy), _outcome(patient), _outcome(hasty)] == ["OK", "UNAVAILABLE", "UNAVAILABLE"]
-        assert stub.ModelInfer(_request(), timeout=10).outputs  # an idle model answers as ever
+        assert stub.ModelInfer(digits_request(), timeout=10).outputs  # an idle model answers as ever
     assert computed == [1, 1, 1], computed
     value = server.metrics.registry.get_sample_value
     assert value("fedge_edge_requests_total", {"model": "digits", "version": "", "status": "UNAVAILABLE"}) == 5
@@ -96,9 +70,9 @@ def test_overflow_over_http_is_503(slow_server):
     url = f"http://127.0.0.1:{server.http_port}/v2/models/digits/infer"
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
-        held = [stub.ModelInfer.future(_request(), timeout=10)]
+        held = [stub.ModelInfer.future(digits_request(), timeout=10)]
         time.sleep(0.05)
-        held += [stub.ModelInfer.future(_request(), timeout=10) for _ in range(2)]
+        held += [stub.ModelInfer.future(digits_request(), timeout=10) for _ in range(2)]
         time.sleep(0.05)
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(url, body.encode(), timeout=10)

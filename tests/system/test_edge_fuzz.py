@@ -1,11 +1,14 @@
 """Edge fuzz: property-based ModelInfer requests (hypothesis) against a real `fedge edge serve` process. Every
 reply is OK or one of the documented error codes, and the server stays ready and correct throughout."""
+import json
+
 import grpc
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge_runtime.datatypes import NUMPY
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -138,3 +141,95 @@ def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(
     assert counts["cases"] >= 2000 and edge_server.proc.poll() is None
     assert counts["ok"] > 200 and counts["errors"].get("INVALID_ARGUMENT", 0) > 200  # deep paths were reached
     report["edge_fuzz"] = counts
+
+
+# -- the same over the KServe v2 REST endpoint --------------------------------------------------------------------
+HTTP_DOCUMENTED = {200, 400, 404, 405, 413, 503}
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+def _typed_values(t) -> list | None:
+    field = next((f.name for f, _ in t.contents.ListFields()), None)
+    if field is None:
+        return None
+    values = list(getattr(t.contents, field))
+    return [v.decode("latin-1") for v in values] if field == "bytes_contents" else values
+
+
+@st.composite
+def http_requests(draw) -> tuple[str, str, dict, bytes]:
+    """(method, path, headers, body): fuzzed gRPC requests translated the way tritonclient.http sends them
+    (binary tensors after the JSON, or JSON data), then mutated at the JSON or byte level; or random JSON bodies;
+    or random routes."""
+    kind = draw(st.sampled_from(["translated", "translated", "translated", "json", "route"]))
+    if kind == "route":
+        path = "/" + "/".join(draw(st.lists(st.sampled_from(["v2", "models", "digits", "intent", "versions", "1", "x",
+                                                             "infer", "ready", "stats", "config", "..", "%00", "ü"]),
+                                            max_size=6)))
+        return draw(st.sampled_from(["GET", "POST", "PUT", "HEAD"])), path, {}, b""
+    if kind == "json":
+        body = json.dumps(draw(JSON)).encode()
+        return "POST", f"/v2/models/{draw(st.sampled_from(['digits', 'intent', 'nope']))}/infer", {}, body
+    req = draw(st.one_of(mutated_valid(), mutated_valid(), random_requests()))
+    doc: dict = {"inputs": []}
+    binary = b""
+    raw = list(req.raw_input_contents)
+    for i, t in enumerate(req.inputs):
+        tensor = {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
+        values = _typed_values(t)
+        dtype = NUMPY.get(t.datatype)
+        if i < len(raw) and dtype is not None and len(raw[i]) % dtype.itemsize == 0 and draw(st.booleans()):
+            tensor["data"] = np.frombuffer(raw[i], dtype).tolist()  # as JSON (random floats: NaN, Infinity too)
+        elif i < len(raw):
+            tensor["parameters"] = {"binary_data_size": len(raw[i])}
+            binary += raw[i]
+        elif values is not None:
+            tensor["data"] = values
+        doc["inputs"].append(tensor)
+    if req.outputs:
+        doc["outputs"] = [{"name": o.name, "parameters": {"binary_data": draw(st.booleans())}} for o in req.outputs]
+    head = json.dumps(doc).encode()
+    headers = {"Inference-Header-Content-Length": str(len(head))} if binary else {}
+    body = head + binary
+    mutation = draw(st.sampled_from(["none", "none", "none", "truncate", "header", "garbage"]))
+    if mutation == "truncate":
+        body = body[: draw(st.integers(0, max(len(body) - 1, 0)))]
+    elif mutation == "header":
+        headers["Inference-Header-Content-Length"] = draw(st.sampled_from(["-1", "x", "0", str(len(body) + 5), "1e3"]))
+    elif mutation == "garbage":
+        pos = draw(st.integers(0, max(len(head) - 1, 0)))
+        body = body[:pos] + draw(st.binary(min_size=1, max_size=4)) + body[pos + 1:]
+    name = req.model_name or "digits"
+    return "POST", f"/v2/models/{name}" + (f"/versions/{req.model_version}" if req.model_version else "") + "/infer", \
+        headers, body
+
+
+def test_fuzzed_http_requests_get_a_documented_status_and_the_server_stays_ready(edge_server, report):
+    import http.client
+    from urllib.parse import quote
+
+    counts: dict = {"cases": 0, "statuses": {}}
+    conn = http.client.HTTPConnection("127.0.0.1", edge_server.http_port, timeout=20)
+
+    @settings(max_examples=1000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(http_requests())
+    def check(case):
+        method, path, headers, body = case
+        counts["cases"] += 1
+        conn.request(method, quote(path, safe="/%"), body=body or None, headers=headers)
+        resp = conn.getresponse()
+        text = resp.read()
+        assert resp.status in HTTP_DOCUMENTED, (resp.status, text[:300], case)
+        if resp.status != 200 and method != "HEAD":
+            assert json.loads(text)["error"], text
+        counts["statuses"][resp.status] = counts["statuses"].get(resp.status, 0) + 1
+
+    check()
+    conn.request("GET", "/v2/health/ready")
+    assert conn.getresponse().status == 200
+    conn.close()
+    assert edge_server.proc.poll() is None
+    assert counts["statuses"].get(200, 0) > 50 and counts["statuses"].get(400, 0) > 100  # deep paths were reached
+    report["edge_fuzz_http"] = {"cases": counts["cases"], "statuses": {str(k): v for k, v in counts["statuses"].items()}}
