@@ -1,6 +1,8 @@
-"""Edge soak: 32 concurrent clients for 60+ seconds against a real `fedge edge serve` while three new versions
-are installed and one tampered bundle is offered: zero failed requests, the tampered bundle refused, every new
+"""Edge soak: 32 concurrent clients (8 of them over HTTP) for 60+ seconds against a real `fedge edge serve` while
+three new versions are installed and one tampered bundle is offered: zero failed requests, the tampered bundle refused, every new
 version served, and resident memory after warm-up growing less than 10%."""
+import http.client
+import json
 import shutil
 import threading
 import time
@@ -17,7 +19,7 @@ from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
 
 pytestmark = pytest.mark.system
-CLIENTS, SECONDS, MAX_REQUESTS = 32, 60.0, 400_000
+CLIENTS, HTTP_CLIENTS, SECONDS, MAX_REQUESTS = 32, 8, 60.0, 400_000
 
 
 def _rss(pid: int) -> int:
@@ -41,7 +43,41 @@ def test_soak_with_installs_and_a_tampered_bundle(tmp_path, keys, digits_bundle,
     served, failures, versions = [0] * CLIENTS, [], set()
     stop, lock = threading.Event(), threading.Lock()
 
+    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    http_failures = []
+
+    def http_client(i: int) -> None:
+        """tritonclient.http's wire form (JSON header + binary tensor) on one keep-alive connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+        while not stop.is_set() and sum(served) < MAX_REQUESTS:
+            try:
+                conn.request("POST", "/v2/models/digits/infer", head + x.tobytes(),
+                             {"Inference-Header-Content-Length": str(len(head))})
+                resp = conn.getresponse()
+                body = resp.read()
+            except (OSError, http.client.HTTPException) as exc:
+                http_failures.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                continue
+            if resp.status != 200:
+                http_failures.append(f"{resp.status}: {body[:200]!r}")
+                continue
+            served[i] += 1
+            try:
+                v = json.loads(body[: int(resp.headers["Inference-Header-Content-Length"])])["model_version"]
+            except (KeyError, ValueError) as exc:  # not the binary answer asked for
+                http_failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if v not in versions:
+                with lock:
+                    versions.add(v)
+        conn.close()
+
     def client(i: int) -> None:
+        if i < HTTP_CLIENTS:
+            return http_client(i)
         with grpc.insecure_channel(server.url) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             while not stop.is_set() and sum(served) < MAX_REQUESTS:
@@ -79,12 +115,14 @@ def test_soak_with_installs_and_a_tampered_bundle(tmp_path, keys, digits_bundle,
         elapsed = time.monotonic() - started
         stop_pid(server.proc.pid)
     growth = rss_end / rss_warm - 1
-    report["edge_soak"] = {"clients": CLIENTS, "seconds": round(elapsed, 1), "requests": sum(served),
+    failures += http_failures
+    report["edge_soak"] = {"clients": CLIENTS, "http_clients": HTTP_CLIENTS, "seconds": round(elapsed, 1),
+                           "requests": sum(served), "http_requests": sum(served[:HTTP_CLIENTS]),
                            "failed": len(failures), "versions_served": sorted(versions),
                            "rss_warm_mib": round(rss_warm / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
                            "rss_growth": round(growth, 4)}
     assert failures == [], failures[:5]
     assert refused.returncode != 0 and "does not match its sha256" in refused.stderr
     assert versions == {"1", "2", "3", "4"}  # the tampered bundle never became a version
-    assert elapsed >= SECONDS and sum(served) > 1000
+    assert elapsed >= SECONDS and sum(served) > 1000 and sum(served[:HTTP_CLIENTS]) > 100
     assert growth < 0.10, report["edge_soak"]
