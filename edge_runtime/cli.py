@@ -67,8 +67,10 @@ def cmd_predict(a) -> int:
     import numpy as np
 
     from .client import EdgeClient
+    from .rest_client import RestClient, RestError
 
-    client = EdgeClient(a.url, tls=_client_tls(a))
+    rest = a.url.startswith(("http://", "https://"))
+    client = RestClient(a.url, _client_ssl(a)) if rest else EdgeClient(a.url, tls=_client_tls(a))
     try:
         meta = client.metadata(a.model)
         name = meta.inputs[0].name
@@ -81,10 +83,28 @@ def cmd_predict(a) -> int:
     except grpc.RpcError as exc:  # the server's status and message, not a traceback
         print(f"fedge edge predict: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
+    except RestError as exc:
+        print(f"fedge edge predict: {exc}", file=sys.stderr)
+        return 2
     finally:
         client.close()
     print(json.dumps({k: (v.astype(str) if v.dtype == object else v).tolist() for k, v in out.items()}))
     return 0
+
+
+def _client_ssl(a):
+    """For an https:// URL: verify the server with ``--tls-ca`` (default: the system's roots), present
+    ``--tls-cert``/``--tls-key`` to a server that wants a client certificate."""
+    if not a.url.startswith("https://"):
+        if a.tls_ca or a.tls_cert or a.tls_key:
+            raise ValueError("--tls-* files go with an https:// URL (or a HOST:PORT gRPC one)")
+        return None
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=a.tls_ca)
+    if a.tls_cert:
+        ctx.load_cert_chain(a.tls_cert, a.tls_key)
+    return ctx
 
 
 def _client_tls(a):
@@ -190,7 +210,7 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_models)
     p = edge.add_parser("predict", help="send one request to a running server")
-    p.add_argument("--url", required=True, help="HOST:PORT")
+    p.add_argument("--url", required=True, help="HOST:PORT (gRPC), or http://HOST:PORT / https://HOST:PORT (REST)")
     p.add_argument("--model", required=True)
     p.add_argument("--version")
     g = p.add_mutually_exclusive_group(required=True)

@@ -136,3 +136,10 @@ def test_the_http_endpoint_uses_the_same_tls(tls_server, mutual_server, pki):
         plain.getresponse()
     plain.close()
     assert _https_ready(tls_server.http_port, ca / "ca.crt") == 200  # and the server is still there
+    out = fedge("edge", "predict", "--url", f"https://127.0.0.1:{mutual_server.http_port}", "--model", "digits",
+                "--text", "x", "--tls-ca", str(ca / "ca.crt"), "--tls-cert", str(ca / "camera-7.pem"),
+                "--tls-key", str(ca / "camera-7.key"))
+    assert out.returncode == 2 and "expected FP32" in out.stderr  # reached the model over mutual TLS: a text
+    out = fedge("edge", "predict", "--url", f"https://127.0.0.1:{mutual_server.http_port}", "--model", "digits",
+                "--text", "x", "--tls-ca", str(ca / "ca.crt"))  # ... which is refused without a certificate
+    assert out.returncode == 2 and "fedge edge predict: UNAVAILABLE: no answer from https://" in out.stderr
