@@ -37,7 +37,10 @@ def parse_infer(body: bytes, header_length: str | None, model: str, version: str
                 ) -> tuple[pb.ModelInferRequest, OutputForm]:
     json_part, binary = _split(body, header_length)
     doc = load_json(json_part, "inference request")
-    req = pb.ModelInferRequest(model_name=model, model_version=version, id=str(doc.get("id", "")))
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise InvalidInput("the request id must be a string")
+    req = pb.ModelInferRequest(model_name=model, model_version=version, id=req_id or "")
     params = _object(doc.get("parameters"), "request parameters")
     default = params.pop("binary_data_output", False)
     if not isinstance(default, bool):

@@ -121,6 +121,8 @@ BAD = {  # raw request -> (status, words the error must contain)
     "two_sources": (_post("/v2/models/digits/infer", json.dumps({"inputs": [
         {**IMAGE, "data": [0.0] * 64, "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 256}}
     ]}).encode()), 400, "exactly one way"),
+    "id_not_a_string": (_post("/v2/models/digits/infer", json.dumps({"id": 5, "inputs": [{**IMAGE, "data": [0.0] * 64}]})
+                              .encode()), 400, "id must be a string"),
     "unknown_model": (b"GET /v2/models/nope HTTP/1.1\r\n\r\n", 404, "unknown model"),
     "unknown_path": (b"GET /v3/whatever HTTP/1.1\r\n\r\n", 404, "no KServe v2 endpoint"),
     "wrong_method": (b"DELETE /v2/health/ready HTTP/1.1\r\n\r\n", 405, "DELETE is not allowed"),
