@@ -27,7 +27,8 @@ from .tracing import Tracer
 
 log = logging.getLogger("fedge.edge")
 SERVER_NAME = "fedge-edge"
-EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging", "trace"]
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging", "trace",
+              "binary_tensor_data"]  # the last: Triton's binary tensors over HTTP (edge_runtime.rest_codec)
 STREAM_IN_FLIGHT = 256  # requests of one stream being answered at once; the stream is not read further meanwhile
 
 

@@ -3,6 +3,7 @@ and the HTTP framing and error paths driven byte by byte over a socket."""
 import http.client
 import json
 import socket
+import time
 import urllib.request
 
 import numpy as np
@@ -17,7 +18,7 @@ def test_tritonclient_http_works_unchanged(edge_server, digits_bundle, tmp_path)
     np.save(tmp_path / "x.npy", x)
     r = triton_script("tests.edge.triton_http_check", edge_server.http_url, str(tmp_path / "x.npy"))
     assert r["live"] and r["ready"] and r["digits_ready"] and r["ready_after"] and r["missing_ready"] is False
-    assert r["server"]["name"] == "fedge-edge" and "model_repository" in r["server"]["extensions"]
+    assert r["server"]["name"] == "fedge-edge" and {"model_repository", "binary_tensor_data"} <= set(r["server"]["extensions"])
     # JSON as Triton's HTTP endpoint writes it: 64-bit integers are numbers, not protobuf's JSON strings
     assert r["metadata"]["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert r["config"]["max_batch_size"] == 64 and r["config"]["input"][0]["dims"] == [1, 8, 8]
@@ -203,3 +204,38 @@ def test_fedge_edge_predict_over_http_answers_as_over_grpc(edge_server, tmp_path
     assert len(row) == 2 and float(row[0].split(":")[0]) >= float(row[1].split(":")[0])
     missing = fedge("edge", "predict", "--url", f"http://{edge_server.http_url}", "--model", "nope", "--text", "hi")
     assert missing.returncode == 2 and missing.stderr.strip() == "fedge edge predict: HTTP 404: unknown model 'nope'"
+
+
+@pytest.fixture
+def slow_server(tmp_path, keys, digits_bundle):
+    from tests.edge.conftest import slowed_server
+
+    yield from slowed_server(tmp_path, keys, digits_bundle)
+
+
+def test_http_and_grpc_requests_share_one_batch(slow_server):
+    """One data plane: requests that arrive over both protocols while the model is busy run as one backend call."""
+    import threading
+
+    import grpc
+
+    from proto import grpc_service_pb2_grpc as pb_grpc
+    from tests.edge.conftest import digits_request
+
+    server, computed = slow_server
+    raw = _post("/v2/models/digits/infer", json.dumps({"inputs": [{**IMAGE, "data": [0.0] * 64}]}).encode())
+    statuses = []
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        busy = stub.ModelInfer.future(digits_request(), timeout=10)
+        time.sleep(0.05)  # the model is now busy with it for 300 ms
+        over_http = [threading.Thread(target=lambda: statuses.append(_exchange(server.http_port, raw)[0]))
+                     for _ in range(2)]
+        for t in over_http:
+            t.start()
+        over_grpc = [stub.ModelInfer.future(digits_request(), timeout=10) for _ in range(2)]
+        for t in over_http:
+            t.join(10)
+        assert busy.result().outputs and all(f.result().outputs for f in over_grpc)
+    assert statuses == [200, 200]
+    assert computed == [1, 4], computed
