@@ -29,7 +29,7 @@ def cmd_serve(a) -> int:
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      allow_client_shm=a.allow_client_shm, tls=tls,
-                     trace_file=trace_file, trace=trace)
+                     trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness)
     return serve(cfg)
 
 
@@ -189,6 +189,9 @@ def add_parser(sub) -> None:
     p.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                    help="let clients on this host pass tensors through system shared memory (Triton's extension;"
                         " off by default, as in Triton)")
+    p.add_argument("--strict-readiness", nargs="?", const=True, default=True, type=_boolean, metavar="true|false",
+                   help="server readiness (ServerReady, /v2/health/ready, grpc.health.v1 \"\") only once every model"
+                        " that should serve does, as Triton's default; false: ready whenever the server answers")
     p.add_argument("--tls-cert", metavar="PEM", help="serve gRPC (and HTTP) over TLS with this certificate (chain); e.g. from"
                    " `fedge certs issue NAME --hosts ...` (Triton's --grpc-use-ssl)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's unencrypted private key")

@@ -139,6 +139,17 @@ class ModelRepository:
         with self._lock:
             return [self._live[n] for n in sorted(self._live)]
 
+    def unready(self) -> dict[str, str]:
+        """Models that should serve and do not (loading, or no version could be loaded): name -> why. Explicitly
+        unloaded models are not counted; nor is a model whose new version failed while its old one serves."""
+        out = {}
+        for name in self.names():
+            if name in self._unloaded or name in self._live or current_version(self.root / name) is None:
+                continue
+            failed = [why for (n, _), why in self._failed.items() if n == name]
+            out[name] = "loading" if name in self._loading else f"failed to load: {failed[-1]}" if failed else "not loaded"
+        return out
+
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 

@@ -57,6 +57,7 @@ class EdgeConfig:
     tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default); metrics stay plain
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
     trace: TraceSettings = field(default_factory=TraceSettings)
+    strict_readiness: bool = True          # Triton's default: not ready while a model that should serve does not
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
@@ -93,7 +94,8 @@ class EdgeServer:
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
-        servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs, self.tracer)
+        servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs, self.tracer,
+                                     self.cfg.strict_readiness)
         self._server, self.port = self._call(self._start_grpc(servicer, creds))
         if self.cfg.http_port:
             self._rest = HttpServer(RestApi(servicer), self.cfg.max_message_bytes, https)
@@ -133,7 +135,7 @@ class EdgeServer:
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo), server)
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo, servicer.ready), server)
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
             port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

@@ -83,9 +83,10 @@ def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
-                 shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None
-                 ) -> None:
+                 shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None,
+                 strict_readiness: bool = True) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
+        self.strict_readiness = strict_readiness
         self.executor = executor  # threads for unbatched inference and model loading
         self.shm = shm or SharedMemory(allowed=False)
         self.logs = logs or LogSettings()
@@ -96,7 +97,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request, context):
-        return pb.ServerReadyResponse(ready=True)
+        return pb.ServerReadyResponse(ready=self.ready())
+
+    def ready(self) -> bool:
+        """Triton's strict readiness (its default): ready once every model that should serve does."""
+        return not self.strict_readiness or not self.repo.unready()
 
     async def ModelReady(self, request, context):
         try:
@@ -283,17 +288,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1: "" is the server; a model name is that model."""
+    """grpc.health.v1: "" is the server (SERVING when ServerReady says ready); a model name is that model."""
 
-    def __init__(self, repo: ModelRepository) -> None:
-        self.repo = repo
+    def __init__(self, repo: ModelRepository, ready=lambda: True) -> None:
+        self.repo, self.ready = repo, ready
 
     WATCH_POLL_S = 0.5
 
     def _status(self, service: str) -> int:
         status = health_pb2.HealthCheckResponse
         if not service:
-            return status.SERVING
+            return status.SERVING if self.ready() else status.NOT_SERVING
         try:
             self.repo.get(service)
         except ModelNotFound:
