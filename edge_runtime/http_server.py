@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import ssl
+import time
 import zlib
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -93,6 +94,7 @@ class HttpServer:
                     return
                 if req is None:
                     return
+                started = time.perf_counter()
                 handler = asyncio.ensure_future(self._handle(req))
                 reader.on_hangup = handler.cancel  # a client that hung up is not answered, nor computed for
                 try:
@@ -108,6 +110,9 @@ class HttpServer:
                     reader.on_hangup = None
                 await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive,
                             head_only=req.method == "HEAD")
+                if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
+                    log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
+                              (time.perf_counter() - started) * 1e3, peer)
                 if not keep_alive:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):

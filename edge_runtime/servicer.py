@@ -51,11 +51,15 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         inner = handler.unary_unary
 
         async def wrapped(request, context):
+            started = time.perf_counter()
             try:
                 result = inner(request, context)
-                return await result if inspect.isawaitable(result) else result
+                result = await result if inspect.isawaitable(result) else result
+                _access(method, "OK", started, context)
+                return result
             except EdgeError as exc:
                 self._count(method, request, exc.code_name)
+                _access(method, exc.code_name, started, context)
                 await context.abort(getattr(grpc.StatusCode, exc.code_name), str(exc))
             except asyncio.CancelledError:  # the client hung up or its deadline passed
                 self._count(method, request, "CANCELLED")
@@ -75,6 +79,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
     def _count(self, method: str, request, status: str) -> None:
         if method == "ModelInfer":
             count_failure(self._metrics, request, status)
+
+
+def _access(method: str, status: str, started: float, context) -> None:
+    """The access log, at log_verbose_level >= 1 (as the HTTP endpoint's)."""
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("gRPC %s -> %s in %.2f ms (%s)", method, status, (time.perf_counter() - started) * 1e3,
+                  context.peer())
 
 
 def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) -> None:

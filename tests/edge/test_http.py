@@ -2,6 +2,7 @@
 and the HTTP framing and error paths driven byte by byte over a socket."""
 import http.client
 import json
+import re
 import socket
 import time
 import urllib.request
@@ -239,3 +240,27 @@ def test_http_and_grpc_requests_share_one_batch(slow_server):
         assert busy.result().outputs and all(f.result().outputs for f in over_grpc)
     assert statuses == [200, 200]
     assert computed == [1, 4], computed
+
+
+def test_verbose_logging_writes_an_access_log_for_both_protocols(edge_server, stub):
+    from tests.edge.conftest import digits_request
+
+    def logging_(level: int) -> int:
+        body = json.dumps({"log_verbose_level": level}).encode()
+        return _exchange(edge_server.http_port, _post("/v2/logging", body))[0]
+
+    def logged_by_two_requests() -> str:
+        before = len(edge_server.log.read_text())
+        assert _exchange(edge_server.http_port, BAD["wrong_count"][0])[0] == 400
+        stub.ModelInfer(digits_request(), timeout=10)
+        time.sleep(0.3)
+        return edge_server.log.read_text()[before:]
+
+    assert logging_(1) == 200
+    try:
+        text = logged_by_two_requests()
+        assert re.search(r"DEBUG fedge.edge: HTTP POST /v2/models/digits/infer -> 400 in [\d.]+ ms \(ipv4:127.0.0.1:\d+\)", text), text
+        assert re.search(r"DEBUG fedge.edge: gRPC ModelInfer -> OK in [\d.]+ ms \(ipv4:127.0.0.1:\d+\)", text), text
+    finally:
+        assert logging_(0) == 200
+    assert "fedge.edge: HTTP" not in logged_by_two_requests() and "gRPC ModelInfer" not in logged_by_two_requests()
