@@ -124,9 +124,9 @@ class ModelRepository:
                 raise ModelUnavailable(f"model {name!r} is loading")
             if name in self._unloaded:
                 raise ModelUnavailable(f"model {name!r} is unloaded (RepositoryModelLoad serves it again)")
-            failed = [why for (n, _), why in self._failed.items() if n == name]
+            failed = self._failure(name)
             if failed:
-                raise ModelUnavailable(f"model {name!r} failed to load: {failed[-1]}")
+                raise ModelUnavailable(f"model {name!r} failed to load: {failed}")
             raise ModelNotFound(f"unknown model {name!r}")
         if version and version != str(model.version):
             if version.isdigit() and int(version) in versions(self.root / name):
@@ -146,9 +146,14 @@ class ModelRepository:
         for name in self.names():
             if name in self._unloaded or name in self._live or current_version(self.root / name) is None:
                 continue
-            failed = [why for (n, _), why in self._failed.items() if n == name]
-            out[name] = "loading" if name in self._loading else f"failed to load: {failed[-1]}" if failed else "not loaded"
+            failed = self._failure(name)
+            out[name] = "loading" if name in self._loading else f"failed to load: {failed}" if failed else "not loaded"
         return out
+
+    def _failure(self, name: str) -> str | None:
+        """Why the last version of ``name`` that failed to load did, if one did."""
+        failed = [why for (n, _), why in self._failed.items() if n == name]
+        return failed[-1] if failed else None
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -120,9 +120,9 @@ class EdgeServer:
             self._puller.start()
         return self
 
-    def _call(self, coro):
-        """Run ``coro`` on the server's event loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _call(self, coro, timeout: float | None = None):
+        """Run ``coro`` on the server's event loop and wait (at most ``timeout`` s) for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _start_grpc(self, servicer: InferenceServicer, creds: grpc.ServerCredentials | None
                           ) -> tuple[grpc.aio.Server, int]:
@@ -149,9 +149,9 @@ class EdgeServer:
         if self._puller is not None:
             self._puller.stop()
         if self._rest is not None:
-            asyncio.run_coroutine_threadsafe(self._rest.stop(), self._loop).result(grace + 5)
+            self._call(self._rest.stop(), grace + 5)
         if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(grace + 5)
+            self._call(self._server.stop(grace), grace + 5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
         self.shm.close()
