@@ -92,6 +92,59 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_perf(a) -> int:
+    import sys
+
+    import grpc
+    import numpy as np
+
+    from . import perf
+
+    try:
+        levels = [int(c) for c in a.concurrency.split(",")]
+        if not levels or min(levels) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"fedge edge perf: --concurrency wants positive integers separated by commas, not {a.concurrency!r}",
+              file=sys.stderr)
+        return 2
+    rest = a.url.startswith(("http://", "https://"))
+    target = perf.HttpTarget(a.url, _client_ssl(a)) if rest else perf.GrpcTarget(a.url, _client_tls(a))
+    version = a.version or ""
+    try:
+        meta = target.metadata(a.model, version)
+        inputs = perf.make_inputs(meta, a.batch, np.load(a.npy) if a.npy else None, a.text)
+        results = []
+        for c in levels:
+            level = perf.measure(target, a.model, version, inputs, c, a.seconds, a.warmup).summary()
+            results.append(level)
+            if not a.json:
+                print(f"concurrency {c}: {level['requests_per_s']} requests/s, p50 {level['p50_ms']} ms,"
+                      f" {level['failures']} failed", file=sys.stderr)
+    except grpc.RpcError as exc:
+        print(f"fedge edge perf: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    except (perf.PerfError, OSError) as exc:
+        print(f"fedge edge perf: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        target.close()
+    rows = len(next(iter(inputs.values())))
+    if a.json:
+        print(json.dumps({"model": a.model, "version": version, "url": a.url, "batch": rows,
+                          "inputs": {k: [str(v.dtype), list(v.shape)] for k, v in inputs.items()},
+                          "seconds": a.seconds, "warmup_seconds": a.warmup, "levels": results}))
+    else:
+        print(f"{a.model} at {a.url}, {rows} row(s) per request, {a.seconds:g} s per level after {a.warmup:g} s of"
+              " warm-up")
+        print(perf.table(results))
+    failed = [r for r in results if r["failures"]]
+    if failed:
+        print(f"fedge edge perf: requests failed, first: {failed[0]['first_failure']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _client_ssl(a):
     """For an https:// URL: verify the server with ``--tls-ca`` (default: the system's roots), present
     ``--tls-cert``/``--tls-key`` to a server that wants a client certificate."""
@@ -213,19 +266,26 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_models)
     p = edge.add_parser("predict", help="send one request to a running server")
-    p.add_argument("--url", required=True, help="HOST:PORT (gRPC), or http://HOST:PORT / https://HOST:PORT (REST)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version")
+    _client_args(p)
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--text", action="append", help="text input (repeatable: one row each)")
     g.add_argument("--npy", help=".npy file with the input batch")
     p.add_argument("--top", type=int, default=0, metavar="K",
                    help="only the K best classes per row, as score:index:label (Triton's classification extension)")
-    p.add_argument("--tls", action="store_true", help="dial the server over TLS (implied by the --tls-* files)")
-    p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate (default: the system's)")
-    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for a server that requires one")
-    p.add_argument("--tls-key", metavar="PEM", help="its private key")
     p.set_defaults(fn=cmd_predict)
+    p = edge.add_parser("perf", help="measure a running server's throughput and latency (as Triton's"
+                                     " perf_analyzer)")
+    _client_args(p)
+    p.add_argument("--concurrency", default="1,8,64", help="client counts to measure, comma-separated (default"
+                   " 1,8,64): each keeps one request outstanding")
+    p.add_argument("--seconds", type=float, default=5.0, help="measurement window per level (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="rows per request for made-up inputs (default 1)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--text", action="append", help="text input instead of made-up data (repeatable: one row each)")
+    g.add_argument("--npy", help=".npy file with the request's input batch instead of made-up data")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout instead of the table")
+    p.set_defaults(fn=cmd_perf)
     p = edge.add_parser("rollback", help="serve the previous installed version")
     p.add_argument("model")
     p.add_argument("--repo", required=True)
@@ -235,6 +295,17 @@ def add_parser(sub) -> None:
     p.add_argument("--cache", default=".fedge-engines")
     p.add_argument("--max-batch", type=int, default=64)
     p.set_defaults(fn=cmd_compile)
+
+
+def _client_args(p) -> None:
+    """The flags saying which server and model a client command talks to, and how."""
+    p.add_argument("--url", required=True, help="HOST:PORT (gRPC), or http://HOST:PORT / https://HOST:PORT (REST)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--version")
+    p.add_argument("--tls", action="store_true", help="dial the server over TLS (implied by the --tls-* files)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA that signed the server's certificate (default: the system's)")
+    p.add_argument("--tls-cert", metavar="PEM", help="this client's certificate, for a server that requires one")
+    p.add_argument("--tls-key", metavar="PEM", help="its private key")
 
 
 def add_keys_parser(sub) -> None:

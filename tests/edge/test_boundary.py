@@ -5,7 +5,8 @@ import sys
 
 def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
     code = (
-        "import sys, edge_runtime.server, edge_runtime.repository, edge_runtime.puller, edge_runtime.tensorrt_engine;"
+        "import sys, edge_runtime.server, edge_runtime.repository, edge_runtime.puller, edge_runtime.tensorrt_engine,"
+        " edge_runtime.perf;"
         "from fedge.cli import main;"
         f"main(['edge', 'models', '--repo', {str(tmp_path)!r}]);"
         "print(sorted({'torch', 'flwr', 'sklearn', 'opacus'} & set(sys.modules)))"
