@@ -108,6 +108,9 @@ def cmd_perf(a) -> int:
         print(f"fedge edge perf: --concurrency wants positive integers separated by commas, not {a.concurrency!r}",
               file=sys.stderr)
         return 2
+    if a.batch < 1 or a.seconds <= 0 or a.warmup < 0:
+        print("fedge edge perf: --batch must be at least 1, --seconds above 0 and --warmup at least 0", file=sys.stderr)
+        return 2
     rest = a.url.startswith(("http://", "https://"))
     target = perf.HttpTarget(a.url, _client_ssl(a)) if rest else perf.GrpcTarget(a.url, _client_tls(a))
     version = a.version or ""

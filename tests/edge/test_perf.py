@@ -58,3 +58,5 @@ def test_perf_reports_refused_requests_and_bad_arguments(edge_server, tmp_path):
     assert out.returncode == 2 and "NOT_FOUND" in out.stderr
     out = _perf(edge_server.url, "digits", "--concurrency", "0,8")
     assert out.returncode == 2 and "--concurrency" in out.stderr
+    out = _perf(edge_server.url, "digits", "--batch", "0")
+    assert out.returncode == 2 and "--batch" in out.stderr
