@@ -27,20 +27,30 @@ class EdgeClient:
               outputs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
         """``outputs``: output name -> top-k classes to return for it (Triton's classification extension; 0: the
         tensor itself); None: every output."""
-        req = pb.ModelInferRequest(model_name=model, model_version=version)
-        for name, top in (outputs or {}).items():
-            wanted = req.outputs.add(name=name)
-            if top:
-                wanted.parameters["classification"].int64_param = top
-        for name, arr in inputs.items():
-            dt = datatype_of(arr)
-            req.inputs.add(name=name, datatype=dt, shape=list(arr.shape))
-            req.raw_input_contents.append(serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes())
-        resp = self.stub.ModelInfer(req, timeout=timeout)
-        return decode_outputs(resp)
+        return decode_outputs(self.stub.ModelInfer(infer_request(model, inputs, version, outputs), timeout=timeout))
 
     def close(self) -> None:
         self.channel.close()
+
+
+def infer_request(model: str, inputs: dict[str, np.ndarray], version: str = "",
+                  outputs: dict[str, int] | None = None) -> pb.ModelInferRequest:
+    """A ModelInferRequest with raw input contents (as tritonclient.grpc sends them); ``outputs`` as for
+    :meth:`EdgeClient.infer`."""
+    req = pb.ModelInferRequest(model_name=model, model_version=version)
+    for name, top in (outputs or {}).items():
+        wanted = req.outputs.add(name=name)
+        if top:
+            wanted.parameters["classification"].int64_param = top
+    for name, arr in inputs.items():
+        req.inputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
+        req.raw_input_contents.append(raw_bytes(arr))
+    return req
+
+
+def raw_bytes(arr: np.ndarray) -> bytes:
+    """A tensor's raw contents on the wire (length-prefixed elements for BYTES)."""
+    return serialize_bytes(arr) if datatype_of(arr) == BYTES else np.ascontiguousarray(arr).tobytes()
 
 
 def decode_outputs(resp: pb.ModelInferResponse) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
@@ -24,7 +24,9 @@ from google.protobuf import json_format
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 
-from .datatypes import BYTES, NUMPY, datatype_of, serialize_bytes
+from .client import infer_request
+from .datatypes import BYTES, NUMPY
+from .rest_client import error_message, infer_body, model_path
 
 SAMPLE_TEXT = b"where is my order, it was due yesterday"
 
@@ -82,10 +84,6 @@ def make_inputs(meta: pb.ModelMetadataResponse, batch: int, npy: np.ndarray | No
     return out
 
 
-def _raw(arr: np.ndarray) -> bytes:
-    return serialize_bytes(arr) if datatype_of(arr) == BYTES else np.ascontiguousarray(arr).tobytes()
-
-
 class GrpcTarget:
     def __init__(self, url: str, tls: grpc.ChannelCredentials | None = None) -> None:
         opts = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
@@ -100,11 +98,7 @@ class GrpcTarget:
 
     def sender(self, model: str, version: str, inputs: dict[str, np.ndarray], timeout: float):
         """A function sending the prepared request once (raises on failure); one per client thread."""
-        req = pb.ModelInferRequest(model_name=model, model_version=version)
-        for name, arr in inputs.items():
-            req.inputs.add(name=name, datatype=datatype_of(arr), shape=list(arr.shape))
-            req.raw_input_contents.append(_raw(arr))
-        call = self.stub.ModelInfer
+        req, call = infer_request(model, inputs, version), self.stub.ModelInfer
         return lambda: call(req, timeout=timeout)
 
     def close(self) -> None:
@@ -133,27 +127,18 @@ class HttpTarget:
         finally:
             conn.close()
         if resp.status != 200:
-            raise PerfError(f"HTTP {resp.status}: {_error_text(body)}")
+            raise PerfError(f"HTTP {resp.status}: {error_message(body)}")
         return json_format.ParseDict(json.loads(body), message, ignore_unknown_fields=True)
 
-    def _model_path(self, model: str, version: str) -> str:
-        return f"/v2/models/{quote(model)}" + (f"/versions/{quote(version)}" if version else "")
-
     def metadata(self, model: str, version: str) -> pb.ModelMetadataResponse:
-        return self._get(self._model_path(model, version), pb.ModelMetadataResponse())
+        return self._get(model_path(model, version), pb.ModelMetadataResponse())
 
     def statistics(self, model: str, version: str) -> pb.ModelStatisticsResponse:
-        return self._get(self._model_path(model, version) + "/stats", pb.ModelStatisticsResponse())
+        return self._get(model_path(model, version) + "/stats", pb.ModelStatisticsResponse())
 
     def sender(self, model: str, version: str, inputs: dict[str, np.ndarray], timeout: float):
-        raws = [_raw(arr) for arr in inputs.values()]
-        head = json.dumps({"inputs": [{"name": n, "datatype": datatype_of(a), "shape": list(a.shape),
-                                       "parameters": {"binary_data_size": len(r)}}
-                                      for (n, a), r in zip(inputs.items(), raws)],
-                           "parameters": {"binary_data_output": True}}).encode()
-        body = head + b"".join(raws)
-        headers = {"Inference-Header-Content-Length": str(len(head)), "Content-Type": "application/octet-stream"}
-        path = self._model_path(model, version) + "/infer"
+        body, headers = infer_body(inputs)
+        path = model_path(model, version) + "/infer"
         conn = [self._connection(timeout)]
 
         def send() -> None:
@@ -166,18 +151,11 @@ class HttpTarget:
                 conn[0] = self._connection(timeout)
                 raise
             if resp.status != 200:
-                raise RuntimeError(f"HTTP {resp.status}: {_error_text(data)}")
+                raise RuntimeError(f"HTTP {resp.status}: {error_message(data)}")
         return send
 
     def close(self) -> None:
         pass
-
-
-def _error_text(body: bytes) -> str:
-    try:
-        return json.loads(body)["error"]
-    except (ValueError, KeyError, TypeError):
-        return body.decode("utf-8", "replace")
 
 
 def _failure_text(exc: Exception) -> str:

@@ -15,7 +15,8 @@ from google.protobuf import json_format
 
 from proto import grpc_service_pb2 as pb
 
-from .datatypes import BYTES, NUMPY, datatype_of, deserialize_bytes, serialize_bytes
+from .client import raw_bytes
+from .datatypes import BYTES, NUMPY, datatype_of, deserialize_bytes
 
 
 class RestError(Exception):
@@ -35,30 +36,14 @@ class RestClient:
         self.ssl = ssl_context
 
     def metadata(self, model: str) -> pb.ModelMetadataResponse:
-        _, body = self._call("GET", f"/v2/models/{quote(model)}")
+        _, body = self._call("GET", model_path(model))
         return json_format.ParseDict(json.loads(body), pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30,
               outputs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
         """``outputs``: output name -> top-k classes (0: the tensor itself); None: every output."""
-        doc: dict = {"inputs": []}
-        data = []
-        for name, arr in inputs.items():
-            dt = datatype_of(arr)
-            raw = serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes()
-            doc["inputs"].append({"name": name, "datatype": dt, "shape": list(arr.shape),
-                                  "parameters": {"binary_data_size": len(raw)}})
-            data.append(raw)
-        if outputs:
-            doc["outputs"] = [{"name": name, "parameters": {"binary_data": True, **({"classification": k} if k else {})}}
-                              for name, k in outputs.items()]
-        else:
-            doc["parameters"] = {"binary_data_output": True}
-        head = json.dumps(doc).encode()
-        path = f"/v2/models/{quote(model)}" + (f"/versions/{quote(version)}" if version else "") + "/infer"
-        headers, body = self._call("POST", path, head + b"".join(data),
-                                   {"Inference-Header-Content-Length": str(len(head)),
-                                    "Content-Type": "application/octet-stream"}, timeout)
+        body, headers = infer_body(inputs, outputs)
+        headers, body = self._call("POST", model_path(model, version) + "/infer", body, headers, timeout)
         return decode_outputs(body, headers.get("Inference-Header-Content-Length"))
 
     def close(self) -> None:
@@ -71,15 +56,40 @@ class RestClient:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as resp:
                 return dict(resp.headers), resp.read()
         except urllib.error.HTTPError as exc:
-            text = exc.read().decode("utf-8", "replace")
-            try:
-                message = json.loads(text)["error"]
-            except (ValueError, KeyError, TypeError):
-                message = text or exc.reason
-            raise RestError(exc.code, message) from None
+            raise RestError(exc.code, error_message(exc.read()) or exc.reason) from None
         except (OSError, http.client.HTTPException) as exc:  # URLError, TLS refusals, a dropped connection
             reason = getattr(exc, "reason", None) or exc
             raise RestError(0, f"no answer from {self.base}: {reason or type(exc).__name__}") from None
+
+
+def model_path(model: str, version: str = "") -> str:
+    return f"/v2/models/{quote(model)}" + (f"/versions/{quote(version)}" if version else "")
+
+
+def infer_body(inputs: dict[str, np.ndarray], outputs: dict[str, int] | None = None) -> tuple[bytes, dict]:
+    """An inference request's body and headers as tritonclient.http sends them: the JSON header, then the binary
+    tensors; ``outputs`` as for :meth:`RestClient.infer`."""
+    raws = [raw_bytes(arr) for arr in inputs.values()]
+    doc: dict = {"inputs": [{"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape),
+                             "parameters": {"binary_data_size": len(raw)}}
+                            for (name, arr), raw in zip(inputs.items(), raws)]}
+    if outputs:
+        doc["outputs"] = [{"name": name, "parameters": {"binary_data": True, **({"classification": k} if k else {})}}
+                          for name, k in outputs.items()]
+    else:
+        doc["parameters"] = {"binary_data_output": True}
+    head = json.dumps(doc).encode()
+    return head + b"".join(raws), {"Inference-Header-Content-Length": str(len(head)),
+                                   "Content-Type": "application/octet-stream"}
+
+
+def error_message(body: bytes) -> str:
+    """The message of a KServe v2 REST error body (``{"error": "..."}``), else the body as text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        return json.loads(text)["error"]
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 def decode_outputs(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
