@@ -29,7 +29,8 @@ def cmd_serve(a) -> int:
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      allow_client_shm=a.allow_client_shm, tls=tls,
-                     trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness)
+                     trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
+                     exit_timeout_s=a.exit_timeout_secs)
     return serve(cfg)
 
 
@@ -238,6 +239,9 @@ def add_parser(sub) -> None:
     p.add_argument("--instances", type=int, default=1,
                    help="batch workers per model running the backend in parallel (Triton's instance count)")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
+    p.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="S",
+                   help="on SIGTERM/SIGINT, answer the requests in flight for at most S seconds before exiting;"
+                        " a second signal exits at once (default 30, as Triton)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--pull", help="coordinator release service HOST:PORT to poll for new releases")
     p.add_argument("--pull-interval", type=float, default=10.0)

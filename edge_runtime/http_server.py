@@ -65,6 +65,9 @@ class HttpServer:
         self._handle, self._max_body, self._tls = handle, max_body_bytes, tls
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        self._busy: set[asyncio.Task] = set()  # connections between a request's head and its answer
+        self._draining = False
+        self._drained = asyncio.Event()  # set once draining and no connection is busy
 
     async def start(self, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
@@ -75,12 +78,23 @@ class HttpServer:
         self._server = await loop.create_server(protocol, host, port, ssl=self._tls)
         return self._server.sockets[0].getsockname()[1]
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            for task in list(self._connections):  # idle keep-alive connections would hold wait_closed forever
-                task.cancel()
-            await self._server.wait_closed()
+    async def stop(self, grace: float = 0.0) -> None:
+        """Accept no more connections, close the idle ones, let each busy one answer its request (then close it),
+        for at most ``grace`` seconds; whatever is left then is cut off."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._draining = True
+        for task in self._connections - self._busy:  # idle keep-alive connections would hold wait_closed forever
+            task.cancel()
+        if self._busy:
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("HTTP: %d request(s) still unanswered after %.0f s: cut off", len(self._busy), grace)
+        for task in list(self._connections):
+            task.cancel()
+        await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections.add(task := asyncio.current_task())
@@ -108,8 +122,10 @@ class HttpServer:
                     resp = Response.error(500, f"{type(exc).__name__}: {exc}")
                 finally:
                     reader.on_hangup = None
+                keep_alive = keep_alive and not self._draining  # a stopping server closes after each answer
                 await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive,
                             head_only=req.method == "HEAD")
+                self._idle(task)
                 if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
                     log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
                               (time.perf_counter() - started) * 1e3, peer)
@@ -119,11 +135,18 @@ class HttpServer:
             pass  # the client went away
         finally:
             self._connections.discard(task)
+            self._idle(task)
             writer.close()
+
+    def _idle(self, task: asyncio.Task) -> None:
+        self._busy.discard(task)
+        if self._draining and not self._busy:
+            self._drained.set()
 
     async def _read(self, reader, writer, peer: str) -> tuple[Request | None, bool]:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
+            self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 raise HttpError(400, "the request ended inside its headers") from None

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +60,13 @@ class EdgeConfig:
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
     trace: TraceSettings = field(default_factory=TraceSettings)
     strict_readiness: bool = True          # Triton's default: not ready while a model that should serve does not
+    exit_timeout_s: float = 30.0           # Triton's --exit-timeout-secs: how long stopping waits for requests
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
             raise ValueError("ports must be in [0, 65535]")
+        if self.exit_timeout_s < 0:
+            raise ValueError("the exit timeout must be >= 0 seconds")
 
 
 class EdgeServer:
@@ -72,6 +77,7 @@ class EdgeServer:
                                     on_batch=self.metrics.on_batch, on_load=self._on_load)
         self.port = cfg.port
         self._server: grpc.aio.Server | None = None
+        self._servicer: InferenceServicer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fedge-infer")
@@ -94,8 +100,8 @@ class EdgeServer:
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
-        servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs, self.tracer,
-                                     self.cfg.strict_readiness)
+        servicer = self._servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm,
+                                                      self.logs, self.tracer, self.cfg.strict_readiness)
         self._server, self.port = self._call(self._start_grpc(servicer, creds))
         if self.cfg.http_port:
             self._rest = HttpServer(RestApi(servicer), self.cfg.max_message_bytes, https)
@@ -135,7 +141,8 @@ class EdgeServer:
                      ("grpc.so_reuseport", 0)],
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo, servicer.ready), server)
+        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo, servicer.ready, lambda: servicer.stopping),
+                                                     server)
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
             port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
@@ -145,13 +152,16 @@ class EdgeServer:
         await server.start()
         return server, port
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float | None = None) -> bool:
+        """Stop gracefully, as Triton does: accept no new connections or requests and report not ready, answer
+        every request already in flight (queued ones included) for at most ``grace`` seconds (default: the
+        config's exit timeout), then close. Returns whether everything in flight was answered."""
+        grace = self.cfg.exit_timeout_s if grace is None else grace
         if self._puller is not None:
             self._puller.stop()
-        if self._rest is not None:
-            self._call(self._rest.stop(), grace + 5)
+        answered = True
         if self._server is not None:
-            self._call(self._server.stop(grace), grace + 5)
+            answered = self._call(self._drain(grace), grace + 10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._loop_thread.join(5)
         self.shm.close()
@@ -160,6 +170,23 @@ class EdgeServer:
         if self._metrics_http is not None and isinstance(self._metrics_http, tuple):
             self._metrics_http[0].shutdown()
         self.repo.close()
+        return answered
+
+    async def _drain(self, grace: float) -> bool:
+        started = time.monotonic()
+        servicer = self._servicer
+        log.info("stopping: no new requests; waiting up to %.0f s for %d inference(s) in flight", grace,
+                 servicer.in_flight)
+        servicer.stop()
+        closing = asyncio.gather(self._server.stop(grace), *([self._rest.stop(grace)] if self._rest else []))
+        answered = await servicer.quiet(grace)
+        await closing
+        if answered:
+            log.info("stopped: every request in flight was answered (%.2f s)", time.monotonic() - started)
+        else:
+            log.warning("stopped: the exit timeout of %.0f s passed with %d inference(s) in flight; they were"
+                        " cancelled", grace, servicer.in_flight)
+        return answered
 
 
 def serve(cfg: EdgeConfig) -> int:
@@ -176,8 +203,15 @@ def serve(cfg: EdgeConfig) -> int:
           + (f", pulling releases from {cfg.pull}" if cfg.pull else "")
           + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)
     done = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        if done.is_set():  # a second signal while draining: go now
+            log.warning("%s while stopping: exiting without waiting", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        done.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        signal.signal(sig, on_signal)
     done.wait()
     server.stop()
     return 0

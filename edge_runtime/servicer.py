@@ -103,6 +103,27 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.logs = logs or LogSettings()
         self.tracer = tracer or Tracer()
         self.extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
+        self.stopping = False  # set by stop(): not ready, streams read no further requests
+        self.in_flight = 0     # inferences begun and not yet answered (any protocol)
+        self._quiet = asyncio.Event()  # set once stopping and nothing is in flight
+        self._stream_readers: set[asyncio.Task] = set()
+
+    def stop(self) -> None:
+        """The server is stopping (on the loop): report not ready, and let every open stream answer what it has
+        read and end. Inferences in flight go on; the caller waits for them with :meth:`quiet`."""
+        self.stopping = True
+        for reader in self._stream_readers:
+            reader.cancel()
+        if not self.in_flight:
+            self._quiet.set()
+
+    async def quiet(self, timeout: float) -> bool:
+        """Whether every inference in flight was answered within ``timeout`` s of :meth:`stop`."""
+        try:
+            await asyncio.wait_for(self._quiet.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -111,8 +132,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ServerReadyResponse(ready=self.ready())
 
     def ready(self) -> bool:
-        """Triton's strict readiness (its default): ready once every model that should serve does."""
-        return not self.strict_readiness or not self.repo.unready()
+        """Triton's strict readiness (its default): ready once every model that should serve does; never while
+        stopping."""
+        return not self.stopping and (not self.strict_readiness or not self.repo.unready())
 
     async def ModelReady(self, request, context):
         try:
@@ -140,7 +162,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference: each request of the stream is answered as soon as it is done (requests
         of one stream are batched like any others); a failed request gets ``error_message`` and the stream goes
-        on. The stream ends once the client has closed its side and every answer is sent."""
+        on. The stream ends once the client has closed its side and every answer is sent; when the server stops,
+        requests already read are answered and the stream ends with UNAVAILABLE."""
         answers: asyncio.Queue = asyncio.Queue()
         running: set[asyncio.Task] = set()
         peer = context.peer()
@@ -156,30 +179,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 count_failure(self.metrics, request, "INTERNAL")
                 answers.put_nowait(pb.ModelStreamInferResponse(error_message=f"[INTERNAL] {type(exc).__name__}: {exc}"))
 
-        async def read() -> None:
+        async def read() -> bool:
+            """Read and answer requests until the client closes its side (False) or the server stops (True)."""
+            stopped = False
             try:
-                async for request in request_iterator:
-                    if len(running) >= STREAM_IN_FLIGHT:  # back-pressure: read on once answers go out
-                        await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
-                    task = asyncio.ensure_future(answer(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                try:
+                    async for request in request_iterator:
+                        if len(running) >= STREAM_IN_FLIGHT:  # back-pressure: read on once answers go out
+                            await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                        task = asyncio.ensure_future(answer(request))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                except asyncio.CancelledError:
+                    if not self.stopping:
+                        raise
+                    stopped = True
                 while running:
-                    await asyncio.wait(set(running))
+                    try:
+                        await asyncio.wait(set(running))
+                    except asyncio.CancelledError:
+                        if not self.stopping:
+                            raise
+                return stopped
             finally:
                 answers.put_nowait(None)
 
         reader = asyncio.ensure_future(read())
+        self._stream_readers.add(reader)
         try:
             while (resp := await answers.get()) is not None:
                 yield resp
-            await reader  # re-raises a broken request stream
+            if await reader:  # re-raises a broken request stream
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{SERVER_NAME} is stopping: every request this"
+                                    " stream sent before was answered")
         finally:
+            self._stream_readers.discard(reader)
             for task in (reader, *running):
                 task.cancel()
 
     async def infer(self, request, peer: str) -> pb.ModelInferResponse:
         """One inference, whichever way it came (ModelInfer, a stream, the REST endpoint)."""
+        self.in_flight += 1
+        try:
+            return await self._infer(request, peer)
+        finally:
+            self.in_flight -= 1
+            if self.stopping and not self.in_flight:
+                self._quiet.set()
+
+    async def _infer(self, request, peer: str) -> pb.ModelInferResponse:
         started = time.perf_counter()
         m = self.repo.get(request.model_name, request.model_version)
         shm = self.shm.client(peer)
@@ -299,15 +347,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
-    """grpc.health.v1: "" is the server (SERVING when ServerReady says ready); a model name is that model."""
+    """grpc.health.v1: "" is the server (SERVING when ServerReady says ready); a model name is that model. When
+    the server stops, every Watch says NOT_SERVING and ends."""
 
-    def __init__(self, repo: ModelRepository, ready=lambda: True) -> None:
-        self.repo, self.ready = repo, ready
+    def __init__(self, repo: ModelRepository, ready=lambda: True, stopping=lambda: False) -> None:
+        self.repo, self.ready, self.stopping = repo, ready, stopping
 
     WATCH_POLL_S = 0.5
 
     def _status(self, service: str) -> int:
         status = health_pb2.HealthCheckResponse
+        if self.stopping():
+            return status.NOT_SERVING
         if not service:
             return status.SERVING if self.ready() else status.NOT_SERVING
         try:
@@ -329,4 +380,6 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if now != last:
                 yield health_pb2.HealthCheckResponse(status=now)
                 last = now
+            if self.stopping():
+                return
             await asyncio.sleep(self.WATCH_POLL_S)
