@@ -12,6 +12,7 @@ from proto import release_pb2, release_pb2_grpc
 
 from .errors import BundleError
 from .repository import current_version, install_bundle
+from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
 
@@ -22,14 +23,15 @@ class ReleasePuller:
         from .bundle import load_public_key
 
         self.trusted = load_public_key(cfg.trust)
+        self._credentials = channel_credentials(cfg.pull_ca, cfg.pull_cert, cfg.pull_key) if (
+            cfg.pull_ca or cfg.pull_cert) else None  # bad files fail here, at start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedge-puller", daemon=True)
         self._seen: dict[str, int] = {}  # model -> newest release version handled (installed or refused)
 
     def _channel(self) -> grpc.Channel:
-        if self.cfg.pull_ca:
-            creds = grpc.ssl_channel_credentials(root_certificates=Path(self.cfg.pull_ca).read_bytes())
-            return grpc.secure_channel(self.cfg.pull, creds)
+        if self._credentials is not None:
+            return grpc.secure_channel(self.cfg.pull, self._credentials)
         return grpc.insecure_channel(self.cfg.pull)
 
     def start(self) -> None:
@@ -43,7 +45,9 @@ class ReleasePuller:
             try:
                 self.poll_once()
             except grpc.RpcError as exc:
-                log.warning("release service %s unreachable: %s", self.cfg.pull, exc.code())
+                log.warning("release service %s unreachable: %s%s", self.cfg.pull, exc.code(),
+                            "" if self.cfg.pull_cert else " (if it authenticates devices, give this one a"
+                            " certificate: --pull-cert/--pull-key)")
             except Exception:
                 log.exception("pulling releases failed")
             self._stop.wait(self.cfg.pull_interval_s)

@@ -55,6 +55,8 @@ class EdgeConfig:
     pull: str = ""                         # coordinator release service HOST:PORT, "" = air-gapped
     pull_interval_s: float = 10.0
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
+    pull_cert: Path | None = None          # this device's client certificate, for a release service that wants one
+    pull_key: Path | None = None           # its private key
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
     tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default); metrics stay plain
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
@@ -95,6 +97,10 @@ class EdgeServer:
     def start(self) -> "EdgeServer":
         creds = self.cfg.tls.credentials() if self.cfg.tls else None  # bad files fail here, before anything runs
         https = self.cfg.tls.ssl_context() if self.cfg.tls and self.cfg.http_port else None
+        if self.cfg.pull:  # its TLS files are checked here too
+            from .puller import ReleasePuller
+
+            puller = ReleasePuller(self.cfg, self.metrics)
         self.repo.refresh()
         self.repo.watch()
         self._loop = asyncio.new_event_loop()
@@ -120,9 +126,7 @@ class EdgeServer:
                 self.stop()
                 raise AddressUnavailable(f"cannot serve metrics on {self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror}") from exc
         if self.cfg.pull:
-            from .puller import ReleasePuller
-
-            self._puller = ReleasePuller(self.cfg, self.metrics)
+            self._puller = puller
             self._puller.start()
         return self
 

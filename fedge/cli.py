@@ -48,7 +48,7 @@ def cmd_coordinator_start(a) -> int:
     from server.coordinator import start
 
     return start(a.address, Path(a.state), Path(a.certs) if a.certs else None, a.insecure,
-                 release_address=a.release_address)
+                 release_address=a.release_address, release_client_auth=a.release_client_auth)
 
 
 def cmd_coordinator_register(a) -> int:
@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="plaintext and no client authentication (explicit opt-out)")
     p.add_argument("--release-address", help="HOST:PORT of the release service devices pull signed releases from"
                    " (default: the coordinator's port + 3; 'off' to serve none)")
+    p.add_argument("--release-client-auth", action="store_true",
+                   help="serve releases only to devices with a client certificate the coordinator's CA signed"
+                        " (`fedge certs issue DEVICE --client`; devices: fedge edge serve --pull-cert/--pull-key)")
     p.set_defaults(fn=cmd_coordinator_start)
     p = coord.add_parser("register", help="register a client's public key (SuperNode authentication)")
     p.add_argument("public_key")

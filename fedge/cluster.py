@@ -21,6 +21,7 @@ def fedge_cmd(*args: str) -> list[str]:
 class LocalFederation:
     root: Path
     secure: bool = True
+    release_client_auth: bool = False  # the release service admits only devices with a CA-signed certificate
     port: int = field(default_factory=free_port)
     release_port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"        # the address customers dial (and the coordinator certificate names)
@@ -60,6 +61,7 @@ class LocalFederation:
         args = ["coordinator", "start", "--address", self.address, "--state", str(self.state),
                 "--release-address", self.release_address]
         args += ["--certs", str(self.certs)] if self.secure else ["--insecure"]
+        args += ["--release-client-auth"] if self.release_client_auth else []
         self.coordinator = spawn(self.command(*args, netns=self.netns), self.root / "logs" / "coordinator.out",
                                  env=fedge_env())
         if self.netns is None:  # from another namespace the port cannot be probed; coordinator.json says ready

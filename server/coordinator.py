@@ -4,6 +4,7 @@ and runtime dependency installation disabled (fedge is preinstalled; hosts may b
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -64,16 +65,27 @@ def prepare_certs(state: Path, certs_dir: Path | None, address: str) -> CertPath
     return paths
 
 
+def _log_to_stderr(name: str) -> None:
+    logger = logging.getLogger(name)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def default_release_address(address: str) -> str:
     host, port = split_address(address, 8000)
     return f"{host}:{port + 3}"
 
 
 def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, foreground: bool = True,
-          release_address: str | None = None):
+          release_address: str | None = None, release_client_auth: bool = False):
     """Start the SuperLink and (in the foreground) the release service on ``release_address`` (default: the
     coordinator's port + 3; "off" serves none); in the foreground, block until the SuperLink exits
     (SIGTERM/SIGINT stop it by PID)."""
+    if release_client_auth and insecure:
+        raise ValueError("--release-client-auth authenticates devices by TLS client certificates: drop --insecure")
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     certs = None if insecure else prepare_certs(state, certs_dir, address)
@@ -86,8 +98,12 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
         if foreground and release_address != "off":
             from .release_service import serve_releases
 
+            _log_to_stderr("fedge.releases")  # which device fetched which release
+
             release_address = release_address or default_release_address(address)
-            releases = serve_releases(state, release_address, *((certs.server_cert, certs.server_key) if certs else ()))
+            releases = serve_releases(state, release_address,
+                                      *((certs.server_cert, certs.server_key) if certs else ()),
+                                      client_ca=certs.ca if release_client_auth else None)
     except Exception:
         stop_pid(proc.pid)
         raise
@@ -98,7 +114,9 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
     print(f"coordinator listening on {address} ({'INSECURE' if insecure else 'TLS + SuperNode auth'}),"
           f" state in {state}, SuperLink pid {proc.pid}", flush=True)
     if releases is not None:
-        print(f"release service on {release_address} (devices: fedge edge serve --pull {release_address})", flush=True)
+        print(f"release service on {release_address} (devices: fedge edge serve --pull {release_address}"
+              + (", with a device certificate from `fedge certs issue DEVICE --client`" if release_client_auth else "")
+              + ")", flush=True)
     if not foreground:
         return proc
 

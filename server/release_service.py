@@ -2,7 +2,9 @@
 ``fedge edge serve --pull ADDR`` list the signed releases in the registry and stream a bundle in chunks.
 
 The service only moves bytes: every device verifies the signature and hashes itself before installing.
-Served over TLS with the coordinator's certificate unless the coordinator runs ``--insecure``.
+Served over TLS with the coordinator's certificate unless the coordinator runs ``--insecure``; with
+``--release-client-auth`` only devices holding a client certificate the coordinator's CA signed
+(``fedge certs issue DEVICE --client``) may connect (mutual TLS), and each fetch is logged with the device's name.
 """
 from __future__ import annotations
 
@@ -49,19 +51,31 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         for r, bundle in self._available():
             if r.model == request.model and r.version == request.version:
                 data = pack(bundle)
-                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), context.peer())
+                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), _device(context))
                 for i in range(0, len(data), CHUNK_BYTES):
                     yield release_pb2.ReleaseChunk(data=data[i:i + CHUNK_BYTES])
                 return
         context.abort(grpc.StatusCode.NOT_FOUND, f"no release {request.model!r} version {request.version}")
 
 
-def serve_releases(state: Path, address: str, cert: Path | None = None, key: Path | None = None) -> grpc.Server:
-    """Start the release service on ``address`` (TLS when ``cert``/``key`` are given) and return the server."""
+def _device(context) -> str:
+    """The device as its client certificate names it (mutual TLS), else its address."""
+    names = context.auth_context().get("x509_common_name")
+    return f"{names[0].decode()} ({context.peer()})" if names else context.peer()
+
+
+def serve_releases(state: Path, address: str, cert: Path | None = None, key: Path | None = None,
+                   client_ca: Path | None = None) -> grpc.Server:
+    """Start the release service on ``address`` (TLS when ``cert``/``key`` are given; mutual TLS, devices
+    presenting a certificate ``client_ca`` signed, when that is given too) and return the server."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(state), server)
+    if client_ca is not None and cert is None:
+        raise ValueError("devices can be authenticated only over TLS (the release service has no certificate)")
     if cert is not None and key is not None:
-        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())])
+        ca = Path(client_ca).read_bytes() if client_ca else None
+        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())], root_certificates=ca,
+                                            require_client_auth=ca is not None)
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)

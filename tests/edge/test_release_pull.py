@@ -2,6 +2,7 @@
 with --pull installs each new one verified, keeps serving through the swap, and refuses a tampered one."""
 import shutil
 import time
+from pathlib import Path
 import urllib.request
 
 import grpc
@@ -14,7 +15,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from server.registry import Registry, registry_path
 from tests.edge.bundles import make_bundle, reference_logits
-from tests.edge.conftest import EdgeProcess
+from tests.edge.conftest import EdgeProcess, fedge
 
 pytestmark = pytest.mark.e2e
 
@@ -82,5 +83,48 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
         assert "does not match its sha256" in (tmp_path / "edge2.log").read_text()
     finally:
         if edge is not None:
+            edge.stop()
+        fed.stop_all()
+
+
+def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_certificate_its_ca_signed(tmp_path, keys):
+    from server.certs import init_certs
+
+    fed = LocalFederation(tmp_path / "fed", release_client_auth=True)
+    fed.start_coordinator()
+    edges = []
+    try:
+        _publish(fed, make_bundle(tmp_path / "r1", keys[0], "digits", seed=0))
+        ca = str(fed.certs / "ca.crt")
+        out = fedge("certs", "issue", "camera-7", "--certs", str(fed.certs), "--client", "--out", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+        init_certs(tmp_path / "other-ca")  # a CA the coordinator does not know
+        out = fedge("certs", "issue", "stranger", "--certs", str(tmp_path / "other-ca"), "--client", "--out", str(tmp_path))
+        assert out.returncode == 0, out.stderr
+
+        def device(name: str, *flags: str) -> Path:
+            edges.append(EdgeProcess(tmp_path / name, keys[1], tmp_path / f"{name}.log", "--pull", fed.release_address,
+                                     "--pull-ca", ca, "--pull-interval", "0.5", *flags))
+            return tmp_path / name / "digits"
+
+        anonymous = device("anonymous")
+        stranger = device("stranger", "--pull-cert", str(tmp_path / "stranger.pem"),
+                          "--pull-key", str(tmp_path / "stranger.key"))
+        camera = device("camera", "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key", str(tmp_path / "camera-7.key"))
+        _wait_for(lambda: (camera / "CURRENT").exists(), what="the certified device installs release 1")
+        for name in ("anonymous", "stranger"):  # both polled at least twice meanwhile, and were turned away
+            _wait_for(lambda: (tmp_path / f"{name}.log").read_text().count("unreachable") >= 2, what=f"{name} polls")
+        assert not anonymous.exists() and not stranger.exists()
+        assert "give this one a certificate: --pull-cert/--pull-key" in (tmp_path / "anonymous.log").read_text()
+        coordinator_log = (fed.root / "logs" / "coordinator.out").read_text()
+        assert "streaming release digits v1" in coordinator_log and "to camera-7 (" in coordinator_log, coordinator_log
+
+        # a certificate without its key (or a key that is not the certificate's) stops the device at start
+        bad = fedge("edge", "serve", "--repo", str(tmp_path / "x"), "--trust", str(keys[1]), "--pull", fed.release_address,
+                    "--pull-ca", ca, "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key",
+                    str(tmp_path / "stranger.key"), "--port", "0", "--http-port", "0", "--metrics-port", "0", timeout=60)
+        assert bad.returncode == 2 and "does not belong to the certificate" in bad.stderr, bad.stderr
+    finally:
+        for edge in edges:
             edge.stop()
         fed.stop_all()
