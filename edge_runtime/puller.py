@@ -71,14 +71,21 @@ class ReleasePuller:
             for model, r in newest.items():
                 if r.version <= self._seen.get(model, 0):
                     continue
-                self._seen[model] = r.version
                 if self._installed_sha(model) == r.manifest_sha256:
                     log.info("release %s v%s is already serving (not installed again)", model, r.version)
+                    self._seen[model] = r.version
                     continue
                 with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.cfg.repo) as tmp:
-                    for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=model, version=r.version), timeout=300):
-                        tmp.write(chunk.data)
+                    try:
+                        for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=model, version=r.version),
+                                                       timeout=300):
+                            tmp.write(chunk.data)
+                    except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
+                        log.warning("fetching release %s v%s failed after %d bytes (%s: %s); trying again at the"
+                                    " next poll", model, r.version, tmp.tell(), exc.code(), exc.details())
+                        continue
                     tmp.flush()
+                    self._seen[model] = r.version  # installed or refused: either way not fetched again
                     try:
                         name, version = install_bundle(Path(self.cfg.repo), Path(tmp.name), self.trusted,
                                                        self.cfg.serving.keep_versions)

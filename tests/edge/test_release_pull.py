@@ -128,3 +128,78 @@ def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_c
         for edge in edges:
             edge.stop()
         fed.stop_all()
+
+
+class CuttingProxy:
+    """A TCP proxy to 127.0.0.1:``target``: its first connection is cut once ``cut_after`` bytes have gone to the
+    client (a network dropping mid-download), later ones pass through."""
+
+    def __init__(self, target: int, cut_after: int) -> None:
+        import socket
+        import threading
+
+        self.target, self.cut_after, self.connections = target, cut_after, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            limit = self.cut_after if self.connections == 0 else None
+            self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, limit: int | None) -> None:
+        import socket
+
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+                sent += len(data)
+                if limit is not None and sent >= limit:
+                    break
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_download_cut_off_midway_is_dropped_and_fetched_again_at_the_next_poll(tmp_path, keys):
+    from tests.edge.bundles import heavy_bundle
+
+    fed = LocalFederation(tmp_path / "fed")
+    fed.start_coordinator()
+    proxy = CuttingProxy(fed.release_port, cut_after=1_500_000)  # the bundle is about 4.5 MB: 5 chunks
+    edge = None
+    try:
+        _publish(fed, heavy_bundle(tmp_path / "r1", keys[0]))
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{proxy.port}",
+                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
+        _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="release 1 installed after the cut")
+        log = (tmp_path / "edge.log").read_text()
+        assert "fetching release digits v1 failed after" in log and "trying again at the next poll" in log, log
+        assert proxy.connections >= 2
+        assert not list((tmp_path / "repo").glob("*.tar")), "the broken download was left behind"
+    finally:
+        proxy.close()
+        if edge is not None:
+            edge.stop()
+        fed.stop_all()
