@@ -103,6 +103,10 @@ class DynamicBatcher:
         self._queue.put(item)
         return item.future
 
+    def pending(self) -> int:
+        """Requests queued and not yet taken into a batch."""
+        return self._queue.qsize()
+
     def close(self) -> None:
         """Finish everything already queued, then stop."""
         for _ in self._threads:

@@ -1,7 +1,8 @@
 """Prometheus metrics of one edge server (own registry, so several servers can live in one process)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -21,6 +22,11 @@ class Metrics:
         self.backend = Gauge("fedge_edge_backend_info", "Backend serving each model version (value 1)",
                              ["model", "version", "backend", "file"], registry=r)
         self.installs = Counter("fedge_edge_installs", "Bundle installs by outcome", ["outcome"], registry=r)
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
+
+    def watch(self, repo, servicer) -> None:
+        """Gauges read at each scrape from the running server (see :class:`ServingState`)."""
+        self.registry.register(ServingState(repo, servicer))
 
     def on_batch(self, model: str):
         batch, queue = self.batch.labels(model), self.queue.labels(model)
@@ -31,3 +37,31 @@ class Metrics:
                 queue.observe(q)
 
         return record
+
+
+class ServingState:
+    """What a fleet dashboard asks of a device, read when scraped: is it ready, which model versions serve, how
+    many requests wait for a batch (Triton's nv_inference_pending_request_count) and how many are in flight."""
+
+    def __init__(self, repo, servicer) -> None:
+        self.repo, self.servicer = repo, servicer
+
+    def describe(self):
+        return []  # nothing to check at registration: the values exist only at scrape time
+
+    def collect(self):
+        yield GaugeMetricFamily("fedge_edge_server_ready", "1 while the server reports ready (ServerReady)",
+                                value=int(self.servicer.ready()))
+        yield GaugeMetricFamily("fedge_edge_inflight_requests", "Inference requests being answered",
+                                value=self.servicer.in_flight)
+        ready = GaugeMetricFamily("fedge_edge_model_ready", "1 for the version of each model that serves, 0 for"
+                                  " installed versions that do not", labels=["model", "version"])
+        for row in self.repo.index():
+            ready.add_metric([row["name"], row["version"]], int(row["state"] == "READY"))
+        yield ready
+        pending = GaugeMetricFamily("fedge_edge_pending_requests", "Requests queued for a batch, not yet computing",
+                                    labels=["model", "version"])
+        for m in self.repo.live():
+            if m.batcher is not None:
+                pending.add_metric([m.name, str(m.version)], m.batcher.pending())
+        yield pending

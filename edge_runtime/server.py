@@ -109,6 +109,7 @@ class EdgeServer:
         servicer = self._servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm,
                                                       self.logs, self.tracer, self.cfg.strict_readiness)
         self._server, self.port = self._call(self._start_grpc(servicer, creds))
+        self.metrics.watch(self.repo, servicer)
         if self.cfg.http_port:
             self._rest = HttpServer(RestApi(servicer), self.cfg.max_message_bytes, https)
             try:

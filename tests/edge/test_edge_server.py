@@ -195,6 +195,11 @@ def test_health_metadata_and_metrics(edge_server, stub):
     assert 'fedge_edge_requests_total{model="digits",status="OK",version="1"}' in body
     assert f'fedge_edge_backend_info{{backend="{expected}",file="model.fp32.onnx",model="digits",version="1"}} 1.0' in body
     assert "fedge_edge_batch_size_bucket" in body
+    # scraped state: readiness, the serving version, an empty queue, and the process's own memory and CPU
+    assert "fedge_edge_server_ready 1.0" in body and 'fedge_edge_model_ready{model="digits",version="1"} 1.0' in body
+    assert 'fedge_edge_pending_requests{model="digits",version="1"} 0.0' in body
+    rss = float(next(line.split()[1] for line in body.splitlines() if line.startswith("process_resident_memory_bytes")))
+    assert 10e6 < rss < 4e9 and "process_cpu_seconds_total" in body
 
 
 def test_hot_reload_under_load_has_zero_failures_and_switches_version(edge_server, stub, keys, tmp_path):

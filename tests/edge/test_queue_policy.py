@@ -45,6 +45,9 @@ def test_overflow_is_refused_at_once_and_late_requests_are_not_computed(slow_ser
         time.sleep(0.05)  # the model is busy with it for 600 ms
         queued = [stub.ModelInfer.future(digits_request(), timeout=10) for _ in range(2)]
         time.sleep(0.05)
+        gauge = server.metrics.registry.get_sample_value  # what the metrics endpoint would show now
+        assert gauge("fedge_edge_pending_requests", {"model": "digits", "version": "1"}) == 2
+        assert gauge("fedge_edge_inflight_requests") == 3
         t0 = time.perf_counter()
         with pytest.raises(grpc.RpcError) as err:  # a third one does not fit the queue: refused at once
             stub.ModelInfer(digits_request(), timeout=10)
