@@ -185,12 +185,13 @@ class EdgeServer:
         servicer.stop()
         closing = asyncio.gather(self._server.stop(grace), *([self._rest.stop(grace)] if self._rest else []))
         answered = await servicer.quiet(grace)
+        left = servicer.in_flight  # cut off by the closing below
         await closing
         if answered:
             log.info("stopped: every request in flight was answered (%.2f s)", time.monotonic() - started)
         else:
             log.warning("stopped: the exit timeout of %.0f s passed with %d inference(s) in flight; they were"
-                        " cancelled", grace, servicer.in_flight)
+                        " cancelled", grace, left)
         return answered
 
 

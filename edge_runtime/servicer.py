@@ -119,6 +119,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def quiet(self, timeout: float) -> bool:
         """Whether every inference in flight was answered within ``timeout`` s of :meth:`stop`."""
+        if self._quiet.is_set():
+            return True
         try:
             await asyncio.wait_for(self._quiet.wait(), timeout)
             return True
