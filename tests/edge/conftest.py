@@ -24,6 +24,15 @@ def digits_bundle(tmp_path_factory, keys):
 
 
 @pytest.fixture(scope="session")
+def heavy(tmp_path_factory, keys):
+    """The digits model's interface on a heavy stand-in model (tests.edge.bundles.heavy_bundle): about 8 ms a
+    row, so that requests sent together are still together at the server on a loaded machine."""
+    from tests.edge.bundles import heavy_bundle
+
+    return heavy_bundle(tmp_path_factory.mktemp("heavy") / "b", keys[0])
+
+
+@pytest.fixture(scope="session")
 def intent_bundle(tmp_path_factory, keys):
     return make_bundle(tmp_path_factory.mktemp("b") / "intent", keys[0], "intent")
 

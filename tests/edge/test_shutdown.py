@@ -12,20 +12,14 @@ import time
 
 import grpc
 import numpy as np
-import pytest
 
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import health_pb2, health_pb2_grpc
-from tests.edge.bundles import heavy_bundle, reference_logits
+from tests.edge.bundles import reference_logits
 from tests.edge.conftest import serving
 
 ROWS = 64  # the model's max_batch_size: every request is a backend call of its own
-
-
-@pytest.fixture(scope="module")
-def heavy(tmp_path_factory, keys):
-    return heavy_bundle(tmp_path_factory.mktemp("heavy") / "b", keys[0])
 
 
 def _grpc_request(x: np.ndarray, rid: str) -> pb.ModelInferRequest:

@@ -2,6 +2,7 @@
 tritonclient (globally and per model), sampled requests' timestamps in the trace file in Triton's format, written
 at shutdown or every log-frequency traces; bad settings refused with the reason."""
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,10 +61,14 @@ def _infer(url: str, n: int, concurrency: int) -> None:
     with grpc.insecure_channel(url) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
         x = np.zeros((1, 1, 8, 8), np.float32).tobytes()
+        stub.ServerLive(pb.ServerLiveRequest(), timeout=30)  # connected before the clocks start
+        together = threading.Barrier(concurrency)
 
         def one(i: int) -> None:
             req = pb.ModelInferRequest(model_name="digits", id=f"r{i}", raw_input_contents=[x])
             req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+            if i < concurrency:  # the first wave leaves at once
+                together.wait(30)
             stub.ModelInfer(req, timeout=30)
 
         with ThreadPoolExecutor(concurrency) as pool:
@@ -78,9 +83,11 @@ def _wait_for(path, timeout: float = 20.0) -> list:
     return json.loads(path.read_text())
 
 
-def test_log_frequency_writes_numbered_files_while_serving(tmp_path, keys, digits_bundle):
+def test_log_frequency_writes_numbered_files_while_serving(tmp_path, keys, heavy):
+    """On the heavy stand-in model: with the digits one (microseconds a call) on a loaded machine the 8 requests
+    could each arrive after the previous was answered, and never share a batch."""
     trace_file = tmp_path / "t.json"
-    run = serving(tmp_path, keys, (digits_bundle,), "--trace-config", f"triton,file={trace_file}",
+    run = serving(tmp_path, keys, (heavy,), "--trace-config", f"triton,file={trace_file}",
                   "--trace-config", "level=TIMESTAMPS", "--trace-config", "rate=1",
                   "--trace-config", "triton,log-frequency=4", "--max-queue-delay-us", "20000")
     server = next(run)
