@@ -25,6 +25,14 @@ def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     to_onnx(model, sample, out / "model.fp32.onnx")
+    return sign_fp32_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
+
+
+def sign_fp32_bundle(out: Path, key_path: Path, task_name: str, model_name: str | None = None, seed: int = 0,
+                     max_batch_size: int = 64) -> Path:
+    """Sign ``out``, holding a ``model.fp32.onnx`` with the task's input and logits output, as a bundle."""
+    task = get_task(task_name)
+    spec = task.input_spec()
     fields = {
         "model": model_name or task_name, "task": task_name,
         "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],

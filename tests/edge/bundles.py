@@ -23,8 +23,7 @@ def heavy_bundle(out: Path, key_path: Path, layers: int = 200, width: int = 1024
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edge_runtime.bundle import load_private_key, write_bundle
-    from fedge.tasks import get_task
+    from server.export.sample_bundle import sign_fp32_bundle
 
     rng = np.random.default_rng(0)
     weights = {"shape": np.array([-1, 64], np.int64),
@@ -42,11 +41,4 @@ def heavy_bundle(out: Path, key_path: Path, layers: int = 200, width: int = 1024
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), out / "model.fp32.onnx")
-    task = get_task("digits")
-    write_bundle(out, {"model": "digits", "task": "digits",
-                       "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
-                       "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
-                       "models": {"fp32": "model.fp32.onnx"}, "labels": list(task.labels),
-                       "preprocessing": task.preprocessing(), "max_batch_size": 64,
-                       "lineage": {"run": 0, "round": 0, "seed": 0}}, load_private_key(key_path))
-    return out
+    return sign_fp32_bundle(out, key_path, "digits")
