@@ -29,7 +29,7 @@ def cmd_serve(a) -> int:
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      pull_cert=Path(a.pull_cert) if a.pull_cert else None,
-                     pull_key=Path(a.pull_key) if a.pull_key else None,
+                     pull_key=Path(a.pull_key) if a.pull_key else None, device_name=a.device_name,
                      allow_client_shm=a.allow_client_shm, tls=tls,
                      trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
                      exit_timeout_s=a.exit_timeout_secs)
@@ -251,6 +251,8 @@ def add_parser(sub) -> None:
     p.add_argument("--pull-cert", metavar="PEM", help="this device's client certificate, for a release service that"
                    " authenticates devices (`fedge certs issue DEVICE --client` on the coordinator)")
     p.add_argument("--pull-key", metavar="PEM", help="its private key")
+    p.add_argument("--device-name", default="", help="this device's name in the coordinator's inventory (`fedge"
+                   " coordinator devices`; default: the host name); with --pull-cert the certificate's name counts")
     p.add_argument("--allow-client-shm", nargs="?", const=True, default=False, type=_boolean, metavar="true|false",
                    help="let clients on this host pass tensors through system shared memory (Triton's extension;"
                         " off by default, as in Triton)")

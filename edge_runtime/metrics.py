@@ -22,6 +22,8 @@ class Metrics:
         self.backend = Gauge("fedge_edge_backend_info", "Backend serving each model version (value 1)",
                              ["model", "version", "backend", "file"], registry=r)
         self.installs = Counter("fedge_edge_installs", "Bundle installs by outcome", ["outcome"], registry=r)
+        self.polls = Counter("fedge_edge_release_polls", "Polls of the coordinator's release service by outcome"
+                             " (ok, unreachable, refused: this device was revoked, error)", ["outcome"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
 
     def watch(self, repo, servicer) -> None:

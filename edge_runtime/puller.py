@@ -1,7 +1,15 @@
-"""Polls the coordinator's release service and installs newer signed releases (verified like any install)."""
+"""Polls the coordinator's release service and keeps each model on the newest release it offers.
+
+Every poll reports what each model serves (the coordinator's device inventory). When the release the
+coordinator offers for a model changes, the device moves to it: not at all if it already serves it, by
+switching CURRENT if an earlier install of it is still kept (a withdrawn release brings devices back without a
+download), else by fetching and installing it, verified like any install. Between such changes the puller
+leaves the repository alone, so a local ``fedge edge rollback`` holds until the coordinator's release changes.
+"""
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import threading
 from pathlib import Path
@@ -10,8 +18,9 @@ import grpc
 
 from proto import release_pb2, release_pb2_grpc
 
+from .bundle import sha256_file
 from .errors import BundleError
-from .repository import current_version, install_bundle
+from .repository import activate, current_version, install_bundle, versions
 from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
@@ -23,11 +32,13 @@ class ReleasePuller:
         from .bundle import load_public_key
 
         self.trusted = load_public_key(cfg.trust)
+        self.repo = Path(cfg.repo)
+        self.device = cfg.device_name or socket.gethostname()
         self._credentials = channel_credentials(cfg.pull_ca, cfg.pull_cert, cfg.pull_key) if (
             cfg.pull_ca or cfg.pull_cert) else None  # bad files fail here, at start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedge-puller", daemon=True)
-        self._seen: dict[str, int] = {}  # model -> newest release version handled (installed or refused)
+        self._seen: dict[str, int] = {}  # model -> the offered release last acted on (served, installed or refused)
 
     def _channel(self) -> grpc.Channel:
         if self._credentials is not None:
@@ -44,56 +55,91 @@ class ReleasePuller:
         while not self._stop.is_set():
             try:
                 self.poll_once()
+                self.metrics.polls.labels("ok").inc()
             except grpc.RpcError as exc:
-                log.warning("release service %s unreachable: %s%s", self.cfg.pull, exc.code(),
-                            "" if self.cfg.pull_cert else " (if it authenticates devices, give this one a"
-                            " certificate: --pull-cert/--pull-key)")
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    self.metrics.polls.labels("refused").inc()
+                    log.error("the release service %s refuses this device: %s; still serving what is installed",
+                              self.cfg.pull, exc.details())
+                else:
+                    self.metrics.polls.labels("unreachable").inc()
+                    log.warning("release service %s unreachable: %s%s", self.cfg.pull, exc.code(),
+                                "" if self.cfg.pull_cert else " (if it authenticates devices, give this one a"
+                                " certificate: --pull-cert/--pull-key)")
             except Exception:
+                self.metrics.polls.labels("error").inc()
                 log.exception("pulling releases failed")
             self._stop.wait(self.cfg.pull_interval_s)
 
-    def _installed_sha(self, model: str) -> str | None:
-        from .bundle import sha256_file
+    def _sha(self, model: str, version: int | None) -> str | None:
+        manifest = self.repo / model / str(version) / "manifest.json"
+        return sha256_file(manifest) if version is not None and manifest.exists() else None
 
-        v = current_version(Path(self.cfg.repo) / model)
-        manifest = Path(self.cfg.repo) / model / str(v) / "manifest.json"
-        return sha256_file(manifest) if v is not None and manifest.exists() else None
+    def current(self) -> list[release_pb2.CurrentModel]:
+        """What each model in the repository serves (the version its CURRENT names)."""
+        out = []
+        for d in sorted(p for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith(".")) if (
+                self.repo.exists()) else []:
+            v = current_version(d)
+            sha = self._sha(d.name, v)
+            if sha:
+                out.append(release_pb2.CurrentModel(model=d.name, manifest_sha256=sha, local_version=v))
+        return out
 
     def poll_once(self) -> list[tuple[str, int]]:
-        installed = []
+        """One poll; returns the (model, local version) pairs it made CURRENT."""
+        changed = []
+        current = {c.model: c for c in self.current()}
         with self._channel() as ch:
             stub = release_pb2_grpc.ReleaseServiceStub(ch)
-            releases = stub.ListReleases(release_pb2.ListReleasesRequest(), timeout=30).releases
+            releases = stub.ListReleases(release_pb2.ListReleasesRequest(device=self.device, current=list(current.values())),
+                                         timeout=30).releases
             newest: dict[str, release_pb2.Release] = {}
             for r in releases:
                 if r.model not in newest or r.version > newest[r.model].version:
                     newest[r.model] = r
             for model, r in newest.items():
-                if r.version <= self._seen.get(model, 0):
+                if r.version == self._seen.get(model):
                     continue
-                if self._installed_sha(model) == r.manifest_sha256:
+                if model in current and current[model].manifest_sha256 == r.manifest_sha256:
                     log.info("release %s v%s is already serving (not installed again)", model, r.version)
                     self._seen[model] = r.version
                     continue
-                with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.cfg.repo) as tmp:
-                    try:
-                        for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=model, version=r.version),
-                                                       timeout=300):
-                            tmp.write(chunk.data)
-                    except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
-                        log.warning("fetching release %s v%s failed after %d bytes (%s: %s); trying again at the"
-                                    " next poll", model, r.version, tmp.tell(), exc.code(), exc.details())
-                        continue
-                    tmp.flush()
-                    self._seen[model] = r.version  # installed or refused: either way not fetched again
-                    try:
-                        name, version = install_bundle(Path(self.cfg.repo), Path(tmp.name), self.trusted,
-                                                       self.cfg.serving.keep_versions)
-                    except BundleError as exc:
-                        self.metrics.installs.labels("refused").inc()
-                        log.error("release %s v%s refused: %s", model, r.version, exc)
-                        continue
-                self.metrics.installs.labels("installed").inc()
-                log.info("release %s v%s installed as local version %s", model, r.version, version)
-                installed.append((name, version))
-        return installed
+                kept = next((v for v in reversed(versions(self.repo / model)) if self._sha(model, v) == r.manifest_sha256),
+                            None)
+                if kept is not None:
+                    activate(self.repo, model, kept)
+                    log.info("release %s v%s is kept here as local version %s: serving it again, no download%s",
+                             model, r.version, kept, " (the coordinator withdrew the newer release)"
+                             if r.version < self._seen.get(model, 0) else "")
+                    self._seen[model] = r.version
+                    changed.append((model, kept))
+                    continue
+                installed = self._fetch_and_install(stub, r)
+                if installed is not None:
+                    changed.append(installed)
+        return changed
+
+    def _fetch_and_install(self, stub, r: release_pb2.Release) -> tuple[str, int] | None:
+        with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.repo) as tmp:
+            try:
+                for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version,
+                                                                               device=self.device), timeout=300):
+                    tmp.write(chunk.data)
+            except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    raise
+                log.warning("fetching release %s v%s failed after %d bytes (%s: %s); trying again at the"
+                            " next poll", r.model, r.version, tmp.tell(), exc.code(), exc.details())
+                return None
+            tmp.flush()
+            self._seen[r.model] = r.version  # installed or refused: either way not fetched again
+            try:
+                name, version = install_bundle(self.repo, Path(tmp.name), self.trusted, self.cfg.serving.keep_versions)
+            except BundleError as exc:
+                self.metrics.installs.labels("refused").inc()
+                log.error("release %s v%s refused: %s", r.model, r.version, exc)
+                return None
+        self.metrics.installs.labels("installed").inc()
+        log.info("release %s v%s installed as local version %s", r.model, r.version, version)
+        return name, version

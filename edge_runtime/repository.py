@@ -88,6 +88,14 @@ def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: in
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def activate(root: Path, model: str, version: int) -> None:
+    """Serve an installed (already verified) version again: a running server switches by itself."""
+    model_dir = Path(root) / model
+    if version not in versions(model_dir):
+        raise ModelNotFound(f"model {model!r} has no installed version {version}")
+    _write_current(model_dir, version)
+
+
 def rollback(root: Path, model: str) -> int:
     model_dir = Path(root) / model
     cur = current_version(model_dir)

@@ -57,6 +57,7 @@ class EdgeConfig:
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
     pull_cert: Path | None = None          # this device's client certificate, for a release service that wants one
     pull_key: Path | None = None           # its private key
+    device_name: str = ""                  # how this device names itself to the release service; "": the host name
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
     tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default); metrics stay plain
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing

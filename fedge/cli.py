@@ -68,6 +68,41 @@ def cmd_coordinator_nodes(a) -> int:
     return 0
 
 
+def cmd_coordinator_devices(a) -> int:
+    import json
+
+    from server.fleet import describe, fleet
+    from server.runs import open_registry
+
+    devices = fleet(open_registry(Path(a.state)))
+    if a.json:
+        print(json.dumps(devices, indent=2))
+    elif not devices:
+        print("no device has polled the release service yet")
+    for d in [] if a.json else devices:
+        print(describe(d))
+    return 0
+
+
+def cmd_coordinator_revoke_device(a) -> int:
+    from server.runs import open_registry
+
+    open_registry(Path(a.state)).revoke_device(a.name, a.reason)
+    print(f"revoked {a.name}: the release service refuses it (PERMISSION_DENIED) from its next call; what the device"
+          " has installed keeps serving. A real barrier only where the coordinator runs --release-client-auth (device"
+          " names from client certificates); undo with `fedge coordinator restore-device`")
+    return 0
+
+
+def cmd_coordinator_restore_device(a) -> int:
+    from server.runs import open_registry
+
+    if not open_registry(Path(a.state)).restore_device(a.name):
+        raise KeyError(f"device {a.name!r} is not revoked")
+    print(f"{a.name} may pull releases again")
+    return 0
+
+
 def cmd_client_start(a) -> int:
     from client.daemon import ClientConfig, run
 
@@ -184,13 +219,47 @@ def cmd_release_list(a) -> int:
 
     from server.runs import open_registry
 
-    rel = open_registry(Path(a.state)).releases()
+    from server.fleet import fleet
+
+    registry = open_registry(Path(a.state))
+    serving: dict[int, int] = {}
+    for d in fleet(registry):
+        for c in d["current"]:
+            if c["release"] is not None:
+                serving[c["release"]] = serving.get(c["release"], 0) + 1
+    rel = [{**r, "devices": serving.get(r["id"], 0)} for r in registry.releases()]
     if a.json:
         print(json.dumps(rel, indent=2))
     for r in [] if a.json else rel:
-        g = r["summary"]["gate"]
-        print(f"release {r['id']}: run {r['run_id']} round {r['round']}, {r['path']}, FP32 {g['fp32_accuracy']:.4f}"
-              f" INT8 {g['int8_accuracy']:.4f}, manifest sha256 {r['manifest_sha256'][:16]}")
+        g = r["summary"].get("gate")
+        accuracy = f", FP32 {g['fp32_accuracy']:.4f} INT8 {g['int8_accuracy']:.4f}" if g else ""
+        print(f"release {r['id']}: run {r['run_id']} round {r['round']}, {r['path']}{accuracy}, manifest sha256"
+              f" {r['manifest_sha256'][:16]}, serving on {r['devices']} device(s)"
+              + (f", WITHDRAWN ({r['withdrawn_reason']})" if r["withdrawn"] else ""))
+    return 0
+
+
+def cmd_release_withdraw(a) -> int:
+    from server.fleet import offered, release_model
+    from server.runs import open_registry
+
+    registry = open_registry(Path(a.state))
+    registry.withdraw_release(a.release, a.reason)
+    row = next(r for r in registry.releases() if r["id"] == a.release)
+    model = release_model(row)
+    now = offered(registry).get(model)
+    print(f"withdrew release {a.release} ({model}): the release service no longer offers it; " + (
+        f"devices move to release {now} at their next poll (no download where they still keep it)" if now else
+        f"no release of {model} is offered now: devices keep serving what they have"))
+    return 0
+
+
+def cmd_release_restore(a) -> int:
+    from server.runs import open_registry
+
+    if not open_registry(Path(a.state)).restore_release(a.release):
+        raise KeyError(f"release {a.release} is not withdrawn")
+    print(f"release {a.release} is offered again")
     return 0
 
 
@@ -291,6 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = coord.add_parser("nodes", help="list registered clients")
     p.add_argument("--state", default=state_default)
     p.set_defaults(fn=cmd_coordinator_nodes)
+    p = coord.add_parser("devices", help="edge devices that poll the release service: what each serves, last seen")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_coordinator_devices)
+    p = coord.add_parser("revoke-device", help="the release service refuses this device (by its certificate's name)")
+    p.add_argument("name")
+    p.add_argument("--reason", default="no reason given")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_coordinator_revoke_device)
+    p = coord.add_parser("restore-device", help="undo revoke-device")
+    p.add_argument("name")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_coordinator_restore_device)
 
     client = sub.add_parser("client", help="the customer's daemon (Flower SuperNode)").add_subparsers(dest="sub", required=True)
     p = client.add_parser("start", help="run the client daemon in the foreground")
@@ -385,6 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("release", type=int)
     p.add_argument("--state", default=state_default)
     p.set_defaults(fn=cmd_release_show)
+    p = release.add_parser("withdraw", help="stop offering a release: devices go back to the newest one still offered")
+    p.add_argument("release", type=int)
+    p.add_argument("--reason", default="no reason given")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_release_withdraw)
+    p = release.add_parser("restore", help="offer a withdrawn release again")
+    p.add_argument("release", type=int)
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_release_restore)
 
     from edge_runtime.cli import add_keys_parser, add_parser as add_edge_parser
 

@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class ReleaseServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """A device the operator revoked gets PERMISSION_DENIED from both calls.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -47,7 +48,8 @@ class ReleaseServiceStub:
 
 
 class ReleaseServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """A device the operator revoked gets PERMISSION_DENIED from both calls.
+    """
 
     def ListReleases(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -83,7 +85,8 @@ def add_ReleaseServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ReleaseService:
-    """Missing associated documentation comment in .proto file."""
+    """A device the operator revoked gets PERMISSION_DENIED from both calls.
+    """
 
     @staticmethod
     def ListReleases(request,

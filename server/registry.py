@@ -50,6 +50,24 @@ CREATE TABLE IF NOT EXISTS releases (
     summary TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS withdrawn_releases (  -- releases the release service no longer offers
+    release_id INTEGER PRIMARY KEY REFERENCES releases(id),
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (              -- edge devices as the release service last saw them
+    name TEXT PRIMARY KEY,
+    authenticated INTEGER NOT NULL,   -- 1: the name is its client certificate's (mutual TLS); 0: as it claims
+    address TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    current TEXT NOT NULL             -- JSON [{model, manifest_sha256, local_version, release}]
+);
+CREATE TABLE IF NOT EXISTS revoked_devices (      -- refused by the release service
+    name TEXT PRIMARY KEY,
+    at REAL NOT NULL,
+    reason TEXT NOT NULL
+);
 """
 
 
@@ -184,9 +202,61 @@ class Registry:
             return int(cur.lastrowid)
 
     def releases(self) -> list[dict]:
+        """Every release, oldest first; ``withdrawn`` is when the operator withdrew it (None: offered)."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM releases ORDER BY id").fetchall()
+            rows = db.execute("SELECT r.*, w.at AS withdrawn, w.reason AS withdrawn_reason FROM releases r"
+                              " LEFT JOIN withdrawn_releases w ON w.release_id = r.id ORDER BY r.id").fetchall()
         return [{**dict(r), "summary": json.loads(r["summary"])} for r in rows]
+
+    def withdraw_release(self, release_id: int, reason: str) -> None:
+        with self._db() as db:
+            if db.execute("SELECT 1 FROM releases WHERE id=?", (release_id,)).fetchone() is None:
+                raise KeyError(f"no release {release_id}")
+            db.execute("INSERT OR REPLACE INTO withdrawn_releases (release_id, at, reason) VALUES (?,?,?)",
+                       (release_id, time.time(), reason))
+
+    def restore_release(self, release_id: int) -> bool:
+        """Offer a withdrawn release again; False if it was not withdrawn."""
+        with self._db() as db:
+            return db.execute("DELETE FROM withdrawn_releases WHERE release_id=?", (release_id,)).rowcount > 0
+
+    # -- devices ---------------------------------------------------------------------------------------
+    def record_device(self, name: str, authenticated: bool, address: str, current: list[dict]) -> None:
+        now = time.time()
+        with self._db() as db:
+            db.execute("INSERT INTO devices (name, authenticated, address, first_seen, last_seen, current)"
+                       " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET authenticated=excluded.authenticated,"
+                       " address=excluded.address, last_seen=excluded.last_seen, current=excluded.current",
+                       (name, int(authenticated), address, now, now, json.dumps(current)))
+
+    def devices(self) -> list[dict]:
+        """Devices seen or revoked, by name; ``revoked`` is when (None: not revoked)."""
+        with self._db() as db:
+            seen = {r["name"]: {**dict(r), "authenticated": bool(r["authenticated"]), "current": json.loads(r["current"])}
+                    for r in db.execute("SELECT * FROM devices")}
+            revoked = {r["name"]: dict(r) for r in db.execute("SELECT * FROM revoked_devices")}
+        out = []
+        for name in sorted(seen.keys() | revoked.keys()):
+            d = seen.get(name) or {"name": name, "authenticated": None, "address": None, "first_seen": None,
+                                   "last_seen": None, "current": []}
+            r = revoked.get(name)
+            out.append({**d, "revoked": r["at"] if r else None, "revoked_reason": r["reason"] if r else None})
+        return out
+
+    def revoke_device(self, name: str, reason: str) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO revoked_devices (name, at, reason) VALUES (?,?,?)",
+                       (name, time.time(), reason))
+
+    def restore_device(self, name: str) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM revoked_devices WHERE name=?", (name,)).rowcount > 0
+
+    def revocation(self, name: str) -> dict | None:
+        """``{"at", "reason"}`` if the device is revoked."""
+        with self._db() as db:
+            row = db.execute("SELECT at, reason FROM revoked_devices WHERE name=?", (name,)).fetchone()
+        return dict(row) if row else None
 
 
 def _run_dict(row: sqlite3.Row) -> dict:

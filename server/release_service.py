@@ -5,12 +5,19 @@ The service only moves bytes: every device verifies the signature and hashes its
 Served over TLS with the coordinator's certificate unless the coordinator runs ``--insecure``; with
 ``--release-client-auth`` only devices holding a client certificate the coordinator's CA signed
 (``fedge certs issue DEVICE --client``) may connect (mutual TLS), and each fetch is logged with the device's name.
+
+It also keeps the fleet's books in the registry: every poll records the device (its certificate's name, or the
+name it gives itself without one) and what each of its models serves (``fedge coordinator devices``). A release
+the operator withdraws (``fedge release withdraw``) is no longer offered, so devices go back to the newest one
+still offered; a revoked device (``fedge coordinator revoke-device``) gets PERMISSION_DENIED. Revocation by name
+is a real barrier only with ``--release-client-auth``: without it a device's name is what it says it is.
 """
 from __future__ import annotations
 
-import json
 import logging
+import time
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -18,6 +25,7 @@ import grpc
 from edge_runtime.bundle import pack
 from proto import release_pb2, release_pb2_grpc
 
+from .fleet import release_model
 from .registry import Registry, registry_path
 
 CHUNK_BYTES = 1 << 20
@@ -34,34 +42,61 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         out = []
         for row in self.registry.releases():
             bundle = Path(row["path"])
+            model = release_model(row)
+            if row["withdrawn"] is not None or model is None:
+                continue  # withdrawn, or its files are gone
             try:
-                manifest = json.loads((bundle / "manifest.json").read_text())
                 size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
-            except (OSError, ValueError):
-                continue  # a release whose files are gone is not offered
-            out.append((release_pb2.Release(model=str(manifest.get("model", "")), version=int(row["id"]),
+            except OSError:
+                continue
+            out.append((release_pb2.Release(model=model, version=int(row["id"]),
                                             manifest_sha256=row["manifest_sha256"], archive_bytes=size), bundle))
         return out
 
     def ListReleases(self, request, context):
+        device = self._admit(request.device, context)
+        by_sha = {row["manifest_sha256"]: row["id"] for row in self.registry.releases()}
+        self.registry.record_device(device.name, device.authenticated, context.peer(), [
+            {"model": c.model, "manifest_sha256": c.manifest_sha256, "local_version": c.local_version,
+             "release": by_sha.get(c.manifest_sha256)} for c in request.current])
         return release_pb2.ListReleasesResponse(
             releases=[r for r, _ in self._available() if not request.model or r.model == request.model])
 
     def FetchRelease(self, request, context):
+        device = self._admit(request.device, context)
         for r, bundle in self._available():
             if r.model == request.model and r.version == request.version:
                 data = pack(bundle)
-                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), _device(context))
+                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), device)
                 for i in range(0, len(data), CHUNK_BYTES):
                     yield release_pb2.ReleaseChunk(data=data[i:i + CHUNK_BYTES])
                 return
-        context.abort(grpc.StatusCode.NOT_FOUND, f"no release {request.model!r} version {request.version}")
+        withdrawn = [row for row in self.registry.releases() if row["id"] == request.version and row["withdrawn"]]
+        context.abort(grpc.StatusCode.NOT_FOUND, f"release {request.model!r} version {request.version} was withdrawn"
+                      f" ({withdrawn[0]['withdrawn_reason']})" if withdrawn else
+                      f"no release {request.model!r} version {request.version}")
+
+    def _admit(self, claimed: str, context) -> "Device":
+        """Who is calling; aborts with PERMISSION_DENIED if the operator revoked that device."""
+        names = context.auth_context().get("x509_common_name")
+        device = Device(names[0].decode(), True, context.peer()) if names else Device(
+            claimed or context.peer(), False, context.peer())
+        revoked = self.registry.revocation(device.name)
+        if revoked is not None:
+            log.warning("refused revoked device %s", device)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device.name!r} was revoked by the operator"
+                          f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(revoked['at']))}: {revoked['reason']}")
+        return device
 
 
-def _device(context) -> str:
-    """The device as its client certificate names it (mutual TLS), else its address."""
-    names = context.auth_context().get("x509_common_name")
-    return f"{names[0].decode()} ({context.peer()})" if names else context.peer()
+@dataclass(frozen=True)
+class Device:
+    name: str
+    authenticated: bool  # the name is its client certificate's (mutual TLS), not just what it calls itself
+    address: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address})" if self.authenticated else f"{self.address} (calls itself {self.name!r})"
 
 
 def serve_releases(state: Path, address: str, cert: Path | None = None, key: Path | None = None,

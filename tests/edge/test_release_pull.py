@@ -42,7 +42,7 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
         v1 = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
         _publish(fed, v1)
         edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
+                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", "--device-name", "shelf-cam")
         x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 8, 8])
@@ -62,6 +62,12 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
             _wait_for(lambda: serving("2"), what="release 2 pulled and served")
             out = np.frombuffer(stub.ModelInfer(req).raw_output_contents[0], np.float32).reshape(2, 10)
             np.testing.assert_allclose(out, reference_logits(v2, x), rtol=1e-5, atol=1e-5)
+
+        def inventory():  # without a client certificate the device is known by the name it gives itself
+            out = fedge("coordinator", "devices", "--state", str(fed.state))
+            return out.stdout if "digits: release 2 (local v2, up to date)" in out.stdout else None
+
+        assert "shelf-cam  [self-named]  last seen" in _wait_for(inventory, what="the device's report of release 2")
 
         edge.stop()  # a restarted device does not install what it already serves again
         edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge2.log", "--pull", fed.release_address,
