@@ -55,6 +55,7 @@ class BatchingConfig:
     max_queue_delay_us: int = 500
     instances: int = 1
     queue: QueuePolicy = QueuePolicy()
+    response_cache: bool = False  # answer repeated requests from the server's cache (when it has one)
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1:

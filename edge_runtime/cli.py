@@ -11,6 +11,7 @@ from .backends import BACKENDS
 def cmd_serve(a) -> int:
     from .batcher import BatchingConfig, QueuePolicy
     from .repository import ServingConfig
+    from .response_cache import parse_config as parse_cache_config
     from .server import EdgeConfig, serve
     from .tls import ServerTLS
     from .tracing import parse_config
@@ -21,9 +22,10 @@ def cmd_serve(a) -> int:
                     ) if a.tls_cert else None
     trace_file, trace = parse_config(a.trace_config)
     queue = QueuePolicy(a.max_queue_size, a.queue_timeout_us, a.allow_timeout_override)
+    cache_bytes = parse_cache_config(a.cache_config)
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
-                                                    a.instances, queue))
+                                                    a.instances, queue, response_cache=cache_bytes > 0))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      http_port=a.http_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
@@ -32,7 +34,7 @@ def cmd_serve(a) -> int:
                      pull_key=Path(a.pull_key) if a.pull_key else None, device_name=a.device_name,
                      allow_client_shm=a.allow_client_shm, tls=tls,
                      trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
-                     exit_timeout_s=a.exit_timeout_secs)
+                     exit_timeout_s=a.exit_timeout_secs, cache_bytes=cache_bytes)
     return serve(cfg)
 
 
@@ -241,6 +243,10 @@ def add_parser(sub) -> None:
     p.add_argument("--instances", type=int, default=1,
                    help="batch workers per model running the backend in parallel (Triton's instance count)")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
+    p.add_argument("--cache-config", action="append", default=[], metavar="local,size=BYTES",
+                   help="answer repeated requests from an in-memory response cache of this many bytes (Triton's"
+                        " flag; least recently used answers go first). Every model uses it unless its config says"
+                        ' {"response_cache": {"enable": false}}')
     p.add_argument("--exit-timeout-secs", type=float, default=30.0, metavar="S",
                    help="on SIGTERM/SIGINT, answer the requests in flight for at most S seconds before exiting;"
                         " a second signal exits at once (default 30, as Triton)")

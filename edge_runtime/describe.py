@@ -56,6 +56,7 @@ def config(m: LoadedModel) -> pb.ModelConfig:
             cfg.dynamic_batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
                 max_queue_size=q.max_queue_size, default_timeout_microseconds=q.timeout_us,
                 allow_timeout_override=q.allow_timeout_override))
+    cfg.response_cache.enable = m.batching.response_cache
     for key, value in _properties(m).items():
         cfg.parameters[key].string_value = value
     return cfg

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -22,6 +22,8 @@ class Metrics:
         self.backend = Gauge("fedge_edge_backend_info", "Backend serving each model version (value 1)",
                              ["model", "version", "backend", "file"], registry=r)
         self.installs = Counter("fedge_edge_installs", "Bundle installs by outcome", ["outcome"], registry=r)
+        self.cache = Counter("fedge_edge_cache_lookups", "Response cache lookups by model and result (hit, miss)",
+                             ["model", "result"], registry=r)
         self.polls = Counter("fedge_edge_release_polls", "Polls of the coordinator's release service by outcome"
                              " (ok, unreachable, refused: this device was revoked, error)", ["outcome"], registry=r)
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_cpu_seconds_total, ... (Linux)
@@ -67,3 +69,11 @@ class ServingState:
             if m.batcher is not None:
                 pending.add_metric([m.name, str(m.version)], m.batcher.pending())
         yield pending
+        cache = self.servicer.cache
+        if cache is not None:
+            yield GaugeMetricFamily("fedge_edge_cache_bytes", "Bytes the response cache holds", value=cache.bytes)
+            yield GaugeMetricFamily("fedge_edge_cache_capacity_bytes", "The response cache's size (--cache-config)",
+                                    value=cache.capacity)
+            yield GaugeMetricFamily("fedge_edge_cache_entries", "Answers in the response cache", value=len(cache))
+            yield CounterMetricFamily("fedge_edge_cache_evictions", "Answers dropped for room (least recently used)",
+                                      value=cache.evictions)

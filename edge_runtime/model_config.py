@@ -1,7 +1,7 @@
 """Per-model serving settings, in the terms of Triton's model configuration (the part of it that is the operator's to
 choose): ``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``, its ``default_queue_policy``
-(``max_queue_size``, ``default_timeout_microseconds``, ``allow_timeout_override``, ``timeout_action`` REJECT) and
-``instance_group[].count``. They
+(``max_queue_size``, ``default_timeout_microseconds``, ``allow_timeout_override``, ``timeout_action`` REJECT),
+``instance_group[].count`` and ``response_cache.enable``. They
 come as JSON in RepositoryModelLoad's ``config`` parameter (tritonclient ``load_model(name, config=...)``) or in
 ``config.json`` beside the model's versions in the repository, and override the server's flags for that model. As
 in Triton, a config without ``dynamic_batching`` serves the model without batching. Inputs, outputs and model files
@@ -14,7 +14,7 @@ from .batcher import BatchingConfig, QueuePolicy
 from .errors import InvalidInput
 
 FILE = "config.json"
-KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group")
+KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group", "response_cache")
 BATCHING_KEYS = ("max_queue_delay_microseconds", "default_queue_policy")
 POLICY_KEYS = ("max_queue_size", "default_timeout_microseconds", "allow_timeout_override", "timeout_action")
 
@@ -44,9 +44,13 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
                                                              for g in groups):
         raise InvalidInput(f"{where}: instance_group must be a list of {{\"count\": N}} (the backend picks the kind)")
     instances = sum(_count(where, "instance_group.count", g.get("count", 1), 1) for g in groups)
+    cache = cfg.get("response_cache", {"enable": defaults.response_cache})
+    if not isinstance(cache, dict) or set(cache) - {"enable"} or not isinstance(cache.get("enable", False), bool):
+        raise InvalidInput(f"{where}: response_cache must be {{\"enable\": true|false}}")
     return BatchingConfig(enabled=batching is not None,
                           max_batch_size=_count(where, "max_batch_size", cfg.get("max_batch_size", defaults.max_batch_size), 1),
-                          max_queue_delay_us=delay, instances=instances, queue=queue)
+                          max_queue_delay_us=delay, instances=instances, queue=queue,
+                          response_cache=cache.get("enable", False))
 
 
 def _queue_policy(policy, defaults: QueuePolicy, where: str) -> QueuePolicy:

@@ -29,6 +29,7 @@ from .errors import AddressUnavailable
 from .http_server import HttpServer
 from .metrics import Metrics
 from .repository import ModelRepository, ServingConfig
+from .response_cache import ResponseCache
 from .rest import RestApi
 from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
 from .log_settings import FORMAT as LOG_FORMAT
@@ -64,6 +65,7 @@ class EdgeConfig:
     trace: TraceSettings = field(default_factory=TraceSettings)
     strict_readiness: bool = True          # Triton's default: not ready while a model that should serve does not
     exit_timeout_s: float = 30.0           # Triton's --exit-timeout-secs: how long stopping waits for requests
+    cache_bytes: int = 0                   # Triton's --cache-config local,size=N: the response cache; 0: none
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
@@ -91,8 +93,11 @@ class EdgeServer:
         self.shm = SharedMemory(cfg.allow_client_shm)
         self.logs = LogSettings()  # serve() hands it the process's log handlers
         self.tracer = Tracer(cfg.trace_file, cfg.trace)
+        self.cache = ResponseCache(cfg.cache_bytes) if cfg.cache_bytes else None
 
     def _on_load(self, model) -> None:
+        if self.cache is not None:
+            self.cache.drop_model(model.name)  # the old version's answers
         self.metrics.backend.labels(model.name, str(model.version), model.backend.name, model.backend.model_file).set(1)
 
     def start(self) -> "EdgeServer":
@@ -108,7 +113,7 @@ class EdgeServer:
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
         servicer = self._servicer = InferenceServicer(self.repo, self.metrics, VERSION, self._executor, self.shm,
-                                                      self.logs, self.tracer, self.cfg.strict_readiness)
+                                                      self.logs, self.tracer, self.cfg.strict_readiness, self.cache)
         self._server, self.port = self._call(self._start_grpc(servicer, creds))
         self.metrics.watch(self.repo, servicer)
         if self.cfg.http_port:

@@ -22,6 +22,7 @@ from .errors import EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsu
 from .log_settings import LogSettings
 from .metrics import Metrics
 from .repository import ModelRepository
+from .response_cache import ResponseCache, request_key
 from .shared_memory import SharedMemory
 from .tracing import Tracer
 
@@ -95,8 +96,9 @@ def count_failure(metrics: Metrics, request: pb.ModelInferRequest, status: str) 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
                  shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None,
-                 strict_readiness: bool = True) -> None:
+                 strict_readiness: bool = True, cache: ResponseCache | None = None) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
+        self.cache = cache  # --cache-config: answers of repeated requests, for models whose config allows it
         self.strict_readiness = strict_readiness
         self.executor = executor  # threads for unbatched inference and model loading
         self.shm = shm or SharedMemory(allowed=False)
@@ -241,7 +243,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             to_shm = {name: w.shm for name, w in wanted.items() if w.shm is not None}
             for name, ref in to_shm.items():  # a bad output region fails the request before it runs
                 shm.check(ref, f"output {name!r}")
-            feeds = m.preprocess(decode_inputs(request, m.inputs, m.max_batch_size, shm))
+            inputs = decode_inputs(request, m.inputs, m.max_batch_size, shm)
+            key = self._cache_key(m, inputs, wanted, to_shm)
+            if key is not None:
+                looked = time.perf_counter()
+                hit = self.cache.get(key)
+                lookup_s = time.perf_counter() - looked
+                if hit is not None:
+                    resp = encode_response(m.name, str(m.version), hit, request.id)
+                    self._answered(m, time.perf_counter() - started, cache_s=lookup_s)
+                    return resp
+            feeds = m.preprocess(inputs)
             decoded = time.perf_counter()
             if trace is not None:
                 trace.mark("QUEUE_START", decoded)
@@ -251,6 +263,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count
                        else outputs[name] for name, w in wanted.items()}
             resp = encode_response(m.name, str(m.version), outputs, request.id, to_shm, shm)
+            if key is not None:
+                stored = time.perf_counter()
+                self.cache.put(key, m.name, outputs)
+                m.stats.cache_miss(lookup_s + time.perf_counter() - stored)
+                self.metrics.cache.labels(m.name, "miss").inc()
         except BaseException:
             m.stats.request(False, time.perf_counter() - started)
             raise
@@ -259,10 +276,26 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 trace.mark("REQUEST_END", time.perf_counter())
                 self.tracer.finish(trace)
         done = time.perf_counter()
-        m.stats.request(True, done - started, decoded - started, done - ran)
-        self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
-        self.metrics.latency.labels(m.name).observe(done - started)
+        self._answered(m, done - started, decoded - started, done - ran)
         return resp
+
+    def _cache_key(self, m, inputs, wanted, to_shm) -> bytes | None:
+        """The request's response-cache key, or None where the cache is not used: no cache, the model's config
+        turns it off, or an output goes to shared memory."""
+        if self.cache is None or not m.batching.response_cache or to_shm:
+            return None
+        return request_key(m.name, m.version, inputs, {name: w.class_count for name, w in wanted.items()})
+
+    def _answered(self, m, total_s: float, input_s: float = 0.0, output_s: float = 0.0,
+                  cache_s: float | None = None) -> None:
+        """Statistics and metrics of an answered request (``cache_s``: answered from the cache, in that long)."""
+        if cache_s is None:
+            m.stats.request(True, total_s, input_s, output_s)
+        else:
+            m.stats.cache_hit(total_s, cache_s)
+            self.metrics.cache.labels(m.name, "hit").inc()
+        self.metrics.requests.labels(m.name, str(m.version), "OK").inc()
+        self.metrics.latency.labels(m.name).observe(total_s)
 
     async def RepositoryIndex(self, request, context):
         resp = pb.RepositoryIndexResponse()

@@ -9,7 +9,7 @@ import time
 
 from proto import grpc_service_pb2 as pb
 
-PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+PHASES = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output", "cache_hit", "cache_miss")
 
 
 class ModelStats:
@@ -27,6 +27,17 @@ class ModelStats:
             if ok:
                 self._add("compute_input", input_s, 1)
                 self._add("compute_output", output_s, 1)
+
+    def cache_hit(self, total_s: float, lookup_s: float) -> None:
+        """A request answered from the response cache: a success that never queued or computed (as Triton counts)."""
+        with self._lock:
+            self._add("success", total_s, 1)
+            self._add("cache_hit", lookup_s, 1)
+
+    def cache_miss(self, seconds: float) -> None:
+        """A lookup that found nothing; ``seconds``: looking up and storing the answer."""
+        with self._lock:
+            self._add("cache_miss", seconds, 1)
 
     def execution(self, rows: int, queued_s: list[float], compute_s: float) -> None:
         """One backend call for ``len(queued_s)`` requests holding ``rows`` rows; each request is charged the whole

@@ -13,7 +13,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
-from tests.edge.test_release_pull import _publish, _wait_for
+from tests.edge.test_release_pull import _publish, _serves, _wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +45,7 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
             def serving(version):
-                try:
-                    return stub.ModelInfer(req, timeout=5).model_version == version
-                except grpc.RpcError:
-                    return False
+                return _serves(stub, req, version)
 
             def device(release):  # the inventory once the device has reported serving `release`
                 def reported():

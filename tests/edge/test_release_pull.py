@@ -24,6 +24,14 @@ def _publish(fed: LocalFederation, bundle) -> int:
     return Registry(registry_path(fed.state)).add_release(1, 1, str(bundle), sha256_file(bundle / "manifest.json"), {})
 
 
+def _serves(stub, req, version: str) -> bool:
+    """Whether the edge server answers ``req`` from local ``version`` (False while it cannot answer)."""
+    try:
+        return stub.ModelInfer(req, timeout=5).model_version == version
+    except grpc.RpcError:
+        return False
+
+
 def _wait_for(pred, timeout=30.0, what="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,10 +59,7 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
             def serving(version):
-                try:
-                    return stub.ModelInfer(req, timeout=5).model_version == version
-                except grpc.RpcError:
-                    return False
+                return _serves(stub, req, version)
 
             _wait_for(lambda: serving("1"), what="release 1 pulled and served")
             v2 = make_bundle(tmp_path / "r2", keys[0], "digits", seed=1)
