@@ -72,7 +72,9 @@ EXPLANATIONS = {
         " and {serving_p50_c1_overhead_ms_shm:.2f} ms over in-process at 1 client in this run, 0.82 and 1.05 ms"
         " (against 1.29 ms plain) in the run before. At 1 client on this shared 2-core VM these rows move between"
         " runs by more than they differ, so neither is a dependable saving here; both leave the RPC itself."
-        " Over HTTP (tritonclient.http.aio against the REST endpoint, binary tensors): {serving_p50_c1_overhead_ms_http:.2f} ms.",
+        " Over HTTP (tritonclient.http.aio against the REST endpoint, binary tensors): {serving_p50_c1_overhead_ms_http:.2f} ms."
+        " Where inputs repeat, the response cache (`--cache-config`) answers without the model: {serving_p50_c1_cache_hit_ms:.2f}"
+        " ms p50 at 1 client in this run, below the {inprocess_b1_p50_ms:.2f} ms of the in-process call itself.",
     "aggregation_vs_floor": "The floor is a read-only numpy pass (np.max, ~33 GB/s); FedAvg must also write the"
         " running sum and multiply-add, which runs at ~20-24 GB/s on 1 thread. Tried: numpy blocked (3.5x),"
         " torch add_ with alpha unblocked and blocked at 64K-4M elements (kept 1M), preallocated output (no gain)."
