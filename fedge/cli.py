@@ -245,9 +245,9 @@ def cmd_release_withdraw(a) -> int:
 
     registry = open_registry(Path(a.state))
     registry.withdraw_release(a.release, a.reason)
-    row = next(r for r in registry.releases() if r["id"] == a.release)
-    model = release_model(row)
-    now = offered(registry).get(model)
+    releases = registry.releases()
+    model = release_model(next(r for r in releases if r["id"] == a.release))
+    now = offered(releases).get(model)
     print(f"withdrew release {a.release} ({model}): the release service no longer offers it; " + (
         f"devices move to release {now} at their next poll (no download where they still keep it)" if now else
         f"no release of {model} is offered now: devices keep serving what they have"))

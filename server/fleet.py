@@ -19,10 +19,10 @@ def release_model(row: dict) -> str | None:
         return None
 
 
-def offered(registry: Registry) -> dict[str, int]:
-    """Model -> the newest release of it that is not withdrawn: what devices are told to serve."""
+def offered(releases: list[dict]) -> dict[str, int]:
+    """Model -> the newest of ``releases`` (Registry.releases() rows) that is not withdrawn: what devices serve."""
     out: dict[str, int] = {}
-    for row in registry.releases():
+    for row in releases:
         if row["withdrawn"] is None and (model := release_model(row)):
             out[model] = row["id"]
     return out
@@ -32,8 +32,9 @@ def fleet(registry: Registry) -> list[dict]:
     """Every device seen or revoked, each current model marked ``up to date``, ``behind`` (an older release than
     the one offered), ``withdrawn`` (a release since withdrawn), or ``unknown`` (a bundle that is no release of
     this registry, e.g. installed by hand)."""
-    withdrawn = {r["id"] for r in registry.releases() if r["withdrawn"] is not None}
-    target = offered(registry)
+    releases = registry.releases()
+    withdrawn = {r["id"] for r in releases if r["withdrawn"] is not None}
+    target = offered(releases)
     out = []
     for d in registry.devices():
         models = []

@@ -38,9 +38,10 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def __init__(self, state: Path) -> None:
         self.registry = Registry(registry_path(Path(state)))
 
-    def _available(self) -> list[tuple[release_pb2.Release, Path]]:
+    def _available(self, releases: list[dict]) -> list[tuple[release_pb2.Release, Path]]:
+        """The offered ones of ``releases`` (Registry.releases() rows), with their bundle dirs."""
         out = []
-        for row in self.registry.releases():
+        for row in releases:
             bundle = Path(row["path"])
             model = release_model(row)
             if row["withdrawn"] is not None or model is None:
@@ -55,23 +56,25 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListReleases(self, request, context):
         device = self._admit(request.device, context)
-        by_sha = {row["manifest_sha256"]: row["id"] for row in self.registry.releases()}
+        rows = self.registry.releases()
+        by_sha = {row["manifest_sha256"]: row["id"] for row in rows}
         self.registry.record_device(device.name, device.authenticated, context.peer(), [
             {"model": c.model, "manifest_sha256": c.manifest_sha256, "local_version": c.local_version,
              "release": by_sha.get(c.manifest_sha256)} for c in request.current])
         return release_pb2.ListReleasesResponse(
-            releases=[r for r, _ in self._available() if not request.model or r.model == request.model])
+            releases=[r for r, _ in self._available(rows) if not request.model or r.model == request.model])
 
     def FetchRelease(self, request, context):
         device = self._admit(request.device, context)
-        for r, bundle in self._available():
+        rows = self.registry.releases()
+        for r, bundle in self._available(rows):
             if r.model == request.model and r.version == request.version:
                 data = pack(bundle)
                 log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), device)
                 for i in range(0, len(data), CHUNK_BYTES):
                     yield release_pb2.ReleaseChunk(data=data[i:i + CHUNK_BYTES])
                 return
-        withdrawn = [row for row in self.registry.releases() if row["id"] == request.version and row["withdrawn"]]
+        withdrawn = [row for row in rows if row["id"] == request.version and row["withdrawn"]]
         context.abort(grpc.StatusCode.NOT_FOUND, f"release {request.model!r} version {request.version} was withdrawn"
                       f" ({withdrawn[0]['withdrawn_reason']})" if withdrawn else
                       f"no release {request.model!r} version {request.version}")
