@@ -23,6 +23,14 @@ from .errors import ModelUnavailable
 
 log = logging.getLogger("fedge.edge")
 BACKENDS = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
+
+
+def default_instances(backend: str) -> int:
+    """Batch workers a model gets when neither its config nor ``--instances`` says: Triton's defaults, 2 for a
+    CPU model (triton-inference-server/core#82: two calls overlap, so both of a small device's cores work) and
+    1 for a GPU model (one per GPU)."""
+    return 1 if backend in GPU_BACKENDS else 2
 
 
 class Backend(Protocol):

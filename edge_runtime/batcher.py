@@ -2,7 +2,8 @@
 (up to ``max_batch_size`` rows, waiting at most ``max_queue_delay_us`` after the first request) and the outputs
 are split back by row counts. The delay is only spent while there is concurrency to wait for (the previous
 batch held more than one request): a lone client is answered at once. ``instances`` worker threads take batches
-from the same queue (Triton's instance count), each running the backend on its own thread.
+from the same queue (Triton's instance count: by default 2 on the CPU, 1 on a GPU), each running the backend on
+its own thread.
 
 Triton's queue policy bounds the waiting: at most ``max_queue_size`` requests wait (one more is refused at once),
 and a request that waited past its timeout is refused instead of computed, so an overloaded device answers
@@ -53,12 +54,12 @@ class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 64
     max_queue_delay_us: int = 500
-    instances: int = 1
+    instances: int = 0  # batch workers; 0: the backend's default (backends.default_instances)
     queue: QueuePolicy = QueuePolicy()
     response_cache: bool = False  # answer repeated requests from the server's cache (when it has one)
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 1:
+        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 0:
             raise ValueError(f"invalid batching config {self}")
 
 
@@ -80,7 +81,7 @@ class DynamicBatcher:
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
         self._queue: "queue.Queue[_Item | None]" = queue.Queue()
         self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
-                         for i in range(cfg.instances)]
+                         for i in range(max(cfg.instances, 1))]  # 0 (the backend's default) is resolved by the model
         for t in self._threads:
             t.start()
 

@@ -240,8 +240,9 @@ def add_parser(sub) -> None:
                         " default_timeout_microseconds, timeout action REJECT); 0: no limit")
     p.add_argument("--allow-timeout-override", action="store_true",
                    help="let a request's own timeout parameter (tritonclient infer(..., timeout=US)) shorten it")
-    p.add_argument("--instances", type=int, default=1,
-                   help="batch workers per model running the backend in parallel (Triton's instance count)")
+    p.add_argument("--instances", type=int, default=0,
+                   help="batch workers per model running the backend in parallel (Triton's instance count);"
+                        " default: Triton's, 2 on the CPU backend, 1 on a GPU backend")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
     p.add_argument("--cache-config", action="append", default=[], metavar="local,size=BYTES",
                    help="answer repeated requests from an in-memory response cache of this many bytes (Triton's"

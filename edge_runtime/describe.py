@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from proto import grpc_service_pb2 as pb
 
+from .backends import GPU_BACKENDS
 from .batcher import QueuePolicy
 from .datatypes import BYTES
 from .model import LoadedModel
-
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
 
 
 def platform(m: LoadedModel) -> str:

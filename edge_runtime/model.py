@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .backends import Backend, load_backend
+from .backends import Backend, default_instances, load_backend
 from .batcher import BatchingConfig, DynamicBatcher
 from .bundle import Manifest, TensorDesc
 from .errors import InvalidInput
@@ -39,7 +39,8 @@ class LoadedModel:
              batching: BatchingConfig, threads: int = 1, on_batch=None, engine_cache: Path | None = None) -> "LoadedModel":
         be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
         tok = manifest.preprocessing.get("tokenizer")
-        batching = dataclasses.replace(batching, max_batch_size=min(batching.max_batch_size, manifest.max_batch_size))
+        batching = dataclasses.replace(batching, max_batch_size=min(batching.max_batch_size, manifest.max_batch_size),
+                                       instances=batching.instances or default_instances(be.name))
         model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
         if batching.enabled:
             model.batcher = DynamicBatcher(be.run, batching, model._executed)

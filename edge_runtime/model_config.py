@@ -39,11 +39,12 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
     delay = _count(where, "dynamic_batching.max_queue_delay_microseconds",
                    (batching or {}).get("max_queue_delay_microseconds", defaults.max_queue_delay_us), 0)
     queue = _queue_policy((batching or {}).get("default_queue_policy", {}), defaults.queue, where)
-    groups = cfg.get("instance_group", [{"count": defaults.instances}])
-    if not isinstance(groups, list) or not groups or not all(isinstance(g, dict) and set(g) <= {"count", "kind"}
-                                                             for g in groups):
+    groups = cfg.get("instance_group")
+    if groups is not None and (not isinstance(groups, list) or not groups or not all(
+            isinstance(g, dict) and set(g) <= {"count", "kind"} for g in groups)):
         raise InvalidInput(f"{where}: instance_group must be a list of {{\"count\": N}} (the backend picks the kind)")
-    instances = sum(_count(where, "instance_group.count", g.get("count", 1), 1) for g in groups)
+    instances = (sum(_count(where, "instance_group.count", g.get("count", 1), 1) for g in groups) if groups is not None
+                 else defaults.instances)
     cache = cfg.get("response_cache", {"enable": defaults.response_cache})
     if not isinstance(cache, dict) or set(cache) - {"enable"} or not isinstance(cache.get("enable", False), bool):
         raise InvalidInput(f"{where}: response_cache must be {{\"enable\": true|false}}")

@@ -221,13 +221,15 @@ class Registry:
             return db.execute("DELETE FROM withdrawn_releases WHERE release_id=?", (release_id,)).rowcount > 0
 
     # -- devices ---------------------------------------------------------------------------------------
-    def record_device(self, name: str, authenticated: bool, address: str, current: list[dict]) -> None:
+    def record_device(self, name: str, authenticated: bool, address: str, current: list[dict] | None) -> None:
+        """A call from the device, now; ``current`` (what it serves) None: as it last said."""
         now = time.time()
         with self._db() as db:
             db.execute("INSERT INTO devices (name, authenticated, address, first_seen, last_seen, current)"
                        " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET authenticated=excluded.authenticated,"
-                       " address=excluded.address, last_seen=excluded.last_seen, current=excluded.current",
-                       (name, int(authenticated), address, now, now, json.dumps(current)))
+                       " address=excluded.address, last_seen=excluded.last_seen"
+                       + (", current=excluded.current" if current is not None else ""),
+                       (name, int(authenticated), address, now, now, json.dumps(current or [])))
 
     def devices(self) -> list[dict]:
         """Devices seen or revoked, by name; ``revoked`` is when (None: not revoked)."""

@@ -55,10 +55,9 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         return out
 
     def ListReleases(self, request, context):
-        device = self._admit(request.device, context)
         rows = self.registry.releases()
         by_sha = {row["manifest_sha256"]: row["id"] for row in rows}
-        self.registry.record_device(device.name, device.authenticated, context.peer(), [
+        self._admit(request.device, context, [
             {"model": c.model, "manifest_sha256": c.manifest_sha256, "local_version": c.local_version,
              "release": by_sha.get(c.manifest_sha256)} for c in request.current])
         return release_pb2.ListReleasesResponse(
@@ -79,11 +78,13 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
                       f" ({withdrawn[0]['withdrawn_reason']})" if withdrawn else
                       f"no release {request.model!r} version {request.version}")
 
-    def _admit(self, claimed: str, context) -> "Device":
-        """Who is calling; aborts with PERMISSION_DENIED if the operator revoked that device."""
+    def _admit(self, claimed: str, context, current: list[dict] | None = None) -> "Device":
+        """Who is calling, recorded as seen now (with what it serves, where the call says); aborts with
+        PERMISSION_DENIED if the operator revoked that device: its polls still show in the inventory."""
         names = context.auth_context().get("x509_common_name")
         device = Device(names[0].decode(), True, context.peer()) if names else Device(
             claimed or context.peer(), False, context.peer())
+        self.registry.record_device(device.name, device.authenticated, device.address, current)
         revoked = self.registry.revocation(device.name)
         if revoked is not None:
             log.warning("refused revoked device %s", device)

@@ -62,11 +62,12 @@ def serving(root: Path, keys, bundles, *flags: str):
 def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, delay_s: float = 0.3):
     """An edge server in this process (gRPC and HTTP on free ports) serving ``bundle`` (the digits model), whose
     batched backend call is slowed to ``delay_s``: a stand-in for a heavy model, as digits answers in microseconds.
-    ``config``: the model's config.json. Yields (server, the rows of each backend call); a fixture's generator."""
+    One batch worker (``--instances 1``), so that one call keeps the model busy. ``config``: the model's config.json. Yields (server, the rows of each backend call); a fixture's generator."""
     import time
 
+    from edge_runtime.batcher import BatchingConfig
     from edge_runtime.bundle import load_public_key
-    from edge_runtime.repository import install_bundle
+    from edge_runtime.repository import ServingConfig, install_bundle
     from edge_runtime.server import EdgeConfig, EdgeServer
     from fedge.procs import free_port
 
@@ -74,7 +75,8 @@ def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, de
     if config is not None:
         (root / "repo" / "digits" / "config.json").write_text(json.dumps(config))
     server = EdgeServer(EdgeConfig(repo=root / "repo", trust=keys[1], host="127.0.0.1", port=0, metrics_port=0,
-                                   http_port=free_port())).start()
+                                   http_port=free_port(), serving=ServingConfig(batching=BatchingConfig(instances=1)))
+                        ).start()
     batcher = server.repo.get("digits").batcher
     run, computed = batcher._run, []
 

@@ -44,6 +44,7 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     assert digits["output"][0] == {"name": "logits", "data_type": "TYPE_FP32", "dims": ["10"]}
     assert digits["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
     assert digits["instance_group"][0]["kind"] == "KIND_CPU"
+    assert digits["instance_group"][0]["count"] == 2   # Triton's default for a CPU model: two batch workers
     assert intent["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": ["1"]}]
     assert {"name": "label", "data_type": "TYPE_STRING", "dims": ["1"]} in intent["output"]
 
@@ -354,7 +355,7 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
         config_file.unlink(missing_ok=True)
         load()
     c = config()
-    assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (64, 500, 1)
+    assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (64, 500, 2)
 
 
 def test_log_settings_change_what_a_running_server_logs(edge_server, stub):

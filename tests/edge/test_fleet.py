@@ -93,6 +93,8 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
             assert "reported stolen" in log.read_text() and "refused revoked device camera-7" in coordinator_log.read_text()
             [d] = json.loads(_cli("coordinator", "devices", "--json", *state))
             assert d["revoked_reason"] == "reported stolen" and "REVOKED" in _cli("coordinator", "devices", *state)
+            assert d["last_seen"] > d["revoked"], d  # its refused polls show: the operator sees it still calling
+            assert d["current"][0]["local_version"] == 2  # and what it serves
 
             _cli("coordinator", "restore-device", "camera-7", *state)
             _wait_for(lambda: serving("3"), what="release 3 installed once the device is restored")

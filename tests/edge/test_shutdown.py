@@ -1,7 +1,8 @@
 """Stopping `fedge edge serve` (SIGTERM/SIGINT), as Triton does: no new connections or requests, every request in
 flight answered (queued ones included, over gRPC, HTTP and streams), then exit 0; within --exit-timeout-secs at
 most; a second signal exits at once. A real server process serving a heavy stand-in model (each request of 64
-rows is one backend call of about a quarter second, and they cannot share a batch), stopped by PID."""
+rows is one backend call of about a quarter second, and they cannot share a batch; one batch worker, so the calls
+queue), stopped by PID."""
 import http.client
 import json
 import os
@@ -113,7 +114,7 @@ def _batches(n: int) -> list[np.ndarray]:
 
 
 def test_sigterm_answers_every_request_in_flight_refuses_new_ones_and_exits_0(tmp_path, keys, heavy):
-    gen = serving(tmp_path, keys, [heavy], "--exit-timeout-secs", "30")
+    gen = serving(tmp_path, keys, [heavy], "--exit-timeout-secs", "30", "--instances", "1")
     server = next(gen)
     try:
         batches = _batches(6)
@@ -162,7 +163,7 @@ def test_sigterm_answers_every_request_in_flight_refuses_new_ones_and_exits_0(tm
 
 
 def test_exit_timeout_cuts_off_what_is_left_and_a_second_signal_exits_at_once(tmp_path, keys, heavy):
-    gen = serving(tmp_path, keys, [heavy], "--exit-timeout-secs", "1")
+    gen = serving(tmp_path, keys, [heavy], "--exit-timeout-secs", "1", "--instances", "1")
     server = next(gen)
     try:
         load = Load(server, _batches(6))  # about 1.5 s of work, more than the 1 s exit timeout
@@ -180,7 +181,7 @@ def test_exit_timeout_cuts_off_what_is_left_and_a_second_signal_exits_at_once(tm
     failed = [v[1] for v in load.outcomes.values() if v[0] == "error"]
     assert failed and len(load.outcomes) == 6, load.outcomes  # cut off with an error: no client hangs
 
-    gen = serving(tmp_path / "again", keys, [heavy], "--exit-timeout-secs", "30")
+    gen = serving(tmp_path / "again", keys, [heavy], "--exit-timeout-secs", "30", "--instances", "1")
     server = next(gen)
     try:
         load = Load(server, _batches(6))
