@@ -124,7 +124,8 @@ class FedgeClient(NumPyClient):
             metrics |= {"eval_loss": float(loss), "eval_accuracy": float(acc), "eval_examples": len(holdout)}
         freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
         cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
-                          lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)))
+                          lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)),
+                          proximal_mu=float(config.get("proximal-mu", 0.0)))
         ledger, budget = self._ledger()
         cost = plan_round(config, ledger, self.settings.delta, len(train_ds), cfg.batch_size, cfg.epochs)
         why = refusal(cost, ledger, budget)

@@ -143,7 +143,8 @@ def _run_config(a):
     from server.run_config import RunConfig
 
     return RunConfig(task=a.task, num_rounds=a.rounds, min_clients=a.min_clients, local_epochs=a.local_epochs,
-                     batch_size=a.batch_size, lr=a.lr, secagg=a.secagg, round_timeout=a.round_timeout,
+                     batch_size=a.batch_size, lr=a.lr, proximal_mu=a.proximal_mu, secagg=a.secagg,
+                     round_timeout=a.round_timeout,
                      wait_clients_timeout=a.wait_clients_timeout, init=a.init or "", freeze=",".join(a.freeze),
                      seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
                      dp_target_quantile=a.dp_target_quantile, dp_delta=a.delta, dp_sgd=a.dp_sgd,
@@ -195,7 +196,8 @@ def cmd_simulate(a) -> int:
     from server.simulate import SimulationConfig, simulate
 
     cfg = SimulationConfig(task=a.task, clients=a.clients, rounds=a.rounds, alpha=a.alpha, local_epochs=a.local_epochs,
-                           lr=a.lr, secagg=a.secagg, seed=a.seed, cpus_per_client=a.cpus_per_client,
+                           lr=a.lr, proximal_mu=a.proximal_mu, secagg=a.secagg, seed=a.seed,
+                           cpus_per_client=a.cpus_per_client,
                            dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive)
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
@@ -291,6 +293,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=-1, help="default: the task's")
     p.add_argument("--batch-size", type=int, default=-1)
     p.add_argument("--lr", type=float, default=-1.0)
+    p.add_argument("--proximal-mu", type=float, default=-1.0, metavar="MU",
+                   help="FedProx: customers add MU/2 ||w - w_global||^2 to their training loss, which keeps skewed"
+                        " customers from drifting apart (Flower's FedProx proximal_mu); 0: plain FedAvg. Default: the"
+                        " task's (intent 0.1, digits 0)")
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
                    help="Flower SecAgg+ secure aggregation (default: on)")
     p.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for client replies")
@@ -436,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (<= 0: IID)")
     p.add_argument("--local-epochs", type=int, default=-1)
     p.add_argument("--lr", type=float, default=-1.0)
+    p.add_argument("--proximal-mu", type=float, default=-1.0, metavar="MU",
+                   help="FedProx: customers add MU/2 ||w - w_global||^2 to their training loss, which keeps skewed"
+                        " customers from drifting apart (Flower's FedProx proximal_mu); 0: plain FedAvg. Default: the"
+                        " task's (intent 0.1, digits 0)")
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=float, default=1.0)

@@ -105,6 +105,7 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         "local-epochs": cfg.local_epochs if cfg.local_epochs >= 0 else task.defaults.local_epochs,
         "batch-size": cfg.batch_size if cfg.batch_size > 0 else task.defaults.batch_size,
         "lr": cfg.lr if cfg.lr > 0 else task.defaults.lr,
+        "proximal-mu": cfg.local_proximal_mu(task.defaults.proximal_mu),
         **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(

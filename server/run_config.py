@@ -19,6 +19,7 @@ class RunConfig:
     local_epochs: int = -1         # -1: the task's default
     batch_size: int = -1
     lr: float = -1.0
+    proximal_mu: float = -1.0      # FedProx's proximal term in local training; -1: the task's default, 0: FedAvg
     secagg: bool = True
     round_timeout: float = 120.0   # seconds to wait for replies in each message exchange
     wait_clients_timeout: float = 120.0  # seconds to wait for min_clients to be connected
@@ -64,6 +65,11 @@ class RunConfig:
             raise ValueError("central DP clips whole-model updates: it cannot be combined with --freeze")
         if self.dp_sgd and self.dp_sgd_noise <= 0 and self.dp_sgd_epsilon <= 0:
             raise ValueError("--dp-sgd needs --dp-sgd-noise SIGMA or --dp-sgd-epsilon E")
+        if self.proximal_mu < 0 and self.proximal_mu != -1:
+            raise ValueError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
+        if self.dp_sgd and self.proximal_mu > 0:
+            raise ValueError("--proximal-mu cannot be combined with --dp-sgd: Opacus steps on the clipped, noised"
+                             " gradients of the data loss alone, so the proximal term would be dropped")
         if not 0 < self.dp_delta < 1 or self.dp_sgd_clip <= 0:
             raise ValueError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
         from .robust import AGGREGATORS
@@ -77,6 +83,10 @@ class RunConfig:
     @property
     def freeze_patterns(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.freeze.split(",") if p.strip())
+
+    def local_proximal_mu(self, task_default: float) -> float:
+        """The proximal term customers train with: the flag's, else the task's (none under DP-SGD)."""
+        return self.proximal_mu if self.proximal_mu >= 0 else 0.0 if self.dp_sgd else task_default
 
     def to_flower(self) -> dict[str, int | float | str | bool]:
         return {k.replace("_", "-"): v for k, v in asdict(self).items()}

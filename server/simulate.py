@@ -22,6 +22,7 @@ class SimulationConfig:
     alpha: float = 0.5          # Dirichlet concentration over labels; <= 0 means IID
     local_epochs: int = -1
     lr: float = -1.0
+    proximal_mu: float = -1.0   # as `fedge run launch --proximal-mu`; -1: the task's
     secagg: bool = False
     seed: int = 0
     cpus_per_client: float = 1.0
@@ -76,7 +77,7 @@ def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = Fal
     state = Path(out or tempfile.mkdtemp(prefix="fedge-sim-")).resolve()
     registry = Registry(registry_path(state))
     cfg = RunConfig(task=sim.task, num_rounds=sim.rounds, min_clients=2, local_epochs=sim.local_epochs, lr=sim.lr,
-                    secagg=sim.secagg, state_dir=str(state), seed=sim.seed, round_timeout=600, wait_clients_timeout=300,
+                    proximal_mu=sim.proximal_mu, secagg=sim.secagg, state_dir=str(state), seed=sim.seed, round_timeout=600, wait_clients_timeout=300,
                     dp_noise=sim.dp_noise, dp_clip=sim.dp_clip, dp_adaptive=sim.dp_adaptive)
     run_id = registry.create_run(sim.task, sim.rounds, {**asdict(cfg), "simulation": asdict(sim)})
     cfg = cfg.with_(fedge_run_id=run_id)

@@ -81,6 +81,11 @@ def test_run_config_survives_flower_round_trip_and_validates():
         RunConfig(secagg=True, min_clients=1)
     with pytest.raises(ValueError, match="start_round"):
         RunConfig(num_rounds=2, start_round=3)
+    # FedProx: the task's default proximal term unless the operator sets one; none under DP-SGD, which refuses it
+    assert RunConfig(task="intent").local_proximal_mu(0.1) == 0.1 and RunConfig(proximal_mu=0).local_proximal_mu(0.1) == 0
+    assert RunConfig(dp_sgd=True, dp_sgd_epsilon=8).local_proximal_mu(0.1) == 0
+    with pytest.raises(ValueError, match="--dp-sgd"):
+        RunConfig(dp_sgd=True, dp_sgd_epsilon=8, proximal_mu=0.1)
 
 
 def test_fab_declares_every_run_config_key(tmp_path):

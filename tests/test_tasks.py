@@ -159,3 +159,27 @@ def test_dpsgd_holds_a_pruning_mask():
     for n, p in model.named_parameters():
         if n in masks:
             assert torch.all(p[masks[n] == 0] == 0), n
+
+
+def test_proximal_term_keeps_a_customer_near_the_global_model():
+    """FedProx: the coordinator's proximal-mu reaches the customer's training (simulated customer, as Flower's
+    simulation runs it), and a larger mu leaves the update smaller; DP-SGD refuses the term it would drop."""
+    from client.trainer import FedgeClient, NodeSettings
+    from fedge.tasks.training import train_dpsgd
+
+    task = get_task("digits")
+    torch.manual_seed(0)
+    start = get_arrays(task.build_model(), exchanged_names(task.build_model()))
+    client = FedgeClient(NodeSettings(name="sim-0", task="digits", partition_id=0, num_partitions=3, alpha=0.5))
+    config = {"task": "digits", "local-epochs": 2, "batch-size": 32, "lr": 3e-3, "seed": 0, "round": 1}
+
+    def drift(**extra) -> float:
+        arrays, _, _ = client.fit([a.copy() for a in start], config | extra)
+        return float(np.sqrt(sum(np.sum((a - s) ** 2) for a, s in zip(arrays, start))))
+
+    fedavg, default, prox = drift(), drift(**{"proximal-mu": 0.0}), drift(**{"proximal-mu": 10.0})
+    assert fedavg == default  # no proximal-mu in the config: plain FedAvg training
+    assert prox < 0.6 * fedavg, (prox, fedavg)
+    with pytest.raises(ValueError, match="proximal"):
+        train_dpsgd(task.build_model(), split_holdout(task.reference_data())[0], TrainConfig(proximal_mu=0.1),
+                    noise_multiplier=1.0, max_grad_norm=1.0)

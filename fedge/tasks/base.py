@@ -29,6 +29,7 @@ class TrainDefaults:
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 1e-3
+    proximal_mu: float = 0.0  # FedProx's proximal term (0: plain FedAvg local training)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,10 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
+    proximal_mu: float = 0.0  # FedProx: + mu/2 ||w - w_start||^2 on the loss (w_start: the global model)
 
     def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.proximal_mu < 0:
             raise ValueError(f"invalid training config {self}")
 
 
@@ -71,6 +72,7 @@ def train(model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ..
     opt = torch.optim.Adam(params, lr=cfg.lr)
     loss_fn = nn.CrossEntropyLoss()
     rng = np.random.default_rng(cfg.seed)
+    start = [p.detach().clone() for p in params] if cfg.proximal_mu > 0 else []
     model.train()
     last = float("nan")
     for _ in range(cfg.epochs):
@@ -78,7 +80,10 @@ def train(model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ..
         for xb, yb in _batches(ds, cfg.batch_size, rng):
             opt.zero_grad()
             loss = loss_fn(model(xb), yb)
-            loss.backward()
+            if start:  # FedProx (Li et al. 2020): stay near the model the round started from
+                (loss + cfg.proximal_mu / 2 * sum(((p - s) ** 2).sum() for p, s in zip(params, start))).backward()
+            else:
+                loss.backward()
             opt.step()
             if masks:
                 _apply_masks(model, masks)
@@ -142,6 +147,8 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     for name, p in model.named_parameters():
         p.requires_grad_(not frozen(name, freeze))
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.proximal_mu > 0:
+        raise ValueError("DP-SGD trains on the data loss alone: a FedProx proximal term would be dropped")
     q, steps = dpsgd_plan(len(ds), cfg.batch_size, cfg.epochs)
     if not params or cfg.epochs == 0 or len(ds) == 0:
         return DPSGDResult(float("nan"), noise_multiplier, q, 0)
