@@ -286,6 +286,13 @@ def cmd_demo(a) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------------------------
+def _add_proximal_mu(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--proximal-mu", type=float, default=-1.0, metavar="MU",
+                   help="FedProx: customers add MU/2 ||w - w_global||^2 to their training loss, which keeps skewed"
+                        " customers from drifting apart (Flower's FedProx proximal_mu); 0: plain FedAvg. Default: the"
+                        " task's (intent 0.1, digits 0)")
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="digits | intent | module:attribute")
     p.add_argument("--rounds", type=int, required=True)
@@ -293,10 +300,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--local-epochs", type=int, default=-1, help="default: the task's")
     p.add_argument("--batch-size", type=int, default=-1)
     p.add_argument("--lr", type=float, default=-1.0)
-    p.add_argument("--proximal-mu", type=float, default=-1.0, metavar="MU",
-                   help="FedProx: customers add MU/2 ||w - w_global||^2 to their training loss, which keeps skewed"
-                        " customers from drifting apart (Flower's FedProx proximal_mu); 0: plain FedAvg. Default: the"
-                        " task's (intent 0.1, digits 0)")
+    _add_proximal_mu(p)
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=True,
                    help="Flower SecAgg+ secure aggregation (default: on)")
     p.add_argument("--round-timeout", type=float, default=120.0, help="seconds to wait for client replies")
@@ -442,10 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (<= 0: IID)")
     p.add_argument("--local-epochs", type=int, default=-1)
     p.add_argument("--lr", type=float, default=-1.0)
-    p.add_argument("--proximal-mu", type=float, default=-1.0, metavar="MU",
-                   help="FedProx: customers add MU/2 ||w - w_global||^2 to their training loss, which keeps skewed"
-                        " customers from drifting apart (Flower's FedProx proximal_mu); 0: plain FedAvg. Default: the"
-                        " task's (intent 0.1, digits 0)")
+    _add_proximal_mu(p)
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpus-per-client", type=float, default=1.0)
