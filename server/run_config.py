@@ -84,6 +84,14 @@ class RunConfig:
     def freeze_patterns(self) -> tuple[str, ...]:
         return tuple(p.strip() for p in self.freeze.split(",") if p.strip())
 
+    def with_task_defaults(self, defaults) -> "RunConfig":
+        """The task's training defaults (a ``TrainDefaults``) in place of every -1, so that the registry records
+        what customers train with."""
+        return replace(self, local_epochs=self.local_epochs if self.local_epochs >= 0 else defaults.local_epochs,
+                       batch_size=self.batch_size if self.batch_size > 0 else defaults.batch_size,
+                       lr=self.lr if self.lr > 0 else defaults.lr,
+                       proximal_mu=self.local_proximal_mu(defaults.proximal_mu))
+
     def local_proximal_mu(self, task_default: float) -> float:
         """The proximal term customers train with: the flag's, else the task's (none under DP-SGD)."""
         return self.proximal_mu if self.proximal_mu >= 0 else 0.0 if self.dp_sgd else task_default

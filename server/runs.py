@@ -45,7 +45,10 @@ def resolve_init(registry: Registry, init: str) -> str:
 def launch(state: Path, cfg: RunConfig, as_json: bool = False) -> int:
     state = Path(state).resolve()
     registry = open_registry(state)
-    cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init))
+    from fedge.tasks import get_task
+
+    cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)).with_task_defaults(
+        get_task(cfg.task).defaults)
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
     cfg = cfg.with_(fedge_run_id=run_id)
     registry.set_config(run_id, asdict(cfg))

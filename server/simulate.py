@@ -73,12 +73,15 @@ def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = Fal
 
     from flwr.simulation import run_simulation
 
+    from fedge.tasks import get_task
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     state = Path(out or tempfile.mkdtemp(prefix="fedge-sim-")).resolve()
     registry = Registry(registry_path(state))
     cfg = RunConfig(task=sim.task, num_rounds=sim.rounds, min_clients=2, local_epochs=sim.local_epochs, lr=sim.lr,
-                    proximal_mu=sim.proximal_mu, secagg=sim.secagg, state_dir=str(state), seed=sim.seed, round_timeout=600, wait_clients_timeout=300,
-                    dp_noise=sim.dp_noise, dp_clip=sim.dp_clip, dp_adaptive=sim.dp_adaptive)
+                    proximal_mu=sim.proximal_mu, secagg=sim.secagg, state_dir=str(state), seed=sim.seed,
+                    round_timeout=600, wait_clients_timeout=300, dp_noise=sim.dp_noise, dp_clip=sim.dp_clip,
+                    dp_adaptive=sim.dp_adaptive).with_task_defaults(get_task(sim.task).defaults)
     run_id = registry.create_run(sim.task, sim.rounds, {**asdict(cfg), "simulation": asdict(sim)})
     cfg = cfg.with_(fedge_run_id=run_id)
     server_app, client_app = make_apps(cfg, sim.alpha)

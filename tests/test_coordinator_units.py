@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
+from fedge.tasks import get_task
 from server.checkpoint import load_checkpoint, save_checkpoint, sha256_file
 from server.fab import write_app
 from server.registry import Registry, RoundRecord
@@ -84,6 +85,8 @@ def test_run_config_survives_flower_round_trip_and_validates():
     # FedProx: the task's default proximal term unless the operator sets one; none under DP-SGD, which refuses it
     assert RunConfig(task="intent").local_proximal_mu(0.1) == 0.1 and RunConfig(proximal_mu=0).local_proximal_mu(0.1) == 0
     assert RunConfig(dp_sgd=True, dp_sgd_epsilon=8).local_proximal_mu(0.1) == 0
+    intent = RunConfig(task="intent", lr=0.01).with_task_defaults(get_task("intent").defaults)
+    assert (intent.local_epochs, intent.batch_size, intent.lr, intent.proximal_mu) == (3, 16, 0.01, 0.1)
     with pytest.raises(ValueError, match="--dp-sgd"):
         RunConfig(dp_sgd=True, dp_sgd_epsilon=8, proximal_mu=0.1)
 

@@ -29,6 +29,9 @@ def test_three_client_secagg_run_completes_with_registry_rows(federation):
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["status"] == "completed" and doc["config"]["secagg"] is True
+    # the task's training defaults are recorded as the values customers trained with, not as "-1: the task's"
+    assert {k: doc["config"][k] for k in ("local_epochs", "batch_size", "lr", "proximal_mu")} == {
+        "local_epochs": 2, "batch_size": 32, "lr": 3e-3, "proximal_mu": 0.0}
     assert [r["round"] for r in doc["rounds"]] == [1, 2]
     for r in doc["rounds"]:
         assert r["clients"] == sorted(NAMES)
