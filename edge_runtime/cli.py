@@ -48,11 +48,11 @@ def cmd_install(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from .repository import current_version, versions
+    from .repository import current_version, model_dirs, versions
 
     root = Path(a.repo)
     rows = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []:
+    for d in model_dirs(root):
         manifest = json.loads((d / str(current_version(d)) / "manifest.json").read_text()) if current_version(d) else {}
         rows.append({"model": d.name, "current": current_version(d), "versions": versions(d), "task": manifest.get("task"),
                      "run": manifest.get("lineage", {}).get("run"), "round": manifest.get("lineage", {}).get("round")})

@@ -20,7 +20,7 @@ from proto import release_pb2, release_pb2_grpc
 
 from .bundle import sha256_file
 from .errors import BundleError
-from .repository import activate, current_version, install_bundle, versions
+from .repository import activate, current_version, install_bundle, model_dirs, versions
 from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
@@ -78,8 +78,7 @@ class ReleasePuller:
     def current(self) -> list[release_pb2.CurrentModel]:
         """What each model in the repository serves (the version its CURRENT names)."""
         out = []
-        for d in sorted(p for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith(".")) if (
-                self.repo.exists()) else []:
+        for d in model_dirs(self.repo):
             v = current_version(d)
             sha = self._sha(d.name, v)
             if sha:

@@ -40,6 +40,12 @@ class ServingConfig:
     keep_versions: int = 3      # installed versions kept for rollback
 
 
+def model_dirs(root: Path) -> list[Path]:
+    """The repository's model folders, by name (staging and temp entries start with a dot); none if no repository."""
+    root = Path(root)
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
+
+
 def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.exists() else []
 
@@ -164,7 +170,7 @@ class ModelRepository:
         return failed[-1] if failed else None
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return [p.name for p in model_dirs(self.root)]
 
     def index(self) -> list[dict]:
         rows = []
