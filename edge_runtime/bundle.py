@@ -16,6 +16,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -26,6 +27,7 @@ from .errors import BundleError
 FORMAT = "fedge-release/1"
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 MODEL_KINDS = ("fp32", "int8_cpu", "int8_trt")  # model.fp32.onnx, model.int8.cpu.onnx, model.int8.trt.onnx
+MAX_ARCHIVE_BYTES = 2 << 30  # the largest bundle archive a device downloads or unpacks
 
 
 @dataclass(frozen=True)
@@ -168,15 +170,66 @@ def verify_bundle(directory: Path, trusted: Ed25519PublicKey) -> Manifest:
 
 # -- archives -------------------------------------------------------------------------------------------------
 def pack(directory: Path) -> bytes:
-    """A bundle directory as an uncompressed tar of its flat files (what the release service streams)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for p in sorted(Path(directory).iterdir()):
-            tar.add(p, arcname=p.name, recursive=False)
-    return buf.getvalue()
+    """A bundle directory as an uncompressed tar of its flat files, in memory (see :func:`pack_chunks`)."""
+    return b"".join(pack_chunks(directory))
 
 
-def unpack(archive: Path | bytes, dest: Path, max_bytes: int = 2 << 30) -> Path:
+def pack_chunks(directory: Path, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
+    """The bundle's tar, ``chunk_bytes`` at a time (the last chunk shorter), read from disk as it goes: what the
+    release service streams, so a fetch holds one chunk in memory, not the whole bundle. Regular files only."""
+    buf = bytearray()
+    for piece in _tar_pieces(_archived(directory), chunk_bytes):
+        buf += piece
+        while len(buf) >= chunk_bytes:
+            yield bytes(buf[:chunk_bytes])
+            del buf[:chunk_bytes]
+    if buf:
+        yield bytes(buf)
+
+
+def archive_bytes(directory: Path) -> int:
+    """The size of :func:`pack`'s archive of ``directory``, without building it."""
+    total = sum(len(info.tobuf(tarfile.PAX_FORMAT)) + _padded(info.size) for _, info in _archived(directory))
+    return _padded(total + 2 * tarfile.BLOCKSIZE, tarfile.RECORDSIZE)
+
+
+def _archived(directory: Path) -> list[tuple[Path, tarfile.TarInfo]]:
+    out = []
+    for p in sorted(Path(directory).iterdir()):
+        if p.is_file() and not p.is_symlink():
+            info = tarfile.TarInfo(p.name)
+            st = p.stat()
+            info.size, info.mtime, info.mode = st.st_size, int(st.st_mtime), 0o644
+            out.append((p, info))
+    return out
+
+
+def _tar_pieces(members: list[tuple[Path, tarfile.TarInfo]], read_bytes: int) -> Iterator[bytes]:
+    """A tar archive as tarfile writes one (header, data padded to 512-byte blocks, two empty blocks, padding
+    to a whole record), in pieces of at most ``read_bytes`` of file data."""
+    total = 0
+    for path, info in members:
+        header = info.tobuf(tarfile.PAX_FORMAT)
+        yield header
+        left = info.size
+        with open(path, "rb") as f:
+            while left:
+                data = f.read(min(left, read_bytes))
+                if not data:
+                    raise BundleError(f"{path} shrank while it was archived")
+                left -= len(data)
+                yield data
+        yield bytes(_padded(info.size) - info.size)
+        total += len(header) + _padded(info.size)
+    end = total + 2 * tarfile.BLOCKSIZE
+    yield bytes(_padded(end, tarfile.RECORDSIZE) - total)
+
+
+def _padded(n: int, block: int = tarfile.BLOCKSIZE) -> int:
+    return -(-n // block) * block
+
+
+def unpack(archive: Path | bytes, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES) -> Path:
     """Extract into ``dest`` only flat regular files; any path that could leave ``dest`` (absolute, '..',
     nested, links, devices) refuses the whole archive before anything is written."""
     dest = Path(dest)

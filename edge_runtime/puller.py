@@ -18,7 +18,7 @@ import grpc
 
 from proto import release_pb2, release_pb2_grpc
 
-from .bundle import sha256_file
+from .bundle import MAX_ARCHIVE_BYTES, sha256_file
 from .errors import BundleError
 from .repository import activate, current_version, install_bundle, model_dirs, versions
 from .tls import channel_credentials
@@ -120,16 +120,35 @@ class ReleasePuller:
         return changed
 
     def _fetch_and_install(self, stub, r: release_pb2.Release) -> tuple[str, int] | None:
+        """The download must be exactly the archive size the listing announced (at most MAX_ARCHIVE_BYTES): a
+        stream that runs past it is cut off there, so a broken or hostile service cannot fill the device's disk."""
+        expected = r.archive_bytes
+        if not 0 < expected <= MAX_ARCHIVE_BYTES:
+            self._seen[r.model] = r.version
+            self.metrics.installs.labels("refused").inc()
+            log.error("release %s v%s announces a %d-byte archive (this device takes 1 to %d bytes): refused",
+                      r.model, r.version, expected, MAX_ARCHIVE_BYTES)
+            return None
         with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.repo) as tmp:
+            call = stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version,
+                                                                    device=self.device), timeout=300)
+            overrun = False
             try:
-                for chunk in stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version,
-                                                                               device=self.device), timeout=300):
+                for chunk in call:
+                    if overrun := tmp.tell() + len(chunk.data) > expected:
+                        call.cancel()
+                        break
                     tmp.write(chunk.data)
             except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     raise
                 log.warning("fetching release %s v%s failed after %d bytes (%s: %s); trying again at the"
                             " next poll", r.model, r.version, tmp.tell(), exc.code(), exc.details())
+                return None
+            if overrun or tmp.tell() != expected:
+                log.warning("fetching release %s v%s: the service streamed %s the %d bytes it announced;"
+                            " dropped, trying again at the next poll", r.model, r.version,
+                            "more than" if overrun else f"{tmp.tell()} bytes, not", expected)
                 return None
             tmp.flush()
             self._seen[r.model] = r.version  # installed or refused: either way not fetched again

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from edge_runtime.bundle import pack
+from edge_runtime.bundle import archive_bytes, pack_chunks
 from proto import release_pb2, release_pb2_grpc
 
 from .fleet import release_model
@@ -47,7 +47,7 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             if row["withdrawn"] is not None or model is None:
                 continue  # withdrawn, or its files are gone
             try:
-                size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+                size = archive_bytes(bundle)
             except OSError:
                 continue
             out.append((release_pb2.Release(model=model, version=int(row["id"]),
@@ -68,10 +68,9 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         rows = self.registry.releases()
         for r, bundle in self._available(rows):
             if r.model == request.model and r.version == request.version:
-                data = pack(bundle)
-                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, len(data), device)
-                for i in range(0, len(data), CHUNK_BYTES):
-                    yield release_pb2.ReleaseChunk(data=data[i:i + CHUNK_BYTES])
+                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, r.archive_bytes, device)
+                for chunk in pack_chunks(bundle, CHUNK_BYTES):  # read from disk as it goes: one chunk in memory
+                    yield release_pb2.ReleaseChunk(data=chunk)
                 return
         withdrawn = [row for row in rows if row["id"] == request.version and row["withdrawn"]]
         context.abort(grpc.StatusCode.NOT_FOUND, f"release {request.model!r} version {request.version} was withdrawn"

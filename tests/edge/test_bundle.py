@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from edge_runtime.bundle import generate_keys, load_public_key, pack, verify_bundle
+from edge_runtime.bundle import archive_bytes, generate_keys, load_public_key, pack, pack_chunks, unpack, verify_bundle
 from edge_runtime.errors import BundleError
 from edge_runtime.repository import current_version, install_bundle, rollback, versions
 
@@ -84,3 +84,23 @@ def test_manifest_without_models_is_malformed(tmp_path, keys, digits_bundle):
         Manifest.from_json({k: v for k, v in doc.items() if k != "inputs"})
     with pytest.raises(BundleError, match="not a known kind"):
         Manifest.from_json({**doc, "models": {"fp64": "model.fp32.onnx"}})
+
+
+@pytest.mark.parametrize("chunk", [1, 511, 4096, 1 << 20])
+def test_the_streamed_archive_comes_in_whole_chunks_of_the_announced_size_and_unpacks_to_the_bundle(tmp_path, chunk):
+    """What the release service streams: chunks of exactly ``chunk`` bytes (the last shorter), adding up to the
+    size it announces (archive_bytes), a tar any reader takes, holding the bundle's files byte for byte."""
+    import os
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name, size in [("empty.bin", 0), ("a.onnx", 511), ("b.onnx", 512), ("c.onnx", 70_000), ("manifest.json", 9)]:
+        (src / name).write_bytes(os.urandom(size))
+    chunks = list(pack_chunks(src, chunk))
+    assert all(len(c) == chunk for c in chunks[:-1]) and 0 < len(chunks[-1]) <= chunk
+    data = b"".join(chunks)
+    assert len(data) == archive_bytes(src) and len(data) % tarfile.RECORDSIZE == 0
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert sorted(tar.getnames()) == sorted(p.name for p in src.iterdir())
+    out = unpack(data, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in src.iterdir()}

@@ -9,10 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import sha256_file
+from edge_runtime.bundle import pack, sha256_file
 from fedge.cluster import LocalFederation
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
+from proto import release_pb2, release_pb2_grpc
 from server.registry import Registry, registry_path
 from tests.edge.bundles import make_bundle, reference_logits
 from tests.edge.conftest import EdgeProcess, fedge
@@ -214,3 +215,55 @@ def test_a_download_cut_off_midway_is_dropped_and_fetched_again_at_the_next_poll
         if edge is not None:
             edge.stop()
         fed.stop_all()
+
+
+class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
+    """Offers one real signed bundle but, until ``honest`` is set, streams ``extra`` bytes more (past the archive
+    size it announced) or fewer than it announced: a broken or hostile release service."""
+
+    def __init__(self, bundle: Path, extra: int) -> None:
+        self.archive, self.extra, self.honest, self.fetches, self.sent = pack(bundle), extra, False, 0, []
+        self.manifest_sha256 = sha256_file(bundle / "manifest.json")
+
+    def ListReleases(self, request, context):
+        return release_pb2.ListReleasesResponse(releases=[release_pb2.Release(
+            model="digits", version=1, manifest_sha256=self.manifest_sha256,
+            archive_bytes=len(self.archive))])
+
+    def FetchRelease(self, request, context):
+        self.fetches += 1
+        data = self.archive if self.honest else (self.archive + bytes(self.extra) if self.extra > 0
+                                                 else self.archive[:self.extra])
+        self.sent.append(0)
+        for i in range(0, len(data), 1 << 20):
+            yield release_pb2.ReleaseChunk(data=data[i:i + (1 << 20)])
+            self.sent[-1] += len(data[i:i + (1 << 20)])
+
+
+@pytest.mark.parametrize("extra", [64 << 20, -1000])
+def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_installed(tmp_path, keys, extra):
+    """A release service that streams past the archive size it announced is cut off there (a device's disk is not
+    filled); one that ends short is not installed either; both are fetched again and installed once honest."""
+    from concurrent import futures
+
+    bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+    service = LyingReleaseService(bundle, extra)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    release_pb2_grpc.add_ReleaseServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}",
+                       "--pull-interval", "0.3")
+    try:
+        _wait_for(lambda: service.fetches >= 2, what="two fetches")
+        log = (tmp_path / "edge.log").read_text()
+        said = "streamed more than the" if extra > 0 else f"streamed {len(service.archive) + extra} bytes, not the"
+        assert f"{said} {len(service.archive)} bytes it announced" in log, log
+        if extra > 0:  # the device hung up: the service's stream stopped long before its 64 MiB of excess
+            assert max(service.sent[:2]) < 16 << 20, service.sent
+        assert not (tmp_path / "repo" / "digits").exists() and not list((tmp_path / "repo").glob("*.tar"))
+        service.honest = True
+        _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="the honest download installed")
+    finally:
+        edge.stop()
+        server.stop(0)
