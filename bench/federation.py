@@ -9,6 +9,7 @@ import io
 import statistics
 from pathlib import Path
 
+from .plots import learning_curves
 from .report import Section
 
 
@@ -47,7 +48,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     sec = Section("Federated rounds and learning (3 client daemons on loopback, TLS + node auth)")
     from fedge.demo import DPSGD_DEMO
 
-    plain_rounds, secagg_rounds, intent_rounds = (3, 2, 3) if quick else (8, 3, 6)
+    plain_rounds, secagg_rounds, intent_rounds = (3, 2, 3) if quick else (8, 3, 10)
     dpsgd_rounds = 3 if quick else DPSGD_ROUNDS
     t = progress.add_task("federation: digits plain, SecAgg+, export, DP-SGD; intent; central DP sweep", total=6)
     curves, rows = {}, []
@@ -120,7 +121,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
                        " Gaussian noise on the aggregate), 100 simulated customers (Flower simulation engine,"
                        f" Dirichlet 0.5, {SWEEP_EPOCHS} local epochs, lr {SWEEP_LR}), digits", sweep))
     if docs is not None:
-        sec.plots.append(_plot(docs / "bench-learning.png", curves, {"digits": central, "intent": icentral}))
+        sec.plots.append(learning_curves(docs / "bench-learning.png", curves, {"digits": central, "intent": icentral}))
     sec.notes += [
         "Centralized = the same (non-private) model trained on the union of the customers' training splits for as many epochs as"
         " the federated run trained locally in total, evaluated on the union of their holdouts.",
@@ -180,23 +181,3 @@ def _quiet_console():
     from rich.console import Console
 
     return Console(file=io.StringIO())
-
-
-def _plot(path: Path, curves: dict[str, list[float]], central: dict[str, float]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for (label, ys), color in zip(curves.items(), ("tab:blue", "tab:orange", "tab:purple", "tab:green")):
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=label, color=color)
-    for (task, v), color in zip(central.items(), ("tab:blue", "tab:green")):
-        ax.axhline(v, ls=":", color=color, label=f"{task}, centralized")
-    ax.set(xlabel="round", ylabel="accuracy (union of holdouts)", title="federated vs centralized, 3 non-IID customers")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name

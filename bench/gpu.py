@@ -95,7 +95,8 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
                        " call at a new size re-plans every convolution", switches))
     sec.figures["cuda_shape_switch_extra_ms_one_session"] = switches[0]["extra ms on a b1 call after a switch"]
     sec.figures["cuda_shape_switch_extra_ms_bucketed"] = switches[-1]["extra ms on a b1 call after a switch"]
-    inproc_b64_vs_b1 = serving.measure(sec, work / "serving", progress, quick, backend="onnxruntime-cuda", suffix="_cuda")
+    inproc_b64_vs_b1 = serving.measure(sec, work / "serving", progress, quick, backend="onnxruntime-cuda", suffix="_cuda",
+                                       plot=docs / "bench-serving-cuda.png" if docs is not None else None)
     sec.notes += [
         f"In-process, ONNX Runtime CUDA runs the served file {inproc_b64_vs_b1:.1f}x faster per image at batch 64"
         " than at batch 1: the per-call cost (kernel launches, host-device copies) that dynamic batching amortizes.",

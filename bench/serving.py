@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .plots import serving_curves
 from .report import Section
 from .timing import interleaved, stats
 
@@ -132,7 +133,8 @@ def _drive(drivers: list[subprocess.Popen], cmd: dict, concurrency: int) -> dict
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
     sec = Section("Edge serving over gRPC and HTTP (tritonclient, ResNet-18-style INT8)")
-    inproc_b64_vs_b1 = measure(sec, work, progress, quick, backend="onnxruntime-cpu")
+    inproc_b64_vs_b1 = measure(sec, work, progress, quick, backend="onnxruntime-cpu",
+                               plot=docs / "bench-serving.png" if docs is not None else None)
     sec.notes += [
         "Without batching, concurrent requests run as separate ONNX Runtime calls on the server's inference threads"
         " (8 by default, both cores); with batching, batch workers run the coalesced batches (1 intra-op thread"
@@ -148,11 +150,13 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     return sec
 
 
-def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffix: str = "") -> float:
+def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffix: str = "",
+            plot: Path | None = None) -> float:
     """Serve the ResNet release with ``--backend BACKEND`` (batching with the backend's default instance count,
     no batching, batching with another instance count: 1 where the default is 2, 2 where it is 1), drive it
     with 1/8/64 tritonclient clients, time the backend's own model file in-process; fills ``sec`` (figure names
-    get ``suffix``) and returns the in-process batch-64 over batch-1 throughput ratio."""
+    get ``suffix``; ``plot``: where to draw throughput and latency against clients) and returns the in-process
+    batch-64 over batch-1 throughput ratio."""
     from edge_runtime.backends import default_instances, load_backend
     from edge_runtime.bundle import generate_keys, load_private_key, load_public_key, verify_bundle
 
@@ -265,6 +269,11 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
         " over, so after the first request every answer comes from the response cache and the model never runs"
         " (mean batch 0): the floor a repeated input (an unchanged camera frame, a frequent utterance) costs.",
     ]
+    if plot is not None:
+        served = {name: {c: (med(name, c, "throughput"), med(name, c, "p50_ms")) for c in CONCURRENCY}
+                  for name in setups if name != CACHED}
+        sec.plots.append(serving_curves(plot, f"fedge edge serve --backend {backend}, ResNet-18-style INT8", served, {
+            f"in-process b{best_batch}": inproc_tput[best_batch], "in-process b1": inproc_tput[1]}))
     sec.data[backend] = {"inprocess": {str(b): v for b, v in inproc.items()},
                          "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
     return inproc_tput[64] / inproc_tput[1]
