@@ -26,6 +26,7 @@ STREAMING = "batching, a stream per client"  # the batching server driven with t
 SHARED = "batching, input and output in shared memory"  # ... and with Triton's system shared memory extension
 HTTP = "batching, over HTTP (tritonclient.http.aio)"  # ... and over the KServe v2 REST endpoint instead of gRPC
 CACHED = "batching, response cache (every request a hit)"  # a 4th server, --cache-config, always the same input
+LEAN = "batching, fedge edge perf (request built once, blocking calls)"  # perf_analyzer's way, 1 client only
 
 
 def _bundle(work: Path, art, key) -> Path:
@@ -210,7 +211,8 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
         setups = {name: (name, {}) for name in servers} | {STREAMING: ("batching", {"stream": True}),
                                                             SHARED: ("batching", {"shm": True, "output_name": "logits"}),
                                                             HTTP: ("batching", {"http": True})}
-        t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients", total=reps * len(setups) * len(CONCURRENCY))
+        t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients",
+                              total=reps * (len(setups) * len(CONCURRENCY) + 1))
         rng = np.random.default_rng(0)
         for _ in range(reps):
             for name in rng.permutation(list(setups)):
@@ -224,6 +226,8 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
                     r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
                     runs.setdefault((str(name), c), []).append(r)
                     progress.advance(t)
+            runs.setdefault((LEAN, 1), []).append(_perf(servers["batching"].url, seconds))
+            progress.advance(t)
     finally:
         _stop_drivers(drivers)
         for s in servers.values():
@@ -253,6 +257,8 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     sec.figures["serving_p50_c1_overhead_ms_stream" + suffix] = med(STREAMING, 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["serving_p50_c1_overhead_ms_shm" + suffix] = med(SHARED, 1, "p50_ms") - inproc_p50_b1_ms
     sec.figures["serving_p50_c1_overhead_ms_http" + suffix] = med(HTTP, 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["serving_p50_c1_overhead_ms_perf" + suffix] = med(LEAN, 1, "p50_ms") - inproc_p50_b1_ms
+    sec.figures["serving_p50_c1_server_us_perf" + suffix] = med(LEAN, 1, "server_us")
     sec.figures["serving_c64_vs_inprocess_http" + suffix] = med(HTTP, 64, "throughput") / inproc_tput[best_batch]
     sec.figures["serving_p50_c1_cache_hit_ms" + suffix] = med(CACHED, 1, "p50_ms")
     sec.figures["grpc_live_rtt_p50_ms" + suffix] = live_p50_ms
@@ -271,12 +277,27 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
     ]
     if plot is not None:
         served = {name: {c: (med(name, c, "throughput"), med(name, c, "p50_ms")) for c in CONCURRENCY}
-                  for name in setups if name != CACHED}
+                  for name in setups if name != CACHED}  # (LEAN has 1 client only: not drawn)
         sec.plots.append(serving_curves(plot, f"fedge edge serve --backend {backend}, ResNet-18-style INT8", served, {
             f"in-process b{best_batch}": inproc_tput[best_batch], "in-process b1": inproc_tput[1]}))
     sec.data[backend] = {"inprocess": {str(b): v for b, v in inproc.items()},
                          "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
     return inproc_tput[64] / inproc_tput[1]
+
+
+def _perf(url: str, seconds: float) -> dict:
+    """One client of ``fedge edge perf`` (fedge's perf_analyzer: the request built once, then sent over a plain
+    gRPC stub with blocking calls) against the server at ``url``: its requests/s and latency percentiles, and the
+    server's own queue + compute time per request from the statistics extension."""
+    out = subprocess.run([sys.executable, "-m", "fedge.cli", "edge", "perf", "--url", url, "--model", "resnet",
+                          "--concurrency", "1", "--seconds", str(seconds), "--warmup", "0.5", "--json"],
+                         capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"fedge edge perf failed: {out.stderr[-2000:]}")
+    level = json.loads(out.stdout)["levels"][0]
+    return {"throughput": level["requests_per_s"], "p50_ms": level["p50_ms"], "p99_ms": level["p99_ms"],
+            "errors": level["failures"], "mean_batch": 1.0,
+            "server_us": (level["server_queue_us"] or 0) + (level["server_compute_us"] or 0)}
 
 
 def _certificates(out: Path) -> tuple[Path, Path, Path]:
