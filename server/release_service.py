@@ -37,22 +37,41 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
 
     def __init__(self, state: Path) -> None:
         self.registry = Registry(registry_path(Path(state)))
+        self._described: dict[int, tuple[tuple, str | None, int]] = {}  # release id -> (manifest stat, model, size)
 
     def _available(self, releases: list[dict]) -> list[tuple[release_pb2.Release, Path]]:
         """The offered ones of ``releases`` (Registry.releases() rows), with their bundle dirs."""
         out = []
         for row in releases:
-            bundle = Path(row["path"])
-            model = release_model(row)
-            if row["withdrawn"] is not None or model is None:
-                continue  # withdrawn, or its files are gone
-            try:
-                size = archive_bytes(bundle)
-            except OSError:
+            if row["withdrawn"] is not None:
                 continue
+            bundle = Path(row["path"])
+            described = self._describe(row, bundle)
+            if described is None:
+                continue  # its files are gone
+            model, size = described
             out.append((release_pb2.Release(model=model, version=int(row["id"]),
                                             manifest_sha256=row["manifest_sha256"], archive_bytes=size), bundle))
         return out
+
+    def _describe(self, row: dict, bundle: Path) -> tuple[str, int] | None:
+        """A release's model and archive size, or None if its files are gone. Every device poll asks this of
+        every release: the answer is kept until the release's manifest changes (one stat per release per poll,
+        instead of reading and parsing its manifest and sizing its archive)."""
+        try:
+            st = (bundle / "manifest.json").stat()
+        except OSError:
+            return None
+        key = (str(bundle), st.st_ino, st.st_size, st.st_mtime_ns)
+        kept = self._described.get(row["id"])
+        if kept is None or kept[0] != key:
+            model = release_model(row)
+            try:
+                size = archive_bytes(bundle) if model is not None else 0
+            except OSError:
+                model, size = None, 0
+            kept = self._described[row["id"]] = (key, model, size)
+        return None if kept[1] is None else (kept[1], kept[2])
 
     def ListReleases(self, request, context):
         rows = self.registry.releases()

@@ -267,3 +267,31 @@ def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_inst
     finally:
         edge.stop()
         server.stop(0)
+
+
+def test_the_release_service_describes_a_release_once_until_its_manifest_changes(tmp_path, keys, monkeypatch):
+    """Every device poll lists every release: its model (from the manifest) and archive size are kept per release
+    until the manifest changes; a release whose files are gone is not offered."""
+    import os
+
+    from server import release_service
+
+    state = tmp_path / "state"
+    state.mkdir()
+    registry = Registry(registry_path(state))
+    bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+    registry.add_release(1, 1, str(bundle), sha256_file(bundle / "manifest.json"), {})
+    servicer = release_service.ReleaseServicer(state)
+    reads, real = [], release_service.release_model
+    monkeypatch.setattr(release_service, "release_model", lambda row: reads.append(row["id"]) or real(row))
+
+    first = servicer._available(registry.releases())
+    again = servicer._available(registry.releases())
+    assert [(r.model, r.version, r.archive_bytes) for r, _ in first] == [("digits", 1, len(pack(bundle)))]
+    assert again[0][0] == first[0][0] and reads == [1]
+    manifest = bundle / "manifest.json"
+    st = manifest.stat()
+    os.utime(manifest, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert servicer._available(registry.releases())[0][0] == first[0][0] and reads == [1, 1]
+    shutil.rmtree(bundle)
+    assert servicer._available(registry.releases()) == []
