@@ -100,12 +100,11 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
     trained = [k for k in all_names if not frozen(k, cfg.freeze_patterns)]
     if not trained:
         raise RoundFailed(f"--freeze {cfg.freeze!r} freezes every parameter; nothing to train")
+    local = cfg.with_task_defaults(task.defaults)  # runs recorded before launch resolved them may still hold -1
     fit_config = {
         "task": cfg.task, "freeze": cfg.freeze, "seed": cfg.seed, "hold-sparsity": cfg.hold_sparsity,
-        "local-epochs": cfg.local_epochs if cfg.local_epochs >= 0 else task.defaults.local_epochs,
-        "batch-size": cfg.batch_size if cfg.batch_size > 0 else task.defaults.batch_size,
-        "lr": cfg.lr if cfg.lr > 0 else task.defaults.lr,
-        "proximal-mu": cfg.local_proximal_mu(task.defaults.proximal_mu),
+        "local-epochs": local.local_epochs, "batch-size": local.batch_size, "lr": local.lr,
+        "proximal-mu": local.proximal_mu,
         **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(
