@@ -69,8 +69,7 @@ class OrtBackend:
 
     @classmethod
     def load(cls, path: Path, name: str, reason: str, threads: int = 1, buckets: tuple[int, ...] = ()) -> "OrtBackend":
-        import onnxruntime as ort
-
+        ort = import_onnxruntime()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -107,6 +106,37 @@ class OrtBackend:
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+
+
+def import_onnxruntime():
+    """The onnxruntime module, or ModelUnavailable saying why it cannot be imported and what to do."""
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ModelUnavailable(onnxruntime_import_problem(exc)) from exc
+    return onnxruntime
+
+
+def onnxruntime_import_problem(exc: ImportError) -> str:
+    """What failed to import, in words. The case seen on devices: an ONNX Runtime before 1.19 (built against
+    NumPy 1.x, as JetPack 6's wheels are) beside NumPy 2 fails with an empty ImportError after printing NumPy's
+    warning to stderr."""
+    from importlib import metadata
+
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            version = metadata.version(dist)
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    else:
+        return "onnxruntime is not installed: pip install onnxruntime (or the device's onnxruntime-gpu wheel)"
+    msg = f"{dist} {version} cannot be imported ({type(exc).__name__}: {str(exc) or 'no message'})"
+    ort_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if ort_minor < (1, 19) and int(np.__version__.split(".")[0]) >= 2:
+        msg += (f"; {dist} before 1.19 is built against NumPy 1.x and this environment has NumPy {np.__version__}:"
+                " pip install 'numpy<2', or an onnxruntime >= 1.19")
+    return msg
 
 
 def cuda_available() -> bool:

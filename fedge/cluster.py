@@ -13,8 +13,9 @@ from pathlib import Path
 from .procs import fedge_env, free_port, spawn, stop_pid, wait_port
 
 
-def fedge_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedge.cli", *args]
+def fedge_cmd(*args: str, python: str | None = None) -> list[str]:
+    """``python -m fedge.cli ARGS``, by default with this interpreter."""
+    return [python or sys.executable, "-m", "fedge.cli", *args]
 
 
 @dataclass
@@ -144,7 +145,10 @@ def _killpg(proc: subprocess.Popen) -> None:
 class EdgeServerProcess:
     """``fedge edge serve`` as a real process on 127.0.0.1 with free ports (the demo, the tests, the benchmarks)."""
 
-    def __init__(self, repo: Path, trust: Path, log: Path, *flags: str, timeout: float = 60.0) -> None:
+    def __init__(self, repo: Path, trust: Path, log: Path, *flags: str, timeout: float = 60.0,
+                 python: str | None = None) -> None:
+        """``python``: the interpreter to serve with (another virtualenv's, as on a device), by default this one."""
+        self.python = python or sys.executable
         self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.http_url = f"127.0.0.1:{self.http_port}"
@@ -152,7 +156,7 @@ class EdgeServerProcess:
         self.log = Path(log)
         self.proc = spawn(fedge_cmd("edge", "serve", "--repo", str(repo), "--trust", str(trust), "--host", "127.0.0.1",
                                     "--port", str(self.port), "--metrics-port", str(self.metrics_port),
-                                    "--http-port", str(self.http_port), *flags),
+                                    "--http-port", str(self.http_port), *flags, python=self.python),
                           self.log, env=fedge_env())
         try:
             wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.proc)

@@ -45,4 +45,37 @@ def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir
     quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
     cache.unlink()
+    for path in (trt, cpu):
+        keep_used_opsets(path)
     return {"int8_trt": trt, "int8_cpu": cpu}
+
+
+def _domains(graph) -> set[str]:
+    """The operator domains the nodes of ``graph`` and of its subgraphs (If, Loop, Scan bodies) use."""
+    used = set()
+    for node in graph.node:
+        used.add(node.domain or "")
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                used |= _domains(sub)
+    return used
+
+
+def keep_used_opsets(path: Path) -> Path:
+    """Drop the opset imports no node uses. ONNX Runtime's optimizer (quant_pre_process) stamps every domain it
+    knows into the model (ai.onnx.ml 5, com.microsoft.nchwc, org.pytorch.aten, ...), and a runtime older than
+    the one that quantized refuses a model that imports a version it does not know, used or not: ONNX Runtime
+    1.17, on Python 3.10 devices such as JetPack 6, refused every INT8 release with 'ai.onnx.ml is till opset 4'."""
+    import onnx
+
+    model = onnx.load(str(path))
+    used = _domains(model.graph) | {f.domain for f in model.functions} | {""}
+    for f in model.functions:
+        used |= {n.domain or "" for n in f.node}
+    keep = [o for o in model.opset_import if (o.domain or "") in used]
+    if len(keep) < len(model.opset_import):
+        del model.opset_import[:]
+        model.opset_import.extend(keep)
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(path))
+    return path

@@ -25,19 +25,20 @@ def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     to_onnx(model, sample, out / "model.fp32.onnx")
-    return sign_fp32_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
+    return sign_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
 
 
-def sign_fp32_bundle(out: Path, key_path: Path, task_name: str, model_name: str | None = None, seed: int = 0,
-                     max_batch_size: int = 64) -> Path:
-    """Sign ``out``, holding a ``model.fp32.onnx`` with the task's input and logits output, as a bundle."""
+def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | None = None, seed: int = 0,
+                max_batch_size: int = 64, models: dict[str, str] | None = None) -> Path:
+    """Sign ``out`` as a bundle of the task's model: ``models`` (kind -> file in ``out``, by default only
+    ``model.fp32.onnx``) with the task's input and logits output."""
     task = get_task(task_name)
     spec = task.input_spec()
     fields = {
         "model": model_name or task_name, "task": task_name,
         "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, task.num_classes]}],
-        "models": {"fp32": "model.fp32.onnx"}, "labels": list(task.labels),
+        "models": models or {"fp32": "model.fp32.onnx"}, "labels": list(task.labels),
         "preprocessing": task.preprocessing(), "max_batch_size": max_batch_size,
         "lineage": {"run": 0, "round": 0, "seed": seed},
     }

@@ -23,7 +23,7 @@ def heavy_bundle(out: Path, key_path: Path, layers: int = 200, width: int = 1024
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from server.export.sample_bundle import sign_fp32_bundle
+    from server.export.sample_bundle import sign_bundle
 
     rng = np.random.default_rng(0)
     weights = {"shape": np.array([-1, 64], np.int64),
@@ -40,5 +40,6 @@ def heavy_bundle(out: Path, key_path: Path, layers: int = 200, width: int = 1024
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), out / "model.fp32.onnx")
-    return sign_fp32_bundle(out, key_path, "digits")
+    # IR 8, as the export writes: helper.make_model would stamp the newest IR, which older ONNX Runtimes refuse
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), out / "model.fp32.onnx")
+    return sign_bundle(out, key_path, "digits")

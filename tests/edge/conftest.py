@@ -7,7 +7,7 @@ import grpc
 import pytest
 
 from edge_runtime.bundle import generate_keys
-from fedge.cluster import EdgeServerProcess
+from fedge.cluster import EdgeServerProcess, fedge_cmd
 from fedge.procs import fedge_env
 from tests.edge.bundles import make_bundle
 
@@ -37,23 +37,50 @@ def intent_bundle(tmp_path_factory, keys):
     return make_bundle(tmp_path_factory.mktemp("b") / "intent", keys[0], "intent")
 
 
-def fedge(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fedge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=fedge_env())
+def fedge(*args: str, timeout: float = 120, python: str | None = None) -> subprocess.CompletedProcess:
+    """``fedge ARGS`` as a process, with ``python`` (a device's interpreter) or this one."""
+    return subprocess.run(fedge_cmd(*args, python=python), capture_output=True, text=True, timeout=timeout,
+                          env=fedge_env())
+
+
+def edge_cli(server, *args: str, **kw) -> subprocess.CompletedProcess:
+    """``fedge ARGS`` with the interpreter that runs ``server``: what the operator of that device types."""
+    return fedge(*args, python=server.python, **kw)
+
+
+DEVICE_VENV = Path(__file__).resolve().parents[2] / ".venv-device"
+
+
+def device_python() -> str:
+    """The interpreter of a device-like install: Python 3.10 (JetPack 6's) with ``pip install .[edge]`` only, made
+    by ``make test`` in .venv-device when this machine has a Python 3.10 (FEDGE_DEVICE_PYTHON names another).
+    Skips where there is none, fails instead under ``make test`` once it found one (FEDGE_REQUIRE_DEVICE_PYTHON)."""
+    import os
+
+    python = os.environ.get("FEDGE_DEVICE_PYTHON") or str(DEVICE_VENV / "bin" / "python")
+    if not Path(python).exists():
+        if os.environ.get("FEDGE_REQUIRE_DEVICE_PYTHON"):
+            pytest.fail(f"no device interpreter at {python}: run `make test` (it builds .venv-device)")
+        pytest.skip("no Python 3.10 device install (.venv-device): `make test` builds one where Python 3.10 exists")
+    probe = ("import sys, importlib.util; print(sys.version_info[:2] >= (3, 10),"
+             " [m for m in ('torch', 'flwr', 'sklearn', 'opacus') if importlib.util.find_spec(m)])")
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "True []", f"{python} is not a device install (Python >= 3.10, no training stack): {out}"
+    return python
 
 
 EdgeProcess = EdgeServerProcess  # `fedge edge serve` on free ports, stopped by PID
 
 
-def serving(root: Path, keys, bundles, *flags: str):
-    """Install ``bundles`` into a fresh repository under ``root`` and serve it (a generator for fixtures: the
-    server is stopped by PID afterwards, and must be gone)."""
+def serving(root: Path, keys, bundles, *flags: str, python: str | None = None):
+    """Install ``bundles`` into a fresh repository under ``root`` and serve it, both with ``python`` (a device's
+    interpreter) or this one (a generator for fixtures: the server is stopped by PID afterwards, and must be gone)."""
     from fedge.procs import pid_alive
 
     for b in bundles:
-        out = fedge("edge", "install", str(b), "--repo", str(root / "repo"), "--trust", str(keys[1]))
+        out = fedge("edge", "install", str(b), "--repo", str(root / "repo"), "--trust", str(keys[1]), python=python)
         assert out.returncode == 0, out.stderr
-    server = EdgeProcess(root / "repo", keys[1], root / "server.log", *flags)
+    server = EdgeProcess(root / "repo", keys[1], root / "server.log", *flags, python=python)
     yield server
     server.stop()
     assert not pid_alive(server.proc.pid)
@@ -111,9 +138,13 @@ def triton_script(module: str, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
-@pytest.fixture(scope="module")
-def edge_server(tmp_path_factory, keys, digits_bundle, intent_bundle):
-    yield from serving(tmp_path_factory.mktemp("edge"), keys, (digits_bundle, intent_bundle))
+@pytest.fixture(scope="module", params=["host", "device"])
+def edge_server(request, tmp_path_factory, keys, digits_bundle, intent_bundle):
+    """The edge server with both bundles installed, run by this interpreter ("host") and by a device install
+    ("device": Python 3.10 with the edge dependencies only, see device_python): every test that talks to it runs
+    against both."""
+    python = device_python() if request.param == "device" else None
+    yield from serving(tmp_path_factory.mktemp("edge"), keys, (digits_bundle, intent_bundle), python=python)
 
 
 @pytest.fixture

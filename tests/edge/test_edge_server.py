@@ -13,7 +13,7 @@ from proto import grpc_service_pb2 as pb
 from proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
 from edge_runtime.servicer import STREAM_IN_FLIGHT
-from tests.edge.conftest import fedge, triton_script
+from tests.edge.conftest import edge_cli, triton_script
 
 
 def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
@@ -221,7 +221,8 @@ def test_hot_reload_under_load_has_zero_failures_and_switches_version(edge_serve
     for t in threads:
         t.start()
     time.sleep(0.5)
-    out = fedge("edge", "install", str(new), "--repo", str(edge_server.log.parent / "repo"), "--trust", str(keys[1]))
+    out = edge_cli(edge_server, "edge", "install", str(new), "--repo", str(edge_server.log.parent / "repo"),
+                   "--trust", str(keys[1]))
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
@@ -244,7 +245,8 @@ def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server,
     bad = tmp_path / "bad"
     shutil.copytree(digits_bundle, bad)
     (bad / "model.fp32.onnx").write_bytes(b"not onnx")
-    out = fedge("edge", "install", str(bad), "--repo", str(edge_server.log.parent / "repo"), "--trust", str(keys[1]))
+    out = edge_cli(edge_server, "edge", "install", str(bad), "--repo", str(edge_server.log.parent / "repo"),
+                   "--trust", str(keys[1]))
     assert out.returncode != 0 and "does not match its sha256" in out.stderr
     time.sleep(1.0)
     assert stub.ModelInfer(_req()).model_version == before
@@ -400,8 +402,9 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
     """gRPC turns on SO_REUSEPORT by default: a second server on the same port would start and silently take
     some of the connections. fedge's refuses to start, saying why."""
     try:
-        out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                    "--port", str(edge_server.port), "--metrics-port", "0", "--http-port", "0", timeout=60)
+        out = edge_cli(edge_server, "edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]),
+                       "--host", "127.0.0.1", "--port", str(edge_server.port), "--metrics-port", "0",
+                       "--http-port", "0", timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("a second server started on a port already in use")
     assert out.returncode == 2 and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr
@@ -410,27 +413,29 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
 def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
     x = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "digits", "--npy", str(tmp_path / "x.npy"))
+    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "digits",
+                   "--npy", str(tmp_path / "x.npy"))
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     served = stub.ModelInfer(_req(shape=(2, 1, 8, 8), raw=x.tobytes()))  # whichever version the server runs now
     logits = np.frombuffer(served.raw_output_contents[0], np.float32).reshape(2, 10)
     np.testing.assert_allclose(np.array(got["logits"]), logits, rtol=1e-5, atol=1e-5)
     assert got["label"] == [[str(int(i))] for i in logits.argmax(1)]
-    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "intent", "--text", "I lost my card",
-                "--text", "how much data is left")
+    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "intent",
+                   "--text", "I lost my card", "--text", "how much data is left")
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert np.array(got["logits"]).shape == (2, 12) and len(got["label"]) == 2
     from fedge.tasks import get_task
 
     assert all(row[0] in get_task("intent").labels for row in got["label"])
-    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "intent", "--text", "I lost my card", "--top", "2")
+    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "intent",
+                   "--text", "I lost my card", "--top", "2")
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["logits"]  # only the asked output, its 2 best classes
     scores = [float(t.split(":")[0]) for t in row]
     assert len(row) == 2 and scores[0] >= scores[1] and all(t.split(":")[2] in get_task("intent").labels for t in row)
-    out = fedge("edge", "predict", "--url", edge_server.url, "--model", "nope", "--text", "hi")
+    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "nope", "--text", "hi")
     assert out.returncode == 2 and out.stderr.strip() == "fedge edge predict: NOT_FOUND: unknown model 'nope'"
 
 
@@ -440,7 +445,7 @@ def test_models_lists_versions_and_rollback_switches_the_running_server_back(edg
     repo = str(edge_server.log.parent / "repo")
 
     def listed():
-        out = fedge("edge", "models", "--repo", repo, "--json")
+        out = edge_cli(edge_server, "edge", "models", "--repo", repo, "--json")
         assert out.returncode == 0, out.stderr
         return {r["model"]: r for r in json.loads(out.stdout)}
 
@@ -451,13 +456,13 @@ def test_models_lists_versions_and_rollback_switches_the_running_server_back(edg
         return got
 
     before = listed()["digits"]["current"]
-    out = fedge("edge", "install", str(make_bundle(tmp_path / "d", keys[0], "digits", seed=3)), "--repo", repo,
-                "--trust", str(keys[1]))
+    new = make_bundle(tmp_path / "d", keys[0], "digits", seed=3)
+    out = edge_cli(edge_server, "edge", "install", str(new), "--repo", repo, "--trust", str(keys[1]))
     assert out.returncode == 0, out.stderr
     now = listed()["digits"]
     assert now["current"] == before + 1 and now["versions"][-2:] == [before, before + 1] and now["task"] == "digits"
     assert served_version(str(before + 1)) == str(before + 1)
-    out = fedge("edge", "rollback", "digits", "--repo", repo)
+    out = edge_cli(edge_server, "edge", "rollback", "digits", "--repo", repo)
     assert out.returncode == 0 and f"now serving version {before}" in out.stdout, out.stderr
     assert listed()["digits"]["current"] == before
     assert served_version(str(before)) == str(before)  # the running server switched back by itself

@@ -190,20 +190,22 @@ def test_json_data_of_the_wrong_kind_is_refused_not_converted(datatype, data, wo
 
 
 def test_fedge_edge_predict_over_http_answers_as_over_grpc(edge_server, tmp_path):
-    from tests.edge.conftest import fedge
+    from tests.edge.conftest import edge_cli
 
     x = np.random.default_rng(6).random((2, 1, 8, 8), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
     base = ("edge", "predict", "--model", "digits", "--npy", str(tmp_path / "x.npy"))
-    over_grpc, over_http = (fedge(*base, "--url", url) for url in (edge_server.url, f"http://{edge_server.http_url}"))
+    over_grpc, over_http = (edge_cli(edge_server, *base, "--url", url)
+                            for url in (edge_server.url, f"http://{edge_server.http_url}"))
     assert over_grpc.returncode == 0 and over_http.returncode == 0, over_http.stderr
     assert json.loads(over_http.stdout) == json.loads(over_grpc.stdout)  # logits and labels, to the bit
-    top = fedge("edge", "predict", "--url", f"http://{edge_server.http_url}", "--model", "intent", "--text",
-                "I lost my card", "--top", "2")
+    top = edge_cli(edge_server, "edge", "predict", "--url", f"http://{edge_server.http_url}", "--model", "intent",
+                   "--text", "I lost my card", "--top", "2")
     assert top.returncode == 0, top.stderr
     (row,) = json.loads(top.stdout)["logits"]
     assert len(row) == 2 and float(row[0].split(":")[0]) >= float(row[1].split(":")[0])
-    missing = fedge("edge", "predict", "--url", f"http://{edge_server.http_url}", "--model", "nope", "--text", "hi")
+    missing = edge_cli(edge_server, "edge", "predict", "--url", f"http://{edge_server.http_url}", "--model", "nope",
+                       "--text", "hi")
     assert missing.returncode == 2 and missing.stderr.strip() == "fedge edge predict: HTTP 404: unknown model 'nope'"
 
 

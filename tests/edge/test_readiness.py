@@ -38,3 +38,55 @@ def test_a_model_that_cannot_load_makes_the_server_unready_unless_told_otherwise
         assert urllib.request.urlopen(f"http://{server.http_url}/v2/health/live", timeout=10).status == 200
     finally:
         server.stop()
+
+
+def test_an_onnxruntime_that_cannot_be_imported_is_named_with_what_to_do(tmp_path, keys, digits_bundle, monkeypatch):
+    """A server whose onnxruntime fails to import (here blocked by a sitecustomize; on a device, a JetPack wheel
+    built against NumPy 1.x beside NumPy 2) is live, its models are unavailable, and the status says why."""
+    from importlib import metadata
+
+    repo = tmp_path / "repo"
+    assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text("import sys\nsys.modules['onnxruntime'] = None\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    server = EdgeProcess(repo, keys[1], tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(server.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+            with pytest.raises(grpc.RpcError) as err:
+                stub.ModelInfer(digits_request(), timeout=10)
+    finally:
+        server.stop()
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    said = err.value.details()
+    assert f"onnxruntime {metadata.version('onnxruntime')} cannot be imported (ModuleNotFoundError: import of" \
+           " onnxruntime halted" in said, said
+
+
+def test_an_onnxruntime_built_for_numpy_1_beside_numpy_2_says_to_install_numpy_below_2(monkeypatch):
+    from importlib import metadata
+
+    from edge_runtime import backends
+
+    installed = {"onnxruntime": "1.17.3"}
+
+    def version(dist):
+        if dist not in installed:
+            raise metadata.PackageNotFoundError(dist)
+        return installed[dist]
+
+    monkeypatch.setattr(metadata, "version", version)
+    monkeypatch.setattr(backends.np, "__version__", "2.2.6")
+    said = backends.onnxruntime_import_problem(ImportError())
+    assert said.startswith("onnxruntime 1.17.3 cannot be imported (ImportError: no message); ") and \
+        "NumPy 1.x and this environment has NumPy 2.2.6: pip install 'numpy<2'" in said
+    installed["onnxruntime"] = "1.19.0"  # built for NumPy 2: the error is something else, no advice
+    assert "numpy" not in backends.onnxruntime_import_problem(ImportError("libcudart.so.12")).lower()
+    monkeypatch.setattr(backends.np, "__version__", "1.26.4")
+    installed.clear()
+    installed["onnxruntime-gpu"] = "1.17.0"
+    assert "numpy" not in backends.onnxruntime_import_problem(ImportError()).lower()
+    installed.clear()
+    assert backends.onnxruntime_import_problem(ImportError()).startswith("onnxruntime is not installed")

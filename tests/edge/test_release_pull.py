@@ -16,7 +16,7 @@ from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import release_pb2, release_pb2_grpc
 from server.registry import Registry, registry_path
 from tests.edge.bundles import make_bundle, reference_logits
-from tests.edge.conftest import EdgeProcess, fedge
+from tests.edge.conftest import EdgeProcess, device_python, fedge
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,10 @@ def _wait_for(pred, timeout=30.0, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(tmp_path, keys):
+@pytest.mark.parametrize("device", ["host", "device"])
+def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(tmp_path, keys, device):
+    """``device``: the edge server runs with this interpreter, or with a device install (Python 3.10, edge only)."""
+    python = device_python() if device == "device" else None
     fed = LocalFederation(tmp_path / "fed")
     fed.start_coordinator()
     edge = None
@@ -51,7 +54,8 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
         v1 = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
         _publish(fed, v1)
         edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", "--device-name", "shelf-cam")
+                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", "--device-name", "shelf-cam",
+                           python=python)
         x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 8, 8])
@@ -77,7 +81,7 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
 
         edge.stop()  # a restarted device does not install what it already serves again
         edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge2.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
+                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", python=python)
         _wait_for(lambda: "already serving" in (tmp_path / "edge2.log").read_text(), what="a poll after the restart")
         assert sorted(p.name for p in (tmp_path / "repo" / "digits").iterdir() if p.name.isdigit()) == ["1", "2"]
         with grpc.insecure_channel(edge.url) as ch:

@@ -160,3 +160,57 @@ def test_tensorrt_engine_builds_and_matches_onnxruntime(trained, tmp_path):
     got = backend.run({"input": x})["logits"].argmax(1)
     ref = ort.InferenceSession(str(trained["int8_trt"])).run(None, {"input": x})[0].argmax(1)
     assert (got == ref).mean() >= 0.97
+
+
+def test_int8_models_import_only_the_opsets_they_use(trained):
+    """ONNX Runtime's optimizer stamps every domain it knows into the model; an older runtime refuses one it
+    does not know (ONNX Runtime 1.17: ai.onnx.ml 5), so the INT8 files keep only what their nodes use."""
+    for kind in ("int8_trt", "int8_cpu"):
+        m = onnx.load(str(trained[kind]))
+        assert [(o.domain, o.version) for o in m.opset_import] == [("", 17)], kind
+        assert m.ir_version <= 9, kind  # what ONNX Runtime 1.17 reads
+
+
+@pytest.mark.e2e
+def test_the_int8_release_serves_on_a_device_install(trained, tmp_path):
+    """A device install (tests.edge.conftest.device_python: Python 3.10, the edge dependencies only, at the oldest
+    ONNX Runtime fedge supports) serves a signed INT8 release on its CPU backend, with the answers this machine's
+    ONNX Runtime gives for the same file."""
+    import shutil
+
+    import grpc
+    import onnxruntime as ort
+
+    from edge_runtime.bundle import generate_keys
+    from fedge.cluster import EdgeServerProcess
+    from proto import grpc_service_pb2 as pb
+    from proto import grpc_service_pb2_grpc as pb_grpc
+    from server.export.sample_bundle import sign_bundle
+    from tests.edge.conftest import device_python, fedge
+
+    python = device_python()
+    priv, pub = generate_keys(tmp_path / "keys")
+    bundle = tmp_path / "release"
+    bundle.mkdir()
+    models = {"fp32": trained["fp32"], "int8_cpu": trained["int8_cpu"], "int8_trt": trained["int8_trt"]}
+    for path in models.values():
+        shutil.copyfile(path, bundle / path.name)
+    sign_bundle(bundle, priv, "digits", models={kind: path.name for kind, path in models.items()})
+    out = fedge("edge", "install", str(bundle), "--repo", str(tmp_path / "repo"), "--trust", str(pub), python=python)
+    assert out.returncode == 0, out.stderr
+    server = EdgeServerProcess(tmp_path / "repo", pub, tmp_path / "edge.log", "--backend", "onnxruntime-cpu",
+                               python=python)
+    try:
+        x = trained["holdout"].x[:64]
+        with grpc.insecure_channel(server.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=30)
+            assert meta.properties["model_file"] == "model.int8.cpu.onnx", meta.properties
+            req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[x.tobytes()])
+            req.inputs.add(name="input", datatype="FP32", shape=list(x.shape))
+            got = np.frombuffer(stub.ModelInfer(req, timeout=30).raw_output_contents[0], np.float32).reshape(-1, 10)
+    finally:
+        server.stop()
+    ref = ort.InferenceSession(str(trained["int8_cpu"])).run(None, {"input": x})[0]
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    np.testing.assert_allclose(got, ref, atol=0.05 * np.abs(ref).max())
