@@ -1,6 +1,6 @@
 """TensorRT path: build an engine from the bundle's ``model.int8.trt.onnx`` on the device that will run it, and
-serve it. Written against TensorRT's public Python API (10.x, and 11 where strong typing is always on) plus
-cuda-python for device memory. NOT RUN IN CI: TensorRT cannot be installed on the machines fedge is built and
+serve it. Written against TensorRT's public Python API (8.6 as in JetPack 6.0, 10.x as in JetPack 6.1+, and 11
+where strong typing is always on) plus cuda-python for device memory. NOT RUN IN CI: TensorRT cannot be installed on the machines fedge is built and
 tested on; there, ``tensorrt_status()`` reports why and the runtime serves ONNX with ONNX Runtime.
 
 Engines are tied to the GPU and the TensorRT version, so they are cached under a key of
@@ -65,6 +65,25 @@ def cache_key(onnx_sha256: str, identity: dict) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
+def explicit_quantization_flags(trt) -> tuple[int, list]:
+    """(network creation flags, builder flags) with which this TensorRT builds a Q/DQ network as quantized.
+    11: always strongly typed, neither is needed. 9.1-10.x: strongly typed by a network flag (no precision
+    builder flags: "not required and should not be specified"). 8.x (JetPack 6.0's 8.6): no strong typing, so
+    the INT8 builder flag, without which it will not run Q/DQ layers in INT8, and explicit batch (implicit
+    batch was its default; 10 dropped it)."""
+    major = int(trt.__version__.split(".")[0])
+    kinds = trt.NetworkDefinitionCreationFlag
+    flags, precision = 0, []
+    if major < 10:
+        flags |= 1 << int(kinds.EXPLICIT_BATCH)
+    if major < 11:
+        if hasattr(kinds, "STRONGLY_TYPED"):
+            flags |= 1 << int(kinds.STRONGLY_TYPED)
+        else:
+            precision.append(trt.BuilderFlag.INT8)
+    return flags, precision
+
+
 @dataclass(frozen=True)
 class CompileConfig:
     min_batch: int = 1
@@ -94,9 +113,7 @@ def compile_engine(bundle_dir: Path, manifest: Manifest, cache_dir: Path, cfg: C
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 0
-    if int(trt.__version__.split(".")[0]) < 11:  # TensorRT 11 is always strongly typed; 10.x needs the flag
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flags, precision = explicit_quantization_flags(trt)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_path.read_bytes()):
@@ -107,7 +124,8 @@ def compile_engine(bundle_dir: Path, manifest: Manifest, cache_dir: Path, cfg: C
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_bytes)
     if cfg.sparse:
         config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-    # explicit quantization: precision comes from the Q/DQ nodes and strong typing; no INT8/FP16 builder flags
+    for flag in precision:  # INT8 on 8.x only: precision comes from the Q/DQ nodes and strong typing
+        config.set_flag(flag)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
