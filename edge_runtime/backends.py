@@ -121,22 +121,43 @@ def onnxruntime_import_problem(exc: ImportError) -> str:
     """What failed to import, in words. The case seen on devices: an ONNX Runtime before 1.19 (built against
     NumPy 1.x, as JetPack 6's wheels are) beside NumPy 2 fails with an empty ImportError after printing NumPy's
     warning to stderr."""
-    from importlib import metadata
-
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            version = metadata.version(dist)
-            break
-        except metadata.PackageNotFoundError:
-            continue
-    else:
+    installed = onnxruntime_distributions()
+    if not installed:
         return "onnxruntime is not installed: pip install onnxruntime (or the device's onnxruntime-gpu wheel)"
+    dist, version = next(iter(installed.items()))
     msg = f"{dist} {version} cannot be imported ({type(exc).__name__}: {str(exc) or 'no message'})"
     ort_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if ort_minor < (1, 19) and int(np.__version__.split(".")[0]) >= 2:
         msg += (f"; {dist} before 1.19 is built against NumPy 1.x and this environment has NumPy {np.__version__}:"
                 " pip install 'numpy<2', or an onnxruntime >= 1.19")
     return msg
+
+
+def onnxruntime_distributions() -> dict[str, str]:
+    """The ONNX Runtime packages installed here: name -> version (the CPU and the GPU package both provide the
+    ``onnxruntime`` module)."""
+    from importlib import metadata
+
+    found = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def onnxruntime_conflict() -> str | None:
+    """A warning when both the CPU and the GPU package are installed, as ``pip install .`` does on a device that
+    has NVIDIA's onnxruntime-gpu (it adds PyPI's onnxruntime): the two write the same module, so whichever was
+    installed last is what runs, and ONNX Runtime's install guide asks for only one per environment."""
+    installed = onnxruntime_distributions()
+    if len(installed) < 2:
+        return None
+    both = " and ".join(f"{d} {v}" for d, v in installed.items())
+    return (f"both {both} are installed: they share the onnxruntime module and the one installed last is the one"
+            " that runs; keep one (on a GPU device: pip uninstall -y onnxruntime onnxruntime-gpu, then install only"
+            " the GPU wheel)")
 
 
 def cuda_available() -> bool:

@@ -23,6 +23,7 @@ import grpc
 from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import health_pb2_grpc
 
+from .backends import onnxruntime_conflict
 from .batcher import BatchingConfig
 from .bundle import load_public_key
 from .errors import AddressUnavailable
@@ -107,6 +108,8 @@ class EdgeServer:
             from .puller import ReleasePuller
 
             puller = ReleasePuller(self.cfg, self.metrics)
+        if conflict := onnxruntime_conflict():
+            log.warning("%s", conflict)
         self.repo.refresh()
         self.repo.watch()
         self._loop = asyncio.new_event_loop()

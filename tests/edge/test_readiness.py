@@ -90,3 +90,25 @@ def test_an_onnxruntime_built_for_numpy_1_beside_numpy_2_says_to_install_numpy_b
     assert "numpy" not in backends.onnxruntime_import_problem(ImportError()).lower()
     installed.clear()
     assert backends.onnxruntime_import_problem(ImportError()).startswith("onnxruntime is not installed")
+
+
+def test_both_onnxruntime_packages_installed_is_warned_at_start(tmp_path, keys, digits_bundle, monkeypatch):
+    """What `pip install .` leaves on a device that had NVIDIA's onnxruntime-gpu: PyPI's onnxruntime beside it
+    (here a second distribution's metadata on the path), both writing the onnxruntime module."""
+    from importlib import metadata
+
+    repo = tmp_path / "repo"
+    assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+    info = tmp_path / "site" / "onnxruntime_gpu-1.17.0.dist-info"  # this venv has the CPU package
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: onnxruntime-gpu\nVersion: 1.17.0\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    server = EdgeProcess(repo, keys[1], tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(server.url) as ch:  # it serves with the one that imports
+            assert pb_grpc.GRPCInferenceServiceStub(ch).ModelInfer(digits_request(), timeout=10).outputs
+    finally:
+        server.stop()
+    log = (tmp_path / "server.log").read_text()
+    assert f"WARNING fedge.edge: both onnxruntime {metadata.version('onnxruntime')} and onnxruntime-gpu 1.17.0 are" \
+           " installed: they share the onnxruntime module" in log, log
