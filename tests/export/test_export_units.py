@@ -162,10 +162,10 @@ def test_tensorrt_engine_builds_and_matches_onnxruntime(trained, tmp_path):
     assert (got == ref).mean() >= 0.97
 
 
-def test_int8_models_import_only_the_opsets_they_use(trained):
+def test_release_models_import_only_the_opsets_they_use(trained):
     """ONNX Runtime's optimizer stamps every domain it knows into the model; an older runtime refuses one it
     does not know (ONNX Runtime 1.17: ai.onnx.ml 5), so the INT8 files keep only what their nodes use."""
-    for kind in ("int8_trt", "int8_cpu"):
+    for kind in ("fp32", "int8_trt", "int8_cpu"):
         m = onnx.load(str(trained[kind]))
         assert [(o.domain, o.version) for o in m.opset_import] == [("", 17)], kind
         assert m.ir_version <= 9, kind  # what ONNX Runtime 1.17 reads
