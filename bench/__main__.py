@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .machine import machine_info
 from .report import Section, verdict, write
 
-PARTS = ("inference", "aggregation", "serving", "federation")
+PARTS = ("inference", "aggregation", "serving", "federation", "footprint")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in sec.figures.items():
                 console.print(f"{name} = {value if value is None else round(value, 4)}  {verdict(name, value)}")
     command = "make bench" if not (a.only or a.quick) else "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
-    md, js = write(docs, machine, sections, command, time.monotonic() - started)
+    md, js = write(docs, machine, sections, command, time.monotonic() - started, partial=bool(a.only))
     console.print(f"wrote {md} and {js} in {(time.monotonic() - started) / 60:.1f} min")
     return 0
 

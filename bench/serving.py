@@ -47,8 +47,9 @@ def _bundle(work: Path, art, key) -> Path:
 
 class _Server:
     def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str, model: str = "resnet",
-                 tls_ca: Path | None = None) -> None:
-        """``tls_ca``: the server serves TLS (its flags say with what certificate); this CA verifies it."""
+                 tls_ca: Path | None = None, python: str | None = None) -> None:
+        """``tls_ca``: the server serves TLS (its flags say with what certificate); this CA verifies it.
+        ``python``: the interpreter that serves (another install's), by default this one."""
         from edge_runtime.bundle import load_public_key
         from edge_runtime.repository import install_bundle
         from fedge.cluster import EdgeServerProcess
@@ -56,7 +57,7 @@ class _Server:
         repo = work / f"repo-{name}"
         shutil.rmtree(repo, ignore_errors=True)
         install_bundle(repo, bundle, load_public_key(pub))
-        self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags)
+        self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags, python=python)
         self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
         self.http_url = self.server.http_url
         self.model, self.tls_ca = model, tls_ca
