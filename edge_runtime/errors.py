@@ -48,6 +48,11 @@ class BundleError(EdgeError):
     code_name = "FAILED_PRECONDITION"
 
 
+class NoSpace(OSError):
+    """The disk holding the model repository cannot take a release: nothing was installed, and what is
+    installed keeps serving."""
+
+
 class AddressUnavailable(OSError):
     """The server cannot listen where it was told to (port taken, address not on this host)."""
 

@@ -19,8 +19,9 @@ import grpc
 from proto import release_pb2, release_pb2_grpc
 
 from .bundle import MAX_ARCHIVE_BYTES, sha256_file
-from .errors import BundleError
-from .repository import activate, current_version, install_bundle, model_dirs, versions
+from .errors import BundleError, NoSpace
+from .repository import (activate, current_version, disk_full_is_no_space, ensure_space, install_bundle, model_dirs,
+                         versions)
 from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
@@ -39,6 +40,7 @@ class ReleasePuller:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedge-puller", daemon=True)
         self._seen: dict[str, int] = {}  # model -> the offered release last acted on (served, installed or refused)
+        self._short: dict[str, int] = {}  # model -> the release last found not to fit on the disk (said once)
 
     def _channel(self) -> grpc.Channel:
         if self._credentials is not None:
@@ -129,6 +131,19 @@ class ReleasePuller:
             log.error("release %s v%s announces a %d-byte archive (this device takes 1 to %d bytes): refused",
                       r.model, r.version, expected, MAX_ARCHIVE_BYTES)
             return None
+        what = f"release {r.model} v{r.version} (a {expected}-byte archive, unpacked beside it)"
+        try:
+            ensure_space(self.repo, 2 * expected, what)
+            with disk_full_is_no_space(self.repo, what):
+                return self._download_and_install(stub, r, expected)
+        except NoSpace as exc:  # tried again at every poll (room may have been made), said once per release
+            if self._short.get(r.model) != r.version:
+                self._short[r.model] = r.version
+                self.metrics.installs.labels("no_space").inc()
+                log.error("%s; trying again at every poll", exc)
+            return None
+
+    def _download_and_install(self, stub, r: release_pb2.Release, expected: int) -> tuple[str, int] | None:
         with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.repo) as tmp:
             call = stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version,
                                                                     device=self.device), timeout=300)
@@ -139,6 +154,9 @@ class ReleasePuller:
                         call.cancel()
                         break
                     tmp.write(chunk.data)
+            except OSError:  # the disk filled up: stop the stream
+                call.cancel()
+                raise
             except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     raise
@@ -151,13 +169,14 @@ class ReleasePuller:
                             "more than" if overrun else f"{tmp.tell()} bytes, not", expected)
                 return None
             tmp.flush()
-            self._seen[r.model] = r.version  # installed or refused: either way not fetched again
             try:
                 name, version = install_bundle(self.repo, Path(tmp.name), self.trusted, self.cfg.serving.keep_versions)
             except BundleError as exc:
+                self._seen[r.model] = r.version  # refused: not fetched again
                 self.metrics.installs.labels("refused").inc()
                 log.error("release %s v%s refused: %s", r.model, r.version, exc)
                 return None
+        self._seen[r.model] = r.version
         self.metrics.installs.labels("installed").inc()
         log.info("release %s v%s installed as local version %s", r.model, r.version, version)
         return name, version

@@ -9,6 +9,7 @@ old version keeps serving and the failure is reported in the repository index.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from .batcher import BatchingConfig
 from .bundle import copy_bundle, unpack, verify_bundle
 from . import model_config
-from .errors import BundleError, ModelNotFound, ModelUnavailable
+from .errors import BundleError, ModelNotFound, ModelUnavailable, NoSpace
 from .model import LoadedModel
 
 log = logging.getLogger("fedge.edge")
 CONFIG_PARAMETER = "the config parameter"  # RepositoryModelLoad's, in errors
 CURRENT = "CURRENT"
+SPACE_MARGIN = 1 << 20  # left free on the device's disk beyond what an install needs
 
 
 @dataclass(frozen=True)
@@ -64,20 +67,47 @@ def _write_current(model_dir: Path, version: int) -> None:
     os.replace(tmp, model_dir / CURRENT)
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def ensure_space(root: Path, needed: int, what: str) -> None:
+    """NoSpace unless the disk holding ``root`` has ``needed`` bytes free (and a margin)."""
+    free = shutil.disk_usage(root).free
+    if free < needed + SPACE_MARGIN:
+        raise NoSpace(f"{what} needs {_mib(needed + SPACE_MARGIN)} free on the disk holding {root}, which has"
+                      f" {_mib(free)}: nothing installed, what is installed keeps serving")
+
+
+@contextmanager
+def disk_full_is_no_space(root: Path, what: str):
+    """A write that fills the disk (ENOSPC) becomes NoSpace, saying so; the caller's cleanup still runs."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise NoSpace(f"{what}: the disk holding {root} filled up: nothing installed, what is installed keeps"
+                      " serving") from exc
+
+
 def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: int = 3) -> tuple[str, int]:
     """Verify ``source`` (a bundle dir or tar archive) and install it as the model's next CURRENT version.
-    Raises BundleError with nothing changed if anything does not check out."""
+    Raises BundleError with nothing changed if anything does not check out, NoSpace if it does not fit."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    source = Path(source)
+    size = sum(p.stat().st_size for p in source.iterdir() if p.is_file()) if source.is_dir() else source.stat().st_size
+    ensure_space(root, size, f"installing {source.name}")
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        source = Path(source)
-        if source.is_dir():
-            copy_bundle(source, staging)
-        elif tarfile.is_tarfile(source):
-            unpack(source, staging)
-        else:
-            raise BundleError(f"{source} is neither a bundle directory nor a tar archive")
+        with disk_full_is_no_space(root, f"installing {source.name}"):
+            if source.is_dir():
+                copy_bundle(source, staging)
+            elif tarfile.is_tarfile(source):
+                unpack(source, staging)
+            else:
+                raise BundleError(f"{source} is neither a bundle directory nor a tar archive")
         manifest = verify_bundle(staging, trusted)
         if not manifest.model or "/" in manifest.model or manifest.model.startswith("."):
             raise BundleError(f"invalid model name {manifest.model!r}")
@@ -85,7 +115,12 @@ def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: in
         model_dir.mkdir(exist_ok=True)
         version = (versions(model_dir) or [0])[-1] + 1
         os.rename(staging, model_dir / str(version))  # atomic on one filesystem
-        _write_current(model_dir, version)
+        try:
+            with disk_full_is_no_space(root, f"installing {source.name}"):
+                _write_current(model_dir, version)
+        except NoSpace:
+            shutil.rmtree(model_dir / str(version), ignore_errors=True)
+            raise
         for old in versions(model_dir)[:-keep]:
             if old != version:
                 shutil.rmtree(model_dir / str(old), ignore_errors=True)

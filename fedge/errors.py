@@ -5,4 +5,4 @@ def is_user_error(exc: BaseException) -> bool:
     if isinstance(exc, (FileNotFoundError, ValueError, KeyError, PermissionError)):
         return True
     return type(exc).__name__ in {"DataError", "RunFailed", "FlowerError", "GateFailed", "BundleError", "LedgerCorrupt",
-                                   "InsufficientClients", "AddressUnavailable"}
+                                   "InsufficientClients", "AddressUnavailable", "NoSpace"}

@@ -299,3 +299,64 @@ def test_the_release_service_describes_a_release_once_until_its_manifest_changes
     assert servicer._available(registry.releases())[0][0] == first[0][0] and reads == [1, 1]
     shutil.rmtree(bundle)
     assert servicer._available(registry.releases()) == []
+
+
+def _small_disk(path: Path, size: str) -> None:
+    """A filesystem of ``size`` at ``path`` (a tmpfs: needs root, as the network-namespace tests do)."""
+    import subprocess
+
+    path.mkdir(parents=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {out.stderr.strip()}")
+
+
+def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_room(tmp_path, keys):
+    """A device whose disk cannot take a release (its archive and the files unpacked beside it) does not download
+    it, says once how much room it needs, keeps serving what it has, and installs it at a later poll once there is
+    room. `fedge edge install` refuses it the same way."""
+    import subprocess
+    from concurrent import futures
+
+    from tests.edge.bundles import heavy_bundle
+    from tests.edge.conftest import digits_request
+
+    disk = tmp_path / "disk"
+    _small_disk(disk, "3m")
+    server = edge = None
+    try:
+        repo = disk / "repo"
+        small = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+        assert fedge("edge", "install", str(small), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+        service = LyingReleaseService(heavy_bundle(tmp_path / "r2", keys[0]), 0)  # 4.5 MB, honest
+        service.honest = True
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        release_pb2_grpc.add_ReleaseServiceServicer_to_server(service, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.2")
+        log = tmp_path / "edge.log"
+        said = "free on the disk holding"
+        _wait_for(lambda: said in log.read_text(), what="the device saying it has no room")
+        time.sleep(1.5)  # several polls more
+        assert service.fetches == 0 and log.read_text().count(said) == 1, log.read_text()
+        assert f"needs {(2 * len(service.archive) + (1 << 20)) / 2**20:.1f} MiB free" in log.read_text()
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{edge.metrics_port}/metrics", timeout=5).read().decode()
+        assert 'fedge_edge_installs_total{outcome="no_space"} 1.0' in metrics
+        out = fedge("edge", "install", str(tmp_path / "r2"), "--repo", str(repo), "--trust", str(keys[1]))
+        assert out.returncode == 2 and said in out.stderr and "nothing installed" in out.stderr, out.stderr
+        assert sorted(p.name for p in repo.rglob("*") if p.is_dir()) == ["1", "digits"]  # no staging left behind
+        assert not list(repo.glob("*.tar"))
+        with grpc.insecure_channel(edge.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            assert _serves(stub, digits_request(), "1")
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)  # room is made
+            _wait_for(lambda: _serves(stub, digits_request(), "2"), what="the release installed once there is room")
+        assert service.fetches == 1
+    finally:
+        if edge is not None:
+            edge.stop()
+        if server is not None:
+            server.stop(0)
+        subprocess.run(["umount", str(disk)], check=False)
