@@ -248,6 +248,8 @@ def unpack(archive: Path | bytes, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES
         for m in members:
             with tar.extractfile(m) as f, open(dest / m.name, "wb") as out:
                 shutil.copyfileobj(f, out)
+                out.flush()
+                os.fsync(out.fileno())  # on the disk before the install renames it into place
     return dest
 
 

@@ -61,10 +61,23 @@ def current_version(model_dir: Path) -> int | None:
         return vs[-1] if vs else None
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_current(model_dir: Path, version: int) -> None:
+    """Atomically, and durably: a power cut leaves the old CURRENT or the new one, never an empty file."""
     tmp = model_dir / f".{CURRENT}.tmp"
-    tmp.write_text(f"{version}\n")
+    with open(tmp, "w") as f:
+        f.write(f"{version}\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, model_dir / CURRENT)
+    _fsync_dir(model_dir)
 
 
 def _mib(n: float) -> str:
@@ -115,6 +128,7 @@ def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: in
         model_dir.mkdir(exist_ok=True)
         version = (versions(model_dir) or [0])[-1] + 1
         os.rename(staging, model_dir / str(version))  # atomic on one filesystem
+        _fsync_dir(model_dir)
         try:
             with disk_full_is_no_space(root, f"installing {source.name}"):
                 _write_current(model_dir, version)
@@ -231,6 +245,22 @@ class ModelRepository:
             if want is None or (live is not None and live.version == want) or (name, want) in self._failed:
                 continue
             self._load(name, want)
+            if name not in self._live:
+                self._fall_back(name, want)
+
+    def _fall_back(self, name: str, failed: int) -> None:
+        """Nothing serves ``name`` and its CURRENT version failed to load (at a start: a version damaged on the
+        device, or one a power cut left half written): serve the newest kept version before it that loads, as a
+        running server keeps serving the old version when a new one fails. CURRENT is left as it is: a new
+        install or `fedge edge rollback` decides what serves next."""
+        for version in reversed([v for v in versions(self.root / name) if v < failed]):
+            if (name, version) in self._failed:
+                continue
+            self._load(name, version)
+            if name in self._live:
+                log.warning("model %s: version %s (CURRENT) failed to load; serving kept version %s instead until"
+                            " a new version is installed or the model is rolled back", name, failed, version)
+                return
 
     def _load(self, name: str, version: int) -> None:
         bundle = self.root / name / str(version)
@@ -245,7 +275,8 @@ class ModelRepository:
                                      engine_cache=self.root / ".engines")
         except Exception as exc:
             self._failed[(name, version)] = f"{type(exc).__name__}: {exc}"
-            log.error("model %s version %s failed to load, previous version keeps serving: %s", name, version, exc)
+            log.error("model %s version %s failed to load%s: %s", name, version,
+                      ", the version serving keeps serving" if name in self._live else "", exc)
             return
         finally:
             self._loading.discard(name)

@@ -1,6 +1,7 @@
 """Triton's strict readiness against real `fedge edge serve` processes: while a model that should serve does not
 (its only version fails verification on load), the server is not ready over gRPC, HTTP and grpc.health.v1, yet
 serves the models it has; `--strict-readiness=false` makes it ready whenever it answers."""
+import time
 import urllib.error
 import urllib.request
 
@@ -112,3 +113,36 @@ def test_both_onnxruntime_packages_installed_is_warned_at_start(tmp_path, keys, 
     log = (tmp_path / "server.log").read_text()
     assert f"WARNING fedge.edge: both onnxruntime {metadata.version('onnxruntime')} and onnxruntime-gpu 1.17.0 are" \
            " installed: they share the onnxruntime module" in log, log
+
+
+def test_a_start_whose_current_version_is_damaged_serves_the_newest_kept_version(tmp_path, keys, digits_bundle):
+    """A device restarting after a power cut left its newest version half written (or with a file damaged on the
+    disk) serves the version before it, as a running server keeps the old version when a new one fails; the
+    damaged one is reported, CURRENT is left alone, and the next good install serves."""
+    from tests.edge.bundles import make_bundle
+
+    repo = tmp_path / "repo"
+    for bundle in (digits_bundle, make_bundle(tmp_path / "v2", keys[0], "digits", seed=1)):
+        assert fedge("edge", "install", str(bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+    model = repo / "digits" / "2" / "model.fp32.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # torn write
+    server = EdgeProcess(repo, keys[1], tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(server.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            assert stub.ModelInfer(digits_request(), timeout=10).model_version == "1"
+            assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
+            index = {m.version: m for m in stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=10).models}
+            assert index["1"].state == "READY" and index["2"].state == "UNAVAILABLE"
+            assert "model.fp32.onnx" in index["2"].reason and "sha256" in index["2"].reason, index["2"].reason
+            assert (repo / "digits" / "CURRENT").read_text().strip() == "2"
+            v3 = make_bundle(tmp_path / "v3", keys[0], "digits", seed=2)
+            assert fedge("edge", "install", str(v3), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+            deadline = time.monotonic() + 30
+            while stub.ModelInfer(digits_request(), timeout=10).model_version != "3" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert stub.ModelInfer(digits_request(), timeout=10).model_version == "3"
+    finally:
+        server.stop()
+    assert "model digits: version 2 (CURRENT) failed to load; serving kept version 1 instead" in \
+        (tmp_path / "server.log").read_text()
