@@ -13,12 +13,13 @@ import socket
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable
 
 import grpc
 
 from proto import release_pb2, release_pb2_grpc
 
-from .bundle import MAX_ARCHIVE_BYTES, sha256_file
+from .bundle import MAX_ARCHIVE_BYTES, sha256_file, verify_bundle
 from .errors import BundleError, NoSpace
 from .repository import (activate, current_version, disk_full_is_no_space, ensure_space, install_bundle, model_dirs,
                          versions)
@@ -28,8 +29,10 @@ log = logging.getLogger("fedge.edge.pull")
 
 
 class ReleasePuller:
-    def __init__(self, cfg, metrics) -> None:
-        self.cfg, self.metrics = cfg, metrics
+    def __init__(self, cfg, metrics, serving: Callable[[], dict[str, int]] | None = None) -> None:
+        """``serving()``: model -> the local version the server runs now (what the coordinator is told); without
+        it, what each model's CURRENT names."""
+        self.cfg, self.metrics, self._serving = cfg, metrics, serving
         from .bundle import load_public_key
 
         self.trusted = load_public_key(cfg.trust)
@@ -78,10 +81,12 @@ class ReleasePuller:
         return sha256_file(manifest) if version is not None and manifest.exists() else None
 
     def current(self) -> list[release_pb2.CurrentModel]:
-        """What each model in the repository serves (the version its CURRENT names)."""
+        """What each model in the repository serves: the version the server runs (not CURRENT's when that one
+        failed to load and an older one serves instead)."""
         out = []
+        live = self._serving() if self._serving else None
         for d in model_dirs(self.repo):
-            v = current_version(d)
+            v = live.get(d.name) if live is not None else current_version(d)
             sha = self._sha(d.name, v)
             if sha:
                 out.append(release_pb2.CurrentModel(model=d.name, manifest_sha256=sha, local_version=v))
@@ -106,20 +111,35 @@ class ReleasePuller:
                     log.info("release %s v%s is already serving (not installed again)", model, r.version)
                     self._seen[model] = r.version
                     continue
-                kept = next((v for v in reversed(versions(self.repo / model)) if self._sha(model, v) == r.manifest_sha256),
-                            None)
+                kept = self._kept(model, r)
                 if kept is not None:
-                    activate(self.repo, model, kept)
-                    log.info("release %s v%s is kept here as local version %s: serving it again, no download%s",
-                             model, r.version, kept, " (the coordinator withdrew the newer release)"
-                             if r.version < self._seen.get(model, 0) else "")
+                    if kept != current_version(self.repo / model):  # else it is loading already
+                        activate(self.repo, model, kept)
+                        log.info("release %s v%s is kept here as local version %s: serving it again, no download%s",
+                                 model, r.version, kept, " (the coordinator withdrew the newer release)"
+                                 if r.version < self._seen.get(model, 0) else "")
+                        changed.append((model, kept))
                     self._seen[model] = r.version
-                    changed.append((model, kept))
                     continue
                 installed = self._fetch_and_install(stub, r)
                 if installed is not None:
                     changed.append(installed)
         return changed
+
+    def _kept(self, model: str, r: release_pb2.Release) -> int | None:
+        """The newest local version of release ``r`` whose files still verify; a damaged copy (a power cut, a bad
+        sector) is passed over, so the release is downloaded again."""
+        for v in reversed(versions(self.repo / model)):
+            if self._sha(model, v) != r.manifest_sha256:
+                continue
+            try:
+                verify_bundle(self.repo / model / str(v), self.trusted)
+            except BundleError as exc:
+                log.warning("local version %s of release %s v%s is damaged (%s): downloading the release again",
+                            v, model, r.version, exc)
+                continue
+            return v
+        return None
 
     def _fetch_and_install(self, stub, r: release_pb2.Release) -> tuple[str, int] | None:
         """The download must be exactly the archive size the listing announced (at most MAX_ARCHIVE_BYTES): a

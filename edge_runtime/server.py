@@ -107,7 +107,8 @@ class EdgeServer:
         if self.cfg.pull:  # its TLS files are checked here too
             from .puller import ReleasePuller
 
-            puller = ReleasePuller(self.cfg, self.metrics)
+            puller = ReleasePuller(self.cfg, self.metrics,
+                                   serving=lambda: {m.name: m.version for m in self.repo.live()})
         if conflict := onnxruntime_conflict():
             log.warning("%s", conflict)
         self.repo.refresh()

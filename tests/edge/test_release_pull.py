@@ -228,8 +228,10 @@ class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
     def __init__(self, bundle: Path, extra: int) -> None:
         self.archive, self.extra, self.honest, self.fetches, self.sent = pack(bundle), extra, False, 0, []
         self.manifest_sha256 = sha256_file(bundle / "manifest.json")
+        self.reports = []  # what the device said it serves, poll by poll: model -> local version
 
     def ListReleases(self, request, context):
+        self.reports.append({c.model: c.local_version for c in request.current})
         return release_pb2.ListReleasesResponse(releases=[release_pb2.Release(
             model="digits", version=1, manifest_sha256=self.manifest_sha256,
             archive_bytes=len(self.archive))])
@@ -244,18 +246,24 @@ class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
             self.sent[-1] += len(data[i:i + (1 << 20)])
 
 
-@pytest.mark.parametrize("extra", [64 << 20, -1000])
-def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_installed(tmp_path, keys, extra):
-    """A release service that streams past the archive size it announced is cut off there (a device's disk is not
-    filled); one that ends short is not installed either; both are fetched again and installed once honest."""
+def _serve_releases(service: release_pb2_grpc.ReleaseServiceServicer) -> tuple[grpc.Server, int]:
+    """``service`` as a release service on a free port of 127.0.0.1 (stop the server with .stop(0))."""
     from concurrent import futures
 
-    bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
-    service = LyingReleaseService(bundle, extra)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     release_pb2_grpc.add_ReleaseServiceServicer_to_server(service, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
+    return server, port
+
+
+@pytest.mark.parametrize("extra", [64 << 20, -1000])
+def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_installed(tmp_path, keys, extra):
+    """A release service that streams past the archive size it announced is cut off there (a device's disk is not
+    filled); one that ends short is not installed either; both are fetched again and installed once honest."""
+    bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+    service = LyingReleaseService(bundle, extra)
+    server, port = _serve_releases(service)
     edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}",
                        "--pull-interval", "0.3")
     try:
@@ -317,8 +325,6 @@ def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_r
     it, says once how much room it needs, keeps serving what it has, and installs it at a later poll once there is
     room. `fedge edge install` refuses it the same way."""
     import subprocess
-    from concurrent import futures
-
     from tests.edge.bundles import heavy_bundle
     from tests.edge.conftest import digits_request
 
@@ -331,10 +337,7 @@ def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_r
         assert fedge("edge", "install", str(small), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
         service = LyingReleaseService(heavy_bundle(tmp_path / "r2", keys[0]), 0)  # 4.5 MB, honest
         service.honest = True
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        release_pb2_grpc.add_ReleaseServiceServicer_to_server(service, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
+        server, port = _serve_releases(service)
         edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.2")
         log = tmp_path / "edge.log"
         said = "free on the disk holding"
@@ -360,3 +363,32 @@ def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_r
         if server is not None:
             server.stop(0)
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_damaged_copy_of_the_offered_release_is_reported_as_not_served_and_downloaded_again(tmp_path, keys):
+    """The device restarts with its copy of the newest release damaged (it serves the version before, see
+    test_readiness): it tells the coordinator what it really serves, and instead of taking the damaged copy for
+    the release it downloads the release again and serves it."""
+    from tests.edge.conftest import digits_request
+
+    repo = tmp_path / "repo"
+    r2 = make_bundle(tmp_path / "r2", keys[0], "digits", seed=1)
+    for bundle in (make_bundle(tmp_path / "r1", keys[0], "digits", seed=0), r2):
+        assert fedge("edge", "install", str(bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+    model = repo / "digits" / "2" / "model.fp32.onnx"
+    model.write_bytes(model.read_bytes()[:-7] + b"damaged")
+    service = LyingReleaseService(r2, 0)
+    service.honest = True
+    server, port = _serve_releases(service)
+    edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.3")
+    try:
+        with grpc.insecure_channel(edge.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            _wait_for(lambda: _serves(stub, digits_request(), "3"), what="the release downloaded again and served")
+        assert service.reports[0] == {"digits": 1}, service.reports[:3]  # not the damaged CURRENT
+        _wait_for(lambda: service.reports[-1] == {"digits": 3}, what="the device reporting the new copy")
+        assert service.fetches == 1
+        assert "local version 2 of release digits v1 is damaged" in (tmp_path / "edge.log").read_text()
+    finally:
+        edge.stop()
+        server.stop(0)
