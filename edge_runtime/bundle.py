@@ -174,11 +174,19 @@ def pack(directory: Path) -> bytes:
     return b"".join(pack_chunks(directory))
 
 
-def pack_chunks(directory: Path, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
-    """The bundle's tar, ``chunk_bytes`` at a time (the last chunk shorter), read from disk as it goes: what the
-    release service streams, so a fetch holds one chunk in memory, not the whole bundle. Regular files only."""
+def pack_chunks(directory: Path, chunk_bytes: int = 1 << 20, offset: int = 0) -> Iterator[bytes]:
+    """The bundle's tar from byte ``offset`` on, ``chunk_bytes`` at a time (the last chunk shorter), read from disk
+    as it goes: what the release service streams, so a fetch holds one chunk in memory, not the whole bundle.
+    Regular files only. The archive is the same on every call while the files are (names sorted, whole-second
+    mtimes), so a cut download resumes at an offset."""
     buf = bytearray()
+    skip = offset
     for piece in _tar_pieces(_archived(directory), chunk_bytes):
+        if skip:
+            if len(piece) <= skip:
+                skip -= len(piece)
+                continue
+            piece, skip = piece[skip:], 0
         buf += piece
         while len(buf) >= chunk_bytes:
             yield bytes(buf[:chunk_bytes])

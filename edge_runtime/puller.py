@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
@@ -151,11 +150,19 @@ class ReleasePuller:
             log.error("release %s v%s announces a %d-byte archive (this device takes 1 to %d bytes): refused",
                       r.model, r.version, expected, MAX_ARCHIVE_BYTES)
             return None
+        partial = self.repo / f".partial-{r.model}-{r.manifest_sha256[:16]}.tar"  # a cut download, kept
+        for stale in self.repo.glob(f".partial-{r.model}-*.tar"):  # an older release's
+            if stale != partial:
+                stale.unlink(missing_ok=True)
+        held = partial.stat().st_size if partial.exists() else 0
+        if held >= expected:
+            partial.unlink()
+            held = 0
         what = f"release {r.model} v{r.version} (a {expected}-byte archive, unpacked beside it)"
         try:
-            ensure_space(self.repo, 2 * expected, what)
+            ensure_space(self.repo, 2 * expected - held, what)
             with disk_full_is_no_space(self.repo, what):
-                return self._download_and_install(stub, r, expected)
+                return self._download_and_install(stub, r, expected, partial, held)
         except NoSpace as exc:  # tried again at every poll (room may have been made), said once per release
             if self._short.get(r.model) != r.version:
                 self._short[r.model] = r.version
@@ -163,39 +170,61 @@ class ReleasePuller:
                 log.error("%s; trying again at every poll", exc)
             return None
 
-    def _download_and_install(self, stub, r: release_pb2.Release, expected: int) -> tuple[str, int] | None:
-        with tempfile.NamedTemporaryFile(suffix=".tar", dir=self.repo) as tmp:
-            call = stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version,
-                                                                    device=self.device), timeout=300)
-            overrun = False
+    def _download_and_install(self, stub, r: release_pb2.Release, expected: int, partial: Path,
+                              held: int) -> tuple[str, int] | None:
+        """Fetch the archive into ``partial`` from byte ``held`` on (what a cut download left), then install it.
+        A cut keeps what arrived for the next poll; anything else that goes wrong drops it."""
+        if held:
+            log.info("resuming release %s v%s at byte %d of %d", r.model, r.version, held, expected)
+        call = stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version, device=self.device,
+                                                                offset=held), timeout=300)
+        problem = None
+        with open(partial, "r+b" if held else "wb") as out:
+            out.seek(held)
             try:
-                for chunk in call:
-                    if overrun := tmp.tell() + len(chunk.data) > expected:
+                for i, chunk in enumerate(call):
+                    if i == 0 and chunk.offset != held:  # a service that does not resume: its archive from the start
+                        if chunk.offset != 0:
+                            problem = f"started at byte {chunk.offset}, not at {held} as asked, of"
+                            call.cancel()
+                            break
+                        log.info("the release service sent release %s v%s from its start", r.model, r.version)
+                        out.seek(0)
+                        out.truncate()
+                    if out.tell() + len(chunk.data) > expected:
+                        problem = "more than"
                         call.cancel()
                         break
-                    tmp.write(chunk.data)
+                    out.write(chunk.data)
             except OSError:  # the disk filled up: stop the stream
                 call.cancel()
                 raise
-            except grpc.RpcError as exc:  # a broken download is dropped and tried again at the next poll
+            except grpc.RpcError as exc:  # a cut: what arrived is kept, the next poll resumes after it
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     raise
-                log.warning("fetching release %s v%s failed after %d bytes (%s: %s); trying again at the"
-                            " next poll", r.model, r.version, tmp.tell(), exc.code(), exc.details())
+                log.warning("fetching release %s v%s stopped after byte %d of %d (%s: %s); resuming there at the"
+                            " next poll", r.model, r.version, out.tell(), expected, exc.code(), exc.details())
                 return None
-            if overrun or tmp.tell() != expected:
-                log.warning("fetching release %s v%s: the service streamed %s the %d bytes it announced;"
-                            " dropped, trying again at the next poll", r.model, r.version,
-                            "more than" if overrun else f"{tmp.tell()} bytes, not", expected)
+            size = out.tell()
+        if problem or size != expected:
+            partial.unlink(missing_ok=True)
+            log.warning("fetching release %s v%s: the service streamed %s the %d bytes it announced;"
+                        " dropped, trying again at the next poll", r.model, r.version,
+                        problem or f"{size} bytes, not", expected)
+            return None
+        try:
+            name, version = install_bundle(self.repo, partial, self.trusted, self.cfg.serving.keep_versions)
+        except BundleError as exc:
+            if held:  # pieced together from two downloads: fetch it whole once before calling the release bad
+                log.warning("release %s v%s resumed at byte %d does not verify (%s): fetching it whole at the"
+                            " next poll", r.model, r.version, held, exc)
                 return None
-            tmp.flush()
-            try:
-                name, version = install_bundle(self.repo, Path(tmp.name), self.trusted, self.cfg.serving.keep_versions)
-            except BundleError as exc:
-                self._seen[r.model] = r.version  # refused: not fetched again
-                self.metrics.installs.labels("refused").inc()
-                log.error("release %s v%s refused: %s", r.model, r.version, exc)
-                return None
+            self._seen[r.model] = r.version  # refused: not fetched again
+            self.metrics.installs.labels("refused").inc()
+            log.error("release %s v%s refused: %s", r.model, r.version, exc)
+            return None
+        finally:
+            partial.unlink(missing_ok=True)
         self._seen[r.model] = r.version
         self.metrics.installs.labels("installed").inc()
         log.info("release %s v%s installed as local version %s", r.model, r.version, version)

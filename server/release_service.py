@@ -87,9 +87,14 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         rows = self.registry.releases()
         for r, bundle in self._available(rows):
             if r.model == request.model and r.version == request.version:
-                log.info("streaming release %s v%d (%d bytes) to %s", r.model, r.version, r.archive_bytes, device)
-                for chunk in pack_chunks(bundle, CHUNK_BYTES):  # read from disk as it goes: one chunk in memory
-                    yield release_pb2.ReleaseChunk(data=chunk)
+                if not 0 <= request.offset < r.archive_bytes:
+                    context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset}: release {r.model!r}"
+                                  f" version {r.version} is a {r.archive_bytes}-byte archive")
+                log.info("streaming release %s v%d (%d bytes%s) to %s", r.model, r.version, r.archive_bytes,
+                         f" from byte {request.offset}" if request.offset else "", device)
+                # read from disk as it goes: one chunk in memory
+                for i, chunk in enumerate(pack_chunks(bundle, CHUNK_BYTES, request.offset)):
+                    yield release_pb2.ReleaseChunk(data=chunk, offset=request.offset if i == 0 else 0)
                 return
         withdrawn = [row for row in rows if row["id"] == request.version and row["withdrawn"]]
         context.abort(grpc.StatusCode.NOT_FOUND, f"release {request.model!r} version {request.version} was withdrawn"

@@ -104,3 +104,8 @@ def test_the_streamed_archive_comes_in_whole_chunks_of_the_announced_size_and_un
         assert sorted(tar.getnames()) == sorted(p.name for p in src.iterdir())
     out = unpack(data, tmp_path / "out")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == {p.name: p.read_bytes() for p in src.iterdir()}
+    for offset in (1, chunk - 1, chunk, 600, 70_000, len(data) - 1):  # a resumed download: the same bytes on
+        if 0 < offset < len(data):
+            rest = list(pack_chunks(src, chunk, offset))
+            assert b"".join(rest) == data[offset:], offset
+            assert all(len(c) == chunk for c in rest[:-1]), offset

@@ -198,7 +198,11 @@ class CuttingProxy:
         self.listener.close()
 
 
-def test_a_download_cut_off_midway_is_dropped_and_fetched_again_at_the_next_poll(tmp_path, keys):
+def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp_path, keys):
+    """A network dropping mid-download: what arrived is kept, the next poll asks the coordinator for the rest
+    only, and the archive pieced together verifies and installs; nothing is left behind."""
+    import re
+
     from tests.edge.bundles import heavy_bundle
 
     fed = LocalFederation(tmp_path / "fed")
@@ -211,9 +215,21 @@ def test_a_download_cut_off_midway_is_dropped_and_fetched_again_at_the_next_poll
                            "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
         _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="release 1 installed after the cut")
         log = (tmp_path / "edge.log").read_text()
-        assert "fetching release digits v1 failed after" in log and "trying again at the next poll" in log, log
+        stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) .*; resuming there", log)
+        assert stopped and 0 < int(stopped[1]) < int(stopped[2]), log
+        assert f"resuming release digits v1 at byte {stopped[1]} of {stopped[2]}" in log, log
+        coordinator = (fed.root / "logs" / "coordinator.out").read_text()
+        assert f"streaming release digits v1 ({stopped[2]} bytes from byte {stopped[1]})" in coordinator
         assert proxy.connections >= 2
-        assert not list((tmp_path / "repo").glob("*.tar")), "the broken download was left behind"
+        assert not list((tmp_path / "repo").glob(".partial-*")), "the download was left behind"
+        from edge_runtime.tls import channel_credentials
+
+        with grpc.secure_channel(fed.release_address, channel_credentials(fed.certs / "ca.crt")) as ch:
+            with pytest.raises(grpc.RpcError) as err:  # an offset past the archive's end
+                list(release_pb2_grpc.ReleaseServiceStub(ch).FetchRelease(
+                    release_pb2.FetchReleaseRequest(model="digits", version=1, offset=int(stopped[2])), timeout=10))
+        assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert f"is a {stopped[2]}-byte archive" in err.value.details()
     finally:
         proxy.close()
         if edge is not None:
@@ -236,13 +252,16 @@ class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
             model="digits", version=1, manifest_sha256=self.manifest_sha256,
             archive_bytes=len(self.archive))])
 
+    resumes = False  # honours the request's offset (a service that does not sends the whole archive)
+
     def FetchRelease(self, request, context):
         self.fetches += 1
         data = self.archive if self.honest else (self.archive + bytes(self.extra) if self.extra > 0
                                                  else self.archive[:self.extra])
+        start = request.offset if self.resumes else 0
         self.sent.append(0)
-        for i in range(0, len(data), 1 << 20):
-            yield release_pb2.ReleaseChunk(data=data[i:i + (1 << 20)])
+        for i in range(start, len(data), 1 << 20):
+            yield release_pb2.ReleaseChunk(data=data[i:i + (1 << 20)], offset=start if i == start else 0)
             self.sent[-1] += len(data[i:i + (1 << 20)])
 
 
@@ -389,6 +408,34 @@ def test_a_damaged_copy_of_the_offered_release_is_reported_as_not_served_and_dow
         _wait_for(lambda: service.reports[-1] == {"digits": 3}, what="the device reporting the new copy")
         assert service.fetches == 1
         assert "local version 2 of release digits v1 is damaged" in (tmp_path / "edge.log").read_text()
+    finally:
+        edge.stop()
+        server.stop(0)
+
+
+@pytest.mark.parametrize("resumes", [False, True])
+def test_what_a_cut_download_left_is_replaced_when_it_cannot_be_resumed_or_does_not_verify(tmp_path, keys, resumes):
+    """The device holds the first 1000 bytes of a release from a cut download, damaged. A service that does not
+    resume sends the whole archive, which replaces them; one that does sends the rest, the pieced archive does not
+    verify, and the device fetches it whole at the next poll instead of refusing the release."""
+    bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+    service = LyingReleaseService(bundle, 0)
+    service.honest, service.resumes = True, resumes
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / f".partial-digits-{service.manifest_sha256[:16]}.tar").write_bytes(bytes(1000))
+    server, port = _serve_releases(service)
+    edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.3")
+    try:
+        _wait_for(lambda: (repo / "digits" / "CURRENT").exists(), what="the release installed")
+        log = (tmp_path / "edge.log").read_text()
+        assert "resuming release digits v1 at byte 1000" in log, log
+        if resumes:
+            assert service.fetches == 2 and service.sent == [len(service.archive) - 1000, len(service.archive)]
+            assert "resumed at byte 1000 does not verify" in log and "refused" not in log, log
+        else:
+            assert service.fetches == 1 and "the release service sent release digits v1 from its start" in log, log
+        assert not list(repo.glob(".partial-*"))
     finally:
         edge.stop()
         server.stop(0)
