@@ -8,7 +8,9 @@ leaves the repository alone, so a local ``fedge edge rollback`` holds until the 
 """
 from __future__ import annotations
 
+import glob
 import logging
+import re
 import socket
 import threading
 from pathlib import Path
@@ -21,7 +23,7 @@ from proto import release_pb2, release_pb2_grpc
 from .bundle import MAX_ARCHIVE_BYTES, sha256_file, verify_bundle
 from .errors import BundleError, NoSpace
 from .repository import (activate, current_version, disk_full_is_no_space, ensure_space, install_bundle, model_dirs,
-                         versions)
+                         valid_model_name, versions)
 from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
@@ -101,6 +103,9 @@ class ReleasePuller:
                                          timeout=30).releases
             newest: dict[str, release_pb2.Release] = {}
             for r in releases:
+                if not valid_model_name(r.model):  # a broken or hostile listing: no path is made of it
+                    self._refuse(r, f"has the model name {r.model!r}, not a plain directory name")
+                    continue
                 if r.model not in newest or r.version > newest[r.model].version:
                     newest[r.model] = r
             for model, r in newest.items():
@@ -140,18 +145,24 @@ class ReleasePuller:
             return v
         return None
 
+    def _refuse(self, r: release_pb2.Release, why: str) -> None:
+        """A release the listing describes wrongly: not fetched; said once."""
+        if self._seen.get(r.model) != r.version:
+            self._seen[r.model] = r.version
+            self.metrics.installs.labels("refused").inc()
+            log.error("release %r v%s %s: refused", r.model, r.version, why)
+
     def _fetch_and_install(self, stub, r: release_pb2.Release) -> tuple[str, int] | None:
         """The download must be exactly the archive size the listing announced (at most MAX_ARCHIVE_BYTES): a
         stream that runs past it is cut off there, so a broken or hostile service cannot fill the device's disk."""
         expected = r.archive_bytes
         if not 0 < expected <= MAX_ARCHIVE_BYTES:
-            self._seen[r.model] = r.version
-            self.metrics.installs.labels("refused").inc()
-            log.error("release %s v%s announces a %d-byte archive (this device takes 1 to %d bytes): refused",
-                      r.model, r.version, expected, MAX_ARCHIVE_BYTES)
-            return None
+            return self._refuse(r, f"announces a {expected}-byte archive (this device takes 1 to"
+                                   f" {MAX_ARCHIVE_BYTES} bytes)")
+        if not re.fullmatch(r"[0-9a-f]{64}", r.manifest_sha256):
+            return self._refuse(r, f"has the manifest sha256 {r.manifest_sha256[:80]!r}, not 64 hex digits")
         partial = self.repo / f".partial-{r.model}-{r.manifest_sha256[:16]}.tar"  # a cut download, kept
-        for stale in self.repo.glob(f".partial-{r.model}-*.tar"):  # an older release's
+        for stale in self.repo.glob(f".partial-{glob.escape(r.model)}-*.tar"):  # an older release's
             if stale != partial:
                 stale.unlink(missing_ok=True)
         held = partial.stat().st_size if partial.exists() else 0
@@ -164,6 +175,7 @@ class ReleasePuller:
             with disk_full_is_no_space(self.repo, what):
                 return self._download_and_install(stub, r, expected, partial, held)
         except NoSpace as exc:  # tried again at every poll (room may have been made), said once per release
+            partial.unlink(missing_ok=True)  # the device's disk is full: what arrived goes too
             if self._short.get(r.model) != r.version:
                 self._short[r.model] = r.version
                 self.metrics.installs.labels("no_space").inc()

@@ -80,6 +80,11 @@ def _write_current(model_dir: Path, version: int) -> None:
     _fsync_dir(model_dir)
 
 
+def valid_model_name(name: str) -> bool:
+    """A model name that is one plain directory name in the repository (no path, not hidden)."""
+    return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".")
+
+
 def _mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -122,7 +127,7 @@ def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: in
             else:
                 raise BundleError(f"{source} is neither a bundle directory nor a tar archive")
         manifest = verify_bundle(staging, trusted)
-        if not manifest.model or "/" in manifest.model or manifest.model.startswith("."):
+        if not valid_model_name(manifest.model):
             raise BundleError(f"invalid model name {manifest.model!r}")
         model_dir = root / manifest.model
         model_dir.mkdir(exist_ok=True)

@@ -215,8 +215,8 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
                            "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
         _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="release 1 installed after the cut")
         log = (tmp_path / "edge.log").read_text()
-        stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) .*; resuming there", log)
-        assert stopped and 0 < int(stopped[1]) < int(stopped[2]), log
+        stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) ", log)
+        assert stopped and 0 < int(stopped[1]) < int(stopped[2]) and "resuming there at the next poll" in log, log
         assert f"resuming release digits v1 at byte {stopped[1]} of {stopped[2]}" in log, log
         coordinator = (fed.root / "logs" / "coordinator.out").read_text()
         assert f"streaming release digits v1 ({stopped[2]} bytes from byte {stopped[1]})" in coordinator
@@ -439,3 +439,42 @@ def test_what_a_cut_download_left_is_replaced_when_it_cannot_be_resumed_or_does_
     finally:
         edge.stop()
         server.stop(0)
+
+
+class HostileListing(release_pb2_grpc.ReleaseServiceServicer):
+    """Lists releases whose model name is a path and whose manifest sha256 is not one."""
+
+    fetches = 0
+
+    def ListReleases(self, request, context):
+        return release_pb2.ListReleasesResponse(releases=[
+            release_pb2.Release(model="../escape", version=1, manifest_sha256="0" * 64, archive_bytes=1000),
+            release_pb2.Release(model="digits", version=1, manifest_sha256="../../escape", archive_bytes=1000)])
+
+    def FetchRelease(self, request, context):
+        self.fetches += 1
+        yield release_pb2.ReleaseChunk(data=bytes(1000))
+
+
+def test_a_listing_naming_paths_is_refused_and_nothing_is_written_outside_the_repository(tmp_path, keys):
+    service = HostileListing()
+    server, port = _serve_releases(service)
+    (tmp_path / "device").mkdir()
+    edge = EdgeProcess(tmp_path / "device" / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}",
+                       "--pull-interval", "0.2")
+    try:
+        _wait_for(lambda: (tmp_path / "edge.log").read_text().count(": refused") >= 2, what="both releases refused")
+        time.sleep(1)  # several polls more
+        log = (tmp_path / "edge.log").read_text()
+        assert "release '../escape' v1 has the model name '../escape', not a plain directory name: refused" in log
+        assert "release 'digits' v1 has the manifest sha256 '../../escape', not 64 hex digits: refused" in log
+        assert log.count(": refused") == 2  # said once each
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{edge.metrics_port}/metrics", timeout=5).read().decode()
+        assert 'fedge_edge_installs_total{outcome="refused"} 2.0' in metrics
+    finally:
+        edge.stop()
+        server.stop(0)
+    assert service.fetches == 0
+    assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["repo"]
+    assert not [p for p in (tmp_path / "device" / "repo").iterdir() if p.name != ".engines"], \
+        list((tmp_path / "device" / "repo").iterdir())
