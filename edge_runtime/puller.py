@@ -3,12 +3,13 @@
 Every poll reports what each model serves (the coordinator's device inventory). When the release the
 coordinator offers for a model changes, the device moves to it: not at all if it already serves it, by
 switching CURRENT if an earlier install of it is still kept (a withdrawn release brings devices back without a
-download), else by fetching and installing it, verified like any install. Between such changes the puller
-leaves the repository alone, so a local ``fedge edge rollback`` holds until the coordinator's release changes.
+download; a kept copy whose files no longer verify is passed over), else by fetching and installing it, verified
+like any install. A fetch the network cuts off resumes where it stopped at the next poll; one that does not fit
+on the disk is not started. Between such changes the puller leaves the repository alone, so a local
+``fedge edge rollback`` holds until the coordinator's release changes.
 """
 from __future__ import annotations
 
-import glob
 import logging
 import re
 import socket
@@ -162,8 +163,8 @@ class ReleasePuller:
         if not re.fullmatch(r"[0-9a-f]{64}", r.manifest_sha256):
             return self._refuse(r, f"has the manifest sha256 {r.manifest_sha256[:80]!r}, not 64 hex digits")
         partial = self.repo / f".partial-{r.model}-{r.manifest_sha256[:16]}.tar"  # a cut download, kept
-        for stale in self.repo.glob(f".partial-{glob.escape(r.model)}-*.tar"):  # an older release's
-            if stale != partial:
+        for stale in self.repo.glob(".partial-*.tar"):  # what is left of an older release's download
+            if stale != partial and re.fullmatch(rf"\.partial-{re.escape(r.model)}-[0-9a-f]{{16}}\.tar", stale.name):
                 stale.unlink(missing_ok=True)
         held = partial.stat().st_size if partial.exists() else 0
         if held >= expected:
