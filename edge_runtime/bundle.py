@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -119,11 +120,36 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(Path(path).read_bytes())
-    if not isinstance(key, Ed25519PublicKey):
-        raise BundleError(f"{path} is not an Ed25519 public key")
-    return key
+@dataclass(frozen=True)
+class TrustedKeys:
+    """The release signing keys a device trusts: one, or two while the coordinator rotates its key (a trust file
+    holding the old and the new key, so that releases signed by either install during the switch)."""
+    keys: tuple[Ed25519PublicKey, ...]
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """InvalidSignature unless one of the keys made ``signature``."""
+        for key in self.keys:
+            try:
+                key.verify(signature, data)
+                return
+            except InvalidSignature:
+                continue
+        raise InvalidSignature()
+
+
+def load_public_key(path: Path) -> TrustedKeys:
+    """The trust file given by ``--trust``: one or more PEM Ed25519 public keys, one after another."""
+    raw = Path(path).read_bytes()
+    blocks = re.findall(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", raw, re.S)
+    if not blocks:
+        raise BundleError(f"{path} holds no PEM public key")
+    keys = []
+    for i, block in enumerate(blocks, 1):
+        key = serialization.load_pem_public_key(block)
+        if not isinstance(key, Ed25519PublicKey):
+            raise BundleError(f"{path}: key {i} of {len(blocks)} is not an Ed25519 public key")
+        keys.append(key)
+    return TrustedKeys(tuple(keys))
 
 
 # -- writing and verifying ------------------------------------------------------------------------------------
@@ -140,7 +166,7 @@ def write_bundle(directory: Path, manifest_fields: dict, signing_key: Ed25519Pri
     return manifest
 
 
-def verify_bundle(directory: Path, trusted: Ed25519PublicKey) -> Manifest:
+def verify_bundle(directory: Path, trusted: TrustedKeys | Ed25519PublicKey) -> Manifest:
     """Raise BundleError unless the signature and every file hash check out. Returns the manifest."""
     directory = Path(directory)
     try:
@@ -151,7 +177,8 @@ def verify_bundle(directory: Path, trusted: Ed25519PublicKey) -> Manifest:
     try:
         trusted.verify(sig, data)
     except InvalidSignature:
-        raise BundleError(f"bundle {directory}: signature does not verify against the trusted key") from None
+        raise BundleError(f"bundle {directory}: signature does not verify against the trusted key"
+                          f"{'s' if len(getattr(trusted, 'keys', ())) > 1 else ''}") from None
     try:
         manifest = Manifest.from_json(json.loads(data))
     except json.JSONDecodeError as exc:

@@ -21,10 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from .batcher import BatchingConfig
-from .bundle import copy_bundle, unpack, verify_bundle
+from .bundle import TrustedKeys, copy_bundle, unpack, verify_bundle
 from . import model_config
 from .errors import BundleError, ModelNotFound, ModelUnavailable, NoSpace
 from .model import LoadedModel
@@ -109,7 +107,7 @@ def disk_full_is_no_space(root: Path, what: str):
                       " serving") from exc
 
 
-def install_bundle(root: Path, source: Path, trusted: Ed25519PublicKey, keep: int = 3) -> tuple[str, int]:
+def install_bundle(root: Path, source: Path, trusted: TrustedKeys, keep: int = 3) -> tuple[str, int]:
     """Verify ``source`` (a bundle dir or tar archive) and install it as the model's next CURRENT version.
     Raises BundleError with nothing changed if anything does not check out, NoSpace if it does not fit."""
     root = Path(root)
@@ -169,7 +167,7 @@ def rollback(root: Path, model: str) -> int:
 class ModelRepository:
     """The serving process's view: live models, kept in sync with the files by :meth:`refresh`."""
 
-    def __init__(self, root: Path, trusted: Ed25519PublicKey, cfg: ServingConfig, on_batch=None, on_load=None) -> None:
+    def __init__(self, root: Path, trusted: TrustedKeys, cfg: ServingConfig, on_batch=None, on_load=None) -> None:
         """``on_batch(model_name)`` returns a (rows, queued_s) callback; ``on_load(model)`` is told of swaps."""
         self.root, self.trusted, self.cfg = Path(root), trusted, cfg
         self._on_batch, self._on_load = on_batch, on_load

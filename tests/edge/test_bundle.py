@@ -56,6 +56,39 @@ def test_wrong_signing_key_is_refused(tmp_path, digits_bundle):
         install_bundle(tmp_path / "repo", digits_bundle, load_public_key(other_pub))
 
 
+def test_a_trust_file_with_the_old_and_the_new_key_takes_releases_signed_by_either_during_a_rotation(
+        tmp_path, keys, digits_bundle):
+    """Rotating the coordinator's signing key: devices trust a file holding both public keys (the old one first),
+    so releases signed before and after the switch install; a third key's are refused; and a file with something
+    else in it is named."""
+    from tests.edge.bundles import make_bundle
+
+    new_priv, new_pub = generate_keys(tmp_path / "new")
+    both = tmp_path / "both.pub"
+    both.write_bytes(keys[1].read_bytes() + new_pub.read_bytes())
+    trusted = load_public_key(both)
+    repo = tmp_path / "repo"
+    assert install_bundle(repo, digits_bundle, trusted) == ("digits", 1)  # signed with the old key
+    assert install_bundle(repo, make_bundle(tmp_path / "b2", new_priv, "digits", seed=1), trusted) == ("digits", 2)
+    third_priv, _ = generate_keys(tmp_path / "third")
+    with pytest.raises(BundleError, match="signature does not verify against the trusted keys"):
+        install_bundle(repo, make_bundle(tmp_path / "b3", third_priv, "digits", seed=2), trusted)
+    assert versions(repo / "digits") == [1, 2]
+    with pytest.raises(BundleError, match="signature does not verify against the trusted key$"):
+        verify_bundle(tmp_path / "b2", load_public_key(keys[1]))  # the old key alone does not take the new's
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ec_pub = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    (tmp_path / "mixed.pub").write_bytes(keys[1].read_bytes() + ec_pub)
+    with pytest.raises(BundleError, match="key 2 of 2 is not an Ed25519 public key"):
+        load_public_key(tmp_path / "mixed.pub")
+    (tmp_path / "empty.pub").write_text("nothing here\n")
+    with pytest.raises(BundleError, match="holds no PEM public key"):
+        load_public_key(tmp_path / "empty.pub")
+
+
 @pytest.mark.parametrize("entry", ["../evil.onnx", "/etc/evil", "sub/model.onnx", "link"])
 def test_archive_entries_that_could_escape_are_refused(tmp_path, keys, digits_bundle, entry):
     buf = io.BytesIO()
