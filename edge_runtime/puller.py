@@ -147,7 +147,8 @@ class ReleasePuller:
         return None
 
     def _refuse(self, r: release_pb2.Release, why: str) -> None:
-        """A release the listing describes wrongly: not fetched; said once."""
+        """A release not to be installed (the listing describes it wrongly, or its bundle does not verify): not
+        fetched again; said and counted once."""
         if self._seen.get(r.model) != r.version:
             self._seen[r.model] = r.version
             self.metrics.installs.labels("refused").inc()
@@ -232,10 +233,7 @@ class ReleasePuller:
                 log.warning("release %s v%s resumed at byte %d does not verify (%s): fetching it whole at the"
                             " next poll", r.model, r.version, held, exc)
                 return None
-            self._seen[r.model] = r.version  # refused: not fetched again
-            self.metrics.installs.labels("refused").inc()
-            log.error("release %s v%s refused: %s", r.model, r.version, exc)
-            return None
+            return self._refuse(r, f"does not install ({exc})")  # not fetched again
         finally:
             partial.unlink(missing_ok=True)
         self._seen[r.model] = r.version

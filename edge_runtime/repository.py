@@ -114,10 +114,11 @@ def install_bundle(root: Path, source: Path, trusted: TrustedKeys, keep: int = 3
     root.mkdir(parents=True, exist_ok=True)
     source = Path(source)
     size = sum(p.stat().st_size for p in source.iterdir() if p.is_file()) if source.is_dir() else source.stat().st_size
-    ensure_space(root, size, f"installing {source.name}")
+    what = f"installing {source.name}"
+    ensure_space(root, size, what)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
     try:
-        with disk_full_is_no_space(root, f"installing {source.name}"):
+        with disk_full_is_no_space(root, what):
             if source.is_dir():
                 copy_bundle(source, staging)
             elif tarfile.is_tarfile(source):
@@ -133,7 +134,7 @@ def install_bundle(root: Path, source: Path, trusted: TrustedKeys, keep: int = 3
         os.rename(staging, model_dir / str(version))  # atomic on one filesystem
         _fsync_dir(model_dir)
         try:
-            with disk_full_is_no_space(root, f"installing {source.name}"):
+            with disk_full_is_no_space(root, what):
                 _write_current(model_dir, version)
         except NoSpace:
             shutil.rmtree(model_dir / str(version), ignore_errors=True)

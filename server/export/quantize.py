@@ -51,7 +51,8 @@ def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir
 
 
 def _domains(graph) -> set[str]:
-    """The operator domains the nodes of ``graph`` and of its subgraphs (If, Loop, Scan bodies) use."""
+    """The operator domains the nodes of ``graph`` (or of a function) and of their subgraphs (If, Loop, Scan
+    bodies) use."""
     used = set()
     for node in graph.node:
         used.add(node.domain or "")
@@ -69,9 +70,9 @@ def keep_used_opsets(path: Path) -> Path:
     import onnx
 
     model = onnx.load(str(path))
-    used = _domains(model.graph) | {f.domain for f in model.functions} | {""}
-    for f in model.functions:
-        used |= {n.domain or "" for n in f.node}
+    used = _domains(model.graph) | {""}
+    for f in model.functions:  # a local function's own domain and its nodes'
+        used |= {f.domain} | _domains(f)
     keep = [o for o in model.opset_import if (o.domain or "") in used]
     if len(keep) < len(model.opset_import):
         del model.opset_import[:]
