@@ -102,7 +102,7 @@ def run(cfg: ClientConfig) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    restarts, backoff = 0, 1.0
+    restarts, backoff, was_lost = 0, 1.0, False
     while True:
         offset = log_path.stat().st_size if log_path.exists() else 0
         # same process group as the daemon: killing the daemon's group takes the SuperNode and its apps along
@@ -111,15 +111,24 @@ def run(cfg: ClientConfig) -> int:
         started = time.monotonic()
         code = proc.wait()
         tail = _tail(log_path, 100_000)[-(log_path.stat().st_size - offset):] if log_path.exists() else ""
-        reason = next((line.strip() for line in tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), "")
-        if reason:
-            print(f"customer {cfg.name!r}: refused by the coordinator: {reason}", file=sys.stderr, flush=True)
+        lost = "SuperNode ID" in tail and "Giving up reconnection" in tail  # joined, then lost the coordinator
+        reason = "" if lost else next(
+            (line.strip() for line in tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), "")
+        if lost:
+            reason = "lost"
+            print(f"customer {cfg.name!r}: lost the coordinator at {cfg.coordinator}: no answer after"
+                  f" {cfg.connect_retries} attempts; starting a new SuperNode", file=sys.stderr, flush=True)
+        elif reason:
+            print(f"customer {cfg.name!r}: refused by the coordinator: {reason}" + (
+                  " (expected for up to 2 heartbeat intervals after losing it: it still counts this customer's"
+                  " previous SuperNode as connected)" if was_lost else ""), file=sys.stderr, flush=True)
         elif "Connection attempt failed" in tail and "SuperNode ID" not in tail:
             reason = "unreachable"
             print(f"customer {cfg.name!r}: could not connect to the coordinator at {cfg.coordinator} after"
                   f" {cfg.connect_retries} attempts (down, unreachable, or refusing this TLS setup)", file=sys.stderr, flush=True)
         else:
             print(f"customer {cfg.name!r}: SuperNode exited with code {code}", file=sys.stderr, flush=True)
+        was_lost = lost or (was_lost and "SuperNode ID" not in tail)
         restarts += 1
         if 0 <= cfg.max_restarts < restarts:
             return 3 if reason else 1

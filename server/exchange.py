@@ -39,7 +39,11 @@ def _exchange(grid: Grid, instructions, message_type: str, to_content, rnd: int,
         for proxy, ins in instructions
     ]
     replies = list(grid.send_and_receive(out, timeout=timeout))
-    answered = {m.metadata.src_node_id for m in replies}
+    # the grid set each instruction's message_id when it pushed it; an error the SuperLink writes in a node's
+    # place ("Node Unavailable") comes from the SuperLink's own node id: a reply is the node's it answers for
+    sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
+    replies = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id), m) for m in replies]
+    answered = {nid for nid, _ in replies}
     failures: list = [
         TimeoutError(f"node {nid}: no reply within {timeout:.0f}s") for nid in proxies if nid not in answered
     ]
@@ -56,15 +60,12 @@ def fit_exchange(timeout: float):
             grid, instructions, MessageType.TRAIN, compat.fitins_to_recorddict, rnd, timeout
         )
         results = []
-        for msg in replies:
+        for nid, msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {error_text(msg.error)}"))
+                failures.append(RuntimeError(f"node {nid}: {error_text(msg.error)}"))
                 continue
             res = compat.recorddict_to_fitres(msg.content, False)
-            if res.status.code == Code.OK:
-                results.append((proxies[msg.metadata.src_node_id], res))
-            else:
-                failures.append((proxies[msg.metadata.src_node_id], res))
+            (results if res.status.code == Code.OK else failures).append((proxies[nid], res))
         aggregated, _ = context.strategy.aggregate_fit(rnd, results, failures)
         if aggregated:
             context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(aggregated, True)
@@ -80,12 +81,12 @@ def evaluate_exchange(timeout: float):
             grid, instructions, MessageType.EVALUATE, compat.evaluateins_to_recorddict, rnd, timeout
         )
         results = []
-        for msg in replies:
+        for nid, msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {msg.metadata.src_node_id}: {error_text(msg.error)}"))
+                failures.append(RuntimeError(f"node {nid}: {error_text(msg.error)}"))
                 continue
             res = compat.recorddict_to_evaluateres(msg.content)
-            (results if res.status.code == Code.OK else failures).append((proxies[msg.metadata.src_node_id], res))
+            (results if res.status.code == Code.OK else failures).append((proxies[nid], res))
         context.strategy.aggregate_evaluate(rnd, results, failures)
 
     return workflow

@@ -66,7 +66,20 @@ def resume(state: Path, run_id: int, as_json: bool = False) -> int:
     if cfg.start_round == cfg.num_rounds:
         registry.set_status(run_id, "completed")
         return 0
+    for fid in stop_stale_flower_runs(FlowerCLI(state), run["flower_runs"]):
+        Console(stderr=True).print(f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that"
+                                   " stopped without finishing it")
     return _submit_and_follow(state, registry, cfg, as_json)
+
+
+def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
+    """A SIGKILLed coordinator leaves its Flower run "running" in the SuperLink's database, with the round's
+    instructions still queued: reconnecting SuperNodes would pull those first and wait on them (~40 s measured)
+    until the SuperLink gives up on the dead ServerApp. Stopped, they are skipped at once. -> the ids stopped."""
+    stale = [fid for fid in flower_ids if not cli.run_status(fid).startswith("finished")]
+    for fid in stale:
+        cli.stop(fid)
+    return stale
 
 
 def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool) -> int:

@@ -7,6 +7,7 @@ surviving updates fall below ``min_clients`` fails the run with the numbers in t
 from __future__ import annotations
 
 import re
+import time
 
 from dataclasses import dataclass, field
 
@@ -121,12 +122,22 @@ class FedgeFedAvg(FedAvg):
         return self.outcome
 
     def _connected(self, client_manager: ClientManager) -> list[ClientProxy]:
-        if not client_manager.wait_for(self.min_clients, timeout=int(self.wait_timeout)):
-            raise InsufficientClients(
-                f"only {client_manager.num_available()} client(s) connected after {self.wait_timeout:.0f}s;"
-                f" the run needs --min-clients {self.min_clients}"
-            )
-        return sorted(client_manager.all().values(), key=lambda p: p.node_id)
+        """The connected nodes, at least --min-clients of them. ``wait_for`` counts what Flower's node updater last
+        saw (it first looks 5 s after the ServerApp starts, which lets customers that are still connecting join
+        round 1); ``all()`` refreshes from the SuperLink first, so a node it has since counted gone (no heartbeat)
+        is missing there: then wait again, within the same bound."""
+        deadline = time.monotonic() + self.wait_timeout
+        while True:
+            left = deadline - time.monotonic()
+            ready = left > 0 and client_manager.wait_for(self.min_clients, timeout=max(1, int(left)))
+            if len(proxies := client_manager.all()) >= self.min_clients:
+                return sorted(proxies.values(), key=lambda p: p.node_id)
+            if not ready or time.monotonic() >= deadline:
+                raise InsufficientClients(
+                    f"only {len(proxies)} client(s) connected after {self.wait_timeout:.0f}s;"
+                    f" the run needs --min-clients {self.min_clients}"
+                )
+            time.sleep(0.1)
 
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         # clients first evaluate the model they receive (last round's global model) on their holdouts: this

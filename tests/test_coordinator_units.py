@@ -162,3 +162,76 @@ def test_a_round_short_of_clients_after_failures_is_tried_again_but_not_after_re
         round_loop._fit_round(None, None, lambda g, c: fit(g, c, missing=(), refusing=("c",)), s,
                               {"w": np.zeros(2)}, ["w"], ["w"], 5, attempts=3)
     assert len(attempts) == 1
+
+
+class _StaleClientManager:
+    """Flower's node updater refreshes the registered nodes inside ``all()`` (it wraps it) but not inside
+    ``wait_for``, which counts what the updater last saw: here three nodes, of which the SuperLink has since
+    counted one gone (it missed heartbeats during a coordinator restart) and counts it back a moment later."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def wait_for(self, num_clients, timeout):
+        return True
+
+    def all(self):
+        self.calls += 1
+        ids = [7, 8] if self.calls < 3 else [7, 8, 9]
+        return {str(i): SimpleNamespace(node_id=i) for i in ids}
+
+
+def test_clients_are_counted_as_the_superlink_sees_them_not_as_last_registered():
+    s = _strategy(min_clients=3)
+    s.begin_round(3)
+    ins = s.configure_fit(3, ndarrays_to_parameters([np.zeros(2, np.float32)]), _StaleClientManager())
+    assert [proxy.node_id for proxy, _ in ins] == [7, 8, 9]
+
+    s.wait_timeout = 0.3  # a node that stays gone: the bounded wait ends with the count that was there
+    never = _StaleClientManager()
+    never.all = lambda: {"7": SimpleNamespace(node_id=7)}
+    with pytest.raises(InsufficientClients, match="only 1 client"):
+        s.configure_fit(3, ndarrays_to_parameters([np.zeros(2, np.float32)]), never)
+
+
+def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node(monkeypatch):
+    from flwr.app import Error, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from server.exchange import _exchange
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 5)  # as in a ServerApp process
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+    class Grid:
+        def send_and_receive(self, messages, timeout):
+            for i, m in enumerate(messages):  # as Flower's grid does when it pushes them
+                m.metadata.__dict__["_message_id"] = f"m{i}"
+            meta = SimpleNamespace(src_node_id=1, reply_to_message_id="m1")  # 1: the SuperLink's own node id
+            return [SimpleNamespace(metadata=meta, has_error=lambda: True,
+                                    error=Error(code=4, reason="Node Unavailable"))]
+
+    ins = [(SimpleNamespace(node_id=nid), None) for nid in (41, 42)]
+    proxies, replies, failures = _exchange(Grid(), ins, "train", lambda ins, keep: RecordDict(), 3, timeout=5)
+    assert [nid for nid, _ in replies] == [42]  # the unavailable node, not node 1
+    assert [str(f) for f in failures] == ["node 41: no reply within 5s"]  # and no "no reply" for node 42
+
+
+def test_a_supernode_retries_heartbeats_and_fleet_calls_within_the_caps(monkeypatch):
+    import flwr.supercore.heartbeat as heartbeat
+    import flwr.supercore.retry.http_retry as http_retry
+
+    from client.supernode import cap_backoff
+
+    def waits():
+        beat = heartbeat.HeartbeatSender(lambda: True)._retry_invoker.wait_gen_factory()
+        fleet = http_retry.make_simple_http_retry_invoker().wait_gen_factory()
+        return [next(beat) for _ in range(6)], [next(fleet) for _ in range(6)]
+
+    for module in (heartbeat, http_retry):
+        monkeypatch.setattr(module, "exponential", module.exponential)  # restored after the test
+    assert [max(w) for w in waits()] == [20, 20]  # Flower's own: 1, 2, 4, 8, 16, 20 s
+    cap_backoff(heartbeat, 2.0)
+    cap_backoff(http_retry, 5.0)
+    assert waits() == ([1, 2, 2, 2, 2, 2], [1, 2, 4, 5, 5, 5])
