@@ -31,13 +31,13 @@ log = logging.getLogger("fedge.edge.pull")
 
 
 class ReleasePuller:
-    def __init__(self, cfg, metrics, serving: Callable[[], dict[str, int]] | None = None) -> None:
+    def __init__(self, cfg, metrics, serving: Callable[[], dict[str, int]] | None = None, trusted=None) -> None:
         """``serving()``: model -> the local version the server runs now (what the coordinator is told); without
-        it, what each model's CURRENT names."""
+        it, what each model's CURRENT names. ``trusted``: the server's TrustFile (default: ``cfg.trust``'s)."""
         self.cfg, self.metrics, self._serving = cfg, metrics, serving
-        from .bundle import load_public_key
+        from .trust import TrustFile
 
-        self.trusted = load_public_key(cfg.trust)
+        self.trusted = trusted or TrustFile(cfg.trust)
         self.repo = Path(cfg.repo)
         self.device = cfg.device_name or socket.gethostname()
         self._credentials = channel_credentials(cfg.pull_ca, cfg.pull_cert, cfg.pull_key) if (

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .batcher import BatchingConfig
 from .bundle import TrustedKeys, copy_bundle, unpack, verify_bundle
+from .trust import TrustFile
 from . import model_config
 from .errors import BundleError, ModelNotFound, ModelUnavailable, NoSpace
 from .model import LoadedModel
@@ -168,9 +169,13 @@ def rollback(root: Path, model: str) -> int:
 class ModelRepository:
     """The serving process's view: live models, kept in sync with the files by :meth:`refresh`."""
 
-    def __init__(self, root: Path, trusted: TrustedKeys, cfg: ServingConfig, on_batch=None, on_load=None) -> None:
-        """``on_batch(model_name)`` returns a (rows, queued_s) callback; ``on_load(model)`` is told of swaps."""
+    def __init__(self, root: Path, trusted: TrustedKeys | TrustFile, cfg: ServingConfig, on_batch=None,
+                 on_load=None) -> None:
+        """``on_batch(model_name)`` returns a (rows, queued_s) callback; ``on_load(model)`` is told of swaps.
+        ``trusted``: a TrustFile makes versions refused under the keys it held before get verified again once
+        the file changes (a rotated signing key)."""
         self.root, self.trusted, self.cfg = Path(root), trusted, cfg
+        self._trusted_keys = None
         self._on_batch, self._on_load = on_batch, on_load
         self.root.mkdir(parents=True, exist_ok=True)
         self._live: dict[str, LoadedModel] = {}
@@ -241,6 +246,8 @@ class ModelRepository:
 
     # -- syncing with the files ------------------------------------------------------------------------------
     def refresh(self, only: str | None = None) -> None:
+        if self._trust_changed():
+            self._failed.clear()  # what the old keys refused (or anything else) gets one more try
         for name in ([only] if only else self.names()):
             if name in self._unloaded:
                 continue
@@ -251,6 +258,14 @@ class ModelRepository:
             self._load(name, want)
             if name not in self._live:
                 self._fall_back(name, want)
+
+    def _trust_changed(self) -> bool:
+        current = getattr(self.trusted, "current", None)
+        if current is None:
+            return False
+        keys, known = current(), self._trusted_keys
+        self._trusted_keys = keys
+        return known is not None and keys is not known
 
     def _fall_back(self, name: str, failed: int) -> None:
         """Nothing serves ``name`` and its CURRENT version failed to load (at a start: a version damaged on the

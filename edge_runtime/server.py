@@ -25,7 +25,7 @@ from proto import health_pb2_grpc
 
 from .backends import onnxruntime_conflict
 from .batcher import BatchingConfig
-from .bundle import load_public_key
+from .trust import TrustFile
 from .errors import AddressUnavailable
 from .http_server import HttpServer
 from .metrics import Metrics
@@ -79,7 +79,8 @@ class EdgeServer:
     def __init__(self, cfg: EdgeConfig) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
-        self.repo = ModelRepository(cfg.repo, load_public_key(cfg.trust), cfg.serving,
+        self.trust = TrustFile(cfg.trust)  # followed while serving: a rotated key needs no restart
+        self.repo = ModelRepository(cfg.repo, self.trust, cfg.serving,
                                     on_batch=self.metrics.on_batch, on_load=self._on_load)
         self.port = cfg.port
         self._server: grpc.aio.Server | None = None
@@ -107,7 +108,7 @@ class EdgeServer:
         if self.cfg.pull:  # its TLS files are checked here too
             from .puller import ReleasePuller
 
-            puller = ReleasePuller(self.cfg, self.metrics,
+            puller = ReleasePuller(self.cfg, self.metrics, trusted=self.trust,
                                    serving=lambda: {m.name: m.version for m in self.repo.live()})
         if conflict := onnxruntime_conflict():
             log.warning("%s", conflict)

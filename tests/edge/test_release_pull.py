@@ -213,7 +213,7 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
         _publish(fed, heavy_bundle(tmp_path / "r1", keys[0]))
         edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{proxy.port}",
                            "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
-        _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="release 1 installed after the cut")
+        _wait_installed(tmp_path / "edge.log", what="release 1 installed after the cut")
         log = (tmp_path / "edge.log").read_text()
         stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) ", log)
         assert stopped and 0 < int(stopped[1]) < int(stopped[2]) and "resuming there at the next poll" in log, log
@@ -235,6 +235,12 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
         if edge is not None:
             edge.stop()
         fed.stop_all()
+
+
+def _wait_installed(log: Path, what: str) -> None:
+    """Until the device says release digits v1 is installed: it says so after it removed the download it
+    installed from (CURRENT appears a moment before, inside the install)."""
+    _wait_for(lambda: log.exists() and "release digits v1 installed as local version" in log.read_text(), what=what)
 
 
 class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
@@ -294,7 +300,7 @@ def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_inst
             assert max(service.sent[:2]) < 16 << 20, service.sent
         assert not (tmp_path / "repo" / "digits").exists()  # (a download may be under way: the device keeps polling)
         service.honest = True
-        _wait_for(lambda: (tmp_path / "repo" / "digits" / "CURRENT").exists(), what="the honest download installed")
+        _wait_installed(tmp_path / "edge.log", what="the honest download installed")
         assert not list((tmp_path / "repo").glob(".partial-*")), "a dropped download was left behind"
     finally:
         edge.stop()
@@ -428,7 +434,7 @@ def test_what_a_cut_download_left_is_replaced_when_it_cannot_be_resumed_or_does_
     server, port = _serve_releases(service)
     edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.3")
     try:
-        _wait_for(lambda: (repo / "digits" / "CURRENT").exists(), what="the release installed")
+        _wait_installed(tmp_path / "edge.log", what="the release installed")
         log = (tmp_path / "edge.log").read_text()
         assert "resuming release digits v1 at byte 1000" in log, log
         if resumes:
