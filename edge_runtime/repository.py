@@ -175,7 +175,7 @@ class ModelRepository:
         ``trusted``: a TrustFile makes versions refused under the keys it held before get verified again once
         the file changes (a rotated signing key)."""
         self.root, self.trusted, self.cfg = Path(root), trusted, cfg
-        self._trusted_keys = None
+        self._trusted_keys = trusted.current()  # what loads were verified against; a change retries refusals
         self._on_batch, self._on_load = on_batch, on_load
         self.root.mkdir(parents=True, exist_ok=True)
         self._live: dict[str, LoadedModel] = {}
@@ -246,7 +246,8 @@ class ModelRepository:
 
     # -- syncing with the files ------------------------------------------------------------------------------
     def refresh(self, only: str | None = None) -> None:
-        if self._trust_changed():
+        if (keys := self.trusted.current()) is not self._trusted_keys:
+            self._trusted_keys = keys
             self._failed.clear()  # what the old keys refused (or anything else) gets one more try
         for name in ([only] if only else self.names()):
             if name in self._unloaded:
@@ -258,14 +259,6 @@ class ModelRepository:
             self._load(name, want)
             if name not in self._live:
                 self._fall_back(name, want)
-
-    def _trust_changed(self) -> bool:
-        current = getattr(self.trusted, "current", None)
-        if current is None:
-            return False
-        keys, known = current(), self._trusted_keys
-        self._trusted_keys = keys
-        return known is not None and keys is not known
 
     def _fall_back(self, name: str, failed: int) -> None:
         """Nothing serves ``name`` and its CURRENT version failed to load (at a start: a version damaged on the

@@ -66,10 +66,11 @@ def resume(state: Path, run_id: int, as_json: bool = False) -> int:
     if cfg.start_round == cfg.num_rounds:
         registry.set_status(run_id, "completed")
         return 0
-    for fid in stop_stale_flower_runs(FlowerCLI(state), run["flower_runs"]):
+    cli = FlowerCLI(state)
+    for fid in stop_stale_flower_runs(cli, run["flower_runs"]):
         Console(stderr=True).print(f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that"
                                    " stopped without finishing it")
-    return _submit_and_follow(state, registry, cfg, as_json)
+    return _submit_and_follow(state, registry, cfg, as_json, cli)
 
 
 def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
@@ -82,8 +83,9 @@ def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
     return stale
 
 
-def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool) -> int:
-    cli = FlowerCLI(state)
+def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool,
+                       cli: FlowerCLI | None = None) -> int:
+    cli = cli or FlowerCLI(state)
     app = write_app(state / "app")
     overrides = write_overrides(state / "runs" / str(cfg.fedge_run_id) / f"config-from-{cfg.start_round}.toml", cfg)
     registry.set_status(cfg.fedge_run_id, "pending")
