@@ -7,7 +7,9 @@ its own thread.
 
 Triton's queue policy bounds the waiting: at most ``max_queue_size`` requests wait (one more is refused at once),
 and a request that waited past its timeout is refused instead of computed, so an overloaded device answers
-"busy" quickly rather than everyone late (both UNAVAILABLE, as in Triton).
+"busy" quickly rather than everyone late (both UNAVAILABLE, as in Triton). With ``priority_levels``, as in
+Triton, a request's ``priority`` (1 the highest) picks its level: workers take every waiting request of a level
+before any of the next, and each level has its own queue policy (``priority_queue_policy``, else the default).
 
 The gRPC server awaits results on its asyncio loop (:meth:`DynamicBatcher.submit_async`): a finished batch wakes
 the loop once and settles all of its requests there, instead of waking one handler thread per request."""
@@ -25,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import Overloaded
+from .request_queue import RequestQueue
 
 log = logging.getLogger("fedge.edge")
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -57,10 +60,28 @@ class BatchingConfig:
     instances: int = 0  # batch workers; 0: the backend's default (backends.default_instances)
     queue: QueuePolicy = QueuePolicy()
     response_cache: bool = False  # answer repeated requests from the server's cache (when it has one)
+    priority_levels: int = 0         # Triton's: 0, every request alike; N: a request's priority 1..N picks its level
+    default_priority_level: int = 0  # the level of a request without a priority (or one outside 1..N)
+    priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # (level, its policy); others: ``queue``
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_delay_us < 0 or self.instances < 0:
+        if min(self.max_batch_size - 1, self.max_queue_delay_us, self.instances, self.priority_levels) < 0:
             raise ValueError(f"invalid batching config {self}")
+        levels = range(1, self.priority_levels + 1)
+        default_ok = self.default_priority_level in levels if levels else self.default_priority_level == 0
+        if not default_ok or any(level not in levels for level, _ in self.priority_queue_policy):
+            raise ValueError(f"invalid priority levels in batching config {self}")
+
+    def level(self, priority: int) -> int:
+        """The queue level of a request asking for ``priority`` (Triton's rule: 0 or one past the levels gets the
+        default level); 0 when the model has no priority levels."""
+        if not self.priority_levels:
+            return 0
+        return priority if 1 <= priority <= self.priority_levels else self.default_priority_level
+
+    def policy(self, level: int) -> QueuePolicy:
+        """The queue policy of ``level``."""
+        return dict(self.priority_queue_policy).get(level, self.queue)
 
 
 @dataclass
@@ -72,6 +93,7 @@ class _Item:
     loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
     trace: object | None = None                     # a tracing.Trace: told when its batch computed
     expires: float | None = None                    # perf_counter time past which it is refused, not computed
+    level: int = 0                                  # its priority level (0: the model has none)
 
 
 class DynamicBatcher:
@@ -79,40 +101,44 @@ class DynamicBatcher:
                  on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
         """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call."""
         self._run, self._cfg, self._on_batch = run, cfg, on_batch
-        self._queue: "queue.Queue[_Item | None]" = queue.Queue()
+        self._queue: RequestQueue[_Item] = RequestQueue()
         self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
                          for i in range(max(cfg.instances, 1))]  # 0 (the backend's default) is resolved by the model
         for t in self._threads:
             t.start()
 
-    def submit(self, inputs: dict[str, np.ndarray], timeout_us: int = 0) -> Future:
-        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter()), timeout_us)
+    def submit(self, inputs: dict[str, np.ndarray], timeout_us: int = 0, priority: int = 0) -> Future:
+        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter()), timeout_us,
+                             priority)
 
-    def submit_async(self, inputs: dict[str, np.ndarray], trace=None, timeout_us: int = 0) -> asyncio.Future:
+    def submit_async(self, inputs: dict[str, np.ndarray], trace=None, timeout_us: int = 0,
+                     priority: int = 0) -> asyncio.Future:
         """From a coroutine on the running loop: a future of that loop, settled on it. ``trace`` (a
         tracing.Trace) gets the timestamps of the batch this request runs in; ``timeout_us``: the request's own
-        queue timeout (honoured when the queue policy allows overrides)."""
+        queue timeout (honoured when the queue policy allows overrides); ``priority``: the request's own (1 the
+        highest; 0: the model's default level)."""
         loop = asyncio.get_running_loop()
         return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(),
-                                   loop.create_future(), loop, trace), timeout_us)
+                                   loop.create_future(), loop, trace), timeout_us, priority)
 
-    def _enqueue(self, item: _Item, timeout_us: int):
-        policy = self._cfg.queue
-        if policy.max_queue_size and self._queue.qsize() >= policy.max_queue_size:
-            raise Overloaded(f"the model's queue is full ({policy.max_queue_size} requests wait, its"
+    def _enqueue(self, item: _Item, timeout_us: int, priority: int):
+        item.level = self._cfg.level(priority)
+        policy = self._cfg.policy(item.level)
+        if policy.max_queue_size and self._queue.size(item.level) >= policy.max_queue_size:
+            where = f"at priority level {item.level}" if item.level else "for the model"
+            raise Overloaded(f"the model's queue is full ({policy.max_queue_size} requests wait {where}, its"
                              " max_queue_size); retry later")
         item.expires = policy.deadline(item.enqueued, timeout_us)
-        self._queue.put(item)
+        self._queue.put(item, item.level)
         return item.future
 
     def pending(self) -> int:
         """Requests queued and not yet taken into a batch."""
-        return self._queue.qsize()
+        return self._queue.size()
 
     def close(self) -> None:
         """Finish everything already queued, then stop."""
-        for _ in self._threads:
-            self._queue.put(None)
+        self._queue.stop(len(self._threads))
         for t in self._threads:
             t.join(timeout=30)
 

@@ -86,6 +86,13 @@ def request_timeout_us(req: pb.ModelInferRequest) -> int:
     return 0 if param is None else _int_param("the request", "timeout (microseconds)", param)
 
 
+def request_priority(req: pb.ModelInferRequest) -> int:
+    """The request's ``priority`` parameter (tritonclient's ``infer(..., priority=N)``: 1 the highest), 0 when it
+    has none."""
+    param = req.parameters.get("priority")
+    return 0 if param is None else _int_param("the request", "priority", param)
+
+
 def shm_ref(tensor: str, params) -> ShmRef | None:
     """Triton's shared-memory parameters of an input or requested output, or None when it has none."""
     region, size, offset = (params.get(k) for k in SHM_PARAMS)

@@ -10,6 +10,11 @@ from .datatypes import BYTES
 from .model import LoadedModel
 
 
+def _queue_policy(q: QueuePolicy) -> pb.ModelQueuePolicy:
+    return pb.ModelQueuePolicy(max_queue_size=q.max_queue_size, default_timeout_microseconds=q.timeout_us,
+                               allow_timeout_override=q.allow_timeout_override)
+
+
 def platform(m: LoadedModel) -> str:
     return "tensorrt_plan" if m.backend.name == "tensorrt" else "onnx_onnxv1"
 
@@ -50,11 +55,12 @@ def config(m: LoadedModel) -> pb.ModelConfig:
                            gpus=[0] if gpu else [])
     if m.batcher is not None:
         cfg.dynamic_batching.max_queue_delay_microseconds = m.batching.max_queue_delay_us
-        q = m.batching.queue
-        if q != QueuePolicy():
-            cfg.dynamic_batching.default_queue_policy.CopyFrom(pb.ModelQueuePolicy(
-                max_queue_size=q.max_queue_size, default_timeout_microseconds=q.timeout_us,
-                allow_timeout_override=q.allow_timeout_override))
+        if m.batching.queue != QueuePolicy():
+            cfg.dynamic_batching.default_queue_policy.CopyFrom(_queue_policy(m.batching.queue))
+        cfg.dynamic_batching.priority_levels = m.batching.priority_levels
+        cfg.dynamic_batching.default_priority_level = m.batching.default_priority_level
+        for level, policy in m.batching.priority_queue_policy:
+            cfg.dynamic_batching.priority_queue_policy[level].CopyFrom(_queue_policy(policy))
     cfg.response_cache.enable = m.batching.response_cache
     for key, value in _properties(m).items():
         cfg.parameters[key].string_value = value

@@ -86,14 +86,15 @@ class LoadedModel:
         return self.postprocess(self._run_timed(feeds, time.perf_counter()))
 
     async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None,
-                        trace=None, timeout_us: int = 0) -> dict[str, np.ndarray]:
+                        trace=None, timeout_us: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
         """The backend outputs for preprocessed ``feeds``, on the server's event loop: a batched request waits for
         its batch there; an unbatched one runs on a thread of ``executor``. (Running a lone request on the loop
         itself was tried: while the loop runs the model it receives nothing, so every request looked lone and
         batching stopped; see docs/BENCHMARKS.md.) ``trace``: a tracing.Trace told when the backend ran;
-        ``timeout_us``: the request's own queue timeout (batched models, when their queue policy allows it)."""
+        ``timeout_us``: the request's own queue timeout (batched models, when their queue policy allows it);
+        ``priority``: the request's own (batched models with priority levels; 1 the highest)."""
         if self.batcher is not None:
-            return await self.batcher.submit_async(feeds, trace, timeout_us)
+            return await self.batcher.submit_async(feeds, trace, timeout_us, priority)
         return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter(),
                                                                 trace)
 

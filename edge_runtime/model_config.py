@@ -1,7 +1,9 @@
 """Per-model serving settings, in the terms of Triton's model configuration (the part of it that is the operator's to
 choose): ``max_batch_size``, ``dynamic_batching.max_queue_delay_microseconds``, its ``default_queue_policy``
 (``max_queue_size``, ``default_timeout_microseconds``, ``allow_timeout_override``, ``timeout_action`` REJECT),
-``instance_group[].count`` and ``response_cache.enable``. They
+its ``priority_levels``, ``default_priority_level`` and ``priority_queue_policy`` (a queue policy per level, keyed
+by the level; a field a level's policy leaves out is off, as in Triton), ``instance_group[].count`` and
+``response_cache.enable``. They
 come as JSON in RepositoryModelLoad's ``config`` parameter (tritonclient ``load_model(name, config=...)``) or in
 ``config.json`` beside the model's versions in the repository, and override the server's flags for that model. As
 in Triton, a config without ``dynamic_batching`` serves the model without batching. Inputs, outputs and model files
@@ -15,7 +17,8 @@ from .errors import InvalidInput
 
 FILE = "config.json"
 KEYS = ("name", "max_batch_size", "dynamic_batching", "instance_group", "response_cache")
-BATCHING_KEYS = ("max_queue_delay_microseconds", "default_queue_policy")
+BATCHING_KEYS = ("max_queue_delay_microseconds", "default_queue_policy", "priority_levels", "default_priority_level",
+                 "priority_queue_policy")
 POLICY_KEYS = ("max_queue_size", "default_timeout_microseconds", "allow_timeout_override", "timeout_action")
 
 
@@ -39,6 +42,7 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
     delay = _count(where, "dynamic_batching.max_queue_delay_microseconds",
                    (batching or {}).get("max_queue_delay_microseconds", defaults.max_queue_delay_us), 0)
     queue = _queue_policy((batching or {}).get("default_queue_policy", {}), defaults.queue, where)
+    levels, default_level, per_level = _priorities(batching or {}, where)
     groups = cfg.get("instance_group")
     if groups is not None and (not isinstance(groups, list) or not groups or not all(
             isinstance(g, dict) and set(g) <= {"count", "kind"} for g in groups)):
@@ -51,11 +55,38 @@ def parse(text: str, model: str, defaults: BatchingConfig, where: str) -> Batchi
     return BatchingConfig(enabled=batching is not None,
                           max_batch_size=_count(where, "max_batch_size", cfg.get("max_batch_size", defaults.max_batch_size), 1),
                           max_queue_delay_us=delay, instances=instances, queue=queue,
-                          response_cache=cache.get("enable", False))
+                          response_cache=cache.get("enable", False), priority_levels=levels,
+                          default_priority_level=default_level, priority_queue_policy=per_level)
 
 
-def _queue_policy(policy, defaults: QueuePolicy, where: str) -> QueuePolicy:
-    key = "dynamic_batching.default_queue_policy"
+def _priorities(batching: dict, where: str) -> tuple[int, int, tuple[tuple[int, QueuePolicy], ...]]:
+    """(priority_levels, default_priority_level, ((level, its queue policy), ...)), checked as Triton does."""
+    levels = _count(where, "dynamic_batching.priority_levels", batching.get("priority_levels", 0), 0)
+    default = _count(where, "dynamic_batching.default_priority_level", batching.get("default_priority_level", 0), 0)
+    policies = batching.get("priority_queue_policy", {})
+    if not levels:
+        if default or policies:
+            raise InvalidInput(f"{where}: dynamic_batching.default_priority_level and priority_queue_policy need"
+                               " priority_levels >= 1")
+        return 0, 0, ()
+    if not 1 <= default <= levels:
+        raise InvalidInput(f"{where}: dynamic_batching.default_priority_level must be in [1, {levels}] (the"
+                           f" priority_levels), got {default}")
+    if not isinstance(policies, dict):
+        raise InvalidInput(f"{where}: dynamic_batching.priority_queue_policy must map a level to a queue policy")
+    per_level = []
+    for key, policy in policies.items():
+        level = int(key) if isinstance(key, str) and key.isdigit() else None
+        if level is None or not 1 <= level <= levels:
+            raise InvalidInput(f"{where}: dynamic_batching.priority_queue_policy: {key!r} is not a priority level"
+                               f" (1 to {levels})")
+        per_level.append((level, _queue_policy(policy, QueuePolicy(), where,
+                                               f"dynamic_batching.priority_queue_policy.{level}")))
+    return levels, default, tuple(sorted(per_level, key=lambda p: p[0]))
+
+
+def _queue_policy(policy, defaults: QueuePolicy, where: str,
+                  key: str = "dynamic_batching.default_queue_policy") -> QueuePolicy:
     if not isinstance(policy, dict) or set(policy) - set(POLICY_KEYS):
         raise InvalidInput(f"{where}: {key} takes only {list(POLICY_KEYS)}")
     if policy.get("timeout_action", "REJECT") != "REJECT":

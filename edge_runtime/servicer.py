@@ -17,7 +17,7 @@ from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import health_pb2, health_pb2_grpc
 
 from . import describe
-from .codec import classify, decode_inputs, encode_response, request_timeout_us, requested_outputs
+from .codec import classify, decode_inputs, encode_response, request_priority, request_timeout_us, requested_outputs
 from .errors import EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported
 from .log_settings import LogSettings
 from .metrics import Metrics
@@ -257,7 +257,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             decoded = time.perf_counter()
             if trace is not None:
                 trace.mark("QUEUE_START", decoded)
-            outputs = await m.run_async(feeds, self.executor, trace, request_timeout_us(request))
+            outputs = await m.run_async(feeds, self.executor, trace, request_timeout_us(request),
+                                         request_priority(request))
             ran = time.perf_counter()
             outputs = m.postprocess(outputs)
             outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count

@@ -198,8 +198,9 @@ def test_each_call_is_accounted_before_its_requests_are_answered_and_accounting_
     assert len(seen) == 3
 
 
-def _blocked_batcher(policy: QueuePolicy):
-    """A batcher whose backend holds each call until ``release`` is set; ``started`` is set once it is busy."""
+def _blocked_batcher(policy: QueuePolicy = QueuePolicy(), **config):
+    """A batcher whose backend holds each call until ``release`` is set; ``started`` is set once it is busy.
+    ``config``: more BatchingConfig fields."""
     release, started, calls = threading.Event(), threading.Event(), []
 
     def run(inputs):
@@ -208,7 +209,8 @@ def _blocked_batcher(policy: QueuePolicy):
         release.wait(5)
         return inputs
 
-    return DynamicBatcher(run, BatchingConfig(max_batch_size=8, max_queue_delay_us=0, queue=policy)), release, started, calls
+    cfg = BatchingConfig(**{"max_batch_size": 8, "max_queue_delay_us": 0, "queue": policy, **config})
+    return DynamicBatcher(run, cfg), release, started, calls
 
 
 def test_a_full_queue_refuses_at_once_and_serves_what_it_holds():
@@ -246,3 +248,59 @@ def test_a_request_that_waited_past_its_timeout_is_refused_not_computed(policy, 
         assert waiting.result(5)["x"][0, 0] == 1
     b.close()
     assert calls == ([[0.0]] if refused else [[0.0], [1.0]])
+
+
+def test_higher_priority_requests_are_taken_first_and_arrival_order_holds_within_a_level():
+    b, release, started, calls = _blocked_batcher(max_batch_size=1, priority_levels=3, default_priority_level=2)
+    busy = b.submit({"x": np.zeros((1, 1))})
+    assert started.wait(5)
+    # (value, priority): 0 and one past the levels get the default level, 2
+    waiting = [b.submit({"x": np.full((1, 1), v)}, priority=p) for v, p in ((1, 3), (2, 0), (3, 1), (4, 7), (5, 1))]
+    assert b.pending() == 5
+    release.set()
+    for f in (busy, *waiting):
+        f.result(5)
+    b.close()
+    assert calls == [[0.0], [3.0], [5.0], [2.0], [4.0], [1.0]]
+
+
+def test_without_priority_levels_a_priority_changes_nothing():
+    b, release, started, calls = _blocked_batcher(max_batch_size=1)
+    busy = b.submit({"x": np.zeros((1, 1))})
+    assert started.wait(5)
+    waiting = [b.submit({"x": np.full((1, 1), v)}, priority=p) for v, p in ((1, 3), (2, 1))]
+    release.set()
+    for f in (busy, *waiting):
+        f.result(5)
+    b.close()
+    assert calls == [[0.0], [1.0], [2.0]]
+
+
+def test_each_priority_level_has_its_own_queue_policy():
+    b, release, started, calls = _blocked_batcher(QueuePolicy(max_queue_size=2), priority_levels=2,
+                                                  default_priority_level=2,
+                                                  priority_queue_policy=((1, QueuePolicy(max_queue_size=1)),))
+    busy = b.submit({"x": np.zeros((1, 1))})
+    assert started.wait(5)
+    urgent = b.submit({"x": np.full((1, 1), 1)}, priority=1)
+    with pytest.raises(Overloaded, match="1 requests wait at priority level 1"):
+        b.submit({"x": np.full((1, 1), 2)}, priority=1)
+    routine = [b.submit({"x": np.full((1, 1), v)}) for v in (3, 4)]  # level 2 has room for two of its own
+    with pytest.raises(Overloaded, match="2 requests wait at priority level 2"):
+        b.submit({"x": np.full((1, 1), 5)})
+    release.set()
+    assert [f.result(5)["x"][0, 0] for f in (busy, urgent, *routine)] == [0, 1, 3, 4]
+    b.close()
+    assert calls == [[0.0], [1.0, 3.0, 4.0]]  # one batch takes the levels in order, as Triton's does
+
+
+@pytest.mark.parametrize("config", [
+    dict(priority_levels=-1),
+    dict(priority_levels=2),                                   # no default level
+    dict(priority_levels=2, default_priority_level=3),
+    dict(default_priority_level=1),                            # no levels
+    dict(priority_levels=2, default_priority_level=1, priority_queue_policy=((3, QueuePolicy()),)),
+])
+def test_inconsistent_priority_settings_are_refused(config):
+    with pytest.raises(ValueError, match="batching config"):
+        BatchingConfig(**config)

@@ -53,6 +53,9 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     assert reloaded["max_batch_size"] == 8 and "dynamic_batching" not in reloaded
     assert reloaded["instance_group"][0]["count"] == 2
     assert restored["max_batch_size"] == 64 and restored["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
+    # with Triton's priority levels, and a request with infer(..., priority=1)
+    assert (r["priority_config"]["priority_levels"], r["priority_config"]["default_priority_level"]) == ("2", "2")
+    np.testing.assert_allclose(np.array(r["priority_logits"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol)
 
     # Triton's logging extension, as tritonclient's update_log_settings drives it
     assert r["log_settings"]["log_verbose_level"] == {"uint32_param": 1} and "logging" in r["extensions"]
@@ -112,6 +115,8 @@ def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="in
      "classification must be an int64 >= 1"),
     (_req(classify=("logits", pb.InferParameter(string_param="3"))), "INVALID_ARGUMENT",
      "classification must be an int64 >= 1"),
+    (_req(parameters={"priority": pb.InferParameter(string_param="high")}), "INVALID_ARGUMENT",
+     "the request: priority must be an integer >= 0"),
 ])
 def test_bad_requests_get_the_right_status_and_server_stays_ready(stub, req, code, message):
     with pytest.raises(grpc.RpcError) as err:

@@ -95,6 +95,88 @@ def test_queue_policies_fedge_cannot_honour_are_refused(policy, words):
         parse(json.dumps({"dynamic_batching": {"default_queue_policy": policy}}), "digits", BatchingConfig(), "config")
 
 
+PRIORITY_CONFIG = {"max_batch_size": 1, "dynamic_batching": {
+    "max_queue_delay_microseconds": 0, "priority_levels": 2, "default_priority_level": 2,
+    "priority_queue_policy": {"1": {"max_queue_size": 4}}}}
+
+
+@pytest.fixture
+def prioritised_server(tmp_path, keys, digits_bundle):
+    yield from slowed_server(tmp_path, keys, digits_bundle, PRIORITY_CONFIG, delay_s=0.3)
+
+
+def test_requests_with_a_higher_priority_overtake_the_queue_over_grpc_and_http(prioritised_server):
+    """tritonclient's ``infer(..., priority=1)`` sends the request parameter ``priority`` as a uint64, the HTTP
+    client as a JSON number: both jump the requests already waiting at the default level."""
+    import threading
+
+    server, computed = prioritised_server
+    done, lock = [], threading.Lock()
+
+    def finished(tag):
+        def record(_):
+            with lock:
+                done.append(tag)
+        return record
+
+    urgent = digits_request()
+    urgent.parameters["priority"].uint64_param = 1
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}],
+                       "parameters": {"priority": 1}}).encode()
+    url = f"http://127.0.0.1:{server.http_port}/v2/models/digits/infer"
+
+    def over_http():
+        urllib.request.urlopen(url, body, timeout=10).read()
+        finished("urgent-http")(None)
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.GRPCInferenceServiceStub(ch)
+        batching = stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config.dynamic_batching
+        assert (batching.priority_levels, batching.default_priority_level) == (2, 2)
+        assert batching.priority_queue_policy[1].max_queue_size == 4
+        futures = [stub.ModelInfer.future(digits_request(), timeout=10)]  # busy for 300 ms
+        futures[0].add_done_callback(finished("busy"))
+        time.sleep(0.05)
+        for i in range(2):
+            futures.append(stub.ModelInfer.future(digits_request(), timeout=10))
+            futures[-1].add_done_callback(finished(f"routine-{i}"))
+            time.sleep(0.02)  # arrival order within the level
+        http = threading.Thread(target=over_http)
+        http.start()
+        futures.append(stub.ModelInfer.future(urgent, timeout=10))
+        futures[-1].add_done_callback(finished("urgent-grpc"))
+        for f in futures:
+            assert f.result().outputs
+        http.join(10)
+    assert done[0] == "busy" and set(done[1:3]) == {"urgent-grpc", "urgent-http"}, done
+    assert done[3:] == ["routine-0", "routine-1"], done
+    assert computed == [1] * 5
+
+
+@pytest.mark.parametrize("batching, words", [
+    ({"default_priority_level": 1}, "need priority_levels >= 1"),
+    ({"priority_levels": 2}, r"default_priority_level must be in \[1, 2\]"),
+    ({"priority_levels": 2, "default_priority_level": 3}, r"must be in \[1, 2\]"),
+    ({"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"3": {}}}, "not a priority level"),
+    ({"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"1": {"timeout_action": "DELAY"}}},
+     "priority_queue_policy.1.timeout_action"),
+])
+def test_priority_settings_that_do_not_fit_are_refused_with_the_reason(batching, words):
+    with pytest.raises(InvalidInput, match=words):
+        parse(json.dumps({"dynamic_batching": batching}), "digits", BatchingConfig(), "config")
+
+
+def test_a_priority_level_policy_leaves_out_what_it_does_not_set():
+    """As in Triton: a level's own policy is whole; the default policy does not fill its gaps."""
+    got = parse(json.dumps({"dynamic_batching": {
+        "default_queue_policy": {"max_queue_size": 3, "default_timeout_microseconds": 500},
+        "priority_levels": "3", "default_priority_level": 2,  # Triton's JSON writes uint64 as strings
+        "priority_queue_policy": {"1": {"max_queue_size": 9}}}}), "d", BatchingConfig(), "c")
+    assert (got.priority_levels, got.default_priority_level) == (3, 2)
+    assert got.policy(1) == QueuePolicy(max_queue_size=9)
+    assert got.policy(2) == got.policy(3) == QueuePolicy(max_queue_size=3, timeout_us=500)
+
+
 def test_a_model_config_keeps_the_server_flags_it_does_not_set():
     flags = BatchingConfig(queue=QueuePolicy(max_queue_size=9, timeout_us=1000))
     got = parse(json.dumps({"dynamic_batching": {"default_queue_policy": {"max_queue_size": 3}}}), "d", flags, "c")

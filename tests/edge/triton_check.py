@@ -35,6 +35,9 @@ def main(url: str, x_path: str) -> None:
     report["stats"] = {"before": before, "after": c.get_inference_statistics(as_json=True)["model_stats"]}
     c.load_model("digits", config=json.dumps({"max_batch_size": 8, "instance_group": [{"count": 2}]}))
     report["reloaded_config"] = c.get_model_config("digits", as_json=True)["config"]
+    c.load_model("digits", config=json.dumps({"dynamic_batching": {"priority_levels": 2, "default_priority_level": 2}}))
+    report["priority_config"] = c.get_model_config("digits", as_json=True)["config"]["dynamic_batching"]
+    report["priority_logits"] = c.infer("digits", [inp], priority=1).as_numpy("logits").tolist()
     c.load_model("digits")  # back to the server's flags
     report["restored_config"] = c.get_model_config("digits", as_json=True)["config"]
     report["log_settings"] = c.update_log_settings({"log_verbose_level": 1}, as_json=True)["settings"]
