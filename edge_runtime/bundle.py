@@ -100,7 +100,8 @@ def sha256_file(path: Path) -> str:
 
 # -- keys -----------------------------------------------------------------------------------------------------
 def generate_keys(out: Path) -> tuple[Path, Path]:
-    """``fedge keys init``: the coordinator's release signing key (release.key) and what devices pin (release.pub)."""
+    """``fedge keys init``: the coordinator's release signing key (release.key), its public half (release.pub) and
+    what devices pin with --trust (trust.pub: that key alone until ``fedge keys rotate`` adds the next)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
@@ -110,6 +111,7 @@ def generate_keys(out: Path) -> tuple[Path, Path]:
     priv.chmod(0o600)
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    (out / "trust.pub").write_bytes(pub.read_bytes())
     return priv, pub
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .backends import BACKENDS
@@ -329,16 +330,23 @@ def _client_args(p) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="its private key")
 
 
-def add_keys_parser(sub) -> None:
+def add_keys_parser(sub):
+    """``fedge keys init``; returns the ``keys`` subcommands, for the coordinator's to join."""
     keys = sub.add_parser("keys", help="release signing keys").add_subparsers(dest="sub", required=True)
     p = keys.add_parser("init", help="create the coordinator's Ed25519 release key pair")
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_keys_init)
+    return keys
 
 
 def cmd_keys_init(a) -> int:
     from .bundle import generate_keys
 
+    if (Path(a.out) / "release.key").exists():  # losing the key in use would strand every device that pins it
+        print(f"fedge keys init: {a.out} already holds a release signing key; to replace it without stranding"
+              " devices: fedge keys rotate --state STATE", file=sys.stderr)
+        return 2
     priv, pub = generate_keys(Path(a.out))
-    print(f"release signing key: {priv} (keep secret)\npublic key devices pin with --trust: {pub}")
+    print(f"release signing key: {priv} (keep secret)\nwhat devices pin with --trust: {pub.with_name('trust.pub')}"
+          f" (the public key, {pub.name}, alone until fedge keys rotate adds the next)")
     return 0

@@ -241,6 +241,55 @@ def cmd_release_list(a) -> int:
     return 0
 
 
+def cmd_keys_rotate(a) -> int:
+    from server.signing_keys import KeyringError, rotate
+
+    try:
+        ring = rotate(Path(a.state))
+    except KeyringError as exc:
+        print(f"fedge keys rotate: {exc}", file=sys.stderr)
+        return 2
+    old = ", ".join(ring.previous)
+    print(f"new release signing key {ring.current[0]} (releases exported from now on are signed with it); the"
+          f" previous key {old} is kept until retired.\n"
+          f"1. give every device {ring.directory / 'trust.pub'} as its --trust file (a running fedge edge serve"
+          " takes it without a restart): it trusts both keys\n"
+          "2. export a release; devices install it\n"
+          f"3. fedge keys retire --state {a.state} (refused while a device still serves a release signed with the"
+          " previous key), then give devices the new trust.pub")
+    return 0
+
+
+def cmd_keys_status(a) -> int:
+    import json
+
+    from server.runs import open_registry
+    from server.signing_keys import KeyringError, describe, status
+
+    try:
+        info = status(Path(a.state), open_registry(Path(a.state)))
+    except KeyringError as exc:
+        print(f"fedge keys status: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(info, indent=2) if a.json else describe(info))
+    return 0
+
+
+def cmd_keys_retire(a) -> int:
+    from server.runs import open_registry
+    from server.signing_keys import KeyringError, retire
+
+    try:
+        retired = retire(Path(a.state), open_registry(Path(a.state)), a.force)
+    except KeyringError as exc:
+        print(f"fedge keys retire: {exc}", file=sys.stderr)
+        return 2
+    trust = Path(a.state) / "keys" / "trust.pub"
+    print(f"retired {', '.join(retired)}: {trust} now trusts only the current key; give it to every device"
+          if retired else "no previous key to retire")
+    return 0
+
+
 def cmd_release_withdraw(a) -> int:
     from server.fleet import offered, release_model
     from server.runs import open_registry
@@ -491,7 +540,23 @@ def build_parser() -> argparse.ArgumentParser:
     from edge_runtime.cli import add_keys_parser, add_parser as add_edge_parser
 
     add_edge_parser(sub)
-    add_keys_parser(sub)
+    keys = add_keys_parser(sub)
+    p = keys.add_parser("rotate", help="sign new releases with a new key pair; STATE/keys/trust.pub, for devices,"
+                                       " trusts the old and the new key until the old one is retired")
+    p.add_argument("--state", default=state_default)
+    p.set_defaults(fn=cmd_keys_rotate)
+    p = keys.add_parser("status", help="which key signed each release and each device's releases; whether the"
+                                       " previous key can be retired")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_keys_status)
+    p = keys.add_parser("retire", help="trust only the current key (STATE/keys/trust.pub) once no release offered"
+                                       " or served by a device needs the previous one")
+    p.add_argument("--state", default=state_default)
+    p.add_argument("--force", action="store_true", help="retire even though devices still serve releases signed"
+                                                        " with the previous key (they refuse them at their next"
+                                                        " restart)")
+    p.set_defaults(fn=cmd_keys_retire)
 
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")

@@ -67,3 +67,75 @@ def test_a_running_server_takes_a_new_signing_key_from_its_trust_file_without_a_
             _wait(lambda: _served_version(stub) == "3", "version 3 never served")
     finally:
         server.stop()
+
+
+def test_the_coordinator_rotates_its_key_and_retires_the_old_one_only_once_the_fleet_moved(tmp_path):
+    """fedge keys rotate / status / retire against a real coordinator and a device pulling from it; the device
+    takes each trust file the coordinator writes, as a configuration tool would hand it out."""
+    import json
+
+    from fedge.cluster import LocalFederation
+    from tests.edge.test_release_pull import _publish
+
+    fed = LocalFederation(tmp_path / "fed")
+    fed.start_coordinator()
+    keys, state = fed.state / "keys", ("--state", str(fed.state))
+    assert fedge("keys", "init", "--out", str(keys)).returncode == 0
+    device_trust = tmp_path / "device-trust.pub"
+    device_trust.write_bytes((keys / "trust.pub").read_bytes())
+    pull = ("--pull", fed.release_address, "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5",
+            "--device-name", "till-3")
+
+    def serves(stub, version: str) -> bool:
+        try:
+            return _served_version(stub) == version
+        except grpc.RpcError:
+            return False
+
+    def status() -> dict:
+        out = fedge("keys", "status", *state, "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    edge = None
+    try:
+        _publish(fed, make_bundle(tmp_path / "r1", keys / "release.key", "digits", seed=0))
+        edge = EdgeProcess(tmp_path / "repo", device_trust, tmp_path / "edge.log", *pull)
+        with grpc.insecure_channel(edge.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            _wait(lambda: serves(stub, "1"), "release 1 never served")
+            first = status()["current"]
+            out = fedge("keys", "rotate", *state)
+            assert out.returncode == 0 and "trust.pub" in out.stdout, out.stderr
+            _wait(lambda: [m["release"] for d in status()["devices"] for m in d["models"]] == [1],
+                  "the device never reported release 1")
+            # the offered release and the device's are signed with the old key: retiring it is refused
+            out = fedge("keys", "retire", *state)
+            assert out.returncode == 2
+            assert f"device till-3 serves digits from release 1, signed with {first}" in out.stderr
+            assert f"release 1 (digits) is offered and signed with {first}" in out.stderr
+            assert len((keys / "trust.pub").read_bytes().split(b"BEGIN PUBLIC KEY")) == 3  # both keys
+
+            _replace(device_trust, (keys / "trust.pub").read_bytes())
+            _publish(fed, make_bundle(tmp_path / "r2", keys / "release.key", "digits", seed=1))  # the new key
+            _wait(lambda: serves(stub, "2"), "release 2, signed with the new key, never served")
+            _wait(lambda: not status()["blockers"], "the device never reported release 2")
+            info = status()
+            assert [(r["id"], r["signed_by"]) for r in info["releases"]] == [(1, first), (2, info["current"])]
+            assert info["previous"] == [first] and info["current"] != first
+
+            out = fedge("keys", "retire", *state)
+            assert out.returncode == 0 and f"retired {first}" in out.stdout, out.stderr
+            assert len((keys / "trust.pub").read_bytes().split(b"BEGIN PUBLIC KEY")) == 2  # the new key alone
+            assert not list((keys / "previous").glob("*.key"))  # the old private key is gone
+            _replace(device_trust, (keys / "trust.pub").read_bytes())
+        edge.stop()
+        # retiring was safe: restarted with the new key alone, the device serves what it had
+        edge = EdgeProcess(tmp_path / "repo", device_trust, tmp_path / "edge2.log", *pull)
+        with grpc.insecure_channel(edge.url) as ch:
+            assert _served_version(pb_grpc.GRPCInferenceServiceStub(ch)) == "2"
+        assert status()["previous"] == []
+    finally:
+        if edge is not None:
+            edge.stop()
+        fed.stop_all()
