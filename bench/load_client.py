@@ -18,12 +18,13 @@ import tritonclient.grpc as grpcclient
 
 def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
         samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "", tls_ca: str = "",
-        http: bool = False) -> dict:
+        http: bool = False, priority: int = 0) -> dict:
     """``http``: ``url`` is the REST endpoint, driven by tritonclient.http.aio (binary tensors, its default).
     ``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
     instead of one RPC per request. ``shm``: the input is read from, and ``output_name`` written into, system
     shared memory (Triton's extension; an output region per outstanding request). ``tls_ca``: dial over TLS,
-    verifying the server with this CA certificate."""
+    verifying the server with this CA certificate. ``priority``: every request's (tritonclient's ``priority=``;
+    0: none)."""
     tls = {"ssl": True, "root_certificates": tls_ca} if tls_ca else {}
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     if http:
@@ -79,7 +80,8 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
         def unary(outs):
             def send():
                 t0 = time.perf_counter()
-                clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, send), outputs=outs)
+                clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, send), outputs=outs,
+                                       priority=priority)
             return send
 
         senders = [unary(outs) for outs in outputs]

@@ -47,9 +47,10 @@ def _bundle(work: Path, art, key) -> Path:
 
 class _Server:
     def __init__(self, work: Path, bundle: Path, pub: Path, name: str, *flags: str, model: str = "resnet",
-                 tls_ca: Path | None = None, python: str | None = None) -> None:
+                 tls_ca: Path | None = None, python: str | None = None, config: dict | None = None) -> None:
         """``tls_ca``: the server serves TLS (its flags say with what certificate); this CA verifies it.
-        ``python``: the interpreter that serves (another install's), by default this one."""
+        ``python``: the interpreter that serves (another install's), by default this one. ``config``: the
+        model's config.json (Triton's model configuration terms)."""
         from edge_runtime.bundle import load_public_key
         from edge_runtime.repository import install_bundle
         from fedge.cluster import EdgeServerProcess
@@ -57,6 +58,8 @@ class _Server:
         repo = work / f"repo-{name}"
         shutil.rmtree(repo, ignore_errors=True)
         install_bundle(repo, bundle, load_public_key(pub))
+        if config is not None:
+            (repo / model / "config.json").write_text(json.dumps(config))
         self.server = EdgeServerProcess(repo, pub, work / f"server-{name}.log", *flags, python=python)
         self.url, self.metrics_port, self.proc = self.server.url, self.server.metrics_port, self.server.proc
         self.http_url = self.server.http_url
@@ -149,6 +152,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         " batching amortizes is far larger: see the ONNX Runtime CUDA rows in docs/gpu/BENCHMARKS.md.",
     ]
     front_end(sec, work / "front-end", progress, quick)
+    from .priority import priority
+
+    priority(sec, work, progress, quick)
     return sec
 
 
