@@ -52,10 +52,12 @@ def _public(path: Path) -> Ed25519PublicKey:
 
 @dataclass
 class KeyRing:
-    """The keys in ``STATE/keys``: ``current`` (fingerprint, key) and ``previous`` {fingerprint: key}."""
+    """The keys in ``STATE/keys``: ``current`` (fingerprint, key), ``previous`` and ``retired`` {fingerprint:
+    key} (retired keys are no longer trusted; they only tell which key signed an old release)."""
     directory: Path
     current: tuple[str, Ed25519PublicKey]
     previous: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    retired: dict[str, Ed25519PublicKey] = field(default_factory=dict)
 
     @classmethod
     def load(cls, state: Path) -> "KeyRing":
@@ -64,17 +66,17 @@ class KeyRing:
         if not (directory / f"{CURRENT}.key").exists() or not pub.exists():
             raise KeyringError(f"no release signing key in {directory}: run `fedge keys init --out {directory}`")
         key = _public(pub)
-        previous = {p.stem: _public(p) for p in sorted((directory / PREVIOUS).glob("*.pub"))}
-        return cls(directory, (fingerprint(key), key), previous)
+        held = lambda sub: {p.stem: _public(p) for p in sorted((directory / sub).glob("*.pub"))}
+        return cls(directory, (fingerprint(key), key), held(PREVIOUS), held(RETIRED))
 
     def signer(self, bundle: Path) -> str | None:
-        """The fingerprint of the key (current or previous) that signed ``bundle``; None: none of them, or the
-        bundle's manifest or signature is gone."""
+        """The fingerprint of the key (current, previous or retired) that signed ``bundle``; None: none of them,
+        or the bundle's manifest or signature is gone."""
         try:
             data, sig = (Path(bundle) / MANIFEST).read_bytes(), (Path(bundle) / SIGNATURE).read_bytes()
         except OSError:
             return None
-        for fp, key in [self.current, *self.previous.items()]:
+        for fp, key in [self.current, *self.previous.items(), *self.retired.items()]:
             try:
                 key.verify(sig, data)
                 return fp
@@ -159,7 +161,7 @@ def retire(state: Path, registry: Registry, force: bool = False) -> list[str]:
     (ring.directory / RETIRED).mkdir(exist_ok=True)
     for fp in ring.previous:
         os.replace(ring.directory / PREVIOUS / f"{fp}.pub", ring.directory / RETIRED / f"{fp}.pub")
-    ring, retired = KeyRing(ring.directory, ring.current), sorted(ring.previous)
+    ring, retired = KeyRing(ring.directory, ring.current, retired={**ring.retired, **ring.previous}), sorted(ring.previous)
     ring.write_trust()
     for fp in retired:
         (ring.directory / PREVIOUS / f"{fp}.key").unlink(missing_ok=True)
