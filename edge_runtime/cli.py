@@ -67,8 +67,6 @@ def cmd_models(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    import sys
-
     import grpc
     import numpy as np
 
@@ -99,8 +97,6 @@ def cmd_predict(a) -> int:
 
 
 def cmd_perf(a) -> int:
-    import sys
-
     import grpc
     import numpy as np
 
@@ -186,7 +182,6 @@ def cmd_rollback(a) -> int:
 
 
 def cmd_compile(a) -> int:
-    import sys
     import tempfile
 
     from .bundle import Manifest
