@@ -33,7 +33,7 @@ def cmd_serve(a) -> int:
                      pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      pull_cert=Path(a.pull_cert) if a.pull_cert else None,
                      pull_key=Path(a.pull_key) if a.pull_key else None, device_name=a.device_name,
-                     allow_client_shm=a.allow_client_shm, tls=tls,
+                     allow_client_shm=a.allow_client_shm, tls=tls, metrics_tls=a.metrics_tls,
                      trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
                      exit_timeout_s=a.exit_timeout_secs, cache_bytes=cache_bytes)
     return serve(cfg)
@@ -267,6 +267,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's unencrypted private key")
     p.add_argument("--tls-client-ca", metavar="PEM", help="mutual TLS: only clients with a certificate this CA signed"
                    " may connect (Triton's --grpc-use-ssl-mutual)")
+    p.add_argument("--metrics-tls", action="store_true",
+                   help="serve the metrics endpoint over TLS too, with --tls-cert/--tls-key (and, with --tls-client-ca,"
+                        " only to a scraper with a certificate that CA signed); default: plain HTTP, as Triton's")
     p.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
                    help="request tracing, as Triton's flag: triton,file=PATH (where traces go; only here, never over"
                         " the network), level=OFF|TIMESTAMPS, rate=N (one request in N), count=N (-1: no limit),"

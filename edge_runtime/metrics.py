@@ -1,8 +1,12 @@
 """Prometheus metrics of one edge server (own registry, so several servers can live in one process)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .http_server import Handler, Request, Response
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -77,3 +81,14 @@ class ServingState:
             yield GaugeMetricFamily("fedge_edge_cache_entries", "Answers in the response cache", value=len(cache))
             yield CounterMetricFamily("fedge_edge_cache_evictions", "Answers dropped for room (least recently used)",
                                       value=cache.evictions)
+
+
+def exposition(registry: CollectorRegistry) -> Handler:
+    """``GET /metrics`` for fedge's own HTTP server (the metrics endpoint over TLS): the registry in Prometheus' text
+    format, rendered off the event loop."""
+    async def handle(req: Request) -> Response:
+        if req.method not in ("GET", "HEAD") or req.path != "/metrics":
+            return Response.error(404, "this endpoint serves GET /metrics only")
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        return Response(200, body, {"Content-Type": CONTENT_TYPE_LATEST})
+    return handle

@@ -28,7 +28,7 @@ from .batcher import BatchingConfig
 from .trust import TrustFile
 from .errors import AddressUnavailable
 from .http_server import HttpServer
-from .metrics import Metrics
+from .metrics import Metrics, exposition
 from .repository import ModelRepository, ServingConfig
 from .response_cache import ResponseCache
 from .rest import RestApi
@@ -61,7 +61,8 @@ class EdgeConfig:
     pull_key: Path | None = None           # its private key
     device_name: str = ""                  # how this device names itself to the release service; "": the host name
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
-    tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default); metrics stay plain
+    tls: ServerTLS | None = None           # gRPC and HTTP; None: plaintext (Triton's default)
+    metrics_tls: bool = False              # the metrics endpoint too, with ``tls``'s certificate and client CA
     trace_file: Path | None = None         # Triton's --trace-config triton,file=...; None: no tracing
     trace: TraceSettings = field(default_factory=TraceSettings)
     strict_readiness: bool = True          # Triton's default: not ready while a model that should serve does not
@@ -73,6 +74,9 @@ class EdgeConfig:
             raise ValueError("ports must be in [0, 65535]")
         if self.exit_timeout_s < 0:
             raise ValueError("the exit timeout must be >= 0 seconds")
+        if self.metrics_tls and (self.tls is None or not self.metrics_port):
+            raise ValueError("--metrics-tls serves the metrics endpoint with the server's certificate: it needs"
+                             " --tls-cert and --tls-key, and a --metrics-port")
 
 
 class EdgeServer:
@@ -89,6 +93,7 @@ class EdgeServer:
         self._loop_thread: threading.Thread | None = None
         self._executor = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="fedge-infer")
         self._metrics_http = None
+        self._metrics_https: HttpServer | None = None
         self._rest: HttpServer | None = None
         self.http_port = 0
         self._puller = None
@@ -130,10 +135,8 @@ class EdgeServer:
                 raise AddressUnavailable(f"cannot serve HTTP on {self.cfg.host}:{self.cfg.http_port}: {exc.strerror}"
                                          ) from exc
         if self.cfg.metrics_port:
-            from prometheus_client import start_http_server
-
             try:
-                self._metrics_http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host, registry=self.metrics.registry)
+                self._start_metrics()
             except OSError as exc:
                 self.stop()
                 raise AddressUnavailable(f"cannot serve metrics on {self.cfg.host}:{self.cfg.metrics_port}: {exc.strerror}") from exc
@@ -141,6 +144,20 @@ class EdgeServer:
             self._puller = puller
             self._puller.start()
         return self
+
+    def _start_metrics(self) -> None:
+        """Plain HTTP: prometheus_client's own server. Over TLS (``--metrics-tls``): fedge's HTTP server on the
+        server's loop, with the gRPC/HTTP certificate and client CA (a scraper then presents a certificate that CA
+        signed: Prometheus' ``tls_config``). Not prometheus_client's TLS server: it completes each handshake inside
+        its accept loop, so one client that connects and sends nothing holds the endpoint for every scraper."""
+        if self.cfg.metrics_tls and self.cfg.tls is not None:
+            self._metrics_https = HttpServer(exposition(self.metrics.registry), 1 << 16, self.cfg.tls.ssl_context())
+            self._call(self._metrics_https.start(self.cfg.host, self.cfg.metrics_port))
+        else:
+            from prometheus_client import start_http_server
+
+            self._metrics_http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host,
+                                                   registry=self.metrics.registry)
 
     def _call(self, coro, timeout: float | None = None):
         """Run ``coro`` on the server's event loop and wait (at most ``timeout`` s) for its result."""
@@ -194,7 +211,8 @@ class EdgeServer:
         log.info("stopping: no new requests; waiting up to %.0f s for %d inference(s) in flight", grace,
                  servicer.in_flight)
         servicer.stop()
-        closing = asyncio.gather(self._server.stop(grace), *([self._rest.stop(grace)] if self._rest else []))
+        closing = asyncio.gather(self._server.stop(grace), *(s.stop(grace) for s in (self._rest, self._metrics_https)
+                                                             if s is not None))
         answered = await servicer.quiet(grace)
         left = servicer.in_flight  # cut off by the closing below
         await closing
@@ -216,7 +234,8 @@ def serve(cfg: EdgeConfig) -> int:
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
           + (f" ({cfg.tls.describe()})" if cfg.tls else "")
           + (f", HTTP (KServe v2 REST) on {cfg.host}:{server.http_port}" if server.http_port else "")
-          + (f", metrics on :{cfg.metrics_port}/metrics" if cfg.metrics_port else "")
+          + (f", metrics on :{cfg.metrics_port}/metrics" + (" (TLS)" if cfg.metrics_tls else "") if cfg.metrics_port
+             else "")
           + (f", pulling releases from {cfg.pull}" if cfg.pull else "")
           + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)
     done = threading.Event()

@@ -41,6 +41,12 @@ def tls_server(tmp_path_factory, keys, digits_bundle, pki):
     yield from serving(tmp_path_factory.mktemp("tls"), keys, (digits_bundle,), *_tls_flags(pki, mutual=False))
 
 
+@pytest.fixture(scope="module")
+def metrics_tls_server(tmp_path_factory, keys, digits_bundle, pki):
+    yield from serving(tmp_path_factory.mktemp("mtls-metrics"), keys, (digits_bundle,), *_tls_flags(pki, mutual=True),
+                       "--metrics-tls")
+
+
 @pytest.fixture
 def x_npy(tmp_path):
     x = np.random.default_rng(5).random((2, 1, 8, 8), dtype=np.float32)
@@ -74,7 +80,8 @@ def test_fedge_edge_predict_over_tls(tls_server, mutual_server, pki, x_npy):
     assert wrong_ca.returncode == 2 and "UNAVAILABLE" in wrong_ca.stderr
 
 
-@pytest.mark.parametrize("case", ["key_of_another_cert", "missing_key", "not_a_certificate", "key_without_cert"])
+@pytest.mark.parametrize("case", ["key_of_another_cert", "missing_key", "not_a_certificate", "key_without_cert",
+                                  "metrics_tls_without_tls"])
 def test_serve_refuses_unusable_tls_files_at_start(case, pki, keys, tmp_path):
     ca = pki / "ca"
     (tmp_path / "junk.pem").write_text("hello\n")
@@ -83,12 +90,14 @@ def test_serve_refuses_unusable_tls_files_at_start(case, pki, keys, tmp_path):
         "missing_key": ("--tls-cert", str(ca / "edge-1.pem"), "--tls-key", str(tmp_path / "nope.key")),
         "not_a_certificate": ("--tls-cert", str(tmp_path / "junk.pem"), "--tls-key", str(ca / "edge-1.key")),
         "key_without_cert": ("--tls-key", str(ca / "edge-1.key")),
+        "metrics_tls_without_tls": ("--metrics-tls",),
     }[case]
     expected = {
         "key_of_another_cert": f"the private key {ca / 'camera-7.key'} does not belong to the certificate",
         "missing_key": f"cannot read the private key {tmp_path / 'nope.key'}",
         "not_a_certificate": f"the certificate {tmp_path / 'junk.pem'} holds no PEM certificate",
         "key_without_cert": "TLS needs --tls-cert and --tls-key together",
+        "metrics_tls_without_tls": "--metrics-tls serves the metrics endpoint with the server's certificate",
     }[case]
     out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
                 "--port", "0", "--metrics-port", "0", "--http-port", "0", *flags, timeout=60)
@@ -110,13 +119,14 @@ def test_issued_certificates_name_what_they_are_for(pki):
     assert oct((pki / "ca" / "camera-7.key").stat().st_mode & 0o777) == "0o600"
 
 
-def _https_ready(port: int, ca: Path, cert: Path | None = None, key: Path | None = None) -> int:
+def _https_ready(port: int, ca: Path, cert: Path | None = None, key: Path | None = None,
+                 path: str = "/v2/health/ready") -> int:
     ctx = ssl.create_default_context(cafile=str(ca))
     if cert:
         ctx.load_cert_chain(cert, key)
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
     try:
-        conn.request("GET", "/v2/health/ready")
+        conn.request("GET", path)
         return conn.getresponse().status
     finally:
         conn.close()
@@ -143,3 +153,27 @@ def test_the_http_endpoint_uses_the_same_tls(tls_server, mutual_server, pki):
     out = fedge("edge", "predict", "--url", f"https://127.0.0.1:{mutual_server.http_port}", "--model", "digits",
                 "--text", "x", "--tls-ca", str(ca / "ca.crt"))  # ... which is refused without a certificate
     assert out.returncode == 2 and "fedge edge predict: UNAVAILABLE: no answer from https://" in out.stderr
+
+
+def test_metrics_follow_the_servers_tls_with_metrics_tls(tls_server, metrics_tls_server, pki):
+    """Plain HTTP by default, as Triton's; with --metrics-tls the scraper verifies the server's certificate and,
+    with --tls-client-ca, must present one that CA signed (Prometheus' tls_config cert_file/key_file)."""
+    import urllib.request
+
+    ca, port = pki / "ca", metrics_tls_server.metrics_port
+    plain = urllib.request.urlopen(f"http://127.0.0.1:{tls_server.metrics_port}/metrics", timeout=10).read()
+    assert b"fedge_edge_requests_total" in plain
+    assert _https_ready(port, ca / "ca.crt", ca / "camera-7.pem", ca / "camera-7.key", "/metrics") == 200
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # no client certificate
+        _https_ready(port, ca / "ca.crt", path="/metrics")
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # a certificate another CA signed
+        _https_ready(port, ca / "ca.crt", pki / "other" / "stranger.pem", pki / "other" / "stranger.key", "/metrics")
+    with pytest.raises(ssl.SSLCertVerificationError):  # the scraper does not trust a server another CA signed
+        _https_ready(port, pki / "other" / "ca.crt", ca / "camera-7.pem", ca / "camera-7.key", "/metrics")
+    with pytest.raises((http.client.HTTPException, ConnectionError, OSError)):  # plaintext gets no metrics
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)):  # a client that connects and never shakes hands ...
+        # ... holds up no one (prometheus_client's own TLS server would wait on it: the scrape timed out)
+        assert _https_ready(port, ca / "ca.crt", ca / "camera-7.pem", ca / "camera-7.key", "/metrics") == 200
