@@ -24,7 +24,11 @@ def cmd_serve(a) -> int:
     trace_file, trace = parse_config(a.trace_config)
     queue = QueuePolicy(a.max_queue_size, a.queue_timeout_us, a.allow_timeout_override)
     cache_bytes = parse_cache_config(a.cache_config)
+    if a.load_model and a.model_control_mode != "explicit":
+        raise ValueError("--load-model goes with --model-control-mode explicit (otherwise every installed model"
+                         " serves)")
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
+                            explicit=a.model_control_mode == "explicit", load_models=tuple(a.load_model),
                             batching=BatchingConfig(not a.no_batching, a.max_batch_size, a.max_queue_delay_us,
                                                     a.instances, queue, response_cache=cache_bytes > 0))
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
@@ -240,6 +244,13 @@ def add_parser(sub) -> None:
                    help="batch workers per model running the backend in parallel (Triton's instance count);"
                         " default: Triton's, 2 on the CPU backend, 1 on a GPU backend")
     p.add_argument("--keep", type=int, default=3, help="installed versions kept for rollback")
+    p.add_argument("--model-control-mode", choices=("poll", "explicit"), default="poll",
+                   help="poll (default): every installed model serves, each new version swapped in as it is"
+                        " installed; explicit (Triton's): only the --load-model models serve, the others once a"
+                        " client loads them (RepositoryModelLoad, tritonclient load_model) and until it unloads them")
+    p.add_argument("--load-model", action="append", default=[], metavar="NAME",
+                   help="with --model-control-mode explicit: serve this model (repeat for more), from start or"
+                        " once it is installed; '*': every model installed at start")
     p.add_argument("--cache-config", action="append", default=[], metavar="local,size=BYTES",
                    help="answer repeated requests from an in-memory response cache of this many bytes (Triton's"
                         " flag; least recently used answers go first). Every model uses it unless its config says"

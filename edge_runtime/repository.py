@@ -40,6 +40,8 @@ class ServingConfig:
     batching: BatchingConfig = BatchingConfig()
     threads: int = 1            # intra-op threads per backend session
     keep_versions: int = 3      # installed versions kept for rollback
+    explicit: bool = False      # Triton's --model-control-mode=explicit: only ``load_models`` and loads serve
+    load_models: tuple[str, ...] = ()  # Triton's --load-model: served once installed; "*": every model at start
 
 
 def model_dirs(root: Path) -> list[Path]:
@@ -181,6 +183,10 @@ class ModelRepository:
         self._live: dict[str, LoadedModel] = {}
         self._failed: dict[tuple[str, int], str] = {}
         self._unloaded: set[str] = set()
+        # explicit model control: the models to serve (the others wait for RepositoryModelLoad); None: every one
+        self._wanted: set[str] | None = None
+        if cfg.explicit:
+            self._wanted = set(self.names()) if "*" in cfg.load_models else set(cfg.load_models)
         self._loading: set[str] = set()
         self._batching: dict[str, BatchingConfig] = {}  # set by RepositoryModelLoad's config, until the next load
         self._lock = threading.RLock()
@@ -196,6 +202,9 @@ class ModelRepository:
                 raise ModelUnavailable(f"model {name!r} is loading")
             if name in self._unloaded:
                 raise ModelUnavailable(f"model {name!r} is unloaded (RepositoryModelLoad serves it again)")
+            if not self._serves(name) and (self.root / name).is_dir():
+                raise ModelUnavailable(f"model {name!r} is not loaded (explicit model control: RepositoryModelLoad"
+                                       " loads it)")
             failed = self._failure(name)
             if failed:
                 raise ModelUnavailable(f"model {name!r} failed to load: {failed}")
@@ -216,11 +225,15 @@ class ModelRepository:
         unloaded models are not counted; nor is a model whose new version failed while its old one serves."""
         out = {}
         for name in self.names():
-            if name in self._unloaded or name in self._live or current_version(self.root / name) is None:
+            if not self._serves(name) or name in self._live or current_version(self.root / name) is None:
                 continue
             failed = self._failure(name)
             out[name] = "loading" if name in self._loading else f"failed to load: {failed}" if failed else "not loaded"
         return out
+
+    def _serves(self, name: str) -> bool:
+        """Whether ``name`` should be served: not unloaded, and under explicit model control, asked for."""
+        return name not in self._unloaded and (self._wanted is None or name in self._wanted)
 
     def _failure(self, name: str) -> str | None:
         """Why the last version of ``name`` that failed to load did, if one did."""
@@ -239,6 +252,8 @@ class ModelRepository:
                     state, reason = "READY", f"backend {live.backend.name}: {live.backend.reason}"
                 elif (name, v) in self._failed:
                     state, reason = "UNAVAILABLE", self._failed[(name, v)]
+                elif not self._serves(name):
+                    state, reason = "UNAVAILABLE", "unloaded"
                 else:
                     state, reason = "UNAVAILABLE", "installed, not serving"
                 rows.append({"name": name, "version": str(v), "state": state, "reason": reason})
@@ -250,7 +265,7 @@ class ModelRepository:
             self._trusted_keys = keys
             self._failed.clear()  # what the old keys refused (or anything else) gets one more try
         for name in ([only] if only else self.names()):
-            if name in self._unloaded:
+            if not self._serves(name):
                 continue
             want = current_version(self.root / name)
             live = self._live.get(name)
@@ -315,6 +330,8 @@ class ModelRepository:
         else:
             self._batching.pop(name, None)
         self._unloaded.discard(name)
+        if self._wanted is not None:
+            self._wanted.add(name)
         self._failed = {k: v for k, v in self._failed.items() if k[0] != name}
         want = current_version(self.root / name)
         if want is not None:
@@ -339,6 +356,8 @@ class ModelRepository:
         if model is None and not (self.root / name).is_dir():
             raise ModelNotFound(f"unknown model {name!r}")
         self._unloaded.add(name)
+        if self._wanted is not None:
+            self._wanted.discard(name)
         if model is not None:
             model.close()
 
