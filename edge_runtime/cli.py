@@ -39,7 +39,7 @@ def cmd_serve(a) -> int:
                      pull_key=Path(a.pull_key) if a.pull_key else None, device_name=a.device_name,
                      allow_client_shm=a.allow_client_shm, tls=tls, metrics_tls=a.metrics_tls,
                      trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
-                     exit_timeout_s=a.exit_timeout_secs, cache_bytes=cache_bytes)
+                     exit_timeout_s=a.exit_timeout_secs, cache_bytes=cache_bytes, log=_log_flags(a))
     return serve(cfg)
 
 
@@ -209,6 +209,15 @@ def cmd_compile(a) -> int:
     return 0
 
 
+def _log_flags(a) -> tuple:
+    """Triton's --log-* flags given, as the logging extension's settings."""
+    if a.log_verbose is not None and a.log_verbose < 0:
+        raise ValueError(f"--log-verbose must be >= 0, got {a.log_verbose}")
+    given = {"log_info": a.log_info, "log_warning": a.log_warning, "log_error": a.log_error,
+             "log_verbose_level": a.log_verbose, "log_format": a.log_format}
+    return tuple((k, v) for k, v in given.items() if v is not None)
+
+
 def _boolean(text: str) -> bool:
     """``--allow-client-shm``, ``--allow-client-shm=true`` (Triton's spelling) and ``=false`` all work."""
     value = text.strip().lower()
@@ -281,6 +290,13 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics-tls", action="store_true",
                    help="serve the metrics endpoint over TLS too, with --tls-cert/--tls-key (and, with --tls-client-ca,"
                         " only to a scraper with a certificate that CA signed); default: plain HTTP, as Triton's")
+    for level in ("info", "warning", "error"):
+        p.add_argument(f"--log-{level}", type=_boolean, metavar="true|false",
+                       help=f"write {level} messages (default true; Triton's flag)")
+    p.add_argument("--log-verbose", type=int, metavar="N", help="verbose level: >= 1 adds debug messages, the HTTP"
+                   " access log among them (default 0; Triton's flag; clients change it with update_log_settings)")
+    p.add_argument("--log-format", choices=("default", "ISO8601"), help="timestamps: local time (default) or ISO 8601"
+                   " in UTC")
     p.add_argument("--trace-config", action="append", default=[], metavar="[triton,]SETTING=VALUE",
                    help="request tracing, as Triton's flag: triton,file=PATH (where traces go; only here, never over"
                         " the network), level=OFF|TIMESTAMPS, rate=N (one request in N), count=N (-1: no limit),"

@@ -43,8 +43,9 @@ class LogSettings(logging.Filter):
     def settings(self) -> dict[str, bool | int | str]:
         return {"log_file": "", **self.enabled, "log_verbose_level": self.verbose_level, "log_format": self.format}
 
-    def update(self, changes: dict[str, bool | int | str]) -> None:
-        """All of ``changes`` or none: each is checked before any is applied."""
+    def update(self, changes: dict[str, bool | int | str], announce: bool = True) -> None:
+        """All of ``changes`` or none: each is checked before any is applied. ``announce``: log the settings that
+        result (a change on a running server; not the ones the server starts with)."""
         for key, value in changes.items():
             if key in SWITCHES:
                 _expect(key, value, bool)
@@ -65,7 +66,8 @@ class LogSettings(logging.Filter):
             else:
                 self.format = value
         self._apply()
-        logging.getLogger("fedge.edge").warning("log settings now %s", self.settings())
+        if announce:
+            logging.getLogger("fedge.edge").warning("log settings now %s", self.settings())
 
     def _apply(self) -> None:
         if not self.handlers:

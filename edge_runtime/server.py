@@ -68,6 +68,7 @@ class EdgeConfig:
     strict_readiness: bool = True          # Triton's default: not ready while a model that should serve does not
     exit_timeout_s: float = 30.0           # Triton's --exit-timeout-secs: how long stopping waits for requests
     cache_bytes: int = 0                   # Triton's --cache-config local,size=N: the response cache; 0: none
+    log: tuple[tuple[str, bool | int | str], ...] = ()  # log settings to start with (Triton's --log-* flags)
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
@@ -228,6 +229,7 @@ def serve(cfg: EdgeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     server = EdgeServer(cfg)
     server.logs.install()
+    server.logs.update(dict(cfg.log), announce=False)
     server.start()
     for row in server.repo.index():
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)

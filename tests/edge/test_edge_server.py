@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from proto import grpc_service_pb2 as pb
+from proto import grpc_service_pb2_grpc as pb_grpc
 from proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
 from edge_runtime.servicer import STREAM_IN_FLIGHT
@@ -471,3 +472,29 @@ def test_models_lists_versions_and_rollback_switches_the_running_server_back(edg
     assert out.returncode == 0 and f"now serving version {before}" in out.stdout, out.stderr
     assert listed()["digits"]["current"] == before
     assert served_version(str(before)) == str(before)  # the running server switched back by itself
+
+
+def test_log_flags_set_what_the_server_starts_with(tmp_path, keys, digits_bundle):
+    """Triton's --log-verbose / --log-format / --log-info: read back over the logging extension, and seen in the
+    log (verbose 1 writes the HTTP access log; ISO 8601 timestamps in UTC)."""
+    import re
+
+    from tests.edge.conftest import EdgeProcess, fedge
+
+    repo = tmp_path / "repo"
+    assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
+    server = EdgeProcess(repo, keys[1], tmp_path / "server.log", "--log-verbose", "1", "--log-format", "ISO8601",
+                         "--log-warning", "false")
+    try:
+        with grpc.insecure_channel(server.url) as ch:
+            resp = pb_grpc.GRPCInferenceServiceStub(ch).LogSettings(pb.LogSettingsRequest(), timeout=10)
+        got = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.settings.items()}
+        assert (got["log_verbose_level"], got["log_format"], got["log_warning"], got["log_info"]) == (1, "ISO8601", False, True)
+        assert urllib.request.urlopen(f"http://{server.http_url}/v2/health/live", timeout=10).status == 200
+        time.sleep(0.3)
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ DEBUG fedge.edge: HTTP GET /v2/health/live -> 200",
+                         server.log.read_text()), server.log.read_text()[-2000:]
+    finally:
+        server.stop()
+    out = fedge("edge", "serve", "--repo", str(repo), "--trust", str(keys[1]), "--log-verbose", "-1", timeout=60)
+    assert out.returncode == 2 and "--log-verbose must be >= 0" in out.stderr
