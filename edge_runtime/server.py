@@ -36,6 +36,7 @@ from .servicer import ErrorInterceptor, HealthServicer, InferenceServicer
 from .log_settings import FORMAT as LOG_FORMAT
 from .log_settings import LogSettings
 from .shared_memory import SharedMemory
+from .systemd import Notifier
 from .tls import ServerTLS
 from .tracing import Tracer, TraceSettings
 
@@ -160,6 +161,17 @@ class EdgeServer:
             self._metrics_http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host,
                                                    registry=self.metrics.registry)
 
+    def responsive(self, timeout: float) -> bool:
+        """Whether the server's event loop (every gRPC and HTTP request goes through it) runs a step within
+        ``timeout`` seconds: what the systemd watchdog asks."""
+        step = asyncio.run_coroutine_threadsafe(asyncio.sleep(0), self._loop)
+        try:
+            step.result(timeout)
+            return True
+        except futures.TimeoutError:  # not the builtin TimeoutError before Python 3.11 (JetPack 6 runs 3.10)
+            step.cancel()
+            return False
+
     def _call(self, coro, timeout: float | None = None):
         """Run ``coro`` on the server's event loop and wait (at most ``timeout`` s) for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
@@ -233,6 +245,11 @@ def serve(cfg: EdgeConfig) -> int:
     server.start()
     for row in server.repo.index():
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
+    live = [f"{m.name} v{m.version}" for m in server.repo.live()]
+    systemd = Notifier()
+    systemd.notify("READY=1", f"STATUS=serving {len(live)} model(s){': ' + ', '.join(live) if live else ''}",
+                   f"MAINPID={os.getpid()}")
+    systemd.keep_alive(server.responsive)
     print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
           + (f" ({cfg.tls.describe()})" if cfg.tls else "")
           + (f", HTTP (KServe v2 REST) on {cfg.host}:{server.http_port}" if server.http_port else "")
@@ -251,5 +268,7 @@ def serve(cfg: EdgeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     done.wait()
+    systemd.notify("STOPPING=1", "STATUS=stopping: answering the requests in flight")
+    systemd.close()
     server.stop()
     return 0

@@ -146,8 +146,9 @@ class EdgeServerProcess:
     """``fedge edge serve`` as a real process on 127.0.0.1 with free ports (the demo, the tests, the benchmarks)."""
 
     def __init__(self, repo: Path, trust: Path, log: Path, *flags: str, timeout: float = 60.0,
-                 python: str | None = None) -> None:
-        """``python``: the interpreter to serve with (another virtualenv's, as on a device), by default this one."""
+                 python: str | None = None, env: dict[str, str] | None = None) -> None:
+        """``python``: the interpreter to serve with (another virtualenv's, as on a device), by default this one;
+        ``env``: more environment variables for it."""
         self.python = python or sys.executable
         self.port, self.metrics_port, self.http_port = free_port(), free_port(), free_port()
         self.url = f"127.0.0.1:{self.port}"
@@ -157,7 +158,7 @@ class EdgeServerProcess:
         self.proc = spawn(fedge_cmd("edge", "serve", "--repo", str(repo), "--trust", str(trust), "--host", "127.0.0.1",
                                     "--port", str(self.port), "--metrics-port", str(self.metrics_port),
                                     "--http-port", str(self.http_port), *flags, python=self.python),
-                          self.log, env=fedge_env())
+                          self.log, env={**fedge_env(), **(env or {})})
         try:
             wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.proc)
             wait_port("127.0.0.1", self.http_port, timeout=timeout, proc=self.proc)  # bound right after gRPC
