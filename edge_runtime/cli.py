@@ -15,10 +15,13 @@ def cmd_serve(a) -> int:
     from .response_cache import parse_config as parse_cache_config
     from .server import EdgeConfig, serve
     from .tls import ServerTLS
+    from .throttle import parse_rate
     from .tracing import parse_config
 
     if (a.tls_cert is None) != (a.tls_key is None) or (a.tls_client_ca and not a.tls_cert):
         raise ValueError("TLS needs --tls-cert and --tls-key together (and --tls-client-ca only with them)")
+    if a.pull_max_rate and not a.pull:
+        raise ValueError("--pull-max-rate limits what --pull downloads: give --pull too")
     tls = ServerTLS(Path(a.tls_cert), Path(a.tls_key), Path(a.tls_client_ca) if a.tls_client_ca else None
                     ) if a.tls_cert else None
     trace_file, trace = parse_config(a.trace_config)
@@ -34,7 +37,8 @@ def cmd_serve(a) -> int:
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      http_port=a.http_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=a.pull or "",
-                     pull_interval_s=a.pull_interval, pull_ca=Path(a.pull_ca) if a.pull_ca else None,
+                     pull_interval_s=a.pull_interval, pull_max_rate=parse_rate(a.pull_max_rate) if a.pull_max_rate else 0,
+                     pull_ca=Path(a.pull_ca) if a.pull_ca else None,
                      pull_cert=Path(a.pull_cert) if a.pull_cert else None,
                      pull_key=Path(a.pull_key) if a.pull_key else None, device_name=a.device_name,
                      allow_client_shm=a.allow_client_shm, tls=tls, metrics_tls=a.metrics_tls,
@@ -270,6 +274,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--pull", help="coordinator release service HOST:PORT to poll for new releases")
     p.add_argument("--pull-interval", type=float, default=10.0)
+    p.add_argument("--pull-max-rate", metavar="BYTES/S", help="download releases no faster than this (500k, 2M; SI"
+                   " units), for a device on a metered or shared link; default: no limit")
     p.add_argument("--pull-ca", help="CA certificate of a TLS release service")
     p.add_argument("--pull-cert", metavar="PEM", help="this device's client certificate, for a release service that"
                    " authenticates devices (`fedge certs issue DEVICE --client` on the coordinator)")

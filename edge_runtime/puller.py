@@ -14,6 +14,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +26,7 @@ from .bundle import MAX_ARCHIVE_BYTES, sha256_file, verify_bundle
 from .errors import BundleError, NoSpace
 from .repository import (activate, current_version, disk_full_is_no_space, ensure_space, install_bundle, model_dirs,
                          valid_model_name, versions)
+from .throttle import Throttle, chunk_for
 from .tls import channel_credentials
 
 log = logging.getLogger("fedge.edge.pull")
@@ -48,9 +50,11 @@ class ReleasePuller:
         self._short: dict[str, int] = {}  # model -> the release last found not to fit on the disk (said once)
 
     def _channel(self) -> grpc.Channel:
+        # a rate limit paces reads; without window growth (BDP probing) HTTP/2 flow control then paces the sender
+        options = [("grpc.http2.bdp_probe", 0)] if self.cfg.pull_max_rate else []
         if self._credentials is not None:
-            return grpc.secure_channel(self.cfg.pull, self._credentials)
-        return grpc.insecure_channel(self.cfg.pull)
+            return grpc.secure_channel(self.cfg.pull, self._credentials, options=options)
+        return grpc.insecure_channel(self.cfg.pull, options=options)
 
     def start(self) -> None:
         self._thread.start()
@@ -190,9 +194,12 @@ class ReleasePuller:
         A cut keeps what arrived for the next poll; anything else that goes wrong drops it."""
         if held:
             log.info("resuming release %s v%s at byte %d of %d", r.model, r.version, held, expected)
-        call = stub.FetchRelease(release_pb2.FetchReleaseRequest(model=r.model, version=r.version, device=self.device,
-                                                                offset=held), timeout=300)
-        problem = None
+        rate = self.cfg.pull_max_rate
+        call = stub.FetchRelease(release_pb2.FetchReleaseRequest(
+            model=r.model, version=r.version, device=self.device, offset=held,
+            max_chunk_bytes=chunk_for(rate) if rate else 0), timeout=300 + (expected - held) / rate if rate else 300)
+        throttle = Throttle(rate, self._stop.wait) if rate else None
+        started, problem = time.monotonic(), None
         with open(partial, "r+b" if held else "wb") as out:
             out.seek(held)
             try:
@@ -210,6 +217,9 @@ class ReleasePuller:
                         call.cancel()
                         break
                     out.write(chunk.data)
+                    if throttle is not None and not throttle.spend(len(chunk.data)):  # the server is stopping
+                        call.cancel()
+                        return None
             except OSError:  # the disk filled up: stop the stream
                 call.cancel()
                 raise
@@ -220,6 +230,9 @@ class ReleasePuller:
                             " next poll", r.model, r.version, out.tell(), expected, exc.code(), exc.details())
                 return None
             size = out.tell()
+        took = time.monotonic() - started
+        log.info("fetched release %s v%s: %d bytes in %.2f s (%.0f kB/s%s)", r.model, r.version, size - held, took,
+                 (size - held) / max(took, 1e-6) / 1e3, f", limit {rate / 1e3:.0f} kB/s" if rate else "")
         if problem or size != expected:
             partial.unlink(missing_ok=True)
             log.warning("fetching release %s v%s: the service streamed %s the %d bytes it announced;"

@@ -57,6 +57,7 @@ class EdgeConfig:
     workers: int = 8                       # threads for unbatched inference and model loading
     pull: str = ""                         # coordinator release service HOST:PORT, "" = air-gapped
     pull_interval_s: float = 10.0
+    pull_max_rate: int = 0                 # download limit in bytes/s; 0: none
     pull_ca: Path | None = None            # CA for a TLS release service; None = plaintext
     pull_cert: Path | None = None          # this device's client certificate, for a release service that wants one
     pull_key: Path | None = None           # its private key

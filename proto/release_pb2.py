@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrelease.proto\x12\x10\x66\x65\x64ge.release.v1\"M\n\x0c\x43urrentModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\x12\x15\n\rlocal_version\x18\x03 \x01(\x03\"e\n\x13ListReleasesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12/\n\x07\x63urrent\x18\x03 \x03(\x0b\x32\x1e.fedge.release.v1.CurrentModel\"Y\n\x07Release\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x15\n\rarchive_bytes\x18\x04 \x01(\x03\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.fedge.release.v1.Release\"U\n\x13\x46\x65tchReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\",\n\x0cReleaseChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xc8\x01\n\x0eReleaseService\x12]\n\x0cListReleases\x12%.fedge.release.v1.ListReleasesRequest\x1a&.fedge.release.v1.ListReleasesResponse\x12W\n\x0c\x46\x65tchRelease\x12%.fedge.release.v1.FetchReleaseRequest\x1a\x1e.fedge.release.v1.ReleaseChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrelease.proto\x12\x10\x66\x65\x64ge.release.v1\"M\n\x0c\x43urrentModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\x12\x15\n\rlocal_version\x18\x03 \x01(\x03\"e\n\x13ListReleasesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12/\n\x07\x63urrent\x18\x03 \x03(\x0b\x32\x1e.fedge.release.v1.CurrentModel\"Y\n\x07Release\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x15\n\rarchive_bytes\x18\x04 \x01(\x03\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.fedge.release.v1.Release\"n\n\x13\x46\x65tchReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\",\n\x0cReleaseChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xc8\x01\n\x0eReleaseService\x12]\n\x0cListReleases\x12%.fedge.release.v1.ListReleasesRequest\x1a&.fedge.release.v1.ListReleasesResponse\x12W\n\x0c\x46\x65tchRelease\x12%.fedge.release.v1.FetchReleaseRequest\x1a\x1e.fedge.release.v1.ReleaseChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,9 +40,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRELEASESRESPONSE']._serialized_start=308
   _globals['_LISTRELEASESRESPONSE']._serialized_end=375
   _globals['_FETCHRELEASEREQUEST']._serialized_start=377
-  _globals['_FETCHRELEASEREQUEST']._serialized_end=462
-  _globals['_RELEASECHUNK']._serialized_start=464
-  _globals['_RELEASECHUNK']._serialized_end=508
-  _globals['_RELEASESERVICE']._serialized_start=511
-  _globals['_RELEASESERVICE']._serialized_end=711
+  _globals['_FETCHRELEASEREQUEST']._serialized_end=487
+  _globals['_RELEASECHUNK']._serialized_start=489
+  _globals['_RELEASECHUNK']._serialized_end=533
+  _globals['_RELEASESERVICE']._serialized_start=536
+  _globals['_RELEASESERVICE']._serialized_end=736
 # @@protoc_insertion_point(module_scope)

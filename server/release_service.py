@@ -29,6 +29,7 @@ from .fleet import release_model
 from .registry import Registry, registry_path
 
 CHUNK_BYTES = 1 << 20
+MIN_CHUNK_BYTES = 4 << 10  # the smallest chunk a device may ask for (FetchReleaseRequest.max_chunk_bytes)
 log = logging.getLogger("fedge.releases")
 
 
@@ -93,7 +94,8 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
                 log.info("streaming release %s v%d (%d bytes%s) to %s", r.model, r.version, r.archive_bytes,
                          f" from byte {request.offset}" if request.offset else "", device)
                 # read from disk as it goes: one chunk in memory
-                for i, chunk in enumerate(pack_chunks(bundle, CHUNK_BYTES, request.offset)):
+                size = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, request.max_chunk_bytes or CHUNK_BYTES))
+                for i, chunk in enumerate(pack_chunks(bundle, size, request.offset)):
                     yield release_pb2.ReleaseChunk(data=chunk, offset=request.offset if i == 0 else 0)
                 return
         withdrawn = [row for row in rows if row["id"] == request.version and row["withdrawn"]]

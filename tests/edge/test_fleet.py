@@ -13,7 +13,7 @@ from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
-from tests.edge.test_release_pull import _publish, _serves, _wait_for
+from tests.edge.test_release_pull import _publish, _serves, _wait_for, pull_flags
 
 pytestmark = pytest.mark.e2e
 
@@ -32,8 +32,7 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
     try:
         r1 = _publish(fed, make_bundle(tmp_path / "r1", keys[0], "digits", seed=0))
         _cli("certs", "issue", "camera-7", "--certs", str(fed.certs), "--client", "--out", str(tmp_path))
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5",
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed),
                            "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key", str(tmp_path / "camera-7.key"),
                            "--device-name", "what-it-claims")
         req = pb.ModelInferRequest(model_name="digits")

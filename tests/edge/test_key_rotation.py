@@ -75,7 +75,7 @@ def test_the_coordinator_rotates_its_key_and_retires_the_old_one_only_once_the_f
     import json
 
     from fedge.cluster import LocalFederation
-    from tests.edge.test_release_pull import _publish
+    from tests.edge.test_release_pull import _publish, pull_flags
 
     fed = LocalFederation(tmp_path / "fed")
     fed.start_coordinator()
@@ -83,8 +83,7 @@ def test_the_coordinator_rotates_its_key_and_retires_the_old_one_only_once_the_f
     assert fedge("keys", "init", "--out", str(keys)).returncode == 0
     device_trust = tmp_path / "device-trust.pub"
     device_trust.write_bytes((keys / "trust.pub").read_bytes())
-    pull = ("--pull", fed.release_address, "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5",
-            "--device-name", "till-3")
+    pull = (*pull_flags(fed), "--device-name", "till-3")
 
     def serves(stub, version: str) -> bool:
         try:

@@ -1,5 +1,6 @@
 """Over-the-air updates: a real coordinator serves its registry's releases over TLS; a real edge server started
 with --pull installs each new one verified, keeps serving through the swap, and refuses a tampered one."""
+import re
 import shutil
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import pack, sha256_file
+from edge_runtime.bundle import archive_bytes, pack, sha256_file
 from fedge.cluster import LocalFederation
 from proto import grpc_service_pb2 as pb
 from proto import grpc_service_pb2_grpc as pb_grpc
@@ -23,6 +24,25 @@ pytestmark = pytest.mark.e2e
 
 def _publish(fed: LocalFederation, bundle) -> int:
     return Registry(registry_path(fed.state)).add_release(1, 1, str(bundle), sha256_file(bundle / "manifest.json"), {})
+
+
+def pull_flags(fed: LocalFederation, address: str = "") -> tuple[str, ...]:
+    """`fedge edge serve` flags that pull from ``fed``'s release service (or ``address``, a proxy in front of it)
+    over TLS, polling every 0.5 s."""
+    return ("--pull", address or fed.release_address, "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
+
+
+def _offering_release_1(tmp_path, keys) -> tuple[LocalFederation, Path]:
+    """A started coordinator whose release service offers digits release 1 (signed with the test key)."""
+    fed = LocalFederation(tmp_path / "fed")
+    fed.start_coordinator()
+    try:
+        bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
+        _publish(fed, bundle)
+    except BaseException:
+        fed.stop_all()
+        raise
+    return fed, bundle
 
 
 def _serves(stub, req, version: str) -> bool:
@@ -47,15 +67,11 @@ def _wait_for(pred, timeout=30.0, what="condition"):
 def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(tmp_path, keys, device):
     """``device``: the edge server runs with this interpreter, or with a device install (Python 3.10, edge only)."""
     python = device_python() if device == "device" else None
-    fed = LocalFederation(tmp_path / "fed")
-    fed.start_coordinator()
+    fed, _ = _offering_release_1(tmp_path, keys)
     edge = None
     try:
-        v1 = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
-        _publish(fed, v1)
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", "--device-name", "shelf-cam",
-                           python=python)
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed), "--device-name",
+                           "shelf-cam", python=python)
         x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 8, 8])
@@ -80,8 +96,7 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
         assert "shelf-cam  [self-named]  last seen" in _wait_for(inventory, what="the device's report of release 2")
 
         edge.stop()  # a restarted device does not install what it already serves again
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge2.log", "--pull", fed.release_address,
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5", python=python)
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge2.log", *pull_flags(fed), python=python)
         _wait_for(lambda: "already serving" in (tmp_path / "edge2.log").read_text(), what="a poll after the restart")
         assert sorted(p.name for p in (tmp_path / "repo" / "digits").iterdir() if p.name.isdigit()) == ["1", "2"]
         with grpc.insecure_channel(edge.url) as ch:
@@ -211,8 +226,8 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
     edge = None
     try:
         _publish(fed, heavy_bundle(tmp_path / "r1", keys[0]))
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{proxy.port}",
-                           "--pull-ca", str(fed.certs / "ca.crt"), "--pull-interval", "0.5")
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log",
+                           *pull_flags(fed, f"127.0.0.1:{proxy.port}"))
         _wait_installed(tmp_path / "edge.log", what="release 1 installed after the cut")
         log = (tmp_path / "edge.log").read_text()
         stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) ", log)
@@ -485,3 +500,30 @@ def test_a_listing_naming_paths_is_refused_and_nothing_is_written_outside_the_re
     assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["repo"]
     assert not [p for p in (tmp_path / "device" / "repo").iterdir() if p.name != ".engines"], \
         list((tmp_path / "device" / "repo").iterdir())
+
+
+def test_a_rate_limited_device_downloads_no_faster_than_its_limit(tmp_path, keys):
+    """--pull-max-rate 64k against a 164 kB release: the fetch takes at least (size - one 64 KiB flow-control
+    window) / rate, where an unlimited one on loopback takes milliseconds; the release still installs and
+    serves."""
+    fed, bundle = _offering_release_1(tmp_path, keys)
+    edge = None
+    try:
+        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed), "--pull-max-rate",
+                           "64k")
+        req = pb.ModelInferRequest(model_name="digits")
+        req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+        req.raw_input_contents.append(np.zeros((1, 1, 8, 8), np.float32).tobytes())
+        with grpc.insecure_channel(edge.url) as ch:
+            stub = pb_grpc.GRPCInferenceServiceStub(ch)
+            _wait_for(lambda: _serves(stub, req, "1"), what="release 1 pulled at 64 kB/s and served")
+        m = re.search(r"fetched release digits v1: (\d+) bytes in ([\d.]+) s \((\d+) kB/s, limit 64 kB/s\)",
+                      (tmp_path / "edge.log").read_text())
+        assert m, (tmp_path / "edge.log").read_text()[-2000:]
+        size, took = int(m.group(1)), float(m.group(2))
+        assert size == archive_bytes(bundle) and took >= (size - 65536) / 64_000, (size, took)
+        assert int(m.group(3)) <= 64
+    finally:
+        if edge is not None:
+            edge.stop()
+        fed.stop_all()
