@@ -146,15 +146,14 @@ class DynamicBatcher:
         """Requests whose caller has gone (a cancelled future: the client hung up or its deadline passed while
         it was queued) are dropped instead of computed, so an overloaded server does not spend itself on answers
         nobody waits for."""
-        pending: _Item | None = None
         concurrent = False  # did this worker's last batch coalesce several requests?
         while True:
-            first, pending = pending or self._queue.get(), None
+            first = self._queue.get()
             if first is None:
                 return
             if first.future.cancelled():
                 continue
-            batch, rows, pending, stop = self._gather(first, concurrent)
+            batch, rows, stop = self._gather(first, concurrent)
             concurrent = len(batch) > 1
             now = time.perf_counter()
             live = [it for it in batch if not it.future.cancelled()]  # gone while the batch gathered
@@ -168,9 +167,10 @@ class DynamicBatcher:
             if stop:
                 return
 
-    def _gather(self, first: _Item, concurrent: bool) -> tuple[list[_Item], int, _Item | None, bool]:
-        """``first`` plus what arrives before its deadline, up to max_batch_size rows: (batch, rows, the item that
-        did not fit, whether the stop sentinel came). The delay is only spent while requests are concurrent."""
+    def _gather(self, first: _Item, concurrent: bool) -> tuple[list[_Item], int, bool]:
+        """``first`` plus what arrives before its deadline, up to max_batch_size rows: (batch, rows, whether the
+        stop sentinel came). A request that does not fit goes back to the head of its level, so a higher-priority
+        one that arrives meanwhile still goes first. The delay is only spent while requests are concurrent."""
         batch, rows = [first], first.rows
         deadline = first.enqueued + (self._cfg.max_queue_delay_us / 1e6 if concurrent else 0.0)
         while rows < self._cfg.max_batch_size:
@@ -180,14 +180,15 @@ class DynamicBatcher:
             except queue.Empty:
                 break
             if item is None:
-                return batch, rows, None, True
+                return batch, rows, True
             if item.future.cancelled():
                 continue
             if rows + item.rows > self._cfg.max_batch_size:
-                return batch, rows, item, False
+                self._queue.put_front(item, item.level)
+                break
             batch.append(item)
             rows += item.rows
-        return batch, rows, None, False
+        return batch, rows, False
 
     def _execute(self, batch: list[_Item], rows: int) -> None:
         started = time.perf_counter()

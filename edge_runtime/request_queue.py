@@ -33,6 +33,17 @@ class RequestQueue(Generic[T]):
             self._count += 1
             self._cond.notify()
 
+    def put_front(self, item: T, level: int = 0) -> None:
+        """Back at the head of its level: a request taken that did not fit the batch being gathered, so that it
+        goes next in its level, and after anything of a higher level that arrived meanwhile."""
+        with self._cond:
+            if level not in self._levels:
+                self._levels[level] = deque()
+                self._order = sorted(self._levels)
+            self._levels[level].appendleft(item)
+            self._count += 1
+            self._cond.notify()
+
     def stop(self, n: int) -> None:
         """``n`` workers get None, each once the queue is empty."""
         with self._cond:

@@ -304,3 +304,33 @@ def test_each_priority_level_has_its_own_queue_policy():
 def test_inconsistent_priority_settings_are_refused(config):
     with pytest.raises(ValueError, match="batching config"):
         BatchingConfig(**config)
+
+
+def test_a_request_that_did_not_fit_a_batch_does_not_hold_back_a_higher_priority_one():
+    """Batches of at most 4 rows: A and B (3 rows each, routine) are queued behind a busy call; B does not fit
+    with A, and while [A] runs an urgent C (2 rows) arrives: C goes before B."""
+    gate, calls = threading.Semaphore(0), []
+
+    def run(inputs):
+        calls.append(int(inputs["x"][0, 0]))
+        gate.acquire(timeout=5)
+        return inputs
+
+    b = DynamicBatcher(run, BatchingConfig(max_batch_size=4, max_queue_delay_us=0, instances=1, priority_levels=2,
+                                           default_priority_level=2))
+    rows = lambda value, n: {"x": np.full((n, 1), value, np.float32)}
+    futures = [b.submit(rows(0, 1))]
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    futures += [b.submit(rows(1, 3)), b.submit(rows(2, 3))]  # A, B
+    gate.release()  # the busy call ends; the worker gathers [A] (B does not fit) and runs it
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    futures.append(b.submit(rows(3, 2), priority=1))  # C, urgent, while [A] runs
+    for _ in range(3):
+        gate.release()
+    for f in futures:
+        f.result(5)
+    b.close()
+    assert calls == [0, 1, 3, 2]
