@@ -25,22 +25,19 @@ class RequestQueue(Generic[T]):
         self._cond = threading.Condition()
 
     def put(self, item: T, level: int = 0) -> None:
-        with self._cond:
-            if level not in self._levels:
-                self._levels[level] = deque()
-                self._order = sorted(self._levels)
-            self._levels[level].append(item)
-            self._count += 1
-            self._cond.notify()
+        self._add(item, level, front=False)
 
     def put_front(self, item: T, level: int = 0) -> None:
         """Back at the head of its level: a request taken that did not fit the batch being gathered, so that it
         goes next in its level, and after anything of a higher level that arrived meanwhile."""
+        self._add(item, level, front=True)
+
+    def _add(self, item: T, level: int, front: bool) -> None:
         with self._cond:
             if level not in self._levels:
                 self._levels[level] = deque()
                 self._order = sorted(self._levels)
-            self._levels[level].appendleft(item)
+            (self._levels[level].appendleft if front else self._levels[level].append)(item)
             self._count += 1
             self._cond.notify()
 
