@@ -80,8 +80,8 @@ class BatchingConfig:
         return priority if 1 <= priority <= self.priority_levels else self.default_priority_level
 
     def policy(self, level: int) -> QueuePolicy:
-        """The queue policy of ``level``."""
-        return dict(self.priority_queue_policy).get(level, self.queue)
+        """The queue policy of ``level`` (asked at every request: no mapping built, usually nothing to scan)."""
+        return next((p for lv, p in self.priority_queue_policy if lv == level), self.queue)
 
 
 @dataclass

@@ -118,10 +118,10 @@ def rotate(state: Path) -> KeyRing:
     return ring
 
 
-def status(state: Path, registry: Registry) -> dict:
+def status(state: Path, registry: Registry, ring: KeyRing | None = None) -> dict:
     """Which key signed each release, which key each device's serving releases were signed with, and what keeps
-    the previous keys from being retired (``blockers``, one line each)."""
-    ring = KeyRing.load(state)
+    the previous keys from being retired (``blockers``, one line each). ``ring``: the keys, if already loaded."""
+    ring = ring or KeyRing.load(state)
     releases = registry.releases()
     signed = {r["id"]: ring.signer(Path(r["path"])) for r in releases}
     current = ring.current[0]
@@ -152,10 +152,10 @@ def status(state: Path, registry: Registry) -> dict:
 def retire(state: Path, registry: Registry, force: bool = False) -> list[str]:
     """Drop every previous key from ``trust.pub`` (their private halves deleted, public halves kept in
     ``retired/``); the fingerprints retired. Refused while something still depends on them, unless ``force``."""
-    info = status(state, registry)
+    ring = KeyRing.load(state)
+    info = status(state, registry, ring)
     if info["blockers"] and not force:
         raise KeyringError("the previous key is still needed:\n  " + "\n  ".join(info["blockers"]))
-    ring = KeyRing.load(state)
     if not ring.previous:
         return []
     (ring.directory / RETIRED).mkdir(exist_ok=True)
