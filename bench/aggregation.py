@@ -29,7 +29,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     import torch
     from flwr.server.strategy.aggregate import aggregate_inplace
 
-    from server.aggregate import fedavg_fit_results, npy_view
+    from fedge.server.aggregate import fedavg_fit_results, npy_view
 
     torch.set_num_threads(1)
     sec = Section("Aggregation (FedAvg on the coordinator, 1 thread)")

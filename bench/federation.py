@@ -14,8 +14,8 @@ from .report import Section
 
 
 def _federation(work: Path, task: str, files: list[Path]):
-    from fedge.cluster import LocalFederation
-    from fedge.demo import CUSTOMERS
+    from fedge.cli.cluster import LocalFederation
+    from fedge.cli.demo import CUSTOMERS
 
     fed = LocalFederation(work / f"fed-{task}")
     fed.start_coordinator()
@@ -25,8 +25,8 @@ def _federation(work: Path, task: str, files: list[Path]):
 
 
 def _launch(fed, task: str, rounds: int, secagg: bool, **extra) -> int:
-    from server.run_config import RunConfig
-    from server.runs import launch, open_registry
+    from fedge.server.run_config import RunConfig
+    from fedge.server.runs import launch, open_registry
 
     with contextlib.redirect_stdout(io.StringIO()):  # the live round table; the registry keeps every number
         code = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=secagg, seed=0,
@@ -38,15 +38,15 @@ def _launch(fed, task: str, rounds: int, secagg: bool, **extra) -> int:
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    from edge_runtime.bundle import generate_keys
-    from fedge.baseline import centralized_accuracy
-    from fedge.demo import write_customer_data
-    from fedge.tasks import get_task
-    from server.export.pipeline import ExportConfig, export_release
-    from server.runs import open_registry
+    from fedge.edge_runtime.distribution.bundle import generate_keys
+    from fedge.core.baseline import centralized_accuracy
+    from fedge.cli.demo import write_customer_data
+    from fedge.core.tasks import get_task
+    from fedge.export.pipeline import ExportConfig, export_release
+    from fedge.server.runs import open_registry
 
     sec = Section("Federated rounds and learning (3 client daemons on loopback, TLS + node auth)")
-    from fedge.demo import DPSGD_DEMO
+    from fedge.cli.demo import DPSGD_DEMO
 
     plain_rounds, secagg_rounds, intent_rounds = (3, 2, 3) if quick else (8, 3, 10)
     dpsgd_rounds = 3 if quick else DPSGD_ROUNDS
@@ -62,8 +62,8 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         progress.advance(t)
         reg = open_registry(fed.state)
         generate_keys(fed.state / "keys")
-        summary = export_release(fed.state, ExportConfig(run=plain, out=work / "release-digits", prune="none",
-                                                         max_accuracy_drop=0.05), console=_quiet_console())
+        release = export_release(fed.state, ExportConfig(run=plain, out=work / "release-digits", prune="none",
+                                                         max_accuracy_drop=0.05))
         progress.advance(t)
         dpsgd = _launch(fed, "digits", dpsgd_rounds, secagg=False, dp_sgd_epsilon=8.0, **DPSGD_DEMO)
         progress.advance(t)
@@ -78,7 +78,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     curves["digits, SecAgg+ on"] = [r.accuracy for r in s_rounds]
     d_rounds = reg.rounds(dpsgd)
     curves["digits, DP-SGD ε<=8"] = [r.accuracy for r in d_rounds]
-    gate = summary["gate"]
+    gate = release.gate
 
     ifiles = write_customer_data(work / "intent", 0.5, 0, "intent")
     fed = _federation(work, "intent", ifiles)
@@ -116,17 +116,26 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     sec.tables.append(("INT8 release of the digits run (federated MinMax calibration, federated gate, no pruning)",
                        [{"FP32 accuracy": gate["fp32_accuracy"], "INT8 accuracy": gate["int8_accuracy"],
                          "drop": gate["accuracy_drop"], "top-1 agreement": gate["top1_agreement"],
-                         "INT8 size / FP32": summary["int8_size_ratio"]}]))
+                         "INT8 size / FP32": release.int8_size_ratio}]))
     sec.tables.append(("Central DP (client-side clipping C = 1, or adaptive from 0.1 toward the median update norm;"
                        " Gaussian noise on the aggregate), 100 simulated customers (Flower simulation engine,"
                        f" Dirichlet 0.5, {SWEEP_EPOCHS} local epochs, lr {SWEEP_LR}), digits", sweep))
     if docs is not None:
         sec.plots.append(learning_curves(docs / "bench-learning.png", curves, {"digits": central, "intent": icentral}))
-    sec.notes += [
+    sec.notes += _notes(dpsgd_rounds)
+    sec.data = {"curves": curves, "centralized": {"digits": central, "intent": icentral},
+                "wall_s": {k: [r.wall_s for r in v] for k, v in (("plain", p_rounds), ("secagg", s_rounds), ("intent", i_rounds))}}
+    return sec
+
+
+def _notes(dpsgd_rounds: int) -> list[str]:
+    from fedge.cli.demo import DPSGD_DEMO
+
+    return [
         "Centralized = the same (non-private) model trained on the union of the customers' training splits for as many epochs as"
         " the federated run trained locally in total, evaluated on the union of their holdouts.",
         "Flower starts a `flwr-clientapp` process per message on every SuperNode; fedge forks it from a pre-imported"
-        " zygote (fedge/warm_exec.py), which saves the 1.2-4 CPU-seconds of imports a cold start costs each time"
+        " zygote (fedge/core/warm_exec.py), which saves the 1.2-4 CPU-seconds of imports a cold start costs each time"
         " (FEDGE_WARM_APPS=0 turns it off). SecAgg+ adds its key-exchange, share and unmask stages, each another"
         " message and process per SuperNode.",
         "DP-SGD run: every customer runs Opacus DP-SGD with the noise it derives for ε <= 8 (δ = 1e-5) over the"
@@ -136,9 +145,6 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         f" {DPSGD_DEMO['local_epochs']} local epochs, per-sample clip {DPSGD_DEMO['dp_sgd_clip']});"
         " compared with the non-private run above (its own defaults). Customers hold 430-720 images each.",
     ]
-    sec.data = {"curves": curves, "centralized": {"digits": central, "intent": icentral},
-                "wall_s": {k: [r.wall_s for r in v] for k, v in (("plain", p_rounds), ("secagg", s_rounds), ("intent", i_rounds))}}
-    return sec
 
 
 SWEEP_EPOCHS, SWEEP_LR = 10, 0.01  # ~14 images per customer: one batch per epoch, so epochs are the local steps
@@ -152,7 +158,7 @@ def central_dp_sweep(work: Path, rounds: int, runs) -> list[dict]:
     import subprocess
     import sys
 
-    from fedge.procs import fedge_env
+    from fedge.core.procs import fedge_env
 
     rows = []
     for sigma, adaptive in runs:
@@ -175,9 +181,3 @@ def central_dp_sweep(work: Path, rounds: int, runs) -> list[dict]:
 def _fmt_clip(last: dict) -> str:
     clip = ((last.get("privacy") or {}).get("central") or {}).get("clip")
     return f"{clip:.3f}" if clip is not None else "?"
-
-
-def _quiet_console():
-    from rich.console import Console
-
-    return Console(file=io.StringIO())

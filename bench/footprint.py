@@ -18,7 +18,7 @@ from . import resnet, serving
 from .report import Section
 
 DEVICE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-device" / "bin" / "python"
-PROBE = ("import sys, time; t = time.perf_counter(); import edge_runtime.server, onnxruntime;"
+PROBE = ("import sys, time; t = time.perf_counter(); import fedge.edge_runtime.process.serve, onnxruntime;"
          " print(time.perf_counter() - t, '%d.%d.%d' % sys.version_info[:3], onnxruntime.__version__, sep=',')")
 
 
@@ -45,8 +45,8 @@ def _serve_once(work: Path, bundle: Path, pub: Path, python: str, requests: int)
     batch-1 requests and one of batch 64, read its memory again, stop it."""
     import grpc
 
-    from proto import grpc_service_pb2 as pb
-    from proto import grpc_service_pb2_grpc as pb_grpc
+    from fedge.proto import grpc_service_pb2 as pb
+    from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 
     t0 = time.perf_counter()
     server = serving._Server(work, bundle, pub, "footprint", python=python)
@@ -69,7 +69,7 @@ def _serve_once(work: Path, bundle: Path, pub: Path, python: str, requests: int)
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    from edge_runtime.bundle import generate_keys, load_private_key
+    from fedge.edge_runtime.distribution.bundle import generate_keys, load_private_key
 
     sec = Section("Footprint on a small device (ResNet-18-style INT8, ONNX Runtime CPU)")
     work.mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         sec.figures.update({f"edge_ready_s_{name}": med["ready_s"], f"edge_rss_idle_mb_{name}": med["idle_mb"],
                             f"edge_rss_peak_mb_{name}": med["peak_mb"], f"edge_import_s_{name}": import_s})
         rows.append({"install": name, "python": py_version, "onnxruntime": ort_version,
-                     "import edge_runtime.server + onnxruntime s": import_s,
+                     "import fedge.edge_runtime.process.serve + onnxruntime s": import_s,
                      "start to ready model s (min / median / max)":
                          " / ".join(f"{f(r['ready_s'] for r in runs):.2f}" for f in (min, statistics.median, max)),
                      "RSS idle MiB": med["idle_mb"], f"RSS after {requests} + 1 requests MiB": med["served_mb"],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.backends import OrtBackend, cuda_available
+from fedge.edge_runtime.serving.backends import OrtBackend, cuda_available
 
 from . import resnet, serving
 from .inference import measure as measure_latency
@@ -35,7 +35,7 @@ def shape_switches(path: Path, progress) -> list[dict]:
     backend (a session per batch size, warmed): the reason the CUDA backend keeps one session per bucket."""
     import onnxruntime as ort
 
-    from edge_runtime.backends import gpu_buckets
+    from fedge.edge_runtime.serving.backends import gpu_buckets
 
     def timed(fn, b):
         t0 = time.perf_counter()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge_runtime.backends import OrtBackend
+from fedge.edge_runtime.serving.backends import OrtBackend
 
 from .report import Section
 from .timing import interleaved, paired_ratio, stats
@@ -53,10 +53,10 @@ def measure(name: str, models: dict, input_shape: tuple, reps: dict[int, int], p
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    from client.jobs import calibration_minmax
-    from fedge.tasks import get_task
-    from server.export.quantize import QuantizeConfig, preprocess, quantize_variants
-    from server.export.onnx_export import to_onnx
+    from fedge.client.jobs import calibration_minmax
+    from fedge.core.tasks import get_task
+    from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
+    from fedge.export.onnx_export import to_onnx
 
     from . import resnet
 

@@ -22,7 +22,7 @@ LEVELS = {**BATCHING, "dynamic_batching": {**BATCHING["dynamic_batching"], "prio
 
 
 def _generators(n: int) -> list[subprocess.Popen]:
-    from fedge.procs import fedge_env
+    from fedge.core.procs import fedge_env
 
     return [subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=fedge_env()) for _ in range(n)]

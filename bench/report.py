@@ -91,7 +91,7 @@ EXPLANATIONS = {
         " 2026-11-23 13:27), 2.35 on family 25 model 17 (run of 17:50); at K=100 or 10M parameters it is 1.2-1.4 on the"
         " first and 1.5-2.0 on the second (table below).",
     "round_s_plain": "Each round is one message to every SuperNode (evaluation folded into the fit message), and Flower"
-        " starts a process per message; fedge forks it from a pre-imported zygote (fedge/warm_exec.py; a cold start"
+        " starts a process per message; fedge forks it from a pre-imported zygote (fedge/core/warm_exec.py; a cold start"
         " imports flwr and torch, about 3 CPU-seconds, three per round on 2 cores). Also applied: 50-250 ms reply"
         " polling, 0.25 s SuperNode idle poll. What remains is training, the SuperNodes' HTTP round trips and"
         " the coordinator's checkpoint and evaluation, on 2 shared cores.",

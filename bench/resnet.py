@@ -57,10 +57,10 @@ class Artifacts:
 
 def build(out: Path, prune: str = "none", seed: int = 0, calib: int = 200) -> Artifacts:
     """FP32 ONNX + both INT8 QDQ variants, through fedge's export stages."""
-    from client.jobs import calibration_minmax
-    from server.export.onnx_export import to_onnx
-    from server.export.prune import PruneConfig, prune_model
-    from server.export.quantize import QuantizeConfig, preprocess, quantize_variants
+    from fedge.client.jobs import calibration_minmax
+    from fedge.export.onnx_export import to_onnx
+    from fedge.export.prune import PruneConfig, prune_model
+    from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import time
 import subprocess
 import sys
 import urllib.request
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ LEAN = "batching, fedge edge perf (request built once, blocking calls)"  # perf_
 
 
 def _bundle(work: Path, art, key) -> Path:
-    from edge_runtime.bundle import write_bundle
+    from fedge.edge_runtime.distribution.bundle import write_bundle
 
     b = work / "bundle"
     shutil.rmtree(b, ignore_errors=True)
@@ -51,9 +52,9 @@ class _Server:
         """``tls_ca``: the server serves TLS (its flags say with what certificate); this CA verifies it.
         ``python``: the interpreter that serves (another install's), by default this one. ``config``: the
         model's config.json (Triton's model configuration terms)."""
-        from edge_runtime.bundle import load_public_key
-        from edge_runtime.repository import install_bundle
-        from fedge.cluster import EdgeServerProcess
+        from fedge.edge_runtime.distribution.bundle import load_public_key
+        from fedge.edge_runtime.distribution.repository import install_bundle
+        from fedge.cli.cluster import EdgeServerProcess
 
         repo = work / f"repo-{name}"
         shutil.rmtree(repo, ignore_errors=True)
@@ -70,9 +71,9 @@ class _Server:
 
         import grpc
 
-        from edge_runtime.tls import channel_credentials
-        from proto import grpc_service_pb2 as pb
-        from proto import grpc_service_pb2_grpc as pb_grpc
+        from fedge.edge_runtime.common.tls import channel_credentials
+        from fedge.proto import grpc_service_pb2 as pb
+        from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -108,7 +109,7 @@ class _Server:
 def _start_drivers() -> list[subprocess.Popen]:
     """Load generator processes: on a machine with cores to spare the clients are spread over several, so that one
     Python process (tritonclient's callbacks hold its GIL) is not what limits the figure."""
-    from fedge.procs import fedge_env
+    from fedge.core.procs import fedge_env
 
     return [subprocess.Popen([sys.executable, "-m", "bench.load_client"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True, env=fedge_env())
@@ -158,87 +159,49 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     return sec
 
 
-def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffix: str = "",
-            plot: Path | None = None) -> float:
-    """Serve the ResNet release with ``--backend BACKEND`` (batching with the backend's default instance count,
-    no batching, batching with another instance count: 1 where the default is 2, 2 where it is 1), drive it
-    with 1/8/64 tritonclient clients, time the backend's own model file in-process; fills ``sec`` (figure names
-    get ``suffix``; ``plot``: where to draw throughput and latency against clients) and returns the in-process
-    batch-64 over batch-1 throughput ratio."""
-    from edge_runtime.backends import default_instances, load_backend
-    from edge_runtime.bundle import generate_keys, load_private_key, load_public_key, verify_bundle
+def _in_process(bundle: Path, pub: Path, backend: str, progress, quick: bool) -> tuple[dict, list, str]:
+    """The file this backend serves, timed in this process with the same session options at each batch size
+    (-> seconds per call by batch), and at batch 1 after 1 ms idle (-> seconds), and the file's name."""
+    from fedge.edge_runtime.distribution.bundle import load_public_key, verify_bundle
+    from fedge.edge_runtime.serving.backends import load_backend
 
     from . import resnet
 
-    work.mkdir(parents=True, exist_ok=True)
-    t = progress.add_task(f"serving ({backend}): building the release and starting 4 edge servers", total=1)
-    art = resnet.build(work / "model")
-    priv, pub = generate_keys(work / "keys")
-    bundle = _bundle(work, art, load_private_key(priv))
-    flags = ("--backend", backend)
+    # in-process: the file this backend serves, the same session options, each batch size; best throughput wins
+    be = load_backend(bundle, verify_bundle(bundle, load_public_key(pub)), backend, threads=1)
+    xs = {b: np.random.default_rng(b).standard_normal((b, *resnet.INPUT)).astype(np.float32) for b in (1, 8, 64)}
+    t = progress.add_task(f"serving ({backend}): in-process ONNX Runtime b1/b8/b64", total=3 if quick else 9)
+    inproc = interleaved({b: (lambda x=x: be.run({"input": x})) for b, x in xs.items()}, reps=3 if quick else 9,
+                         target_s=0.3, on_rep=lambda: progress.advance(t))
+    # the same batch-1 call after 1 ms idle, as each request of a lone client finds the server (the client's
+    # round trip leaves the core idle that long): no longer a hot loop's warm caches and busy core
+    idle = []
+    for _ in range(60 if quick else 300):
+        time.sleep(0.001)
+        t0 = time.perf_counter()
+        be.run({"input": xs[1]})
+        idle.append(time.perf_counter() - t0)
+    return inproc, idle, be.model_file
+
+
+class Measured(NamedTuple):
+    runs: dict                  # (setup, clients) -> each repetition's load-client result
+    inproc: dict                # batch -> in-process seconds per call
+    idle: list                  # in-process batch-1 seconds after 1 ms idle
+    be_file: str                # the model file the backend runs
+    live_p50_ms: float          # a bare gRPC round trip
+
+
+def _report(sec: Section, backend: str, suffix: str, plot: Path | None, m: Measured, setups: dict, other: str,
+            reps: int, seconds: float) -> None:
+    """The serving table, figures, notes, plot and raw data of one backend's measurement."""
+    from fedge.edge_runtime.serving.backends import default_instances
+
+    runs, inproc, idle, be_file, live_p50_ms = m
+    inproc_tput = {b: b / statistics.median(v) for b, v in inproc.items()}
+    best_batch = max(inproc_tput, key=inproc_tput.get)
+    inproc_p50_b1_ms = statistics.median(inproc[1]) * 1e3
     count = 1 if default_instances(backend) > 1 else 2
-    other = f"batching, {count} instance{'s' if count > 1 else ''}"
-    servers = {"batching": _Server(work, bundle, pub, "batching", "--allow-client-shm", *flags),
-               "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", *flags),
-               other: _Server(work, bundle, pub, "batching-other", "--instances", str(count), *flags),
-               CACHED: _Server(work, bundle, pub, "cached", "--cache-config", "local,size=67108864", *flags)}
-    drivers = _start_drivers()
-    driver = drivers[0]
-    try:
-        for s in servers.values():
-            s.wait_ready()
-        progress.advance(t)
-
-        # in-process: the file this backend serves, the same session options, each batch size; best throughput wins
-        be = load_backend(bundle, verify_bundle(bundle, load_public_key(pub)), backend, threads=1)
-        xs = {b: np.random.default_rng(b).standard_normal((b, *resnet.INPUT)).astype(np.float32) for b in (1, 8, 64)}
-        t = progress.add_task(f"serving ({backend}): in-process ONNX Runtime b1/b8/b64", total=3 if quick else 9)
-        inproc = interleaved({b: (lambda x=x: be.run({"input": x})) for b, x in xs.items()}, reps=3 if quick else 9,
-                             target_s=0.3, on_rep=lambda: progress.advance(t))
-        # the same batch-1 call after 1 ms idle, as each request of a lone client finds the server (the client's
-        # round trip leaves the core idle that long): no longer a hot loop's warm caches and busy core
-        idle = []
-        for _ in range(60 if quick else 300):
-            time.sleep(0.001)
-            t0 = time.perf_counter()
-            be.run({"input": xs[1]})
-            idle.append(time.perf_counter() - t0)
-        be_file = be.model_file
-        del be
-        inproc_tput = {b: b / statistics.median(v) for b, v in inproc.items()}
-        best_batch = max(inproc_tput, key=inproc_tput.get)
-        inproc_p50_b1_ms = statistics.median(inproc[1]) * 1e3
-
-        driver.stdin.write(json.dumps({"mode": "live", "url": servers["batching"].url}) + "\n")
-        driver.stdin.flush()
-        live_p50_ms = json.loads(driver.stdout.readline())["p50_ms"]
-
-        reps, seconds = (1, 2.0) if quick else (3, 4.0)
-        runs: dict[tuple[str, int], list[dict]] = {}
-        setups = {name: (name, {}) for name in servers} | {STREAMING: ("batching", {"stream": True}),
-                                                            SHARED: ("batching", {"shm": True, "output_name": "logits"}),
-                                                            HTTP: ("batching", {"http": True})}
-        t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients",
-                              total=reps * (len(setups) * len(CONCURRENCY) + 1))
-        rng = np.random.default_rng(0)
-        for _ in range(reps):
-            for name in rng.permutation(list(setups)):
-                server, mode = setups[str(name)]
-                s = servers[server]
-                for c in CONCURRENCY:
-                    before = s.batch_stats()
-                    r = _drive(drivers, {"url": s.http_url if mode.get("http") else s.url, "model": "resnet", "input_name": "input",
-                                         "shape": [1, *resnet.INPUT], "seconds": seconds, **mode}, c)
-                    after = s.batch_stats()
-                    r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
-                    runs.setdefault((str(name), c), []).append(r)
-                    progress.advance(t)
-            runs.setdefault((LEAN, 1), []).append(_perf(servers["batching"].url, seconds))
-            progress.advance(t)
-    finally:
-        _stop_drivers(drivers)
-        for s in servers.values():
-            s.stop()
 
     def med(name, c, key):
         return statistics.median(r[key] for r in runs[(name, c)])
@@ -289,7 +252,75 @@ def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffi
             f"in-process b{best_batch}": inproc_tput[best_batch], "in-process b1": inproc_tput[1]}))
     sec.data[backend] = {"inprocess": {str(b): v for b, v in inproc.items()},
                          "serving": {f"{n}|c{c}": rs for (n, c), rs in runs.items()}}
-    return inproc_tput[64] / inproc_tput[1]
+
+
+def measure(sec: Section, work: Path, progress, quick: bool, backend: str, suffix: str = "",
+            plot: Path | None = None) -> float:
+    """Serve the ResNet release with ``--backend BACKEND`` (batching with the backend's default instance count,
+    no batching, batching with another instance count: 1 where the default is 2, 2 where it is 1), drive it
+    with 1/8/64 tritonclient clients, time the backend's own model file in-process; fills ``sec`` (figure names
+    get ``suffix``; ``plot``: where to draw throughput and latency against clients) and returns the in-process
+    batch-64 over batch-1 throughput ratio."""
+    from fedge.edge_runtime.distribution.bundle import generate_keys, load_private_key
+    from fedge.edge_runtime.serving.backends import default_instances
+
+    from . import resnet
+
+    work.mkdir(parents=True, exist_ok=True)
+    t = progress.add_task(f"serving ({backend}): building the release and starting 4 edge servers", total=1)
+    art = resnet.build(work / "model")
+    priv, pub = generate_keys(work / "keys")
+    bundle = _bundle(work, art, load_private_key(priv))
+    flags = ("--backend", backend)
+    count = 1 if default_instances(backend) > 1 else 2
+    other = f"batching, {count} instance{'s' if count > 1 else ''}"
+    servers = {"batching": _Server(work, bundle, pub, "batching", "--allow-client-shm", *flags),
+               "no batching": _Server(work, bundle, pub, "nobatch", "--no-batching", *flags),
+               other: _Server(work, bundle, pub, "batching-other", "--instances", str(count), *flags),
+               CACHED: _Server(work, bundle, pub, "cached", "--cache-config", "local,size=67108864", *flags)}
+    drivers = _start_drivers()
+    driver = drivers[0]
+    try:
+        for s in servers.values():
+            s.wait_ready()
+        progress.advance(t)
+
+        inproc, idle, be_file = _in_process(bundle, pub, backend, progress, quick)
+
+        driver.stdin.write(json.dumps({"mode": "live", "url": servers["batching"].url}) + "\n")
+        driver.stdin.flush()
+        live_p50_ms = json.loads(driver.stdout.readline())["p50_ms"]
+
+        reps, seconds = (1, 2.0) if quick else (3, 4.0)
+        runs: dict[tuple[str, int], list[dict]] = {}
+        setups = {name: (name, {}) for name in servers} | {STREAMING: ("batching", {"stream": True}),
+                                                            SHARED: ("batching", {"shm": True, "output_name": "logits"}),
+                                                            HTTP: ("batching", {"http": True})}
+        t = progress.add_task(f"serving ({backend}): 1/8/64 concurrent tritonclient clients",
+                              total=reps * (len(setups) * len(CONCURRENCY) + 1))
+        rng = np.random.default_rng(0)
+        for _ in range(reps):
+            for name in rng.permutation(list(setups)):
+                server, mode = setups[str(name)]
+                s = servers[server]
+                for c in CONCURRENCY:
+                    before = s.batch_stats()
+                    r = _drive(drivers, {"url": s.http_url if mode.get("http") else s.url, "model": "resnet", "input_name": "input",
+                                         "shape": [1, *resnet.INPUT], "seconds": seconds, **mode}, c)
+                    after = s.batch_stats()
+                    r["mean_batch"] = (after[0] - before[0]) / max(after[1] - before[1], 1) if name.startswith("batching") else 1.0
+                    runs.setdefault((str(name), c), []).append(r)
+                    progress.advance(t)
+            runs.setdefault((LEAN, 1), []).append(_perf(servers["batching"].url, seconds))
+            progress.advance(t)
+    finally:
+        _stop_drivers(drivers)
+        for s in servers.values():
+            s.stop()
+
+    _report(sec, backend, suffix, plot, Measured(runs, inproc, idle, be_file, live_p50_ms), setups, other, reps,
+            seconds)
+    return statistics.median(inproc[1]) / statistics.median(inproc[64]) * 64
 
 
 def _perf(url: str, seconds: float) -> dict:
@@ -309,7 +340,7 @@ def _perf(url: str, seconds: float) -> dict:
 
 def _certificates(out: Path) -> tuple[Path, Path, Path]:
     """(server certificate, its key, CA) for the TLS setup, as `fedge certs init` makes them."""
-    from server.certs import init_certs
+    from fedge.server.certs import init_certs
 
     paths = init_certs(out)
     return paths.server_cert, paths.server_key, paths.ca
@@ -319,8 +350,8 @@ def front_end(sec: Section, work: Path, progress, quick: bool) -> None:
     """What the server itself costs per request: the digits model (about 0.01 ms per call) served to 64
     tritonclient clients, with and without batching. Its requests/s is the most any model can be served at by one
     server process, which is what caps a GPU (see docs/gpu/BENCHMARKS.md); also the server's CPU per request."""
-    from edge_runtime.bundle import generate_keys
-    from server.export.sample_bundle import untrained_bundle
+    from fedge.edge_runtime.distribution.bundle import generate_keys
+    from fedge.export.sample_bundle import untrained_bundle
 
     work.mkdir(parents=True, exist_ok=True)
     t = progress.add_task("serving: front end (digits model, 64 clients)", total=1)

@@ -7,12 +7,13 @@ from flwr.client.mod import secaggplus_mod
 from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-from client.clipping import clipping_when_requested
-from client.egress import egress_audit
+from fedge.client.clipping import clipping_when_requested
+from fedge.client.egress import egress_audit
+from fedge.core.wire import JOB_RECORD
 
 
 def _client_fn(context: Context):
-    from client.trainer import FedgeClient
+    from fedge.client.trainer import FedgeClient
 
     return FedgeClient.from_context(context).to_client()
 
@@ -28,11 +29,10 @@ def export_jobs(msg: Message, context: Context, call_next):
     """Federated calibration and the accuracy gate arrive as QUERY messages carrying a ``fedge-job`` record."""
     if msg.metadata.message_type != MessageType.QUERY or JOB_RECORD not in msg.content.config_records:
         return call_next(msg, context)
-    from client.job_handler import handle
+    from fedge.client.job_handler import handle
 
     return Message(handle(msg.content.config_records[JOB_RECORD], context), reply_to=msg)
 
 
-JOB_RECORD = "fedge-job"
 # order matters: the update is clipped (innermost) before SecAgg+ masks it, and the audit sees what really leaves
 app = ClientApp(client_fn=_client_fn, mods=[egress_audit, export_jobs, secagg_when_requested, clipping_when_requested])

@@ -19,7 +19,7 @@ from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.compat.common import recorddict_compat as compat
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT, compute_clip_model_update
 
-from fedge.privacy import update_norm
+from fedge.core.privacy import update_norm
 
 
 def clip_update(new: list[np.ndarray], old: list[np.ndarray], clipping_norm: float) -> tuple[list[np.ndarray], bool]:

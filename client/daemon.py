@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fedge.procs import fedge_env, free_port, spawn, stop_pid
+from fedge.core.procs import fedge_env, free_port, spawn, stop_pid
 
 REFUSAL_MARKERS = ("Failed to activate SuperNode", "must be registered", "CERTIFICATE_VERIFY_FAILED",
                    "Server disconnected without sending a response", "authentication",
@@ -52,7 +52,7 @@ def node_config(cfg: ClientConfig) -> str:
 
 
 def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
-    cmd = [sys.executable, "-m", "client.supernode", "--superlink", cfg.coordinator,
+    cmd = [sys.executable, "-m", "fedge.client.supernode", "--superlink", cfg.coordinator,
            "--port", str(runtime_port), "--node-config", node_config(cfg), "--max-retries", str(cfg.connect_retries)]
     if cfg.insecure:
         return cmd + ["--insecure"]
@@ -63,7 +63,7 @@ def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
 
 
 def validate_data(cfg: ClientConfig) -> int:
-    from fedge.tasks import get_task
+    from fedge.core.tasks import get_task
 
     ds = get_task(cfg.task).load_data(Path(cfg.data))
     return len(ds)
@@ -81,7 +81,7 @@ def run(cfg: ClientConfig) -> int:
     state = Path(cfg.state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     n = validate_data(cfg)
-    from .ledger import Ledger
+    from fedge.client.ledger import Ledger
 
     spent = Ledger(state).total()  # checks the ledger's hash chain: an edited ledger stops the daemon here
     if cfg.max_epsilon > 0:

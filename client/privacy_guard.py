@@ -7,16 +7,17 @@ The cost is computed here, on the customer's side, with the maintained accountan
 * otherwise central DP (``dp-noise`` > 0): the customer-level ε of the declared central mechanism;
 * otherwise the round is not differentially private: a customer with a limit refuses it.
 
-Within one run ε composes through the accountants (fedge.privacy: PRV or RDP, the tighter); across runs the ledger
+Within one run ε composes through the accountants (fedge.core.privacy: PRV or RDP, the tighter); across runs the ledger
 adds them up.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedge.privacy import NOISE_CACHE, DPSGDConfig, epsilon
+from fedge.core.privacy import NOISE_CACHE, DPSGDConfig, epsilon
 
-from .ledger import Budget, Ledger
+from fedge.client.ledger import Budget, Ledger
+from fedge.core.wire import FitKey
 
 
 @dataclass(frozen=True)
@@ -42,23 +43,23 @@ class RoundCost:
 
 
 def dpsgd_config(config: dict, delta: float) -> DPSGDConfig | None:
-    if not config.get("dp-sgd", False):
+    if not config.get(FitKey.DP_SGD, False):
         return None
-    return DPSGDConfig(noise=float(config.get("dp-sgd-noise", 0.0)), clip=float(config.get("dp-sgd-clip", 1.0)),
-                       epsilon=float(config.get("dp-sgd-epsilon", 0.0)), delta=delta)
+    return DPSGDConfig(noise=float(config.get(FitKey.DP_SGD_NOISE, 0.0)), clip=float(config.get(FitKey.DP_SGD_CLIP, 1.0)),
+                       epsilon=float(config.get(FitKey.DP_SGD_EPSILON, 0.0)), delta=delta)
 
 
 def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, batch_size: int, epochs: int) -> RoundCost:
-    from fedge.tasks.training import dpsgd_plan
+    from fedge.core.tasks.training import dpsgd_plan
 
-    run, rnd = str(config.get("fedge-run", "unknown")), int(config.get("round", 0))
+    run, rnd = str(config.get(FitKey.RUN, "unknown")), int(config.get(FitKey.ROUND, 0))
     before = ledger.runs().get(run, {}) if ledger is not None else {}
     # simulation has no state dir and no ledger: count every earlier round as taken part in (an upper bound)
     earlier = max(rnd - 1, 0) if ledger is None else None
     dp = dpsgd_config(config, delta)
     if dp is not None:
         q, steps = dpsgd_plan(n_train, batch_size, epochs)
-        sigma = dp.noise_multiplier(q, steps, int(config.get("planned-rounds", 1)),
+        sigma = dp.noise_multiplier(q, steps, int(config.get(FitKey.PLANNED_ROUNDS, 1)),
                                     cache=ledger.dir / NOISE_CACHE if ledger is not None else None)
         if earlier is not None:
             history = [[sigma, q, steps * (earlier + 1)]]
@@ -67,7 +68,7 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
         else:
             history = [[sigma, q, steps]]
         return RoundCost(run, rnd, "dp-sgd", epsilon(history, delta), delta, history, sigma, dp.clip)
-    central = float(config.get("dp-noise", 0.0))
+    central = float(config.get(FitKey.DP_NOISE, 0.0))
     if central > 0:
         # one Gaussian release per round, every connected customer sampled (rate 1)
         if earlier is not None:
@@ -76,7 +77,7 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
             done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
         history = [[central, 1.0, done + 1]]
         return RoundCost(run, rnd, "central", epsilon(history, delta), delta, history, central,
-                         float(config.get("dp-clip", 0.0)))
+                         float(config.get(FitKey.DP_CLIP, 0.0)))
     return RoundCost(run, rnd, "none", None, delta)
 
 

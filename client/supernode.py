@@ -15,7 +15,7 @@
   Flower's full jitter, so restarted coordinators are not hit by every node at once).
 - a SuperNode that gives up reconnecting hangs on exit (Flower 1.41); fedge's exits, so the daemon restarts it.
 - every message starts a fresh ``flwr-clientapp`` process that imports flwr, torch and the task code (1.2-4 s of
-  CPU): the SuperNode's SuperExec forks them from a pre-imported parent instead (``fedge.warm_exec``).
+  CPU): the SuperNode's SuperExec forks them from a pre-imported parent instead (``fedge.core.warm_exec``).
 
 Usage: ``python -m client.supernode <flower-supernode arguments>``
 """
@@ -29,7 +29,8 @@ import traceback
 
 # what a ClientApp process imports for its messages (client.client_app loads torch and the tasks lazily;
 # torch.optim's constructors import torch._dynamo on first use, about 0.5 s)
-WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "client.client_app", "client.trainer", "client.job_handler",
+WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "fedge.client.client_app", "fedge.client.trainer",
+                "fedge.client.job_handler",
                 "opacus", "torch._dynamo"]
 
 
@@ -63,7 +64,7 @@ def main() -> None:
     from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
     from flwr.supernode.cli import flower_supernode
 
-    from fedge.warm_exec import SuperExecStarter, patch_subprocess
+    from fedge.core.warm_exec import SuperExecStarter, patch_subprocess
 
     sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))
     interval = max(float(os.environ.get("FEDGE_HEARTBEAT_S", "10")), float(HEARTBEAT_MIN_INTERVAL))

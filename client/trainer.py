@@ -9,13 +9,12 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from fedge.tasks import Dataset, Task, get_task, split_holdout
-from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
+from fedge.core.tasks import Dataset, Task, get_task, split_holdout
+from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
 
-from .ledger import Budget, Ledger
-from .privacy_guard import plan_round, refusal
-
-torch.set_num_threads(1)
+from fedge.client.ledger import Budget, Ledger
+from fedge.client.privacy_guard import plan_round, refusal
+from fedge.core.wire import FitKey, MetricKey
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class NodeSettings:
         if self.data_path:
             ds = task.load_data(Path(self.data_path))
         else:
-            from fedge.tasks.partition import partition
+            from fedge.core.tasks.partition import partition
 
             parts = partition(task.reference_data(), self.num_partitions, self.alpha if self.alpha > 0 else None)
             ds = parts[self.partition_id]
@@ -97,6 +96,7 @@ def record_update(name: str, rnd: int, arrays: list[np.ndarray], weight: int) ->
 
 class FedgeClient(NumPyClient):
     def __init__(self, settings: NodeSettings) -> None:
+        torch.set_num_threads(1)  # one message's training per process; several customers may share a host
         self.settings = settings
         self.task = get_task(settings.task)
 
@@ -110,31 +110,33 @@ class FedgeClient(NumPyClient):
         return model
 
     def _check_task(self, config: dict) -> None:
-        if config.get("task", self.settings.task) != self.settings.task:
-            raise ValueError(f"run is for task {config['task']!r} but customer {self.settings.name!r} serves "
+        if config.get(FitKey.TASK, self.settings.task) != self.settings.task:
+            raise ValueError(f"run is for task {config[FitKey.TASK]!r} but customer {self.settings.name!r} serves "
                              f"{self.settings.task!r}")
 
     def fit(self, parameters, config):
         self._check_task(config)
         train_ds, holdout = self.settings.load(self.task)
         model = self._model(parameters)
-        metrics: dict = {"customer": self.settings.name}
-        if config.get("evaluate-incoming", False):
+        metrics: dict = {MetricKey.CUSTOMER: self.settings.name}
+        if config.get(FitKey.EVALUATE_INCOMING, False):
             loss, acc = evaluate(model, holdout)
-            metrics |= {"eval_loss": float(loss), "eval_accuracy": float(acc), "eval_examples": len(holdout)}
-        freeze = tuple(p for p in str(config.get("freeze", "")).split(",") if p)
-        cfg = TrainConfig(epochs=int(config["local-epochs"]), batch_size=int(config["batch-size"]),
-                          lr=float(config["lr"]), seed=int(config.get("seed", 0)) + int(config.get("round", 0)),
-                          proximal_mu=float(config.get("proximal-mu", 0.0)))
+            metrics |= {MetricKey.EVAL_LOSS: float(loss), MetricKey.EVAL_ACCURACY: float(acc),
+                        MetricKey.EVAL_EXAMPLES: len(holdout)}
+        freeze = tuple(p for p in str(config.get(FitKey.FREEZE, "")).split(",") if p)
+        cfg = TrainConfig(epochs=int(config[FitKey.LOCAL_EPOCHS]), batch_size=int(config[FitKey.BATCH_SIZE]),
+                          lr=float(config[FitKey.LR]),
+                          seed=int(config.get(FitKey.SEED, 0)) + int(config.get(FitKey.ROUND, 0)),
+                          proximal_mu=float(config.get(FitKey.PROXIMAL_MU, 0.0)))
         ledger, budget = self._ledger()
         cost = plan_round(config, ledger, self.settings.delta, len(train_ds), cfg.batch_size, cfg.epochs)
         why = refusal(cost, ledger, budget)
         if why is not None:  # nothing is trained; the unchanged model goes back with weight 0
             if ledger is not None:
                 ledger.append({**cost.ledger_body(), "refused": why})
-            return get_arrays(model, exchanged_names(model, freeze)), 0, metrics | {"refused": why}
+            return get_arrays(model, exchanged_names(model, freeze)), 0, metrics | {MetricKey.REFUSED: why}
         masks = None
-        if config.get("hold-sparsity", False):  # recovery after pruning: zeros stay zeros
+        if config.get(FitKey.HOLD_SPARSITY, False):  # recovery after pruning: zeros stay zeros
             masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
         if cost.mechanism == "dp-sgd":
             res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze, masks=masks)
@@ -146,15 +148,15 @@ class FedgeClient(NumPyClient):
         if ledger is not None:
             ledger.append(cost.ledger_body())
         if cost.epsilon_run is not None:
-            metrics |= {"dp_mechanism": cost.mechanism, "dp_epsilon": float(cost.epsilon_run),
-                        "dp_delta": cost.delta, "dp_noise": float(cost.noise)}
+            metrics |= {MetricKey.DP_MECHANISM: cost.mechanism, MetricKey.DP_EPSILON: float(cost.epsilon_run),
+                        MetricKey.DP_DELTA: cost.delta, MetricKey.DP_NOISE: float(cost.noise)}
         names = exchanged_names(model, freeze)
         arrays = inject_fault(get_arrays(model, names), [np.asarray(p) for p in parameters], names,
                               list(model.state_dict()))
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
-        weight = 1 if float(config.get("dp-noise", 0.0)) > 0 else len(train_ds)
-        record_update(self.settings.name, int(config.get("round", 0)), arrays, weight)
-        return arrays, weight, metrics | {"train_loss": float(loss)}
+        weight = 1 if float(config.get(FitKey.DP_NOISE, 0.0)) > 0 else len(train_ds)
+        record_update(self.settings.name, int(config.get(FitKey.ROUND, 0)), arrays, weight)
+        return arrays, weight, metrics | {MetricKey.TRAIN_LOSS: float(loss)}
 
     def _ledger(self) -> tuple[Ledger | None, Budget | None]:
         if not self.settings.state_dir:
@@ -166,4 +168,4 @@ class FedgeClient(NumPyClient):
         self._check_task(config)
         _, holdout = self.settings.load(self.task)
         loss, acc = evaluate(self._model(parameters), holdout)
-        return float(loss), len(holdout), {"customer": self.settings.name, "accuracy": float(acc)}
+        return float(loss), len(holdout), {MetricKey.CUSTOMER: self.settings.name, MetricKey.ACCURACY: float(acc)}

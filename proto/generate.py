@@ -1,5 +1,5 @@
 """Regenerates the committed Python stubs from the .proto files (grpcio-tools), fixing the imports so the
-stubs live inside the ``proto`` package. ``python -m proto.generate [--check]``: --check fails on drift."""
+stubs live inside the ``fedge.proto`` package. ``python -m fedge.proto.generate [--check]``: --check fails on drift."""
 from __future__ import annotations
 
 import re
@@ -19,7 +19,7 @@ def generate(out: Path) -> list[Path]:
         raise RuntimeError("protoc failed")
     files = sorted(out.glob("*_pb2*.py"))
     for f in files:  # `import x_pb2` -> `from proto import x_pb2`
-        f.write_text(re.sub(r"^import (\w+_pb2) as", r"from proto import \1 as", f.read_text(), flags=re.M))
+        f.write_text(re.sub(r"^import (\w+_pb2) as", r"from fedge.proto import \1 as", f.read_text(), flags=re.M))
     return files
 
 
@@ -35,7 +35,7 @@ def main() -> int:
             else:
                 target.write_text(f.read_text())
         if drift:
-            print(f"generated code out of date: {drift}; run python -m proto.generate", file=sys.stderr)
+            print(f"generated code out of date: {drift}; run python -m fedge.proto.generate", file=sys.stderr)
             return 1
     return 0
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import release_pb2 as release__pb2
+from fedge.proto import release_pb2 as release__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__

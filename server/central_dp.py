@@ -26,7 +26,7 @@ from flwr.server.strategy import (
 )
 from flwr.supercore.differential_privacy import add_gaussian_noise_to_params, compute_stdv
 
-from .strategy import customer_name
+from fedge.server.strategy import customer_name
 
 log = logging.getLogger("fedge.coordinator")
 

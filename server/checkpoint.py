@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.bundle import sha256_file  # one file hash for checkpoints and bundles
+from fedge.edge_runtime.distribution.bundle import sha256_file  # one file hash for checkpoints and bundles
 
 __all__ = ["load_checkpoint", "save_checkpoint", "sha256_file"]
 

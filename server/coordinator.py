@@ -11,9 +11,9 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fedge.procs import descendants, fedge_env, spawn, split_address, stop_pid, wait_port
+from fedge.core.procs import descendants, fedge_env, spawn, split_address, stop_pid, wait_port
 
-from .certs import CertPaths, init_certs
+from fedge.server.certs import CertPaths, init_certs
 
 DEFAULT_ADDRESS = "127.0.0.1:8000"
 
@@ -46,7 +46,7 @@ def load_info(state: Path) -> CoordinatorInfo:
 def superlink_command(address: str, state: Path, certs: CertPaths | None) -> list[str]:
     host, port = split_address(address, 8000)
     # Flower's flower-superlink, wrapped so refused TLS handshakes reach the log (server/superlink.py)
-    cmd = [sys.executable, "-m", "server.superlink", "--host", host, "--port", str(port),
+    cmd = [sys.executable, "-m", "fedge.server.superlink", "--host", host, "--port", str(port),
            "--database", str(Path(state) / "superlink.db"), "--disable-runtime-dependency-installation"]
     if certs is None:
         return cmd + ["--insecure"]
@@ -96,7 +96,7 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
     try:
         wait_port("127.0.0.1" if host in ("0.0.0.0", "::", "") else host, port, timeout=60, proc=proc)
         if foreground and release_address != "off":
-            from .release_service import serve_releases
+            from fedge.server.release_service import serve_releases
 
             _log_to_stderr("fedge.releases")  # which device fetched which release
 

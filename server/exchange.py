@@ -19,7 +19,7 @@ _RAISED = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
 
 def error_text(error) -> str:
     """A Flower error reply as an operator reads it: ``DataError: FILE: row 3: unknown label 11`` rather than
-    ``Error(code=2, reason="<class 'fedge.tasks.base.DataError'>:<'...'>")``."""
+    ``Error(code=2, reason="<class 'fedge.core.tasks.base.DataError'>:<'...'>")``."""
     reason = str(getattr(error, "reason", error))
     m = _RAISED.match(reason)
     return f"{m.group(1)}: {m.group(2)}" if m else reason

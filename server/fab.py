@@ -9,13 +9,13 @@ from pathlib import Path
 
 import tomli_w
 
-from .run_config import RunConfig
+from fedge.server.run_config import RunConfig
 
 APP_NAME = "fedge-federation"
 
 # Flower checks components statically (an assignment to ``app``), hence the explicit assignment.
-SERVER_SHIM = '"""Points Flower at fedge\'s installed ServerApp."""\nimport server.server_app\n\napp = server.server_app.app\n'
-CLIENT_SHIM = '"""Points Flower at fedge\'s installed ClientApp."""\nimport client.client_app\n\napp = client.client_app.app\n'
+SERVER_SHIM = '"""Points Flower at fedge\'s installed ServerApp."""\nfrom fedge import server\nimport fedge.server.server_app\n\napp = server.server_app.app\n'
+CLIENT_SHIM = '"""Points Flower at fedge\'s installed ClientApp."""\nfrom fedge import client\nimport fedge.client.client_app\n\napp = client.client_app.app\n'
 
 
 def write_app(app_dir: Path) -> Path:

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from .registry import Registry
+from fedge.server.registry import Registry
 
 
 def release_model(row: dict) -> str | None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import tomli_w
 
-from fedge.procs import fedge_env
+from fedge.core.procs import fedge_env
 
-from .coordinator import CoordinatorInfo, load_info
+from fedge.server.coordinator import CoordinatorInfo, load_info
 
 CONNECTION = "fedge"
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
-from .fast_grid import FastPollGrid
-from .run_config import RunConfig
+from fedge.server.fast_grid import FastPollGrid
+from fedge.server.run_config import RunConfig
+from fedge.core.wire import JOB_RECORD, JOB_RESULT_RECORD, JobKey
 
-JOB_RECORD, RESULT_RECORD = "fedge-job", "fedge-job-result"
 
 
 def run_job(grid, context) -> None:
@@ -29,7 +29,7 @@ def run_job(grid, context) -> None:
 
 def _collect(grid, cfg: RunConfig, job_dir: Path) -> dict:
     request = json.loads((job_dir / "request.json").read_text())
-    record = ConfigRecord({"kind": cfg.job, "task": cfg.task, **request.get("config", {})})
+    record = ConfigRecord({JobKey.KIND: cfg.job, JobKey.TASK: cfg.task, **request.get("config", {})})
     for key, filename in request.get("files", {}).items():
         record[key] = (job_dir / filename).read_bytes()
     deadline = time.monotonic() + cfg.wait_clients_timeout
@@ -45,8 +45,8 @@ def _collect(grid, cfg: RunConfig, job_dir: Path) -> dict:
         if msg.has_error():
             failures.append(f"node {msg.metadata.src_node_id}: {msg.error.reason}")
             continue
-        rec = msg.content.config_records[RESULT_RECORD]
-        results[str(rec["customer"])] = json.loads(str(rec["result"]))
+        rec = msg.content.config_records[JOB_RESULT_RECORD]
+        results[str(rec[JobKey.CUSTOMER])] = json.loads(str(rec[JobKey.RESULT]))
     answered = {m.metadata.src_node_id for m in replies}
     failures += [f"node {n}: no reply within {cfg.round_timeout:.0f}s" for n in nodes if n not in answered]
     if len(results) < cfg.min_clients:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-from fedge.privacy import accountant_name, epsilon
+from fedge.core.privacy import accountant_name, epsilon
 
-from .run_config import RunConfig
+from fedge.server.run_config import RunConfig
+from fedge.core.wire import FitKey
 
 
 def run_key(cfg: RunConfig) -> str:
@@ -15,9 +16,9 @@ def run_key(cfg: RunConfig) -> str:
 
 
 def privacy_fit_config(cfg: RunConfig) -> dict:
-    return {"fedge-run": run_key(cfg), "planned-rounds": cfg.num_rounds, "dp-noise": cfg.dp_noise,
-            "dp-clip": cfg.dp_clip, "dp-sgd": cfg.dp_sgd, "dp-sgd-noise": cfg.dp_sgd_noise,
-            "dp-sgd-clip": cfg.dp_sgd_clip, "dp-sgd-epsilon": cfg.dp_sgd_epsilon}
+    return {FitKey.RUN: run_key(cfg), FitKey.PLANNED_ROUNDS: cfg.num_rounds, FitKey.DP_NOISE: cfg.dp_noise,
+            FitKey.DP_CLIP: cfg.dp_clip, FitKey.DP_SGD: cfg.dp_sgd, FitKey.DP_SGD_NOISE: cfg.dp_sgd_noise,
+            FitKey.DP_SGD_CLIP: cfg.dp_sgd_clip, FitKey.DP_SGD_EPSILON: cfg.dp_sgd_epsilon}
 
 
 def central_epsilon(cfg: RunConfig, rounds: int) -> float | None:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import grpc
 
-from edge_runtime.bundle import archive_bytes, pack_chunks
-from proto import release_pb2, release_pb2_grpc
+from fedge.edge_runtime.distribution.bundle import archive_bytes, pack_chunks
+from fedge.proto import release_pb2, release_pb2_grpc
 
-from .fleet import release_model
-from .registry import Registry, registry_path
+from fedge.server.fleet import release_model
+from fedge.server.registry import Registry, registry_path
 
 CHUNK_BYTES = 1 << 20
 MIN_CHUNK_BYTES = 4 << 10  # the smallest chunk a device may ask for (FetchReleaseRequest.max_chunk_bytes)

@@ -14,7 +14,7 @@ AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
 def screen(update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max_norm: float
            ) -> tuple[str | None, float | None]:
     """(why ``update`` must not be aggregated or None, its L2 norm from the global model when known)."""
-    from fedge.privacy import update_norm
+    from fedge.core.privacy import update_norm
 
     for i, a in enumerate(update):
         if a.dtype.kind == "f" and not np.isfinite(a).all():

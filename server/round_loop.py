@@ -20,14 +20,15 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp.grid import Grid
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .exchange import evaluate_exchange, fit_exchange
-from .fast_grid import FastPollGrid
-from .registry import Registry, RoundRecord, registry_path
-from .run_config import RunConfig
-from .central_dp import AdaptiveCentralDP, CentralDP
-from .privacy import privacy_fit_config, round_privacy
-from .strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
+from fedge.server.checkpoint import load_checkpoint, save_checkpoint
+from fedge.server.exchange import evaluate_exchange, fit_exchange
+from fedge.server.fast_grid import FastPollGrid
+from fedge.server.registry import Registry, RoundRecord, registry_path
+from fedge.server.run_config import RunConfig
+from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
+from fedge.server.privacy import privacy_fit_config, round_privacy
+from fedge.server.strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
+from fedge.core.wire import FitKey
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -52,7 +53,7 @@ def secagg_workflow(cfg: RunConfig) -> SecAggPlusWorkflow:
 def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
     """The full model state (in the task model's state_dict order) the run starts from."""
     import torch
-    from fedge.tasks import get_task
+    from fedge.core.tasks import get_task
 
     torch.manual_seed(cfg.seed)
     model = get_task(cfg.task).build_model()
@@ -90,8 +91,8 @@ def run_federation(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> None:
-    from fedge.tasks import get_task
-    from fedge.tasks.training import frozen
+    from fedge.core.tasks import get_task
+    from fedge.core.tasks.training import frozen
 
     registry.set_status(cfg.fedge_run_id, "running")
     task = get_task(cfg.task)
@@ -102,9 +103,9 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         raise RoundFailed(f"--freeze {cfg.freeze!r} freezes every parameter; nothing to train")
     local = cfg.with_task_defaults(task.defaults)  # runs recorded before launch resolved them may still hold -1
     fit_config = {
-        "task": cfg.task, "freeze": cfg.freeze, "seed": cfg.seed, "hold-sparsity": cfg.hold_sparsity,
-        "local-epochs": local.local_epochs, "batch-size": local.batch_size, "lr": local.lr,
-        "proximal-mu": local.proximal_mu,
+        FitKey.TASK: cfg.task, FitKey.FREEZE: cfg.freeze, FitKey.SEED: cfg.seed, FitKey.HOLD_SPARSITY: cfg.hold_sparsity,
+        FitKey.LOCAL_EPOCHS: local.local_epochs, FitKey.BATCH_SIZE: local.batch_size, FitKey.LR: local.lr,
+        FitKey.PROXIMAL_MU: local.proximal_mu,
         **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(

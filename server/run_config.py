@@ -72,7 +72,7 @@ class RunConfig:
                              " gradients of the data loss alone, so the proximal term would be dropped")
         if not 0 < self.dp_delta < 1 or self.dp_sgd_clip <= 0:
             raise ValueError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
-        from .robust import AGGREGATORS
+        from fedge.server.robust import AGGREGATORS
 
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"--aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")

@@ -4,7 +4,6 @@ registry's status decides, and a ServerApp that died without recording one count
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,14 +12,58 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .fab import write_app, write_overrides
-from .flwr_cli import FlowerCLI
-from .registry import Registry, registry_path
-from .run_config import RunConfig
+from fedge.server.fab import write_app, write_overrides
+from fedge.server.flwr_cli import FlowerCLI
+from fedge.server.registry import Registry, registry_path
+from fedge.server.run_config import RunConfig
 
 
 class RunFailed(RuntimeError):
     pass
+
+
+class RunProgress:
+    """What a launcher tells about the run it follows; this one tells nothing (a run started by another stage,
+    such as export's recovery rounds). ConsoleProgress shows it to the operator."""
+
+    def started(self, cfg: RunConfig, flower_id: int, completed: int) -> None: ...
+
+    def round_done(self, rec, completed: int) -> None: ...
+
+    def ended(self, run: dict) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class ConsoleProgress(RunProgress):
+    """The operator's view on stderr: the run's header, a progress bar with a line per round, the failure."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+        self._bar: Progress | None = None
+
+    def started(self, cfg: RunConfig, flower_id: int, completed: int) -> None:
+        self.console.print(f"run {cfg.fedge_run_id}: task {cfg.task}, rounds {cfg.start_round + 1}..{cfg.num_rounds},"
+                           f" SecAgg+ {'on' if cfg.secagg else 'off'} (Flower run {flower_id})")
+        self._bar = Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                             TextColumn("{task.description}"), console=self.console, transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task("", total=cfg.num_rounds, completed=completed)
+
+    def round_done(self, rec, completed: int) -> None:
+        acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
+        self._bar.console.print(f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
+                                f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else ""))
+        self._bar.update(self._task, completed=completed, description=f"accuracy {acc}")
+
+    def ended(self, run: dict) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        if run["status"] == "failed":
+            self.console.print(f"[red]run {run['id']} failed:[/red] {run.get('reason')}")
+
+    def note(self, text: str) -> None:
+        self.console.print(text)
 
 
 def open_registry(state: Path) -> Registry:
@@ -42,20 +85,22 @@ def resolve_init(registry: Registry, init: str) -> str:
     return str(path)
 
 
-def launch(state: Path, cfg: RunConfig, as_json: bool = False) -> int:
+def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProgress | None = None) -> int:
+    """Start a fedge run of ``cfg`` and follow it to its end -> 0 if it completed (``progress``: what is shown
+    meanwhile, by default the operator's console view)."""
     state = Path(state).resolve()
     registry = open_registry(state)
-    from fedge.tasks import get_task
+    from fedge.core.tasks import get_task
 
     cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)).with_task_defaults(
         get_task(cfg.task).defaults)
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
     cfg = cfg.with_(fedge_run_id=run_id)
     registry.set_config(run_id, asdict(cfg))
-    return _submit_and_follow(state, registry, cfg, as_json)
+    return _submit_and_follow(state, registry, cfg, as_json, progress or ConsoleProgress())
 
 
-def resume(state: Path, run_id: int, as_json: bool = False) -> int:
+def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgress | None = None) -> int:
     state = Path(state).resolve()
     registry = open_registry(state)
     run = registry.run(run_id)
@@ -67,10 +112,11 @@ def resume(state: Path, run_id: int, as_json: bool = False) -> int:
         registry.set_status(run_id, "completed")
         return 0
     cli = FlowerCLI(state)
+    progress = progress or ConsoleProgress()
     for fid in stop_stale_flower_runs(cli, run["flower_runs"]):
-        Console(stderr=True).print(f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that"
-                                   " stopped without finishing it")
-    return _submit_and_follow(state, registry, cfg, as_json, cli)
+        progress.note(f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that stopped without"
+                      " finishing it")
+    return _submit_and_follow(state, registry, cfg, as_json, progress, cli)
 
 
 def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
@@ -83,7 +129,7 @@ def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
     return stale
 
 
-def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool,
+def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool, progress: RunProgress,
                        cli: FlowerCLI | None = None) -> int:
     cli = cli or FlowerCLI(state)
     app = write_app(state / "app")
@@ -91,53 +137,46 @@ def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json:
     registry.set_status(cfg.fedge_run_id, "pending")
     flower_id = cli.run(app, overrides)
     registry.add_flower_run(cfg.fedge_run_id, flower_id)
-    err = Console(stderr=True)
-    err.print(f"run {cfg.fedge_run_id}: task {cfg.task}, rounds {cfg.start_round + 1}..{cfg.num_rounds},"
-              f" SecAgg+ {'on' if cfg.secagg else 'off'} (Flower run {flower_id})")
-    status = follow(registry, cli, cfg.fedge_run_id, flower_id, err)
+    progress.started(cfg, flower_id, len(registry.rounds(cfg.fedge_run_id)))
+    try:
+        status = follow(registry, cli, cfg.fedge_run_id, flower_id, progress.round_done)
+    finally:
+        progress.ended(registry.run(cfg.fedge_run_id))
     if as_json:
         print(json.dumps(status_document(registry, cfg.fedge_run_id), indent=2))
-    if status["status"] != "completed":
-        err.print(f"[red]run {cfg.fedge_run_id} failed:[/red] {status.get('reason')}")
-        return 1
-    return 0
+    return 0 if status["status"] == "completed" else 1
 
 
-def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, console: Console,
+def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, on_round=lambda rec, completed: None,
            poll_s: float = 0.5, flower_check_s: float = 5.0) -> dict:
+    """Wait for the run to end (the registry's status, or Flower's run ending without one) -> the run's row;
+    ``on_round(record, rounds done)`` hears each round as it completes."""
     seen = {r.round for r in registry.rounds(run_id)}
-    run = registry.run(run_id)
     last_flower_check = time.monotonic()
-    with Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=console, transient=False) as bar:
-        t = bar.add_task("", total=run["num_rounds"], completed=len(seen))
-        while True:
-            run = registry.run(run_id)
-            done = run["status"] in ("completed", "failed")
-            for rec in registry.rounds(run_id):
-                if rec.round not in seen and (rec.accuracy is not None or done):
-                    seen.add(rec.round)
-                    acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
-                    bar.console.print(f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
-                                      f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else ""))
-                    bar.update(t, completed=len(seen), description=f"accuracy {acc}")
-            if done:
-                return run
-            if time.monotonic() - last_flower_check > flower_check_s:
-                last_flower_check = time.monotonic()
-                try:
-                    fstatus = cli.run_status(flower_id)
-                except Exception as exc:  # coordinator unreachable
-                    registry.set_status(run_id, "failed", f"lost the coordinator: {exc}")
-                    return registry.run(run_id)
-                if fstatus.startswith("finished"):
-                    time.sleep(1.0)  # the ServerApp writes its final status just before finishing
-                    run = registry.run(run_id)
-                    if run["status"] not in ("completed", "failed"):
-                        registry.set_status(run_id, "failed", f"Flower run {flower_id} ended as {fstatus!r} without"
-                                                              " a fedge result (see the coordinator's log)")
-                    return registry.run(run_id)
-            time.sleep(poll_s)
+    while True:
+        run = registry.run(run_id)
+        done = run["status"] in ("completed", "failed")
+        for rec in registry.rounds(run_id):
+            if rec.round not in seen and (rec.accuracy is not None or done):
+                seen.add(rec.round)
+                on_round(rec, len(seen))
+        if done:
+            return run
+        if time.monotonic() - last_flower_check > flower_check_s:
+            last_flower_check = time.monotonic()
+            try:
+                fstatus = cli.run_status(flower_id)
+            except Exception as exc:  # coordinator unreachable
+                registry.set_status(run_id, "failed", f"lost the coordinator: {exc}")
+                return registry.run(run_id)
+            if fstatus.startswith("finished"):
+                time.sleep(1.0)  # the ServerApp writes its final status just before finishing
+                run = registry.run(run_id)
+                if run["status"] not in ("completed", "failed"):
+                    registry.set_status(run_id, "failed", f"Flower run {flower_id} ended as {fstatus!r} without"
+                                                          " a fedge result (see the coordinator's log)")
+                return registry.run(run_id)
+        time.sleep(poll_s)
 
 
 def status_document(registry: Registry, run_id: int) -> dict:

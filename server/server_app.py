@@ -9,10 +9,10 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     if context.run_config.get("job"):
-        from server.jobs import run_job
+        from fedge.server.jobs import run_job
 
         run_job(grid, context)
         return
-    from server.round_loop import run_federation
+    from fedge.server.round_loop import run_federation
 
     run_federation(grid, context)

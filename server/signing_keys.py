@@ -23,10 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_runtime.bundle import MANIFEST, SIGNATURE, generate_keys, load_public_key
+from fedge.edge_runtime.distribution.bundle import MANIFEST, SIGNATURE, generate_keys, load_public_key
 
-from .fleet import fleet, offered, release_model
-from .registry import Registry
+from fedge.server.fleet import fleet, offered, release_model
+from fedge.server.registry import Registry
 
 CURRENT, TRUST, PREVIOUS, RETIRED = "release", "trust.pub", "previous", "retired"
 

@@ -16,9 +16,10 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from .aggregate import fedavg_fit_results, npy_view
-from .exchange import error_text
-from .robust import robust_aggregate, screen
+from fedge.server.aggregate import fedavg_fit_results, npy_view
+from fedge.server.exchange import error_text
+from fedge.server.robust import robust_aggregate, screen
+from fedge.core.wire import FitKey, MetricKey
 
 
 def npy_arrays(res: FitRes) -> list:
@@ -62,7 +63,7 @@ class Evaluation:
         return cls(
             accuracy=sum(n * a for _, n, _, a in rows) / total,
             loss=sum(n * l for _, n, l, _ in rows) / total,
-            per_client={c: {"eval_examples": n, "eval_loss": l, "eval_accuracy": a} for c, n, l, a in rows},
+            per_client={c: {MetricKey.EVAL_EXAMPLES: n, MetricKey.EVAL_LOSS: l, MetricKey.EVAL_ACCURACY: a} for c, n, l, a in rows},
         )
 
 
@@ -88,7 +89,7 @@ def _distinct(failures: list) -> list:
 
 def customer_name(proxy: ClientProxy, res) -> str:
     """Who sent a reply: the customer name its metrics carry, else its node id."""
-    return str(res.metrics.get("customer", f"node-{proxy.node_id}"))
+    return str(res.metrics.get(MetricKey.CUSTOMER, f"node-{proxy.node_id}"))
 
 
 def describe_failure(failure) -> str:
@@ -142,13 +143,13 @@ class FedgeFedAvg(FedAvg):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         # clients first evaluate the model they receive (last round's global model) on their holdouts: this
         # saves a whole message exchange per round; the final model gets its own evaluate exchange
-        ins = FitIns(parameters, {**self.fit_config, "round": server_round, "evaluate-incoming": server_round > 1})
+        ins = FitIns(parameters, {**self.fit_config, FitKey.ROUND: server_round, FitKey.EVALUATE_INCOMING: server_round > 1})
         proxies = self._connected(client_manager)
         self.outcome.sampled = [p.node_id for p in proxies]
         return [(proxy, ins) for proxy in proxies]
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = EvaluateIns(parameters, {"round": server_round})
+        ins = EvaluateIns(parameters, {FitKey.ROUND: server_round})
         return [(proxy, ins) for proxy in self._connected(client_manager)]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):
@@ -158,12 +159,13 @@ class FedgeFedAvg(FedAvg):
         evals, accepted = [], []
         for proxy, res in results:
             name = customer_name(proxy, res)
-            m = {k: v for k, v in res.metrics.items() if k != "customer"}
+            m = {k: v for k, v in res.metrics.items() if k != MetricKey.CUSTOMER}
             self.names[proxy.node_id] = name
-            if "eval_examples" in m:
-                evals.append((name, int(m["eval_examples"]), float(m["eval_loss"]), float(m["eval_accuracy"])))
-            if m.get("refused"):  # trained nothing; under SecAgg+ its masked share carried weight 0
-                out.refused.append({"customer": name, "reason": str(m["refused"])})
+            if MetricKey.EVAL_EXAMPLES in m:
+                evals.append((name, int(m[MetricKey.EVAL_EXAMPLES]), float(m[MetricKey.EVAL_LOSS]),
+                              float(m[MetricKey.EVAL_ACCURACY])))
+            if m.get(MetricKey.REFUSED):  # trained nothing; under SecAgg+ its masked share carried weight 0
+                out.refused.append({"customer": name, "reason": str(m[MetricKey.REFUSED])})
                 continue
             why, norm = (None, None) if shared else screen(npy_arrays(res), self.global_arrays, self.max_update_norm)
             if why is not None:
@@ -171,12 +173,13 @@ class FedgeFedAvg(FedAvg):
                 continue
             out.clients.append(name)
             out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
-                                        **{k: v for k, v in m.items() if not k.startswith("eval_")}}
+                                        **{k: v for k, v in m.items() if not k.startswith(MetricKey.EVAL_PREFIX)}}
             if norm is not None:  # what an operator sets --max-update-norm from
                 out.client_metrics[name]["update_norm"] = norm
-            if "dp_epsilon" in m:
-                out.privacy[name] = {"epsilon": float(m["dp_epsilon"]), "delta": float(m.get("dp_delta", 0)),
-                                     "mechanism": str(m.get("dp_mechanism", "")), "noise": float(m.get("dp_noise", 0))}
+            if MetricKey.DP_EPSILON in m:
+                out.privacy[name] = {"epsilon": float(m[MetricKey.DP_EPSILON]), "delta": float(m.get(MetricKey.DP_DELTA, 0)),
+                                     "mechanism": str(m.get(MetricKey.DP_MECHANISM, "")),
+                                     "noise": float(m.get(MetricKey.DP_NOISE, 0))}
             accepted.append((proxy, res))
         out.clients.sort()
         out.failures += self._dropouts({proxy.node_id for proxy, _ in results})
@@ -208,11 +211,11 @@ class FedgeFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]
         rows = [(customer_name(p, r), r.num_examples, r.loss,
-                 float(r.metrics["accuracy"])) for p, r in results]
+                 float(r.metrics[MetricKey.ACCURACY])) for p, r in results]
         self.final_eval = Evaluation.aggregate(rows)
         if self.final_eval is None:
             return None, {}
-        return self.final_eval.loss, {"accuracy": self.final_eval.accuracy}
+        return self.final_eval.loss, {MetricKey.ACCURACY: self.final_eval.accuracy}
 
     def evaluate(self, server_round: int, parameters: Parameters):
         return None  # no central data: evaluation happens on the customers' holdouts

@@ -4,7 +4,7 @@ A plaintext client, or one whose CA bundle does not match the coordinator's cert
 handshake, before any Flower code runs; Python's SSL transport reports that only in asyncio debug mode, so
 the coordinator's log showed nothing. This wrapper runs uvicorn on the standard asyncio loop (not uvloop,
 whose SSL layer cannot be observed) and logs every failed handshake as a warning naming the peer and the
-reason. The ``flwr-serverapp`` process of each run is forked from a pre-imported parent (``fedge.warm_exec``)
+reason. The ``flwr-serverapp`` process of each run is forked from a pre-imported parent (``fedge.core.warm_exec``)
 instead of importing flwr, torch and the round loop afresh. Everything else is Flower's own ``flower-superlink``.
 
 Usage: ``python -m server.superlink <flower-superlink arguments>``
@@ -49,14 +49,15 @@ def log_refused_handshakes() -> bool:
 
 
 # what a ServerApp process imports (server.server_app loads the round loop and torch lazily)
-WARM_MODULES = ["flwr.superlink.cli", "server.server_app", "server.round_loop", "server.jobs", "torch", "fedge.tasks"]
+WARM_MODULES = ["flwr.superlink.cli", "fedge.server.server_app", "fedge.server.round_loop", "fedge.server.jobs", "torch",
+                 "fedge.core.tasks"]
 
 
 def main() -> None:
     import uvicorn
     from flwr.superlink.cli import flower_superlink
 
-    from fedge.warm_exec import SuperExecStarter, patch_subprocess
+    from fedge.core.warm_exec import SuperExecStarter, patch_subprocess
 
     patch_subprocess("flwr.superlink.cli.flower_superlink", SuperExecStarter(WARM_MODULES))
 

@@ -4,7 +4,7 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy.aggregate import aggregate_inplace
 
-from server.aggregate import fedavg_fit_results, npy_view, weighted_average
+from fedge.server.aggregate import fedavg_fit_results, npy_view, weighted_average
 
 
 def _results(rng, k, shapes):

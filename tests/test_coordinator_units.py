@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from fedge.tasks import get_task
-from server.checkpoint import load_checkpoint, save_checkpoint, sha256_file
-from server.fab import write_app
-from server.registry import Registry, RoundRecord
-from server.run_config import RunConfig
-from server.strategy import Evaluation, FedgeFedAvg, InsufficientClients
+from fedge.core.tasks import get_task
+from fedge.server.checkpoint import load_checkpoint, save_checkpoint, sha256_file
+from fedge.server.fab import write_app
+from fedge.server.registry import Registry, RoundRecord
+from fedge.server.run_config import RunConfig
+from fedge.server.strategy import Evaluation, FedgeFedAvg, InsufficientClients
 
 OK = Status(Code.OK, "")
 
@@ -111,7 +111,7 @@ def test_certificates_name_the_hosts_and_keys_are_openssh_ecdsa(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-    from server.certs import init_certs
+    from fedge.server.certs import init_certs
 
     paths = init_certs(tmp_path, hosts=["coord.example", "10.1.2.3"], clients=2)
     cert = x509.load_pem_x509_certificate(paths.server_cert.read_bytes())
@@ -129,7 +129,7 @@ def test_cli_without_torch_or_flwr():
     import subprocess
     import sys
 
-    code = ("import sys, fedge.cli, edge_runtime.tokenizer; fedge.cli.build_parser();"
+    code = ("import sys, fedge.cli, fedge.edge_runtime.serving.tokenizer; fedge.cli.build_parser();"
             "print(sorted({'torch', 'flwr'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -137,7 +137,7 @@ def test_cli_without_torch_or_flwr():
 
 def test_a_round_short_of_clients_after_failures_is_tried_again_but_not_after_refusals(monkeypatch):
     """As just after a coordinator restart: a SuperNode misses the first attempt; the second has all three."""
-    from server import round_loop
+    from fedge.server import round_loop
 
     monkeypatch.setattr(round_loop, "_set_params", lambda *a: None)
     s = _strategy(min_clients=3)
@@ -198,7 +198,7 @@ def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node(m
     from flwr.app import Error, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
-    from server.exchange import _exchange
+    from fedge.server.exchange import _exchange
 
     monkeypatch.setattr(TaskIdentity, "_run_id", 5)  # as in a ServerApp process
     monkeypatch.setattr(TaskIdentity, "_node_id", 1)
@@ -222,7 +222,7 @@ def test_a_supernode_retries_heartbeats_and_fleet_calls_within_the_caps(monkeypa
     import flwr.supercore.heartbeat as heartbeat
     import flwr.supercore.retry.http_retry as http_retry
 
-    from client.supernode import cap_backoff
+    from fedge.client.supernode import cap_backoff
 
     def waits():
         beat = heartbeat.HeartbeatSender(lambda: True)._retry_invoker.wait_gen_factory()

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from fedge.tasks import DataError, get_task
+from fedge.core.tasks import DataError, get_task
 from tests.conftest import run_fedge
 
 

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from client.clipping import clip_update, update_norm
-from client.ledger import Budget, Ledger, LedgerCorrupt
-from client.privacy_guard import plan_round, refusal
-from fedge.privacy import epsilon, noise_for_epsilon
-from server.central_dp import AdaptiveCentralDP, CentralDP
-from server.strategy import FedgeFedAvg
+from fedge.client.clipping import clip_update, update_norm
+from fedge.client.ledger import Budget, Ledger, LedgerCorrupt
+from fedge.client.privacy_guard import plan_round, refusal
+from fedge.core.privacy import epsilon, noise_for_epsilon
+from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
+from fedge.server.strategy import FedgeFedAvg
 
 OK = Status(Code.OK, "")
 

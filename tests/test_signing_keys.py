@@ -3,9 +3,9 @@ service writes them): what blocks retiring the previous key and what does not. O
 tests/edge/test_key_rotation.py."""
 import pytest
 
-from edge_runtime.bundle import generate_keys, load_public_key, sha256_file
-from server.registry import Registry, registry_path
-from server.signing_keys import KeyRing, KeyringError, retire, rotate, status
+from fedge.edge_runtime.distribution.bundle import generate_keys, load_public_key, sha256_file
+from fedge.server.registry import Registry, registry_path
+from fedge.server.signing_keys import KeyRing, KeyringError, retire, rotate, status
 from tests.edge.bundles import make_bundle
 
 

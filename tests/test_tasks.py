@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_runtime.tokenizer import HashingTokenizer
-from fedge.tasks import Task, get_task, split_holdout
-from fedge.tasks.partition import dirichlet_partition
-from fedge.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
+from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
+from fedge.core.tasks import Task, get_task, split_holdout
+from fedge.core.tasks.partition import dirichlet_partition
+from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,7 @@ def test_intent_handles_news_length_documents():
 def test_tokenizer_is_deterministic_across_processes():
     import subprocess
 
-    code = "from edge_runtime.tokenizer import HashingTokenizer as T; print(T(num_buckets=4096, max_len=8).encode('Block my card').tolist())"
+    code = "from fedge.edge_runtime.serving.tokenizer import HashingTokenizer as T; print(T(num_buckets=4096, max_len=8).encode('Block my card').tolist())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card").tolist())
     ids = HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card")
@@ -60,7 +60,7 @@ def test_tokenizer_is_deterministic_across_processes():
 def test_custom_task_by_module_attribute(tmp_path, monkeypatch):
     (tmp_path / "acme_task.py").write_text(textwrap.dedent("""
         from dataclasses import dataclass
-        from fedge.tasks.digits import DigitsTask
+        from fedge.core.tasks.digits import DigitsTask
 
         @dataclass(frozen=True)
         class AcmeDigits(DigitsTask):
@@ -72,7 +72,7 @@ def test_custom_task_by_module_attribute(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     task = get_task("acme_task:TASK")
     assert isinstance(task, Task) and task.name == "acme"
-    with pytest.raises(ValueError, match="not a fedge.tasks.Task"):
+    with pytest.raises(ValueError, match="not a fedge.core.tasks.Task"):
         get_task("acme_task:NOT_A_TASK")
     with pytest.raises(ValueError, match="cannot load custom task"):
         get_task("acme_task:MISSING")
@@ -105,8 +105,8 @@ def test_freeze_keeps_parameters_out_of_the_exchange_and_unchanged():
 
 
 def test_dpsgd_trains_a_model_that_was_just_evaluated_and_reports_its_steps():
-    from fedge.tasks import split_holdout
-    from fedge.tasks.training import TrainConfig, evaluate, train_dpsgd
+    from fedge.core.tasks import split_holdout
+    from fedge.core.tasks.training import TrainConfig, evaluate, train_dpsgd
 
     task = get_task("digits")
     train_ds, holdout = split_holdout(task.reference_data())
@@ -124,7 +124,7 @@ def test_dpsgd_noise_cannot_be_regenerated_from_the_seed_the_coordinator_sends()
     regenerate it or cancel it by subtracting the two updates. Their updates must differ."""
     import torch
 
-    from fedge.tasks.training import TrainConfig, get_arrays, train_dpsgd
+    from fedge.core.tasks.training import TrainConfig, get_arrays, train_dpsgd
 
     task = get_task("digits")
     data = task.reference_data().take(np.arange(256))
@@ -143,8 +143,8 @@ def test_dpsgd_noise_cannot_be_regenerated_from_the_seed_the_coordinator_sends()
 def test_dpsgd_holds_a_pruning_mask():
     import torch
 
-    from fedge.tasks import split_holdout
-    from fedge.tasks.training import TrainConfig, train_dpsgd
+    from fedge.core.tasks import split_holdout
+    from fedge.core.tasks.training import TrainConfig, train_dpsgd
 
     task = get_task("digits")
     train_ds, _ = split_holdout(task.reference_data())
@@ -164,8 +164,8 @@ def test_dpsgd_holds_a_pruning_mask():
 def test_proximal_term_keeps_a_customer_near_the_global_model():
     """FedProx: the coordinator's proximal-mu reaches the customer's training (simulated customer, as Flower's
     simulation runs it), and a larger mu leaves the update smaller; DP-SGD refuses the term it would drop."""
-    from client.trainer import FedgeClient, NodeSettings
-    from fedge.tasks.training import train_dpsgd
+    from fedge.client.trainer import FedgeClient, NodeSettings
+    from fedge.core.tasks.training import train_dpsgd
 
     task = get_task("digits")
     torch.manual_seed(0)

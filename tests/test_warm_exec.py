@@ -1,4 +1,4 @@
-"""The warm app launcher (fedge.warm_exec): a real zygote process forking Flower's own console scripts."""
+"""The warm app launcher (fedge.core.warm_exec): a real zygote process forking Flower's own console scripts."""
 import json
 import os
 import subprocess
@@ -6,11 +6,11 @@ import sys
 
 import numpy as np
 
-from fedge.warm_exec import ForkingLauncher, _reseed, superexec_command
+from fedge.core.warm_exec import ForkingLauncher, _reseed, superexec_command
 
 
 def _zygote(modules: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedge.warm_exec", "--zygote", modules], stdin=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "fedge.core.warm_exec", "--zygote", modules], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -46,7 +46,7 @@ def test_a_dead_zygote_means_a_cold_start_and_a_new_zygote(monkeypatch):
 
 def test_other_commands_and_the_off_switch_keep_flowers_cold_start(monkeypatch):
     cmd = ["flower-superexec", "--insecure", "--runtime-api-address", "127.0.0.1:9094"]
-    assert superexec_command(cmd, ["json"])[1:5] == ["-m", "fedge.warm_exec", "json", "--"]
+    assert superexec_command(cmd, ["json"])[1:5] == ["-m", "fedge.core.warm_exec", "json", "--"]
     assert superexec_command(["flower-supernode", "--insecure"], ["json"]) == ["flower-supernode", "--insecure"]
     monkeypatch.setenv("FEDGE_WARM_APPS", "0")
     assert superexec_command(cmd, ["json"]) == cmd

@@ -4,8 +4,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedge.procs import fedge_env
-from server.registry import Registry
+from fedge.core.procs import fedge_env
+from fedge.server.registry import Registry
 
 
 def launch_cmd(state: Path, *args: str) -> list[str]:

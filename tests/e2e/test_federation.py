@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from fedge.cluster import LocalFederation
-from fedge.tasks import get_task
-from server.checkpoint import sha256_file
+from fedge.cli.cluster import LocalFederation
+from fedge.core.tasks import get_task
+from fedge.server.checkpoint import sha256_file
 from tests.conftest import run_fedge
 
 pytestmark = pytest.mark.e2e
@@ -66,7 +66,7 @@ def test_clients_send_only_model_shaped_arrays_and_scalar_metrics(federation):
 
 
 def test_export_makes_a_signed_int8_release_gated_on_customer_data(federation, tmp_path):
-    from edge_runtime.bundle import generate_keys, load_public_key, verify_bundle
+    from fedge.edge_runtime.distribution.bundle import generate_keys, load_public_key, verify_bundle
 
     generate_keys(federation.state / "keys")
     # run 1 trained only 2 rounds: one recovery round after 2:4 pruning, and a gate bound fitting such a model
@@ -93,9 +93,9 @@ def manifest_recovery(bundle):
 
 
 def test_app_processes_are_forked_from_warm_launchers(federation):
-    """Every SuperNode's SuperExec and the SuperLink's have a pre-imported zygote (fedge.warm_exec) to fork
+    """Every SuperNode's SuperExec and the SuperLink's have a pre-imported zygote (fedge.core.warm_exec) to fork
     ClientApp/ServerApp processes from, instead of Flower's cold start per message."""
-    from fedge.procs import descendants
+    from fedge.core.procs import descendants
 
     def zygotes(pid: int) -> list[str]:
         found = []
@@ -105,7 +105,7 @@ def test_app_processes_are_forked_from_warm_launchers(federation):
                     argv = f.read().split(b"\0")
             except OSError:
                 continue
-            if b"fedge.warm_exec" in argv and b"--zygote" in argv:
+            if b"fedge.core.warm_exec" in argv and b"--zygote" in argv:
                 found.append(argv[argv.index(b"--zygote") + 1].decode())
         return found
 

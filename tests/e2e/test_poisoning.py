@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from fedge.cluster import LocalFederation
-from fedge.demo import write_customer_data
+from fedge.cli.cluster import LocalFederation
+from fedge.cli.demo import write_customer_data
 from tests.conftest import run_fedge
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from fedge.cluster import LocalFederation
-from fedge.privacy import epsilon
+from fedge.cli.cluster import LocalFederation
+from fedge.core.privacy import epsilon
 from tests.conftest import run_fedge
 
 pytestmark = pytest.mark.e2e

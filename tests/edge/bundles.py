@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.export.sample_bundle import untrained_bundle as make_bundle  # noqa: F401  (the tests' name for it)
+from fedge.export.sample_bundle import untrained_bundle as make_bundle  # noqa: F401  (the tests' name for it)
 
 
 def reference_logits(bundle: Path, x: np.ndarray) -> np.ndarray:
@@ -23,7 +23,7 @@ def heavy_bundle(out: Path, key_path: Path, layers: int = 200, width: int = 1024
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from server.export.sample_bundle import sign_bundle
+    from fedge.export.sample_bundle import sign_bundle
 
     rng = np.random.default_rng(0)
     weights = {"shape": np.array([-1, 64], np.int64),

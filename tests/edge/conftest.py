@@ -4,11 +4,12 @@ import sys
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
-from edge_runtime.bundle import generate_keys
-from fedge.cluster import EdgeServerProcess, fedge_cmd
-from fedge.procs import fedge_env
+from fedge.edge_runtime.distribution.bundle import generate_keys
+from fedge.cli.cluster import EdgeServerProcess, fedge_cmd
+from fedge.core.procs import fedge_env
 from tests.edge.bundles import make_bundle
 
 
@@ -25,11 +26,30 @@ def digits_bundle(tmp_path_factory, keys):
 
 @pytest.fixture(scope="session")
 def heavy(tmp_path_factory, keys):
-    """The digits model's interface on a heavy stand-in model (tests.edge.bundles.heavy_bundle): about 8 ms a
-    row, so that requests sent together are still together at the server on a loaded machine."""
+    """The digits model's interface on a heavy stand-in model (tests.edge.bundles.heavy_bundle): at least about 4 ms
+    a row (a quarter second for 64 rows), so that requests sent together are still together at the server on a
+    loaded machine. Deepened where the CPU runs the default 200 layers faster than that (some answer 64 rows in
+    0.14 s), since the shutdown tests time their signals against it."""
+    import math
+    import time
+
+    import onnxruntime as ort
+
     from tests.edge.bundles import heavy_bundle
 
-    return heavy_bundle(tmp_path_factory.mktemp("heavy") / "b", keys[0])
+    root = tmp_path_factory.mktemp("heavy")
+    bundle = heavy_bundle(root / "b", keys[0])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(bundle / "model.fp32.onnx"), opts, providers=["CPUExecutionProvider"])
+    x = np.zeros((64, 1, 8, 8), np.float32)
+    session.run(None, {"input": x})
+    t0 = time.perf_counter()
+    session.run(None, {"input": x})
+    one_call = time.perf_counter() - t0
+    if one_call >= 0.25:
+        return bundle
+    return heavy_bundle(root / "deeper", keys[0], layers=min(1000, math.ceil(200 * 0.3 / one_call)))
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +95,7 @@ EdgeProcess = EdgeServerProcess  # `fedge edge serve` on free ports, stopped by 
 def serving(root: Path, keys, bundles, *flags: str, python: str | None = None):
     """Install ``bundles`` into a fresh repository under ``root`` and serve it, both with ``python`` (a device's
     interpreter) or this one (a generator for fixtures: the server is stopped by PID afterwards, and must be gone)."""
-    from fedge.procs import pid_alive
+    from fedge.core.procs import pid_alive
 
     for b in bundles:
         out = fedge("edge", "install", str(b), "--repo", str(root / "repo"), "--trust", str(keys[1]), python=python)
@@ -92,27 +112,33 @@ def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, de
     One batch worker (``--instances 1``), so that one call keeps the model busy. ``config``: the model's config.json. Yields (server, the rows of each backend call); a fixture's generator."""
     import time
 
-    from edge_runtime.batcher import BatchingConfig
-    from edge_runtime.bundle import load_public_key
-    from edge_runtime.repository import ServingConfig, install_bundle
-    from edge_runtime.server import EdgeConfig, EdgeServer
-    from fedge.procs import free_port
+    from fedge.edge_runtime.serving.batcher import BatchingConfig
+    from fedge.edge_runtime.distribution.bundle import load_public_key
+    from fedge.edge_runtime.distribution.repository import install_bundle
+    from fedge.edge_runtime.serving.model_repository import ServingConfig
+    from fedge.edge_runtime.process.serve import EdgeConfig, EdgeServer
+    from fedge.core.procs import free_port
 
     install_bundle(root / "repo", bundle, load_public_key(keys[1]))
     if config is not None:
         (root / "repo" / "digits" / "config.json").write_text(json.dumps(config))
+    computed = []
+
+    class SlowBackend:
+        """The digits backend, each call slowed to ``delay_s`` and its rows recorded."""
+
+        def __init__(self, inner) -> None:
+            self.inner, self.name, self.model_file, self.reason = inner, inner.name, inner.model_file, inner.reason
+
+        def run(self, feeds):
+            computed.append(len(feeds["input"]))
+            time.sleep(delay_s)
+            return self.inner.run(feeds)
+
+    serving = ServingConfig(batching=BatchingConfig(instances=1), wrap_backend=SlowBackend)
     server = EdgeServer(EdgeConfig(repo=root / "repo", trust=keys[1], host="127.0.0.1", port=0, metrics_port=0,
-                                   http_port=free_port(), serving=ServingConfig(batching=BatchingConfig(instances=1)))
-                        ).start()
-    batcher = server.repo.get("digits").batcher
-    run, computed = batcher._run, []
-
-    def slow(feeds):
-        computed.append(len(feeds["input"]))
-        time.sleep(delay_s)
-        return run(feeds)
-
-    batcher._run = slow
+                                   http_port=free_port(), serving=serving)).start()
+    computed.clear()  # the warm-up's call
     yield server, computed
     server.stop()
 
@@ -121,7 +147,7 @@ def digits_request(timeout_us: int = 0):
     """One zero image for the digits model, with the request's own queue timeout when ``timeout_us``."""
     import numpy as np
 
-    from proto import grpc_service_pb2 as pb
+    from fedge.proto import grpc_service_pb2 as pb
 
     req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[np.zeros((1, 1, 8, 8), np.float32).tobytes()])
     req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
@@ -149,7 +175,7 @@ def edge_server(request, tmp_path_factory, keys, digits_bundle, intent_bundle):
 
 @pytest.fixture
 def stub(edge_server):
-    from proto import grpc_service_pb2_grpc as pb_grpc
+    from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(edge_server.url, options=[("grpc.max_send_message_length", 256 << 20)]) as ch:
         yield pb_grpc.GRPCInferenceServiceStub(ch)

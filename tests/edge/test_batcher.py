@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from edge_runtime.batcher import BatchingConfig, DynamicBatcher, QueuePolicy
-from edge_runtime.errors import Overloaded
+from fedge.edge_runtime.serving.batcher import BatchingConfig, DynamicBatcher, QueuePolicy
+from fedge.edge_runtime.common.errors import Overloaded
 
 
 def test_concurrent_requests_are_coalesced_and_split_back_in_order():
@@ -79,7 +79,7 @@ def test_gpu_buckets_pad_odd_batches_and_return_only_the_real_rows(tmp_path, key
     """The CUDA backend runs one session per fixed batch size (a CUDA session re-plans its convolutions on every
     shape change): a batch of 5 runs padded to 16 in the 16-session and comes back as exactly the 5 rows an
     unpadded run gives; warm_buckets runs every bucket's session at its own size."""
-    from edge_runtime.backends import OrtBackend, gpu_buckets
+    from fedge.edge_runtime.serving.backends import OrtBackend, gpu_buckets
     from tests.edge.bundles import make_bundle, reference_logits
 
     assert gpu_buckets(64) == (1, 4, 16, 64) and gpu_buckets(48) == (1, 4, 16, 48) and gpu_buckets(1) == (1,)

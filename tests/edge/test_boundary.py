@@ -5,8 +5,8 @@ import sys
 
 def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
     code = (
-        "import sys, edge_runtime.server, edge_runtime.repository, edge_runtime.puller, edge_runtime.tensorrt_engine,"
-        " edge_runtime.perf;"
+        "import sys, fedge.edge_runtime.process.serve, fedge.edge_runtime.distribution.repository,"
+        " fedge.edge_runtime.distribution.puller, fedge.edge_runtime.serving.tensorrt_engine, fedge.edge_runtime.tools.perf;"
         "from fedge.cli import main;"
         f"main(['edge', 'models', '--repo', {str(tmp_path)!r}]);"
         "print(sorted({'torch', 'flwr', 'sklearn', 'opacus'} & set(sys.modules)))"
@@ -25,5 +25,5 @@ def test_edge_dependencies_are_the_base_install():
 
 
 def test_generated_grpc_code_is_in_sync_with_the_protos():
-    out = subprocess.run([sys.executable, "-m", "proto.generate", "--check"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "fedge.proto.generate", "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -6,9 +6,9 @@ import tarfile
 
 import pytest
 
-from edge_runtime.bundle import archive_bytes, generate_keys, load_public_key, pack, pack_chunks, unpack, verify_bundle
-from edge_runtime.errors import BundleError
-from edge_runtime.repository import current_version, install_bundle, rollback, versions
+from fedge.edge_runtime.distribution.bundle import archive_bytes, generate_keys, load_public_key, pack, pack_chunks, unpack, verify_bundle
+from fedge.edge_runtime.common.errors import BundleError
+from fedge.edge_runtime.distribution.repository import current_version, install_bundle, rollback, versions
 
 
 def _copy(src, tmp_path, name="b"):
@@ -110,7 +110,7 @@ def test_archive_entries_that_could_escape_are_refused(tmp_path, keys, digits_bu
 
 
 def test_manifest_without_models_is_malformed(tmp_path, keys, digits_bundle):
-    from edge_runtime.bundle import Manifest
+    from fedge.edge_runtime.distribution.bundle import Manifest
 
     doc = json.loads((digits_bundle / "manifest.json").read_text())
     with pytest.raises(BundleError, match="malformed manifest"):

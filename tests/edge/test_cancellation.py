@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.conftest import digits_request, slowed_server
 
 

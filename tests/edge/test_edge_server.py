@@ -9,11 +9,11 @@ import grpc
 import numpy as np
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import health_pb2, health_pb2_grpc
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
-from edge_runtime.servicer import STREAM_IN_FLIGHT
+from fedge.edge_runtime.frontends.grpc_servicer import STREAM_IN_FLIGHT
 from tests.edge.conftest import edge_cli, triton_script
 
 
@@ -23,7 +23,7 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     r = triton_script("tests.edge.triton_check", edge_server.url, str(tmp_path / "x.npy"))
     assert r["live"] and r["ready"] and r["digits_ready"] and r["intent_ready"]
     assert r["digits_inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
-    from edge_runtime.backends import cuda_available
+    from fedge.edge_runtime.serving.backends import cuda_available
 
     tol = 2e-3 if cuda_available() else 1e-5  # CUDA convolutions (TF32 on Ampere and later) vs the CPU reference
     np.testing.assert_allclose(np.array(r["logits"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol)
@@ -192,7 +192,7 @@ def test_health_metadata_and_metrics(edge_server, stub):
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
         assert health.Check(health_pb2.HealthCheckRequest(service="digits")).status == health_pb2.HealthCheckResponse.SERVING
         assert health.Check(health_pb2.HealthCheckRequest(service="x")).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
-    from edge_runtime.backends import cuda_available
+    from fedge.edge_runtime.serving.backends import cuda_available
 
     expected = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"  # what `auto` picks without TensorRT
     meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"))
@@ -260,7 +260,7 @@ def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server,
 
 def test_unloaded_model_is_unavailable_until_loaded_again(edge_server, stub):
     """Also: a grpc.health.v1 Watch on the model streams SERVING -> NOT_SERVING -> SERVING as it goes."""
-    from proto import grpc_service_pb2 as pb
+    from fedge.proto import grpc_service_pb2 as pb
 
     health = health_pb2.HealthCheckResponse
     with grpc.insecure_channel(edge_server.url) as ch:
@@ -432,7 +432,7 @@ def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert np.array(got["logits"]).shape == (2, 12) and len(got["label"]) == 2
-    from fedge.tasks import get_task
+    from fedge.core.tasks import get_task
 
     assert all(row[0] in get_task("intent").labels for row in got["label"])
     out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "intent",

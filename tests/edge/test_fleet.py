@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from fedge.cluster import LocalFederation
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.cli.cluster import LocalFederation
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
 from tests.edge.test_release_pull import _publish, _serves, _wait_for, pull_flags

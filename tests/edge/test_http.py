@@ -167,7 +167,7 @@ def test_http_failures_are_counted_in_the_metrics_like_grpc_ones(edge_server):
     ("FP16", [0.5], np.array([0.5], np.float16)),
 ])
 def test_json_data_becomes_the_raw_bytes_tritonclient_would_send(datatype, data, expected):
-    from edge_runtime.rest_codec import json_tensor
+    from fedge.edge_runtime.frontends.rest_codec import json_tensor
 
     assert json_tensor("x", datatype, data) == expected.tobytes()
 
@@ -182,8 +182,8 @@ def test_json_data_becomes_the_raw_bytes_tritonclient_would_send(datatype, data,
     ("BF16", [1.0], "binary"),
 ])
 def test_json_data_of_the_wrong_kind_is_refused_not_converted(datatype, data, words):
-    from edge_runtime.errors import InvalidInput
-    from edge_runtime.rest_codec import json_tensor
+    from fedge.edge_runtime.common.errors import InvalidInput
+    from fedge.edge_runtime.frontends.rest_codec import json_tensor
 
     with pytest.raises(InvalidInput, match=words):
         json_tensor("x", datatype, data)
@@ -222,7 +222,7 @@ def test_http_and_grpc_requests_share_one_batch(slow_server):
 
     import grpc
 
-    from proto import grpc_service_pb2_grpc as pb_grpc
+    from fedge.proto import grpc_service_pb2_grpc as pb_grpc
     from tests.edge.conftest import digits_request
 
     server, computed = slow_server

@@ -5,9 +5,9 @@ import time
 import grpc
 import numpy as np
 
-from edge_runtime.bundle import generate_keys
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.edge_runtime.distribution.bundle import generate_keys
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
 
@@ -74,7 +74,7 @@ def test_the_coordinator_rotates_its_key_and_retires_the_old_one_only_once_the_f
     takes each trust file the coordinator writes, as a configuration tool would hand it out."""
     import json
 
-    from fedge.cluster import LocalFederation
+    from fedge.cli.cluster import LocalFederation
     from tests.edge.test_release_pull import _publish, pull_flags
 
     fed = LocalFederation(tmp_path / "fed")

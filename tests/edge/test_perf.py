@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2 as pb
 from tests.edge.conftest import fedge
 
 

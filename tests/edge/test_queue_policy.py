@@ -10,11 +10,11 @@ import urllib.request
 import grpc
 import pytest
 
-from edge_runtime.batcher import BatchingConfig, QueuePolicy
-from edge_runtime.errors import InvalidInput
-from edge_runtime.model_config import parse
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.edge_runtime.serving.batcher import BatchingConfig, QueuePolicy
+from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.serving.model_config import parse
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.conftest import digits_request, slowed_server
 
 POLICY = {"max_queue_size": 2, "default_timeout_microseconds": 150_000, "allow_timeout_override": True}

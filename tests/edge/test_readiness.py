@@ -8,9 +8,9 @@ import urllib.request
 import grpc
 import pytest
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import health_pb2, health_pb2_grpc
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.proto import health_pb2, health_pb2_grpc
 from tests.edge.conftest import EdgeProcess, digits_request, fedge
 
 
@@ -69,7 +69,7 @@ def test_an_onnxruntime_that_cannot_be_imported_is_named_with_what_to_do(tmp_pat
 def test_an_onnxruntime_built_for_numpy_1_beside_numpy_2_says_to_install_numpy_below_2(monkeypatch):
     from importlib import metadata
 
-    from edge_runtime import backends
+    from fedge.edge_runtime.serving import backends
 
     installed = {"onnxruntime": "1.17.3"}
 

@@ -10,12 +10,12 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_runtime.bundle import archive_bytes, pack, sha256_file
-from fedge.cluster import LocalFederation
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import release_pb2, release_pb2_grpc
-from server.registry import Registry, registry_path
+from fedge.edge_runtime.distribution.bundle import archive_bytes, pack, sha256_file
+from fedge.cli.cluster import LocalFederation
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.proto import release_pb2, release_pb2_grpc
+from fedge.server.registry import Registry, registry_path
 from tests.edge.bundles import make_bundle, reference_logits
 from tests.edge.conftest import EdgeProcess, device_python, fedge
 
@@ -119,7 +119,7 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
 
 
 def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_certificate_its_ca_signed(tmp_path, keys):
-    from server.certs import init_certs
+    from fedge.server.certs import init_certs
 
     fed = LocalFederation(tmp_path / "fed", release_client_auth=True)
     fed.start_coordinator()
@@ -237,7 +237,7 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
         assert f"streaming release digits v1 ({stopped[2]} bytes from byte {stopped[1]})" in coordinator
         assert proxy.connections >= 2
         assert not list((tmp_path / "repo").glob(".partial-*")), "the download was left behind"
-        from edge_runtime.tls import channel_credentials
+        from fedge.edge_runtime.common.tls import channel_credentials
 
         with grpc.secure_channel(fed.release_address, channel_credentials(fed.certs / "ca.crt")) as ch:
             with pytest.raises(grpc.RpcError) as err:  # an offset past the archive's end
@@ -327,7 +327,7 @@ def test_the_release_service_describes_a_release_once_until_its_manifest_changes
     until the manifest changes; a release whose files are gone is not offered."""
     import os
 
-    from server import release_service
+    from fedge.server import release_service
 
     state = tmp_path / "state"
     state.mkdir()

@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_runtime.response_cache import ResponseCache, parse_config, request_key
-from fedge.procs import fedge_env
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.edge_runtime.serving.response_cache import ResponseCache, parse_config, request_key
+from fedge.core.procs import fedge_env
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle, reference_logits
 from tests.edge.conftest import fedge, serving
 

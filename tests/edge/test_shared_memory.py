@@ -8,9 +8,9 @@ import grpc
 import numpy as np
 import pytest
 
-from edge_runtime.shared_memory import SHM_DIR, is_local_peer
-from fedge.procs import pid_alive
-from proto import grpc_service_pb2 as pb
+from fedge.edge_runtime.serving.shared_memory import SHM_DIR, is_local_peer
+from fedge.core.procs import pid_alive
+from fedge.proto import grpc_service_pb2 as pb
 from tests.edge.bundles import reference_logits
 from tests.edge.conftest import serving, triton_script
 
@@ -24,7 +24,7 @@ def shm_server(tmp_path_factory, keys, digits_bundle, intent_bundle):
 
 @pytest.fixture
 def stub(shm_server):
-    from proto import grpc_service_pb2_grpc as pb_grpc
+    from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(shm_server.url) as ch:
         yield pb_grpc.GRPCInferenceServiceStub(ch)
@@ -66,12 +66,12 @@ def test_tritonclient_shared_memory_works_unchanged(shm_server, stub, digits_bun
 
     # the text model read its BYTES input from shared memory and wrote its BYTES labels back: same as over the wire
     text = np.array([[b"I lost my credit card yesterday"], [b"how much data have I used this month"]], dtype=object)
-    from edge_runtime.datatypes import serialize_bytes
+    from fedge.edge_runtime.common.datatypes import serialize_bytes
 
     wire = stub.ModelInfer(pb.ModelInferRequest(
         model_name="intent", inputs=[pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2, 1])],
         outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="label")], raw_input_contents=[serialize_bytes(text)]))
-    from edge_runtime.datatypes import deserialize_bytes
+    from fedge.edge_runtime.common.datatypes import deserialize_bytes
 
     assert r["intent_labels"] == [v.decode() for v in deserialize_bytes(wire.raw_output_contents[0], 2)]
     assert r["intent_label_bytes"] == len(wire.raw_output_contents[0])
@@ -180,9 +180,9 @@ def test_only_clients_on_this_host_count_as_local(peer, local):
 def test_inputs_in_shared_memory_and_on_the_wire_mix_in_one_request(shm_object):
     """Only the inputs not in shared memory have a raw_input_contents entry (tritonclient sends none for the
     others), so entry i is not input i once one input is in shared memory."""
-    from edge_runtime.bundle import TensorDesc
-    from edge_runtime.codec import decode_inputs
-    from edge_runtime.shared_memory import SharedMemory
+    from fedge.edge_runtime.distribution.bundle import TensorDesc
+    from fedge.edge_runtime.frontends.grpc_codec import decode_inputs
+    from fedge.edge_runtime.serving.shared_memory import SharedMemory
 
     a = np.arange(6, dtype=np.float32).reshape(3, 2)
     b = np.array([[7], [8], [9]], dtype=np.int64)
@@ -200,7 +200,7 @@ def test_inputs_in_shared_memory_and_on_the_wire_mix_in_one_request(shm_object):
         got = decode_inputs(req, expected, 8, registry.client("ipv4:127.0.0.1:1"))
         np.testing.assert_array_equal(got["a"], a)
         np.testing.assert_array_equal(got["b"], b)
-        from edge_runtime.errors import PermissionDenied
+        from fedge.edge_runtime.common.errors import PermissionDenied
 
         with pytest.raises(PermissionDenied, match="only for clients on this host"):
             decode_inputs(req, expected, 8, registry.client("ipv4:10.0.0.9:1"))

@@ -14,9 +14,9 @@ import time
 import grpc
 import numpy as np
 
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
-from proto import health_pb2, health_pb2_grpc
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
 from tests.edge.conftest import serving
 

@@ -8,8 +8,8 @@ import time
 import grpc
 import pytest
 
-from edge_runtime.systemd import Notifier
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.edge_runtime.process.systemd import Notifier
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.conftest import EdgeProcess, digits_request, fedge, slowed_server
 
 

@@ -10,7 +10,7 @@ import types
 
 import numpy as np
 
-from edge_runtime import tensorrt_engine
+from fedge.edge_runtime.serving import tensorrt_engine
 
 FAKE_TRT = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
                                  nptype=lambda dtype: np.float32)
@@ -157,7 +157,7 @@ def fake_tensorrt(version: str, calls: list) -> types.SimpleNamespace:
 def test_compile_builds_a_qdq_network_as_each_tensorrt_version_needs(monkeypatch, tmp_path):
     """8.6 (JetPack 6.0): explicit batch and the INT8 flag; 10.x (JetPack 6.1+): strongly typed, no precision
     flags; 11: neither (always strongly typed; its BuilderFlag has no INT8 to set)."""
-    from edge_runtime.bundle import Manifest, TensorDesc
+    from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
 
     (tmp_path / "model.int8.trt.onnx").write_bytes(b"onnx")
     manifest = Manifest("digits", "digits", (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),

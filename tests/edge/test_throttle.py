@@ -1,7 +1,7 @@
 """The download rate limit's arithmetic (fedge edge serve --pull-max-rate); over the wire: test_release_pull.py."""
 import pytest
 
-from edge_runtime.throttle import Throttle, chunk_for, parse_rate
+from fedge.edge_runtime.distribution.throttle import Throttle, chunk_for, parse_rate
 
 
 @pytest.mark.parametrize("text, rate", [("500000", 500_000), ("500k", 500_000), ("2M", 2_000_000),

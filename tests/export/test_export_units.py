@@ -7,14 +7,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from client.jobs import calibration_histograms, calibration_minmax, gate_evaluation
-from fedge.tasks import get_task, split_holdout
-from fedge.tasks.training import TrainConfig, train
-from server.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms
-from server.export.gate import aggregate_gate
-from server.export.onnx_export import check_parity, to_onnx
-from server.export.prune import PruneConfig, check_2of4, prune_model, sparsity
-from server.export.quantize import QuantizeConfig, preprocess, quantize_variants
+from fedge.client.jobs import calibration_histograms, calibration_minmax, gate_evaluation
+from fedge.core.tasks import get_task, split_holdout
+from fedge.core.tasks.training import TrainConfig, train
+from fedge.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms
+from fedge.export.gate import aggregate_gate
+from fedge.export.onnx_export import check_parity, to_onnx
+from fedge.export.prune import PruneConfig, check_2of4, prune_model, sparsity
+from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
 
 torch.set_num_threads(1)
 
@@ -139,15 +139,15 @@ def test_gate_that_must_fail_fails():
 
 @pytest.mark.tensorrt
 def test_tensorrt_engine_builds_and_matches_onnxruntime(trained, tmp_path):
-    from edge_runtime.tensorrt_engine import tensorrt_status
+    from fedge.edge_runtime.serving.tensorrt_engine import tensorrt_status
 
     ok, why = tensorrt_status()
     if not ok:
         pytest.skip(f"TensorRT path not runnable here: {why}")
     import onnxruntime as ort
 
-    from edge_runtime.bundle import Manifest, TensorDesc
-    from edge_runtime.tensorrt_engine import CompileConfig, TensorRTBackend, compile_engine
+    from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
+    from fedge.edge_runtime.serving.tensorrt_engine import CompileConfig, TensorRTBackend, compile_engine
 
     d = trained["int8_trt"].parent
     manifest = Manifest("digits", "digits", (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),
@@ -181,11 +181,11 @@ def test_the_int8_release_serves_on_a_device_install(trained, tmp_path):
     import grpc
     import onnxruntime as ort
 
-    from edge_runtime.bundle import generate_keys
-    from fedge.cluster import EdgeServerProcess
-    from proto import grpc_service_pb2 as pb
-    from proto import grpc_service_pb2_grpc as pb_grpc
-    from server.export.sample_bundle import sign_bundle
+    from fedge.edge_runtime.distribution.bundle import generate_keys
+    from fedge.cli.cluster import EdgeServerProcess
+    from fedge.proto import grpc_service_pb2 as pb
+    from fedge.proto import grpc_service_pb2_grpc as pb_grpc
+    from fedge.export.sample_bundle import sign_bundle
     from tests.edge.conftest import device_python, fedge
 
     python = device_python()

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from fedge.cluster import LocalFederation
-from fedge.procs import fedge_env
+from fedge.cli.cluster import LocalFederation
+from fedge.core.procs import fedge_env
 from tests.e2e.helpers import json_tail, wait_exit, wait_rounds
 from tests.system.netns import Network, unavailable
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedge.cluster import LocalFederation
-from fedge.demo import write_customer_data
-from fedge.tasks import get_task
-from fedge.tasks.training import exchanged_names
-from server.checkpoint import load_checkpoint
+from fedge.cli.cluster import LocalFederation
+from fedge.cli.demo import write_customer_data
+from fedge.core.tasks import get_task
+from fedge.core.tasks.training import exchanged_names
+from fedge.server.checkpoint import load_checkpoint
 from tests.e2e.helpers import json_tail, start_launch, wait_exit, wait_rounds
 
 pytestmark = pytest.mark.system

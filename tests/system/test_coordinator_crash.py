@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from fedge.cluster import LocalFederation
-from server.checkpoint import sha256_file
+from fedge.cli.cluster import LocalFederation
+from fedge.server.checkpoint import sha256_file
 from tests.conftest import run_fedge
 from tests.e2e.helpers import start_launch, wait_exit, wait_rounds
 

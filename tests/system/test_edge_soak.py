@@ -12,9 +12,9 @@ import numpy as np
 import psutil
 import pytest
 
-from fedge.procs import stop_pid
-from proto import grpc_service_pb2 as pb
-from proto import grpc_service_pb2_grpc as pb_grpc
+from fedge.core.procs import stop_pid
+from fedge.proto import grpc_service_pb2 as pb
+from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.bundles import make_bundle
 from tests.edge.conftest import EdgeProcess, fedge
 

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 
-from fedge.cluster import LocalFederation
+from fedge.cli.cluster import LocalFederation
 from tests.conftest import run_fedge
 from tests.e2e.helpers import wait_exit
 
@@ -65,7 +65,7 @@ def test_plaintext_client_is_refused_and_logged(federation, digits_customers):
 def test_client_trusting_another_ca_is_refused_and_logged(federation, digits_customers, tmp_path):
     """A bundle from a different CA (a forged coordinator, or the wrong deployment) never connects: the
     coordinator's certificate does not verify against it, so nothing is ever sent."""
-    from server.certs import init_certs
+    from fedge.server.certs import init_certs
 
     bundle = init_certs(tmp_path / "other-ca", clients=1).client_dir("client-0")
     log = refused_client(federation, "foreign", digits_customers[0], certs=bundle)

@@ -1,0 +1,85 @@
+"""Domain errors of the edge runtime, and the one table that gives each its gRPC status code and HTTP status
+(:func:`status_of`): both front ends answer with it, the data plane counts failures by it."""
+
+
+class EdgeError(Exception):
+    code_name = "INTERNAL"  # the gRPC status code's name; its HTTP status is in HTTP_STATUS
+
+
+class InvalidInput(EdgeError):
+    code_name = "INVALID_ARGUMENT"
+
+
+class ModelNotFound(EdgeError):
+    code_name = "NOT_FOUND"
+
+
+class ModelUnavailable(EdgeError):
+    code_name = "UNAVAILABLE"
+
+
+class Overloaded(EdgeError):
+    """The model's queue is full, or a request waited past its queue timeout (Triton's queue policy)."""
+    code_name = "UNAVAILABLE"
+
+
+class TooLarge(EdgeError):
+    code_name = "RESOURCE_EXHAUSTED"
+
+
+class RegionNotFound(EdgeError):
+    """A shared memory region that is not registered (status of one region)."""
+    code_name = "NOT_FOUND"
+
+
+class AlreadyExists(EdgeError):
+    code_name = "ALREADY_EXISTS"
+
+
+class PermissionDenied(EdgeError):
+    code_name = "PERMISSION_DENIED"
+
+
+class Unsupported(EdgeError):
+    code_name = "UNIMPLEMENTED"
+
+
+class BundleError(EdgeError):
+    """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
+    code_name = "FAILED_PRECONDITION"
+
+
+class NoSpace(OSError):
+    """The disk holding the model repository cannot take a release: nothing was installed, and what is
+    installed keeps serving."""
+
+
+class AddressUnavailable(OSError):
+    """The server cannot listen where it was told to (port taken, address not on this host)."""
+
+
+class TLSConfigError(ValueError):
+    """A certificate, key or CA file that TLS cannot use; the message names the file and what is wrong."""
+
+
+# Triton's mapping of gRPC status codes to HTTP statuses, plus 413 for a request over the size limit
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "ALREADY_EXISTS": 400, "PERMISSION_DENIED": 403,
+               "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "CANCELLED": 499, "INTERNAL": 500, "UNIMPLEMENTED": 501,
+               "UNAVAILABLE": 503}
+
+
+def status_of(exc: BaseException) -> tuple[str, int]:
+    """(gRPC status code name, HTTP status) of an exception raised while answering a request: a domain error's
+    own; a client that went away is CANCELLED; NotImplementedError is UNIMPLEMENTED; anything else is a bug
+    (INTERNAL)."""
+    import asyncio
+
+    if isinstance(exc, EdgeError):
+        code = exc.code_name
+    elif isinstance(exc, asyncio.CancelledError):
+        code = "CANCELLED"
+    elif isinstance(exc, NotImplementedError):
+        code = "UNIMPLEMENTED"
+    else:
+        code = "INTERNAL"
+    return code, HTTP_STATUS.get(code, 500)

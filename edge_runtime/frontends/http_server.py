@@ -1,0 +1,291 @@
+"""A small HTTP/1.1 server on asyncio streams, for the KServe v2 REST endpoint (frontends.rest): the edge's
+dependencies hold no web framework, and this endpoint needs only a little of HTTP. Keep-alive, Content-Length and
+chunked bodies, ``Expect: 100-continue`` (curl sends it for bodies over 1 KiB), gzip/deflate request bodies and
+responses (what tritonclient.http's compression options send and accept), a body limit (413 before the body is
+read), TLS, and requests whose client hung up are cancelled. It runs on the gRPC server's event loop, so HTTP and
+gRPC requests are batched together."""
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import logging
+import ssl
+import time
+import zlib
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Awaitable, Callable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger("fedge.edge")
+MAX_HEAD_BYTES = 64 << 10  # request line and headers
+DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
+
+
+@dataclass
+class Request:
+    method: str
+    path: str                       # percent-decoded, without the query
+    query: dict[str, list[str]]
+    headers: dict[str, str]         # lower-case names
+    body: bytes
+    peer: str                       # as gRPC writes it: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json(cls, doc, status: int = 200) -> "Response":
+        return cls(status, json.dumps(doc).encode(), {"Content-Type": "application/json"})
+
+    @classmethod
+    def error(cls, status: int, message: str) -> "Response":
+        """Triton's error body: {"error": "..."} (what tritonclient.http raises with)."""
+        return cls.json({"error": message}, status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HttpError(Exception):
+    """A request that cannot be read; answered with ``status`` and the connection is closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpServer:
+    def __init__(self, handle: Handler, max_body_bytes: int, tls: ssl.SSLContext | None = None) -> None:
+        self._handle, self._max_body, self._tls = handle, max_body_bytes, tls
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[asyncio.Task] = set()
+        self._busy: set[asyncio.Task] = set()  # connections between a request's head and its answer
+        self._draining = False
+        self._drained = asyncio.Event()  # set once draining and no connection is busy
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> asyncio.StreamReaderProtocol:  # what asyncio.start_server builds, with our reader
+            return asyncio.StreamReaderProtocol(_Reader(limit=MAX_HEAD_BYTES, loop=loop), self._connection, loop=loop)
+
+        self._server = await loop.create_server(protocol, host, port, ssl=self._tls)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float = 0.0) -> None:
+        """Accept no more connections, close the idle ones, let each busy one answer its request (then close it),
+        for at most ``grace`` seconds; whatever is left then is cut off."""
+        if self._server is None:
+            return
+        self._server.close()
+        self._draining = True
+        for task in self._connections - self._busy:  # idle keep-alive connections would hold wait_closed forever
+            task.cancel()
+        if self._busy:
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("HTTP: %d request(s) still unanswered after %.0f s: cut off", len(self._busy), grace)
+        for task in list(self._connections):
+            task.cancel()
+        await self._server.wait_closed()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections.add(task := asyncio.current_task())
+        try:
+            peer = peer_name(writer.get_extra_info("peername"))
+            while True:
+                try:
+                    req, keep_alive = await self._read(reader, writer, peer)
+                except HttpError as exc:
+                    await _send(writer, Response.error(exc.status, str(exc)), False)
+                    return
+                if req is None:
+                    return
+                started = time.perf_counter()
+                handler = asyncio.ensure_future(self._handle(req))
+                reader.on_hangup = handler.cancel  # a client that hung up is not answered, nor computed for
+                try:
+                    resp = await handler
+                except asyncio.CancelledError:
+                    if reader.hung_up:
+                        return
+                    raise
+                except Exception as exc:  # a bug, not the client's fault: answer 500, keep serving
+                    log.exception("%s %s failed", req.method, req.path)
+                    resp = Response.error(500, f"{type(exc).__name__}: {exc}")
+                finally:
+                    reader.on_hangup = None
+                keep_alive = keep_alive and not self._draining  # a stopping server closes after each answer
+                await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive,
+                            head_only=req.method == "HEAD")
+                self._idle(task)
+                if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
+                    log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
+                              (time.perf_counter() - started) * 1e3, peer)
+                if not keep_alive:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass  # the client went away
+        finally:
+            self._connections.discard(task)
+            self._idle(task)
+            writer.close()
+
+    def _idle(self, task: asyncio.Task) -> None:
+        self._busy.discard(task)
+        if self._draining and not self._busy:
+            self._drained.set()
+
+    async def _read(self, reader, writer, peer: str) -> tuple[Request | None, bool]:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise HttpError(400, "the request ended inside its headers") from None
+            return None, False  # closed between requests
+        except asyncio.LimitOverrunError:
+            raise HttpError(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes") from None
+        lines = head.decode("latin-1").split("\r\n")
+        try:
+            method, target, version = lines[0].split(" ")
+        except ValueError:
+            raise HttpError(400, f"malformed request line {lines[0][:200]!r}") from None
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            raise HttpError(505, f"{version[:20]} is not served here; use HTTP/1.1")
+        headers: dict[str, str] = {}
+        for line in filter(None, lines[1:]):
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise HttpError(400, f"malformed header line {line[:200]!r}")
+            name = name.strip().lower()
+            headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
+        connection = headers.get("connection", "").lower()
+        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
+        body = await self._body(reader, writer, headers)
+        url = urlsplit(target)
+        return Request(method, unquote(url.path), parse_qs(url.query), headers, body, peer), keep_alive
+
+    async def _body(self, reader, writer, headers: dict[str, str]) -> bytes:
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        length = headers.get("content-length")
+        if not chunked and length is None:
+            return b""
+        if not chunked and (not length.isdigit()):
+            raise HttpError(400, f"Content-Length {length[:40]!r} is not a byte count")
+        if not chunked and int(length) > self._max_body:
+            raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await (_chunks(reader, self._max_body) if chunked else reader.readexactly(int(length)))
+        encoding = headers.get("content-encoding", "identity").lower()
+        if encoding == "identity":
+            return body
+        if encoding not in DECODERS:
+            raise HttpError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
+        decoder = DECODERS[encoding]()
+        try:
+            out = decoder.decompress(body, self._max_body + 1)
+        except zlib.error as exc:
+            raise HttpError(400, f"the {encoding} request body is corrupt: {exc}") from None
+        if len(out) > self._max_body:
+            raise HttpError(413, f"the decompressed request body exceeds the limit of {self._max_body} bytes")
+        return out
+
+
+class _Reader(asyncio.StreamReader):
+    """A StreamReader that says when its client hung up, so that the request it was waiting for can be cancelled
+    (a queued inference is then dropped, not computed, as one over gRPC is). A client that only half-closes its
+    side after a request is taken to have gone, as HTTP/1.1 clients do not do that while they wait."""
+    hung_up = False
+    on_hangup: Callable[[], object] | None = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        self._hang_up()
+
+    def set_exception(self, exc) -> None:
+        super().set_exception(exc)
+        self._hang_up()
+
+    def _hang_up(self) -> None:
+        self.hung_up = True
+        if self.on_hangup is not None:
+            self.on_hangup()
+
+
+async def _chunks(reader: asyncio.StreamReader, limit: int) -> bytes:
+    parts, total = [], 0
+    while True:
+        line = await reader.readuntil(b"\r\n")
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise HttpError(400, "malformed chunk size in a chunked body") from None
+        if size == 0:
+            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, ignored
+                pass
+            return b"".join(parts)
+        total += size
+        if total > limit:
+            raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
+        parts.append(await reader.readexactly(size))
+        if await reader.readexactly(2) != b"\r\n":
+            raise HttpError(400, "a chunk of the chunked body is longer than its size says")
+
+
+def _compressed(resp: Response, accept: str) -> Response:
+    """gzip or deflate, when the client accepts it (q > 0) and the body is worth it."""
+    if len(resp.body) < 256:
+        return resp
+    for token in accept.lower().split(","):
+        coding, _, q = token.strip().partition(";")
+        if coding in DECODERS and q.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000"):
+            body = gzip.compress(resp.body, compresslevel=1) if coding == "gzip" else zlib.compress(resp.body, 1)
+            return Response(resp.status, body, {**resp.headers, "Content-Encoding": coding})
+    return resp
+
+
+async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, head_only: bool = False) -> None:
+    """``head_only``: the answer to a HEAD request, which has the headers of the body but not the body."""
+    try:
+        reason = HTTPStatus(resp.status).phrase
+    except ValueError:
+        reason = ""
+    head = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Length: {len(resp.body)}"]
+    head += [f"{k}: {v}" for k, v in resp.headers.items()]
+    if not keep_alive:
+        head.append("Connection: close")
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    if not head_only:
+        writer.write(resp.body)
+    await writer.drain()
+
+
+def peer_name(addr) -> str:
+    """The peer as gRPC names it, so that one check (shared memory's "is this client on this host?") serves both."""
+    if isinstance(addr, tuple) and len(addr) == 4:
+        return f"ipv6:[{addr[0]}]:{addr[1]}"
+    if isinstance(addr, tuple):
+        return f"ipv4:{addr[0]}:{addr[1]}"
+    return f"unix:{addr or ''}"
+
+
+def exposition(registry: CollectorRegistry) -> Handler:
+    """``GET /metrics`` for fedge's own HTTP server (the metrics endpoint over TLS): the registry in Prometheus' text
+    format, rendered off the event loop."""
+    async def handle(req: Request) -> Response:
+        if req.method not in ("GET", "HEAD") or req.path != "/metrics":
+            return Response.error(404, "this endpoint serves GET /metrics only")
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
+        return Response(200, body, {"Content-Type": CONTENT_TYPE_LATEST})
+    return handle

@@ -1,0 +1,67 @@
+"""Deterministic hashing tokenizer shared by training (fedge.core.tasks.intent) and the edge.
+
+The tokenizer has no vocabulary file: words and word bigrams are hashed (CRC-32, stable across processes
+and platforms) into ``num_buckets`` ids. Its parameters travel in the release manifest, so the edge
+tokenizes exactly as training did.
+
+>>> tok = HashingTokenizer(num_buckets=1000, max_len=6)
+>>> tok.encode("Block my card!").tolist()
+[..., 0, 0]   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+_WORD = re.compile(r"[a-z0-9']+")
+PAD_ID = 0
+_RESERVED = 1  # id 0 is padding
+
+
+@dataclass(frozen=True)
+class HashingTokenizer:
+    num_buckets: int = 8192   # ids in [1, num_buckets); 0 is padding
+    max_len: int = 128        # tokens kept per text (unigrams then bigrams, in reading order)
+    bigrams: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_buckets < 2:
+            raise ValueError(f"num_buckets must be >= 2, got {self.num_buckets}")
+        if self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+
+    def tokens(self, text: str) -> list[str]:
+        words = _WORD.findall(text.lower())
+        if not self.bigrams:
+            return words
+        out: list[str] = []
+        for i, w in enumerate(words):  # interleave so truncation keeps local context for long texts
+            out.append(w)
+            if i + 1 < len(words):
+                out.append(f"{w}_{words[i + 1]}")
+        return out
+
+    def encode(self, text: str) -> np.ndarray:
+        """Text -> int64 ids of shape (max_len,), zero-padded."""
+        ids = np.zeros(self.max_len, dtype=np.int64)
+        for i, tok in enumerate(self.tokens(text)[: self.max_len]):
+            ids[i] = _RESERVED + zlib.crc32(tok.encode("utf-8")) % (self.num_buckets - _RESERVED)
+        return ids
+
+    def encode_batch(self, texts: list[str]) -> np.ndarray:
+        """list of N texts -> (N, max_len) int64."""
+        if not texts:
+            return np.zeros((0, self.max_len), dtype=np.int64)
+        return np.stack([self.encode(t) for t in texts])
+
+    def to_dict(self) -> dict:
+        return {"kind": "hashing-crc32", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HashingTokenizer":
+        if d.get("kind", "hashing-crc32") != "hashing-crc32":
+            raise ValueError(f"unsupported tokenizer kind {d.get('kind')!r}")
+        return cls(num_buckets=int(d["num_buckets"]), max_len=int(d["max_len"]), bigrams=bool(d["bigrams"]))

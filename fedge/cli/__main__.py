@@ -1,0 +1,5 @@
+import sys
+
+from fedge.cli.commands import main
+
+sys.exit(main())

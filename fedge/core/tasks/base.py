@@ -1,0 +1,67 @@
+"""What a task is: a model, a data format, and the public reference data used for demos and simulation.
+
+Coordinator, client daemon, export and simulation all see a task through this one interface. A customer
+brings its own by pointing ``--task`` at ``module:attribute`` holding a :class:`Task`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fedge.core.tasks.data import Dataset
+
+if TYPE_CHECKING:  # torch is imported lazily: the ClientApp module must stay import-light
+    import torch
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output, in KServe v2 terms (shape with -1 for the batch axis)."""
+    name: str
+    datatype: str          # KServe v2 datatype: FP32, INT64, BYTES, ...
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-3
+    proximal_mu: float = 0.0  # FedProx's proximal term (0: plain FedAvg local training)
+
+
+@dataclass(frozen=True)
+class Task(ABC):
+    name: str
+    labels: tuple[str, ...]
+    defaults: TrainDefaults = field(default_factory=TrainDefaults)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    @abstractmethod
+    def build_model(self) -> "torch.nn.Module":
+        """A freshly initialised model (seed it before calling for reproducibility)."""
+
+    @abstractmethod
+    def load_data(self, path: Path) -> Dataset:
+        """Read and validate a customer's private data file; raise DataError naming file and row."""
+
+    @abstractmethod
+    def reference_data(self) -> Dataset:
+        """Public data shipped with fedge for the demo, tests and simulation."""
+
+    @abstractmethod
+    def input_spec(self) -> TensorSpec:
+        """The model's input as the ONNX graph sees it (after on-device preprocessing)."""
+
+    def preprocessing(self) -> dict:
+        """What the edge must do to raw inputs before the model (e.g. tokenizer parameters)."""
+        return {}
+
+    def write_data(self, path: Path, ds: Dataset) -> None:
+        """Write ``ds`` in this task's private data format (used by the demo's partitioner)."""
+        raise NotImplementedError(f"task {self.name!r} cannot write data files")

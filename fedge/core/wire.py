@@ -1,0 +1,68 @@
+"""The wire contract between the coordinator and the customers' ClientApps, defined once and imported by both
+sides: the keys of the fit config the coordinator sends each round, of the metrics each customer sends back, and
+the records that carry export jobs (federated calibration, the accuracy gate) and their answers."""
+from __future__ import annotations
+
+JOB_RECORD = "fedge-job"                # ConfigRecord of a QUERY message: one export job for a customer
+JOB_RESULT_RECORD = "fedge-job-result"  # ConfigRecord of its answer
+
+
+class JobKind:
+    CALIBRATE_MINMAX = "calibrate-minmax"  # per-tensor activation ranges on the customer's training data
+    CALIBRATE_HIST = "calibrate-hist"      # per-tensor histograms over edges the coordinator chose
+    GATE = "gate"                          # FP32 and INT8 accuracy and agreement on the customer's holdout
+
+
+class JobKey:
+    """Keys of the job record and of its answer."""
+    KIND = "kind"          # a JobKind
+    TASK = "task"
+    MODEL = "model"        # the ONNX model to calibrate (bytes)
+    EDGES = "edges"        # calibrate-hist: histogram edges per tensor, JSON
+    ABSOLUTE = "absolute"  # calibrate-hist: histograms of |x|
+    KINDS = "kinds"        # gate: the model variants sent, JSON list; each as model_of(kind)
+    CUSTOMER = "customer"  # in the answer: who answered
+    RESULT = "result"      # in the answer: the job's statistics, JSON
+
+    @staticmethod
+    def model_of(kind: str) -> str:
+        return f"model-{kind}"
+
+
+class FitKey:
+    """Keys of the fit (and evaluate) config the coordinator sends each round."""
+    TASK = "task"
+    ROUND = "round"
+    FREEZE = "freeze"                        # comma-separated parameter-name patterns that stay frozen
+    SEED = "seed"
+    HOLD_SPARSITY = "hold-sparsity"          # recovery after pruning: zeros stay zeros
+    LOCAL_EPOCHS = "local-epochs"
+    BATCH_SIZE = "batch-size"
+    LR = "lr"
+    PROXIMAL_MU = "proximal-mu"
+    EVALUATE_INCOMING = "evaluate-incoming"  # evaluate the incoming global model on the holdout before training
+    # privacy: what a customer's guard needs to price the round before it trains
+    RUN = "fedge-run"
+    PLANNED_ROUNDS = "planned-rounds"
+    DP_NOISE = "dp-noise"
+    DP_CLIP = "dp-clip"
+    DP_SGD = "dp-sgd"
+    DP_SGD_NOISE = "dp-sgd-noise"
+    DP_SGD_CLIP = "dp-sgd-clip"
+    DP_SGD_EPSILON = "dp-sgd-epsilon"
+
+
+class MetricKey:
+    """Keys of the metrics a customer sends back with its update or its evaluation."""
+    CUSTOMER = "customer"
+    TRAIN_LOSS = "train_loss"
+    EVAL_LOSS = "eval_loss"          # the incoming model on the holdout (the previous round's accuracy)
+    EVAL_ACCURACY = "eval_accuracy"
+    EVAL_EXAMPLES = "eval_examples"
+    EVAL_PREFIX = "eval_"
+    ACCURACY = "accuracy"            # the final model's evaluate exchange
+    REFUSED = "refused"              # why the customer's privacy guard refused the round (nothing trained)
+    DP_MECHANISM = "dp_mechanism"
+    DP_EPSILON = "dp_epsilon"
+    DP_DELTA = "dp_delta"
+    DP_NOISE = "dp_noise"

@@ -1,0 +1,160 @@
+"""The export's stages. Each takes the path the stage before it wrote and writes one of its own, so every step
+leaves an artifact to inspect (and a failed export shows how far it got):
+
+    checkpoint --prune--> pruned.safetensors --recover--> recovered checkpoint --onnx--> model.fp32.onnx
+    --calibrate--> calibration.json --quantize--> model.int8.{cpu,trt}.onnx --gate--> gate.json --sign--> bundle
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fedge.core.wire import JobKey, JobKind
+from fedge.edge_runtime.distribution.bundle import write_bundle
+from fedge.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms, uses_abs
+from fedge.export.federated import run_job
+from fedge.export.gate import GateFailed, GateReport, aggregate_gate
+from fedge.export.onnx_export import check_parity, to_onnx
+from fedge.export.prune import PruneConfig, SparsityReport, prune_model, sparsity
+from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
+from fedge.server.checkpoint import load_checkpoint, save_checkpoint
+from fedge.server.registry import Registry, RoundRecord
+from fedge.server.run_config import RunConfig
+from fedge.server.runs import RunProgress, launch
+
+Say = Callable[[str], None]  # where a stage reports what it did (rich markup), e.g. Console.print
+GATE_VARIANTS = ("fp32", "int8_cpu", "int8_trt")
+CALIBRATION_SAMPLES_MAX = 256  # per customer (client.jobs)
+
+
+@dataclass(frozen=True)
+class Source:
+    """What an export starts from: a completed round of a run, its checkpoint, its task and its run config."""
+    state: Path
+    registry: Registry
+    run: int
+    round: RoundRecord
+    task: object                      # fedge.core.tasks.Task
+    run_config: RunConfig
+
+    def job(self, kind: str, work: Path, config: dict, files: dict[str, Path], timeout: float) -> dict:
+        """One export job on the run's customers (federated calibration, the gate): only statistics come back."""
+        return run_job(self.state, work / kind, kind, self.task.name, config, files, self.run_config.min_clients,
+                       timeout)
+
+
+def load_model(task, checkpoint: Path):
+    """The task's model with the checkpoint's weights."""
+    from fedge.core.tasks.training import set_arrays
+
+    model = task.build_model()
+    ckpt, _ = load_checkpoint(Path(checkpoint))
+    names = list(model.state_dict())
+    set_arrays(model, names, [ckpt[k] for k in names])
+    return model
+
+
+def prune(task, checkpoint: Path, spec: str, out: Path) -> Path:
+    """Stage 1: magnitude pruning (``none``, ``2:4``, ``unstructured:P``) -> the pruned weights."""
+    model = load_model(task, checkpoint)
+    prune_model(model, PruneConfig.parse(spec))
+    save_checkpoint(out, {k: v.detach().numpy() for k, v in model.state_dict().items()}, {"task": task.name})
+    return out
+
+
+def recover(src: Source, pruned: Path, spec: str, rounds: int, progress: RunProgress, say: Say) -> tuple[Path, int | None]:
+    """Stage 2: federated recovery rounds from the pruned weights with the mask held (zeros stay zeros) -> the
+    recovery run's last checkpoint and that run's id (the pruned weights themselves when there is nothing to recover)."""
+    if PruneConfig.parse(spec).method == "none" or rounds == 0:
+        return pruned, None
+    say(f"[bold]recovery[/bold]: {rounds} federated round(s) with the {spec} mask held")
+    code = launch(src.state, src.run_config.with_(num_rounds=rounds, start_round=0, init=str(pruned),
+                                                  hold_sparsity=True, fedge_run_id=0), progress=progress)
+    recovery_run = src.registry.runs()[-1]["id"]
+    if code != 0:
+        raise RuntimeError(f"recovery run {recovery_run} failed: {src.registry.run(recovery_run)['reason']}")
+    return Path(src.registry.last_round(recovery_run).checkpoint), recovery_run
+
+
+def onnx(task, checkpoint: Path, out: Path, say: Say) -> tuple[Path, float]:
+    """Stage 3: ONNX FP32 (opset 17), checked against PyTorch on the task's reference inputs -> the model and the
+    largest difference seen."""
+    model = load_model(task, checkpoint)
+    ref_x = task.reference_data().x[:64]
+    to_onnx(model, ref_x[:2], out)
+    parity = check_parity(model, out, ref_x)
+    say(f"[bold]onnx[/bold]: opset 17, parity max|diff| {parity.max_abs_diff:.2e}")
+    return out, parity.max_abs_diff
+
+
+def calibrate(src: Source, fp32: Path, method: str, bins: int, timeout: float, out: Path, say: Say) -> Path:
+    """Stage 4: federated calibration of the pre-processed FP32 model: each customer sends per-tensor ranges (and,
+    for entropy/percentile, histograms over edges the coordinator chose from the merged ranges) -> calibration.json."""
+    pre = preprocess(fp32, out.parent / "model.fp32.pre.onnx")
+    work = out.parent
+    mm = src.job(JobKind.CALIBRATE_MINMAX, work, {}, {JobKey.MODEL: pre}, timeout)
+    ranges = merge_minmax([{k: tuple(v) for k, v in r.items()} for r in mm["results"].values()])
+    if method != "minmax":
+        edges = histogram_edges(ranges, bins, method)
+        hist = src.job(JobKind.CALIBRATE_HIST, work, {JobKey.EDGES: json.dumps({k: v.tolist() for k, v in edges.items()}),
+                                                      JobKey.ABSOLUTE: uses_abs(method)}, {JobKey.MODEL: pre}, timeout)
+        ranges = ranges_from_histograms(merge_histograms(list(hist["results"].values())), edges, ranges, method)
+    say(f"[bold]calibration[/bold] {method}: {len(ranges)} tensors from {len(mm['results'])} customers")
+    out.write_text(json.dumps({"method": method, "model": pre.name, "customers": sorted(mm["results"]),
+                               "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}}))
+    return out
+
+
+def quantize(calibration: Path, fp32: Path, bundle: Path) -> dict[str, Path]:
+    """Stage 5: the two INT8 QDQ models (uint8 activations for CPUs, signed symmetric for TensorRT) into the bundle
+    directory, with the FP32 model beside them -> the bundle's model files by variant."""
+    doc = json.loads(calibration.read_text())
+    ranges = {k: (lo, hi) for k, (lo, hi) in doc["ranges"].items()}
+    variants = quantize_variants(calibration.parent / doc["model"], ranges, bundle, QuantizeConfig(doc["method"]))
+    shutil.copyfile(fp32, bundle / "model.fp32.onnx")
+    return {"fp32": bundle / "model.fp32.onnx", **variants}
+
+
+def gate(src: Source, models: dict[str, Path], max_drop: float, timeout: float, out: Path, say: Say) -> GateReport:
+    """Stage 6: the federated accuracy gate: every customer evaluates FP32 and both INT8 variants on its holdout ->
+    gate.json; raises GateFailed (with the per-customer figures) if INT8 loses more than ``max_drop``."""
+    g = src.job(JobKind.GATE, out.parent, {JobKey.KINDS: json.dumps(list(GATE_VARIANTS))},
+                {JobKey.model_of(k): models[k] for k in GATE_VARIANTS}, timeout)
+    report = aggregate_gate(g["results"], max_drop)
+    out.write_text(json.dumps(report.to_json(), indent=2))
+    say(f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
+        f" drop {report.accuracy_drop:+.4f} (max {max_drop}), top-1 agreement {report.agreement:.4f}")
+    if not report.passed:
+        per = ", ".join(f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}"
+                        for c, v in report.per_customer.items())
+        raise GateFailed(f"INT8 accuracy drop {report.accuracy_drop:.4f} exceeds --max-accuracy-drop "
+                         f"{max_drop} (per customer {per}); release refused")
+    return report
+
+
+def sign(src: Source, bundle: Path, lineage: dict, calibration: Path, report: GateReport, pruned: SparsityReport,
+         parity: float, max_batch_size: int, signing_key) -> dict:
+    """Stage 7: the manifest (what the device serves and how it was made) signed into the bundle -> its fields."""
+    task, spec = src.task, src.task.input_spec()
+    cal = json.loads(calibration.read_text())
+    fields = {
+        "model": task.name, "task": task.name,
+        "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, task.num_classes]}],
+        "models": {"fp32": "model.fp32.onnx", "int8_cpu": "model.int8.cpu.onnx", "int8_trt": "model.int8.trt.onnx"},
+        "labels": list(task.labels), "preprocessing": task.preprocessing(), "max_batch_size": max_batch_size,
+        "lineage": lineage, "sparsity": pruned.to_json(),
+        "calibration": {"method": cal["method"], "tensors": len(cal["ranges"]), "customers": cal["customers"],
+                        "samples_per_customer_max": CALIBRATION_SAMPLES_MAX},
+        "gate": report.to_json(), "sizes": {p.name: p.stat().st_size for p in bundle.iterdir()},
+        "onnx": {"opset": 17, "parity_max_abs_diff": parity},
+    }
+    write_bundle(bundle, fields, signing_key)
+    return fields
+
+
+def measure_sparsity(task, checkpoint: Path, spec: str) -> SparsityReport:
+    return sparsity(load_model(task, checkpoint), PruneConfig.parse(spec).method)
