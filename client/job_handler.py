@@ -26,7 +26,7 @@ def handle(job: ConfigRecord, context) -> RecordDict:
                                         absolute=bool(job[JobKey.ABSOLUTE]))
     elif kind == JobKind.GATE:
         models = {k: bytes(job[JobKey.model_of(k)]) for k in json.loads(str(job[JobKey.KINDS]))}
-        result = gate_evaluation(models, holdout.x, holdout.y)
+        result = gate_evaluation(models, holdout.x, holdout.y, int(job.get(JobKey.REFERENCE_ROWS, 0)))
     else:
         raise ValueError(f"unknown export job {kind!r}")
     return RecordDict({JOB_RESULT_RECORD: ConfigRecord({JobKey.CUSTOMER: settings.name,

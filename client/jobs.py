@@ -68,16 +68,53 @@ def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, l
     return {n: c.tolist() for n, c in counts.items()}
 
 
-def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray) -> dict:
-    """Accuracy of each candidate model on the local holdout, and top-1 agreement with the first (FP32)."""
+def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray, reference_rows: int = 0) -> dict:
+    """Accuracy of each candidate model on the local holdout, and top-1 agreement with the first (FP32). With
+    ``reference_rows``, also how the INT8 candidates' answers on this machine's ONNX Runtime compare with the ONNX
+    specification's (onnx.reference) on the first that many holdout rows: an INT8 model whose answers depend on
+    the CPU shows here, on the customers' CPUs, before any device gets it."""
     import onnxruntime as ort
 
-    preds = {}
+    preds, logits = {}, {}
     for kind, blob in models.items():
         sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        preds[kind] = np.concatenate([sess.run(None, {name: x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)])
+        out = np.concatenate([sess.run(None, {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
+        preds[kind], logits[kind] = out.argmax(1), out
     ref = next(iter(preds.values()))
-    return {"examples": int(len(y)),
-            "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
-            "agreement": {k: float((p == ref).mean()) for k, p in preds.items()}}
+    result = {"examples": int(len(y)),
+              "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
+              "agreement": {k: float((p == ref).mean()) for k, p in preds.items()}}
+    if reference_rows > 0:
+        result["reference"] = {kind: reference_agreement(models[kind], logits[kind], x, reference_rows)
+                               for kind in list(models)[1:]}
+    return result
+
+
+def reference_agreement(model: bytes, runtime_logits: np.ndarray, x: np.ndarray, rows: int) -> dict:
+    """This machine's runtime against the ONNX specification on the first ``rows`` rows: top-1 agreement, the
+    largest logit difference, and this CPU's vector-neural-network support (what decides the x86 kernels)."""
+    from fedge.core.onnx_reference import reference_outputs
+
+    n = min(rows, len(x))
+    try:
+        expected = reference_outputs(model, x[:n])
+    except Exception as exc:  # an operator onnx.reference does not implement (a custom task's model): say so
+        return {"rows": 0, "agreement": None, "max_abs_diff": None, "cpu": cpu_flags(),
+                "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    got = runtime_logits[:n]
+    return {"rows": int(n), "agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if n else 1.0,
+            "max_abs_diff": float(np.abs(got - expected).max()) if n else 0.0, "cpu": cpu_flags()}
+
+
+def cpu_flags() -> str:
+    """The CPU's architecture and whether it has VNNI (the x86 integer dot-product instructions)."""
+    import platform
+
+    arch = platform.machine()
+    try:
+        flags = set(open("/proc/cpuinfo").read().split())
+    except OSError:
+        flags = set()
+    vnni = sorted(flags & {"avx512_vnni", "avx_vnni"})
+    return f"{arch} {'+'.join(vnni) if vnni else 'no VNNI'}" if arch in ("x86_64", "AMD64") else arch

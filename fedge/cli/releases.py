@@ -12,6 +12,8 @@ def add_parser(sub, state_default: str) -> None:
     p.add_argument("--recovery-rounds", type=int, default=0)
     p.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
+    p.add_argument("--reference-rows", type=int, default=128, help="holdout rows each customer also evaluates by the"
+                   " ONNX specification (onnx.reference), to flag INT8 answers that depend on the CPU (0: none)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--key", help="release signing key (default: STATE/keys/release.key)")
     p.add_argument("--state", default=state_default)
@@ -47,6 +49,7 @@ def cmd_export(a) -> int:
 
     cfg = ExportConfig(run=a.run, out=Path(a.out), round=a.round, prune=a.prune, recovery_rounds=a.recovery_rounds,
                        calibration=a.calibration, max_accuracy_drop=a.max_accuracy_drop,
+                       reference_rows=a.reference_rows,
                        key=Path(a.key) if a.key else None)
     release = export_release(Path(a.state), cfg, say=Console(stderr=True).print, progress=ConsoleProgress())
     if a.json:

@@ -21,6 +21,7 @@ class JobKey:
     EDGES = "edges"        # calibrate-hist: histogram edges per tensor, JSON
     ABSOLUTE = "absolute"  # calibrate-hist: histograms of |x|
     KINDS = "kinds"        # gate: the model variants sent, JSON list; each as model_of(kind)
+    REFERENCE_ROWS = "reference-rows"  # gate: holdout rows to also evaluate by the ONNX specification (onnx.reference)
     CUSTOMER = "customer"  # in the answer: who answered
     RESULT = "result"      # in the answer: the job's statistics, JSON
 

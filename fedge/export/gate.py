@@ -1,8 +1,11 @@
 """Stage: the federated accuracy gate. Customers evaluate FP32 and INT8 on their holdouts; the coordinator
-weights by holdout size and refuses the release if INT8 loses more than ``max_drop``."""
+weights by holdout size and refuses the release if INT8 loses more than ``max_drop``. Customers also compare their
+runtime's INT8 answers with the ONNX specification's (fedge.core.onnx_reference) on a bounded sample: a release
+whose INT8 answers depend on the CPU is flagged with the numbers (``cpu_dependent``), since devices on other CPUs
+would not give the answers the gate measured."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class GateFailed(RuntimeError):
@@ -17,6 +20,8 @@ class GateReport:
     per_customer: dict[str, dict]
     examples: int
     max_drop: float
+    reference: dict = field(default_factory=dict)  # variant -> rows, agreement with onnx.reference, max |diff|, CPUs
+    candidate: str = "int8_cpu"
 
     @property
     def accuracy_drop(self) -> float:
@@ -26,10 +31,17 @@ class GateReport:
     def passed(self) -> bool:
         return self.accuracy_drop <= self.max_drop
 
+    @property
+    def cpu_dependent(self) -> bool:
+        """The served INT8 variant's answers on some customer's CPU differ from the ONNX specification's."""
+        ref = self.reference.get(self.candidate)
+        return ref is not None and ref["agreement"] < 1.0
+
     def to_json(self) -> dict:
         return {"fp32_accuracy": self.fp32_accuracy, "int8_accuracy": self.int8_accuracy,
                 "accuracy_drop": self.accuracy_drop, "top1_agreement": self.agreement, "examples": self.examples,
-                "max_accuracy_drop": self.max_drop, "passed": self.passed, "per_customer": self.per_customer}
+                "max_accuracy_drop": self.max_drop, "passed": self.passed, "per_customer": self.per_customer,
+                "reference": self.reference, "cpu_dependent": self.cpu_dependent}
 
 
 def aggregate_gate(results: dict[str, dict], max_drop: float, candidate: str = "int8_cpu") -> GateReport:
@@ -45,4 +57,22 @@ def aggregate_gate(results: dict[str, dict], max_drop: float, candidate: str = "
                "int8_accuracy": r["accuracy"][candidate], "top1_agreement": r["agreement"][candidate]}
            for c, r in results.items()}
     return GateReport(weighted(lambda r: r["accuracy"]["fp32"]), weighted(lambda r: r["accuracy"][candidate]),
-                      weighted(lambda r: r["agreement"][candidate]), per, total, max_drop)
+                      weighted(lambda r: r["agreement"][candidate]), per, total, max_drop,
+                      reference_report(results), candidate)
+
+
+def reference_report(results: dict[str, dict]) -> dict:
+    """Per variant: how the customers' runtimes agree with the ONNX specification, over every row they checked
+    (agreement weighted by rows; the largest logit difference; each customer's figures and CPU)."""
+    out = {}
+    for customer, r in results.items():
+        for kind, ref in (r.get("reference") or {}).items():
+            v = out.setdefault(kind, {"rows": 0, "agreed": 0.0, "max_abs_diff": 0.0, "per_customer": {}})
+            v["per_customer"][customer] = ref
+            if ref.get("agreement") is None:  # the reference could not evaluate this model there
+                continue
+            v["rows"] += ref["rows"]
+            v["agreed"] += ref["agreement"] * ref["rows"]
+            v["max_abs_diff"] = max(v["max_abs_diff"], ref["max_abs_diff"])
+    return {kind: {"rows": v["rows"], "agreement": v["agreed"] / v["rows"] if v["rows"] else 1.0,
+                   "max_abs_diff": v["max_abs_diff"], "per_customer": v["per_customer"]} for kind, v in out.items()}

@@ -32,13 +32,14 @@ class ExportConfig:
     max_accuracy_drop: float = 0.01
     key: Path | None = None           # release signing key (default STATE/keys/release.key)
     max_batch_size: int = 64
+    reference_rows: int = 128         # holdout rows per customer the gate also checks by the ONNX specification
     job_timeout: float = 180.0
 
     def __post_init__(self) -> None:
         PruneConfig.parse(self.prune)
         QuantizeConfig(self.calibration)
-        if self.recovery_rounds < 0 or not 0 <= self.max_accuracy_drop <= 1:
-            raise ValueError("recovery_rounds must be >= 0 and max_accuracy_drop in [0, 1]")
+        if self.recovery_rounds < 0 or not 0 <= self.max_accuracy_drop <= 1 or self.reference_rows < 0:
+            raise ValueError("recovery_rounds and reference_rows must be >= 0 and max_accuracy_drop in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
     bundle = fresh_dir(Path(cfg.out).resolve())
     models = stages.quantize(calibration, fp32, bundle)
     try:
-        gate = stages.gate(src, models, cfg.max_accuracy_drop, cfg.job_timeout, work / "gate.json", say)
+        gate = stages.gate(src, models, cfg.max_accuracy_drop, cfg.reference_rows, cfg.job_timeout,
+                           work / "gate.json", say)
     except stages.GateFailed:
         shutil.rmtree(bundle, ignore_errors=True)
         raise

@@ -3,8 +3,12 @@ same ranges:
 
 * ``model.int8.trt.onnx`` for TensorRT's explicit quantization: int8 symmetric activations and weights (zero
   point 0), per-channel weight scales (axis 0 for Conv, the output axis for Gemm), float bias;
-* ``model.int8.cpu.onnx`` for ONNX Runtime on x86: uint8 activations, which its CPU kernels run fully in integer
-  (the signed variant leaves about half the convolutions in float there and is slower than FP32).
+* ``model.int8.cpu.onnx`` for ONNX Runtime on CPUs: uint8 activations, which its x86 kernels run fully in integer
+  (the signed variant leaves about half the convolutions in float there and is slower than FP32), and 7-bit
+  weights (``reduce_range``: |w| <= 64). Without VNNI, ONNX Runtime's x86 u8s8 kernels add pairs of u8 x s8
+  products in int16 (pmaddubsw), which saturates past 32767: 2 x 255 x 127 can, 2 x 255 x 64 = 32640 cannot. With
+  7-bit weights every CPU (x86 with and without VNNI, arm64) computes what the ONNX specification says, so the
+  federated gate measures the answers every device gives (measured: docs/BENCHMARKS.md, "INT8 on every CPU").
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir
     quantize_static(str(pre), str(trt), None, activation_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}, **common)
     cpu = out_dir / "model.int8.cpu.onnx"
-    quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8,
+    quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8, reduce_range=True,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
     cache.unlink()
     for path in (trt, cpu):

@@ -118,21 +118,44 @@ def quantize(calibration: Path, fp32: Path, bundle: Path) -> dict[str, Path]:
     return {"fp32": bundle / "model.fp32.onnx", **variants}
 
 
-def gate(src: Source, models: dict[str, Path], max_drop: float, timeout: float, out: Path, say: Say) -> GateReport:
-    """Stage 6: the federated accuracy gate: every customer evaluates FP32 and both INT8 variants on its holdout ->
-    gate.json; raises GateFailed (with the per-customer figures) if INT8 loses more than ``max_drop``."""
-    g = src.job(JobKind.GATE, out.parent, {JobKey.KINDS: json.dumps(list(GATE_VARIANTS))},
+def gate(src: Source, models: dict[str, Path], max_drop: float, reference_rows: int, timeout: float, out: Path,
+         say: Say) -> GateReport:
+    """Stage 6: the federated accuracy gate: every customer evaluates FP32 and both INT8 variants on its holdout
+    (and the INT8 ones by the ONNX specification on its first ``reference_rows`` rows) -> gate.json; raises
+    GateFailed (with the per-customer figures) if INT8 loses more than ``max_drop``; a release whose INT8 answers
+    depend on the CPU is said so, with the numbers, and marked in the report."""
+    g = src.job(JobKind.GATE, out.parent, {JobKey.KINDS: json.dumps(list(GATE_VARIANTS)),
+                                           JobKey.REFERENCE_ROWS: reference_rows},
                 {JobKey.model_of(k): models[k] for k in GATE_VARIANTS}, timeout)
     report = aggregate_gate(g["results"], max_drop)
     out.write_text(json.dumps(report.to_json(), indent=2))
     say(f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
         f" drop {report.accuracy_drop:+.4f} (max {max_drop}), top-1 agreement {report.agreement:.4f}")
+    say_reference(report, say)
     if not report.passed:
         per = ", ".join(f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}"
                         for c, v in report.per_customer.items())
         raise GateFailed(f"INT8 accuracy drop {report.accuracy_drop:.4f} exceeds --max-accuracy-drop "
                          f"{max_drop} (per customer {per}); release refused")
     return report
+
+
+def say_reference(report: GateReport, say: Say) -> None:
+    ref = report.reference.get(report.candidate)
+    if ref is None:
+        return
+    errors = {c: v["error"] for c, v in ref["per_customer"].items() if v.get("error")}
+    if errors:
+        say(f"[bold]reference[/bold]: not evaluated by {', '.join(errors)} ({next(iter(errors.values()))})")
+    if report.cpu_dependent:
+        cpus = ", ".join(f"{c}: {v['agreement']:.4f} on {v['cpu']}" for c, v in ref["per_customer"].items()
+                         if v.get("agreement") is not None)
+        say(f"[bold yellow]CPU-dependent INT8[/bold yellow]: {report.candidate} agrees with the ONNX specification"
+            f" on {ref['agreement']:.4f} of {ref['rows']} rows (max logit difference {ref['max_abs_diff']:.3g};"
+            f" {cpus}): devices on other CPUs will not all give the answers this gate measured")
+    elif ref["rows"]:
+        say(f"[bold]reference[/bold]: {report.candidate} gives the ONNX specification's answers on all {ref['rows']}"
+            f" rows checked (max logit difference {ref['max_abs_diff']:.3g})")
 
 
 def sign(src: Source, bundle: Path, lineage: dict, calibration: Path, report: GateReport, pruned: SparsityReport,
