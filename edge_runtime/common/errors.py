@@ -62,6 +62,22 @@ class TLSConfigError(ValueError):
     """A certificate, key or CA file that TLS cannot use; the message names the file and what is wrong."""
 
 
+MAX_MESSAGE_CHARS = 1024  # an error message's length at most: gRPC's metadata limit (16 KiB) always lets the status through
+QUOTE_CHARS = 80          # a client-supplied name or value quoted in a message, at most
+
+
+def quoted(value) -> str:
+    """A client-supplied name or value as an error message quotes it: its repr, cut to a bounded length."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}... ({len(text)} characters)"
+
+
+def message_of(exc: BaseException) -> str:
+    """The message a client is answered with: the error's, cut to MAX_MESSAGE_CHARS."""
+    text = str(exc)
+    return text if len(text) <= MAX_MESSAGE_CHARS else f"{text[:MAX_MESSAGE_CHARS]}... (message cut)"
+
+
 # Triton's mapping of gRPC status codes to HTTP statuses, plus 413 for a request over the size limit
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "ALREADY_EXISTS": 400, "PERMISSION_DENIED": 403,
                "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "CANCELLED": 499, "INTERNAL": 500, "UNIMPLEMENTED": 501,

@@ -17,7 +17,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedge.edge_runtime.common.errors import BundleError, ModelNotFound, NoSpace
+from fedge.edge_runtime.common.errors import BundleError, InvalidInput, ModelNotFound, NoSpace, quoted
 from fedge.edge_runtime.distribution.bundle import TrustedKeys, copy_bundle, unpack, verify_bundle
 
 log = logging.getLogger("fedge.edge")
@@ -63,9 +63,24 @@ def _write_current(model_dir: Path, version: int) -> None:
     _fsync_dir(model_dir)
 
 
+MAX_NAME_CHARS = 255  # a model name is a directory name
+
+
 def valid_model_name(name: str) -> bool:
-    """A model name that is one plain directory name in the repository (no path, not hidden)."""
-    return bool(name) and not any(c in name for c in "/\\\0") and not name.startswith(".")
+    """A model name that is one plain directory name in the repository: no path, not hidden, printable, at most
+    MAX_NAME_CHARS characters."""
+    return (0 < len(name) <= MAX_NAME_CHARS and name.isprintable() and not any(c in name for c in "/\\")
+            and not name.startswith("."))
+
+
+def check_model_name(name: str, version: str = "") -> None:
+    """InvalidInput for a name that is not a valid model name, or a version that is not a number, whether or not
+    anything of that name exists: a request cannot learn what is on the device's disk from the answer."""
+    if not valid_model_name(name):
+        raise InvalidInput(f"{quoted(name)} is not a valid model name (one plain directory name: no '/', '\\',"
+                           f" leading '.' or control character, at most {MAX_NAME_CHARS} characters)")
+    if version and not (version.isdigit() and version.isascii() and len(version) <= 18):
+        raise InvalidInput(f"{quoted(version)} is not a model version (a number)")
 
 
 def _mib(n: float) -> str:

@@ -11,7 +11,7 @@ import time
 
 import grpc
 
-from fedge.edge_runtime.common.errors import EdgeError, ModelNotFound, status_of
+from fedge.edge_runtime.common.errors import EdgeError, ModelNotFound, message_of, status_of
 from fedge.edge_runtime.frontends.grpc_codec import infer_request, infer_response, parameters
 from fedge.edge_runtime.serving.data_plane import SERVER_NAME, DataPlane
 from fedge.edge_runtime.serving.model_repository import ModelRepository
@@ -63,11 +63,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 def error_message(method: str, exc: Exception) -> str:
     if isinstance(exc, EdgeError):
-        return str(exc)
+        return message_of(exc)
     if isinstance(exc, NotImplementedError):
         return f"{method} is not implemented by {SERVER_NAME}"
     log.exception("%s failed", method)  # a bug, not the client's fault
-    return f"{type(exc).__name__}: {exc}"
+    return message_of(RuntimeError(f"{type(exc).__name__}: {exc}"))
 
 
 def _access(method: str, status: str, started: float, context) -> None:

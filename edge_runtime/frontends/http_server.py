@@ -33,6 +33,7 @@ class Request:
     headers: dict[str, str]         # lower-case names
     body: bytes
     peer: str                       # as gRPC writes it: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
+    raw_path: str = ""              # as sent, not percent-decoded: routes match on it (an encoded '/' stays in a name)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class HttpServer:
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         body = await self._body(reader, writer, headers)
         url = urlsplit(target)
-        return Request(method, unquote(url.path), parse_qs(url.query), headers, body, peer), keep_alive
+        return Request(method, unquote(url.path), parse_qs(url.query), headers, body, peer, url.path), keep_alive
 
     async def _body(self, reader, writer, headers: dict[str, str]) -> bytes:
         chunked = "chunked" in headers.get("transfer-encoding", "").lower()

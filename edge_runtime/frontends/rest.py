@@ -5,10 +5,11 @@ status the one error table gives (common.errors.status_of), in Triton's error bo
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from fedge.edge_runtime.common.errors import EdgeError, InvalidInput, status_of
+from fedge.edge_runtime.common.errors import EdgeError, InvalidInput, message_of, quoted, status_of
 from fedge.edge_runtime.frontends.http_server import Request, Response
 from fedge.edge_runtime.frontends.rest_codec import load_json, parse_infer, render_infer
 from fedge.edge_runtime.serving.data_plane import SERVER_NAME, DataPlane
@@ -46,16 +47,16 @@ class RestApi:
     async def __call__(self, req: Request) -> Response:
         allowed = []
         for method, pattern, handler in ROUTES:
-            match = pattern.match(req.path)
+            match = pattern.match(req.raw_path or req.path)  # as sent: "digits%2Fconfig" is one (bad) model name
             if match is None:
                 continue
             if method != req.method:
                 allowed.append(method)
                 continue
             try:
-                return await getattr(self, handler)(req, **{k: v or "" for k, v in match.groupdict().items()})
+                return await getattr(self, handler)(req, **{k: unquote(v or "") for k, v in match.groupdict().items()})
             except EdgeError as exc:
-                return Response.error(status_of(exc)[1], str(exc))
+                return Response.error(status_of(exc)[1], message_of(exc))
             except NotImplementedError:
                 return Response.error(501, f"{req.method} {req.path} is not implemented")
         if allowed:
@@ -63,7 +64,7 @@ class RestApi:
             resp = Response.error(405, f"{req.method} is not allowed on {req.path}; use {methods}")
             resp.headers["Allow"] = methods
             return resp
-        return Response.error(404, f"no KServe v2 endpoint {req.path!r}")
+        return Response.error(404, f"no KServe v2 endpoint {quoted(req.path)}")
 
     # -- health and metadata -----------------------------------------------------------------------------------
     async def live(self, req: Request) -> Response:

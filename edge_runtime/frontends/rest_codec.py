@@ -197,6 +197,10 @@ def load_json(body: bytes, what: str) -> dict:
         doc = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the {what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"the {what} nests too deeply") from None
+    except ValueError as exc:  # an integer of more digits than Python converts
+        raise InvalidInput(f"the {what} holds a number JSON cannot carry here: {str(exc)[:120]}") from None
     if not isinstance(doc, dict):
         raise InvalidInput(f"the {what} must be a JSON object")
     return doc

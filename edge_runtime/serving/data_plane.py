@@ -14,7 +14,9 @@ import time
 from concurrent.futures import Executor
 from typing import Callable, TypeVar
 
-from fedge.edge_runtime.common.errors import EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, status_of
+from fedge.edge_runtime.common.errors import (EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, quoted,
+                                              status_of)
+from fedge.edge_runtime.distribution.repository import check_model_name
 from fedge.edge_runtime.serving import describe
 from fedge.edge_runtime.serving.inference import (InferRequest, InferResult, classify, decode_inputs, request_priority,
                                                   request_timeout_us, requested_outputs)
@@ -55,8 +57,11 @@ class DataPlane:
         return not self.stopping and (not self.strict_readiness or not self.repo.unready())
 
     def model_ready(self, name: str, version: str = "") -> bool:
+        """Whether the model serves; a name that is no model name at all is InvalidInput, as on every path."""
         try:
             self.repo.get(name, version)
+        except InvalidInput:
+            raise
         except EdgeError:
             return False
         return True
@@ -207,7 +212,7 @@ class DataPlane:
     # -- Triton's shared-memory extension (system memory; CUDA memory is refused) ------------------------------
     def cuda_shm_status(self, name: str) -> list:
         if name:
-            raise RegionNotFound(f"no CUDA shared memory region {name!r} is registered")
+            raise RegionNotFound(f"no CUDA shared memory region {quoted(name)} is registered")
         return []  # none ever is
 
     def cuda_shm_register(self, peer: str) -> None:
@@ -219,8 +224,10 @@ class DataPlane:
 
     # -- Triton's trace and logging extensions -----------------------------------------------------------------
     def trace_settings(self, model: str, changes: dict[str, list[str]]) -> dict[str, list[str]]:
-        if model and model not in self.repo.names():
-            raise ModelNotFound(f"unknown model {model!r}")
+        if model:
+            check_model_name(model)
+            if model not in self.repo.names():
+                raise ModelNotFound(f"unknown model {quoted(model)}")
         if changes:
             self.tracer.update(changes, model)
         return self.tracer.settings(model)

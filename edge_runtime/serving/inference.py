@@ -15,7 +15,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from fedge.edge_runtime.common.datatypes import BYTES, DATATYPES, NUMPY, deserialize_bytes
-from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.common.errors import InvalidInput, quoted
 from fedge.edge_runtime.distribution.bundle import TensorDesc
 from fedge.edge_runtime.serving.shared_memory import ShmClient, ShmRef
 
@@ -66,18 +66,18 @@ class Wanted(NamedTuple):
 def _check_shape(t: InputTensor, desc: TensorDesc, max_batch: int) -> tuple[int, ...]:
     shape = tuple(int(s) for s in t.shape)
     if len(shape) != len(desc.shape):
-        raise InvalidInput(f"input {t.name!r}: shape {list(shape)} has rank {len(shape)}, expected {list(desc.shape)}")
+        raise InvalidInput(f"input {quoted(t.name)}: shape {list(shape)} has rank {len(shape)}, expected {list(desc.shape)}")
     if any(s < 0 for s in shape):
-        raise InvalidInput(f"input {t.name!r}: negative dimension in shape {list(shape)}")
+        raise InvalidInput(f"input {quoted(t.name)}: negative dimension in shape {list(shape)}")
     for got, want in zip(shape[1:], desc.shape[1:]):
         if want >= 0 and got != want:
-            raise InvalidInput(f"input {t.name!r}: shape {list(shape)}, expected {list(desc.shape)}")
+            raise InvalidInput(f"input {quoted(t.name)}: shape {list(shape)}, expected {list(desc.shape)}")
     if shape[0] < 1:
-        raise InvalidInput(f"input {t.name!r}: batch dimension must be >= 1, got {shape[0]}")
+        raise InvalidInput(f"input {quoted(t.name)}: batch dimension must be >= 1, got {shape[0]}")
     if shape[0] > max_batch:
-        raise InvalidInput(f"input {t.name!r}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch}")
+        raise InvalidInput(f"input {quoted(t.name)}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch}")
     if math.prod(shape) > MAX_ELEMENTS:
-        raise InvalidInput(f"input {t.name!r}: shape {list(shape)} is too large")
+        raise InvalidInput(f"input {quoted(t.name)}: shape {list(shape)} is too large")
     return shape
 
 
@@ -87,14 +87,14 @@ def decode_inputs(inputs: list[InputTensor], expected: tuple[TensorDesc, ...], m
     want = {d.name: d for d in expected}
     names = [t.name for t in inputs]
     if sorted(names) != sorted(want) or len(set(names)) != len(names):
-        raise InvalidInput(f"expected inputs {sorted(want)}, got {names}")
+        raise InvalidInput(f"expected inputs {sorted(want)}, got {quoted(names)}")
     out, batch = {}, None
     for t in inputs:
         desc = want[t.name]
         if t.datatype not in DATATYPES:
-            raise InvalidInput(f"input {t.name!r}: unknown datatype {t.datatype!r}")
+            raise InvalidInput(f"input {quoted(t.name)}: unknown datatype {quoted(t.datatype)}")
         if t.datatype != desc.datatype:
-            raise InvalidInput(f"input {t.name!r}: datatype {t.datatype}, expected {desc.datatype}")
+            raise InvalidInput(f"input {quoted(t.name)}: datatype {t.datatype}, expected {desc.datatype}")
         shape = _check_shape(t, desc, max_batch)
         if batch is not None and shape[0] != batch:
             raise InvalidInput(f"inputs disagree on batch size ({batch} vs {shape[0]})")
@@ -106,17 +106,17 @@ def decode_inputs(inputs: list[InputTensor], expected: tuple[TensorDesc, ...], m
 def _data(t: InputTensor, count: int, shm: ShmClient | None) -> np.ndarray:
     if t.shm is not None:
         if t.values is not None:
-            raise InvalidInput(f"input {t.name!r}: both shared memory parameters and typed contents are set")
+            raise InvalidInput(f"input {quoted(t.name)}: both shared memory parameters and typed contents are set")
         if shm is None:
-            raise InvalidInput(f"input {t.name!r}: shared memory is not available here")
-        return from_raw(t.name, t.datatype, shm.read(t.shm, f"input {t.name!r}"), count)
+            raise InvalidInput(f"input {quoted(t.name)}: shared memory is not available here")
+        return from_raw(t.name, t.datatype, shm.read(t.shm, f"input {quoted(t.name)}"), count)
     if t.raw is not None:
         if t.values is not None:
-            raise InvalidInput(f"input {t.name!r}: both raw_input_contents and typed contents are set")
+            raise InvalidInput(f"input {quoted(t.name)}: both raw_input_contents and typed contents are set")
         return from_raw(t.name, t.datatype, t.raw, count)
     if t.values is not None:
         return t.values(count)
-    raise InvalidInput(f"input {t.name!r} carries no data (neither raw_input_contents nor contents)")
+    raise InvalidInput(f"input {quoted(t.name)} carries no data (neither raw_input_contents nor contents)")
 
 
 def from_raw(name: str, datatype: str, buf: bytes, count: int) -> np.ndarray:
@@ -124,7 +124,7 @@ def from_raw(name: str, datatype: str, buf: bytes, count: int) -> np.ndarray:
         return deserialize_bytes(buf, count)
     dtype = NUMPY[datatype]
     if len(buf) != count * dtype.itemsize:
-        raise InvalidInput(f"input {name!r}: {len(buf)} bytes of raw data, expected {count * dtype.itemsize}"
+        raise InvalidInput(f"input {quoted(name)}: {len(buf)} bytes of raw data, expected {count * dtype.itemsize}"
                            f" ({count} x {datatype})")
     return np.frombuffer(buf, dtype=dtype)
 
@@ -166,15 +166,15 @@ def requested_outputs(outputs: list[RequestedOutput], available: tuple[TensorDes
     by_name = {d.name: d for d in available}
     unknown = [o.name for o in outputs if o.name not in by_name]
     if unknown:
-        raise InvalidInput(f"unknown requested output(s) {unknown}; the model has {list(by_name)}")
+        raise InvalidInput(f"unknown requested output(s) {quoted(unknown)}; the model has {list(by_name)}")
     wanted = {}
     for o in outputs:
         k = o.parameters.get("classification")
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
-            raise InvalidInput(f"output {o.name!r}: classification must be an int64 >= 1")
+            raise InvalidInput(f"output {quoted(o.name)}: classification must be an int64 >= 1")
         if k and (by_name[o.name].datatype == BYTES or len(by_name[o.name].shape) != 2):
-            raise InvalidInput(f"output {o.name!r}: classification needs a [batch, classes] numeric output")
-        wanted[o.name] = Wanted(k or 0, shm_ref(f"output {o.name!r}", o.parameters))
+            raise InvalidInput(f"output {quoted(o.name)}: classification needs a [batch, classes] numeric output")
+        wanted[o.name] = Wanted(k or 0, shm_ref(f"output {quoted(o.name)}", o.parameters))
     return wanted or {d.name: Wanted(0, None) for d in available}
 
 

@@ -12,7 +12,8 @@ from typing import Callable
 
 from fedge.edge_runtime.common.errors import ModelNotFound, ModelUnavailable
 from fedge.edge_runtime.distribution.bundle import TrustedKeys, verify_bundle
-from fedge.edge_runtime.distribution.repository import CONFIG_PARAMETER, current_version, model_dirs, versions
+from fedge.edge_runtime.distribution.repository import (CONFIG_PARAMETER, check_model_name, current_version,
+                                                       model_dirs, versions)
 from fedge.edge_runtime.distribution.trust import TrustFile
 from fedge.edge_runtime.serving import model_config
 from fedge.edge_runtime.serving.backends import Backend
@@ -62,6 +63,7 @@ class ModelRepository:
 
     # -- lookups ---------------------------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> LoadedModel:
+        check_model_name(name, version)
         with self._lock:
             model = self._live.get(name)
         if model is None:
@@ -186,6 +188,7 @@ class ModelRepository:
         """Serve ``name`` again after an unload, or reload it as Triton does for a loaded model: with ``config``
         (model config JSON; its batching settings hold until the next load) or with the model's config.json and
         the server's flags. A reload swaps like a new version: in-flight requests finish on the old one."""
+        check_model_name(name)
         if not (self.root / name).is_dir():
             raise ModelNotFound(f"unknown model {name!r}")
         if config is not None:
@@ -218,6 +221,7 @@ class ModelRepository:
         return self.cfg.batching, ""
 
     def unload(self, name: str) -> None:
+        check_model_name(name)
         with self._lock:
             model = self._live.pop(name, None)
         if model is None and not (self.root / name).is_dir():
