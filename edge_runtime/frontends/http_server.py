@@ -23,6 +23,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger("fedge.edge")
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
+INFLATING_AT_ONCE = 2  # compressed request bodies being inflated at once; more wait their turn
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """A gzip or deflate body, inflated to at most ``limit`` bytes: a compression bomb stops at the limit (zlib
+    never writes more than max_length), it is not inflated whole and measured afterwards."""
+    decoder = DECODERS[encoding]()
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, f"the {encoding} request body is corrupt: {exc}") from None
+    if len(out) > limit:
+        raise HttpError(413, f"the decompressed request body exceeds the limit of {limit} bytes")
+    return out
 
 
 @dataclass
@@ -63,9 +77,24 @@ class HttpError(Exception):
         self.status = status
 
 
+@dataclass(frozen=True)
+class HttpLimits:
+    """What a client may hold of the server (``fedge edge serve --http-*``)."""
+    header_timeout_s: float = 10.0     # from connecting (or the previous answer) to the end of the request's headers
+    body_idle_s: float = 30.0          # longest silence while a request body arrives
+    keepalive_s: float = 75.0          # an idle keep-alive connection is closed after this long
+    max_connections: int = 1024        # open HTTP connections; one more is answered 503 and closed
+
+    def __post_init__(self) -> None:
+        if min(self.header_timeout_s, self.body_idle_s, self.keepalive_s) <= 0 or self.max_connections < 1:
+            raise ValueError("HTTP timeouts must be > 0 s and the connection limit >= 1")
+
+
 class HttpServer:
-    def __init__(self, handle: Handler, max_body_bytes: int, tls: ssl.SSLContext | None = None) -> None:
-        self._handle, self._max_body, self._tls = handle, max_body_bytes, tls
+    def __init__(self, handle: Handler, max_body_bytes: int, tls: ssl.SSLContext | None = None,
+                 limits: HttpLimits = HttpLimits()) -> None:
+        self._handle, self._max_body, self._tls, self._limits = handle, max_body_bytes, tls, limits
+        self._inflating = asyncio.Semaphore(INFLATING_AT_ONCE)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections between a request's head and its answer
@@ -100,12 +129,17 @@ class HttpServer:
         await self._server.wait_closed()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self._limits.max_connections:  # refused at once; gRPC is another port
+            await _refuse(reader, writer)
+            return
         self._connections.add(task := asyncio.current_task())
         try:
             peer = peer_name(writer.get_extra_info("peername"))
+            wait = self._limits.header_timeout_s
             while True:
                 try:
-                    req, keep_alive = await self._read(reader, writer, peer)
+                    req, keep_alive = await self._read(reader, writer, peer, wait)
+                    wait = self._limits.keepalive_s + self._limits.header_timeout_s
                 except HttpError as exc:
                     await _send(writer, Response.error(exc.status, str(exc)), False)
                     return
@@ -146,10 +180,16 @@ class HttpServer:
         if self._draining and not self._busy:
             self._drained.set()
 
-    async def _read(self, reader, writer, peer: str) -> tuple[Request | None, bool]:
+    async def _read(self, reader, writer, peer: str, wait: float) -> tuple[Request | None, bool]:
+        """The next request, whose headers must be in within ``wait`` seconds (a client that sends half a request
+        line and then a byte now and then holds a connection that long, no longer)."""
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
             self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
+        except asyncio.TimeoutError:
+            if not reader.buffered():  # an idle keep-alive connection: closed without a word
+                return None, False
+            raise HttpError(408, f"the request's headers did not arrive within {wait:g} s") from None
         except asyncio.IncompleteReadError as exc:
             if exc.partial.strip():
                 raise HttpError(400, "the request ended inside its headers") from None
@@ -187,20 +227,15 @@ class HttpServer:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
         if headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await (_chunks(reader, self._max_body) if chunked else reader.readexactly(int(length)))
+        idle = self._limits.body_idle_s
+        body = await (_chunks(reader, self._max_body, idle) if chunked else _exactly(reader, int(length), idle))
         encoding = headers.get("content-encoding", "identity").lower()
         if encoding == "identity":
             return body
         if encoding not in DECODERS:
             raise HttpError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
-        decoder = DECODERS[encoding]()
-        try:
-            out = decoder.decompress(body, self._max_body + 1)
-        except zlib.error as exc:
-            raise HttpError(400, f"the {encoding} request body is corrupt: {exc}") from None
-        if len(out) > self._max_body:
-            raise HttpError(413, f"the decompressed request body exceeds the limit of {self._max_body} bytes")
-        return out
+        async with self._inflating:  # off the loop (zlib lets go of the GIL), a bounded number at a time
+            return await asyncio.get_running_loop().run_in_executor(None, _inflate, body, encoding, self._max_body)
 
 
 class _Reader(asyncio.StreamReader):
@@ -209,6 +244,10 @@ class _Reader(asyncio.StreamReader):
     side after a request is taken to have gone, as HTTP/1.1 clients do not do that while they wait."""
     hung_up = False
     on_hangup: Callable[[], object] | None = None
+
+    def buffered(self) -> int:
+        """Bytes received and not read yet (a request begun)."""
+        return len(self._buffer)
 
     def feed_eof(self) -> None:
         super().feed_eof()
@@ -224,23 +263,42 @@ class _Reader(asyncio.StreamReader):
             self.on_hangup()
 
 
-async def _chunks(reader: asyncio.StreamReader, limit: int) -> bytes:
+async def _exactly(reader: asyncio.StreamReader, n: int, idle_s: float) -> bytes:
+    """``n`` bytes of a body, each piece within ``idle_s`` of the one before (a stalled body is 408, not held)."""
+    parts, left = [], n
+    while left:
+        piece = await _idle_bound(reader.read(min(left, 1 << 20)), idle_s)
+        if not piece:
+            raise asyncio.IncompleteReadError(b"".join(parts), n)
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+async def _idle_bound(read, idle_s: float):
+    try:
+        return await asyncio.wait_for(read, idle_s)
+    except asyncio.TimeoutError:
+        raise HttpError(408, f"the request body stalled: nothing arrived for {idle_s:g} s") from None
+
+
+async def _chunks(reader: asyncio.StreamReader, limit: int, idle_s: float) -> bytes:
     parts, total = [], 0
     while True:
-        line = await reader.readuntil(b"\r\n")
+        line = await _idle_bound(reader.readuntil(b"\r\n"), idle_s)
         try:
             size = int(line.split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise HttpError(400, "malformed chunk size in a chunked body") from None
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, ignored
+            while (await _idle_bound(reader.readuntil(b"\r\n"), idle_s)) != b"\r\n":  # trailers, ignored
                 pass
             return b"".join(parts)
         total += size
         if total > limit:
             raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
-        parts.append(await reader.readexactly(size))
-        if await reader.readexactly(2) != b"\r\n":
+        parts.append(await _exactly(reader, size, idle_s))
+        if await _idle_bound(reader.readexactly(2), idle_s) != b"\r\n":
             raise HttpError(400, "a chunk of the chunked body is longer than its size says")
 
 
@@ -270,6 +328,23 @@ async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, 
     if not head_only:
         writer.write(resp.body)
     await writer.drain()
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, linger_s: float = 1.0) -> None:
+    """503 to a connection past the limit, then a short lingering close: what the client already sent is read and
+    dropped for at most ``linger_s``, so that closing does not reset the connection before the 503 arrives."""
+    writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    try:
+        if writer.can_write_eof():
+            writer.write_eof()
+        deadline = asyncio.get_running_loop().time() + linger_s
+        while (left := deadline - asyncio.get_running_loop().time()) > 0:
+            if not await asyncio.wait_for(reader.read(65536), left):
+                break
+    except (asyncio.TimeoutError, ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
 
 
 def peer_name(addr) -> str:

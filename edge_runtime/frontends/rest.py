@@ -4,6 +4,7 @@ translated into the data plane's call that the gRPC front end makes too, so both
 status the one error table gives (common.errors.status_of), in Triton's error body {"error": "..."}."""
 from __future__ import annotations
 
+import asyncio
 import re
 from urllib.parse import unquote
 
@@ -11,7 +12,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from fedge.edge_runtime.common.errors import EdgeError, InvalidInput, message_of, quoted, status_of
 from fedge.edge_runtime.frontends.http_server import Request, Response
-from fedge.edge_runtime.frontends.rest_codec import load_json, parse_infer, render_infer
+from fedge.edge_runtime.frontends.rest_codec import MAX_JSON_BYTES, load_json, parse_infer, render_infer
 from fedge.edge_runtime.serving.data_plane import SERVER_NAME, DataPlane
 from fedge.proto import grpc_service_pb2 as pb
 
@@ -40,9 +41,14 @@ ROUTES: list[tuple[str, re.Pattern, str]] = [(method, re.compile(path + "$"), ha
 ]]
 
 
+DECODING_AT_ONCE = 2          # inference bodies being parsed at once, off the event loop; more wait their turn
+INLINE_DECODE_BYTES = 64 << 10  # a body up to this size is parsed on the loop (a thread hop would cost more)
+
+
 class RestApi:
-    def __init__(self, plane: DataPlane) -> None:
-        self.plane = plane
+    def __init__(self, plane: DataPlane, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+        self.plane, self.max_json_bytes = plane, max_json_bytes
+        self._decoding = asyncio.Semaphore(DECODING_AT_ONCE)
 
     async def __call__(self, req: Request) -> Response:
         allowed = []
@@ -92,8 +98,16 @@ class RestApi:
     async def infer(self, req: Request, model: str, version: str) -> Response:
         form = []
 
-        def decode():
-            request, how = parse_infer(req.body, req.headers.get("inference-header-content-length"), model, version)
+        async def decode():
+            """A small body is parsed at once; a larger one off the event loop (JSON and the arrays), a bounded
+            number at a time, so that no body holds up the requests of other clients, gRPC ones included."""
+            args = (req.body, req.headers.get("inference-header-content-length"), model, version, self.max_json_bytes)
+            if len(req.body) <= INLINE_DECODE_BYTES:
+                request, how = parse_infer(*args)
+            else:
+                async with self._decoding:
+                    request, how = await asyncio.get_running_loop().run_in_executor(self.plane.executor, parse_infer,
+                                                                                    *args)
             form.append(how)
             return request
 

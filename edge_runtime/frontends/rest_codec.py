@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 from fedge.edge_runtime.common.datatypes import BYTES, NUMPY, datatype_of, serialize_bytes
-from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.common.errors import InvalidInput, TooLarge
 from fedge.edge_runtime.serving.inference import InferRequest, InferResult, InputTensor, RequestedOutput, shm_ref
 
 INT64_MAX, UINT64_MAX = (1 << 63) - 1, (1 << 64) - 1
@@ -31,9 +31,16 @@ class OutputForm:
         return self.chosen.get(name, self.default)
 
 
-def parse_infer(body: bytes, header_length: str | None, model: str, version: str
-                ) -> tuple[InferRequest, OutputForm]:
+MAX_JSON_BYTES = 4 << 20  # the JSON part of an inference request, at most: tensors past that travel as binary data
+
+
+def parse_infer(body: bytes, header_length: str | None, model: str, version: str,
+                max_json_bytes: int = MAX_JSON_BYTES) -> tuple[InferRequest, OutputForm]:
     json_part, binary = _split(body, header_length)
+    if len(json_part) > max_json_bytes:  # parsing JSON holds the GIL: what it may cost the server is bounded
+        raise TooLarge(f"the request's JSON is {len(json_part)} bytes, over the limit of {max_json_bytes}: send the"
+                       " tensors as binary data (binary_data_size and Inference-Header-Content-Length, what"
+                       " tritonclient.http does by default)")
     doc = load_json(json_part, "inference request")
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):

@@ -27,7 +27,7 @@ from fedge.edge_runtime.serving.backends import onnxruntime_conflict
 from fedge.edge_runtime.distribution.puller import PullConfig, ReleasePuller
 from fedge.edge_runtime.distribution.trust import TrustFile
 from fedge.edge_runtime.common.errors import AddressUnavailable
-from fedge.edge_runtime.frontends.http_server import HttpServer, exposition
+from fedge.edge_runtime.frontends.http_server import HttpLimits, HttpServer, exposition
 from fedge.edge_runtime.serving.metrics import Metrics
 from fedge.edge_runtime.serving.model_repository import ModelRepository, ServingConfig
 from fedge.edge_runtime.serving.response_cache import ResponseCache
@@ -37,6 +37,7 @@ from fedge.edge_runtime.frontends.grpc_servicer import ErrorInterceptor, HealthS
 from fedge.edge_runtime.serving.log_settings import FORMAT as LOG_FORMAT
 from fedge.edge_runtime.serving.log_settings import LogSettings
 from fedge.edge_runtime.serving.shared_memory import SharedMemory
+from fedge.edge_runtime.process.limits import QuietLoopErrors, raise_open_files_limit
 from fedge.edge_runtime.process.systemd import Notifier
 from fedge.edge_runtime.common.tls import ServerTLS
 from fedge.edge_runtime.serving.tracing import Tracer, TraceSettings
@@ -55,6 +56,7 @@ class EdgeConfig:
     http_port: int = 8000                  # KServe v2 REST (Triton's HTTP port); 0: no HTTP endpoint
     serving: ServingConfig = field(default_factory=ServingConfig)
     max_message_bytes: int = 64 << 20      # larger requests get RESOURCE_EXHAUSTED (Triton's default)
+    http: HttpLimits = field(default_factory=HttpLimits)  # timeouts and connection limit of the REST endpoint
     workers: int = 8                       # threads for unbatched inference and model loading
     pull: PullConfig | None = None         # follow the coordinator's release service; None = air-gapped
     allow_client_shm: bool = False         # Triton's system shared memory, for clients on this host only
@@ -116,13 +118,14 @@ class EdgeServer:
         self.repo.refresh()
         self.repo.watch()
         self._loop = asyncio.new_event_loop()
+        self._loop.set_exception_handler(QuietLoopErrors())
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="fedge-grpc", daemon=True)
         self._loop_thread.start()
         self.plane = self._call(self._data_plane())
         self._server, self.port = self._call(self._start_grpc(self.plane, creds))
         self.metrics.watch(self.repo, self.plane)
         if self.cfg.http_port:
-            self._rest = HttpServer(RestApi(self.plane), self.cfg.max_message_bytes, https)
+            self._rest = HttpServer(RestApi(self.plane), self.cfg.max_message_bytes, https, self.cfg.http)
             try:
                 self.http_port = self._call(self._rest.start(self.cfg.host, self.cfg.http_port))
             except OSError as exc:
@@ -240,6 +243,8 @@ def serve(cfg: EdgeConfig) -> int:
     server = EdgeServer(cfg)
     server.logs.install()
     server.logs.update(dict(cfg.log), announce=False)
+    before, now = raise_open_files_limit()
+    log.info("open files limit %d%s", now, f" (raised from {before})" if now != before else "")
     server.start()
     for row in server.repo.index():
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)

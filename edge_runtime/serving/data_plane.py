@@ -10,9 +10,10 @@ loop, unbatched inference and model loading run on ``executor``'s threads)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from concurrent.futures import Executor
-from typing import Callable, TypeVar
+from typing import Awaitable, Callable, TypeVar
 
 from fedge.edge_runtime.common.errors import (EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, quoted,
                                               status_of)
@@ -101,7 +102,7 @@ class DataPlane:
         return [m.stats.to_proto(m.name, str(m.version)) for m in models]
 
     # -- inference ---------------------------------------------------------------------------------------------
-    async def infer(self, model: str, version: str, decode: Callable[[], InferRequest],
+    async def infer(self, model: str, version: str, decode: Callable[[], InferRequest | Awaitable[InferRequest]],
                     encode: Callable[[InferResult], Encoded], peer: str) -> Encoded:
         """One inference, whichever way it came: ``decode()`` the front end's request, run it, ``encode`` the
         result for the front end. A failure anywhere in that is counted here, by its status, and raised."""
@@ -116,11 +117,13 @@ class DataPlane:
             if self.stopping and not self.in_flight:
                 self._quiet.set()
 
-    async def _infer(self, model: str, version: str, decode: Callable[[], InferRequest], peer: str) -> InferResult:
+    async def _infer(self, model: str, version: str, decode: Callable, peer: str) -> InferResult:
         started = time.perf_counter()
         m = self.repo.get(model, version)
         try:
             request = decode()
+            if inspect.isawaitable(request):  # a front end that parses off the loop
+                request = await request
         except BaseException:
             m.stats.request(False, time.perf_counter() - started)
             raise

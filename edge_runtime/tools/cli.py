@@ -13,6 +13,7 @@ def cmd_serve(a) -> int:
     from fedge.edge_runtime.serving.batcher import BatchingConfig, QueuePolicy
     from fedge.edge_runtime.serving.model_repository import ServingConfig
     from fedge.edge_runtime.serving.response_cache import parse_config as parse_cache_config
+    from fedge.edge_runtime.frontends.http_server import HttpLimits
     from fedge.edge_runtime.process.serve import EdgeConfig, serve
     from fedge.edge_runtime.common.tls import ServerTLS
     from fedge.edge_runtime.serving.tracing import parse_config
@@ -36,6 +37,8 @@ def cmd_serve(a) -> int:
     cfg = EdgeConfig(repo=Path(a.repo), trust=Path(a.trust), host=a.host, port=a.port, metrics_port=a.metrics_port,
                      http_port=a.http_port,
                      serving=serving, max_message_bytes=a.max_message_bytes, pull=_pull_config(a),
+                     http=HttpLimits(a.http_header_timeout, a.http_body_timeout, a.http_keepalive_timeout,
+                                     a.http_max_connections),
                      allow_client_shm=a.allow_client_shm, tls=tls, metrics_tls=a.metrics_tls,
                      trace_file=trace_file, trace=trace, strict_readiness=a.strict_readiness,
                      exit_timeout_s=a.exit_timeout_secs, cache_bytes=cache_bytes, log=_log_flags(a))
@@ -327,6 +330,15 @@ def _serving_flags(p) -> None:
                    help="on SIGTERM/SIGINT, answer the requests in flight for at most S seconds before exiting;"
                         " a second signal exits at once (default 30, as Triton)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
+    p.add_argument("--http-header-timeout", type=float, default=10.0, metavar="S",
+                   help="an HTTP request's headers must arrive within S seconds (408, then closed); default 10")
+    p.add_argument("--http-body-timeout", type=float, default=30.0, metavar="S",
+                   help="longest silence while an HTTP request body arrives (408, then closed); default 30")
+    p.add_argument("--http-keepalive-timeout", type=float, default=75.0, metavar="S",
+                   help="an idle keep-alive HTTP connection is closed after S seconds; default 75")
+    p.add_argument("--http-max-connections", type=int, default=1024, metavar="N",
+                   help="open HTTP connections at most; one more is answered 503 and closed (gRPC is not"
+                        " affected); default 1024")
 
 
 def _pull_flags(p) -> None:
