@@ -10,6 +10,7 @@ import asyncio
 import gzip
 import json
 import logging
+import re
 import ssl
 import time
 import zlib
@@ -23,7 +24,27 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 log = logging.getLogger("fedge.edge")
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
-INFLATING_AT_ONCE = 2  # compressed request bodies being inflated at once; more wait their turn
+INFLATING_AT_ONCE = 1  # compressed request bodies inflated at once (one core at most, on a 2-core device); more wait
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: methods and header names
+CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _headers(lines: list[str]) -> dict[str, str]:
+    """Header lines as RFC 9112 has them, strictly: a token, a colon right after it, no line folding (obs-fold),
+    no bare CR or LF inside; a repeated Content-Length must repeat the same value. Lower-case names; repeated
+    headers joined with commas."""
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if not sep or not TOKEN.fullmatch(name) or "\r" in line or "\n" in line:
+            raise HttpError(400, f"malformed header line {line[:200]!r}")
+        name, value = name.lower(), value.strip(" \t")
+        if name == "content-length" and name in headers and headers[name] != value:
+            raise HttpError(400, "differing Content-Length headers")
+        if name in headers and name != "content-length":
+            value = f"{headers[name]}, {value}"
+        headers[name] = value
+    return headers
 
 
 def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
@@ -92,8 +113,12 @@ class HttpLimits:
 
 class HttpServer:
     def __init__(self, handle: Handler, max_body_bytes: int, tls: ssl.SSLContext | None = None,
-                 limits: HttpLimits = HttpLimits()) -> None:
+                 limits: HttpLimits = HttpLimits(), inflated_limit: Callable[[dict[str, str]], int] | None = None
+                 ) -> None:
+        """``inflated_limit(headers)``: how far a compressed body with these headers may inflate (default: the body
+        limit), so that an application whose bodies are small (JSON) stops a compression bomb there."""
         self._handle, self._max_body, self._tls, self._limits = handle, max_body_bytes, tls, limits
+        self._inflated_limit = inflated_limit or (lambda headers: max_body_bytes)
         self._inflating = asyncio.Semaphore(INFLATING_AT_ONCE)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
@@ -142,6 +167,9 @@ class HttpServer:
                     wait = self._limits.keepalive_s + self._limits.header_timeout_s
                 except HttpError as exc:
                     await _send(writer, Response.error(exc.status, str(exc)), False)
+                    return
+                except (ValueError, asyncio.LimitOverrunError) as exc:  # framing no check above foresaw: the client's
+                    await _send(writer, Response.error(400, f"malformed request: {str(exc)[:200]}"), False)
                     return
                 if req is None:
                     return
@@ -203,13 +231,9 @@ class HttpServer:
             raise HttpError(400, f"malformed request line {lines[0][:200]!r}") from None
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             raise HttpError(505, f"{version[:20]} is not served here; use HTTP/1.1")
-        headers: dict[str, str] = {}
-        for line in filter(None, lines[1:]):
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise HttpError(400, f"malformed header line {line[:200]!r}")
-            name = name.strip().lower()
-            headers[name] = f"{headers[name]}, {value.strip()}" if name in headers else value.strip()
+        if not TOKEN.fullmatch(method) or "\n" in target:
+            raise HttpError(400, f"malformed request line {lines[0][:200]!r}")
+        headers = _headers(lines[1:-2])
         connection = headers.get("connection", "").lower()
         keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
         body = await self._body(reader, writer, headers)
@@ -217,11 +241,16 @@ class HttpServer:
         return Request(method, unquote(url.path), parse_qs(url.query), headers, body, peer, url.path), keep_alive
 
     async def _body(self, reader, writer, headers: dict[str, str]) -> bytes:
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        coding = headers.get("transfer-encoding")
         length = headers.get("content-length")
+        if coding is not None and length is not None:  # RFC 9112 6.1: the shape of request smuggling
+            raise HttpError(400, "a request with both Transfer-Encoding and Content-Length is refused")
+        if coding is not None and coding.lower() != "chunked":
+            raise HttpError(400, f"Transfer-Encoding {coding[:40]!r} is not served here (only chunked)")
+        chunked = coding is not None
         if not chunked and length is None:
             return b""
-        if not chunked and (not length.isdigit()):
+        if not chunked and not (length.isascii() and length.isdigit() and len(length) <= 18):
             raise HttpError(400, f"Content-Length {length[:40]!r} is not a byte count")
         if not chunked and int(length) > self._max_body:
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
@@ -235,7 +264,8 @@ class HttpServer:
         if encoding not in DECODERS:
             raise HttpError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
         async with self._inflating:  # off the loop (zlib lets go of the GIL), a bounded number at a time
-            return await asyncio.get_running_loop().run_in_executor(None, _inflate, body, encoding, self._max_body)
+            limit = min(self._max_body, self._inflated_limit(headers))
+            return await asyncio.get_running_loop().run_in_executor(None, _inflate, body, encoding, limit)
 
 
 class _Reader(asyncio.StreamReader):
@@ -285,11 +315,14 @@ async def _idle_bound(read, idle_s: float):
 async def _chunks(reader: asyncio.StreamReader, limit: int, idle_s: float) -> bytes:
     parts, total = [], 0
     while True:
-        line = await _idle_bound(reader.readuntil(b"\r\n"), idle_s)
         try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
+            line = await _idle_bound(reader.readuntil(b"\r\n"), idle_s)
+        except asyncio.LimitOverrunError:
+            raise HttpError(400, "a chunk-size line of the chunked body is too long") from None
+        size_text = line[:-2].split(b";", 1)[0]
+        if not CHUNK_SIZE.fullmatch(size_text):
             raise HttpError(400, "malformed chunk size in a chunked body") from None
+        size = int(size_text, 16)
         if size == 0:
             while (await _idle_bound(reader.readuntil(b"\r\n"), idle_s)) != b"\r\n":  # trailers, ignored
                 pass

@@ -50,6 +50,11 @@ class RestApi:
         self.plane, self.max_json_bytes = plane, max_json_bytes
         self._decoding = asyncio.Semaphore(DECODING_AT_ONCE)
 
+    def inflated_limit(self, headers: dict[str, str]) -> int:
+        """A compressed body that is all JSON (no binary tensors follow it) needs no more room than the JSON limit:
+        a compression bomb stops there, not at the message limit."""
+        return 1 << 62 if "inference-header-content-length" in headers else self.max_json_bytes
+
     async def __call__(self, req: Request) -> Response:
         allowed = []
         for method, pattern, handler in ROUTES:

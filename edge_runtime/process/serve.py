@@ -125,7 +125,8 @@ class EdgeServer:
         self._server, self.port = self._call(self._start_grpc(self.plane, creds))
         self.metrics.watch(self.repo, self.plane)
         if self.cfg.http_port:
-            self._rest = HttpServer(RestApi(self.plane), self.cfg.max_message_bytes, https, self.cfg.http)
+            rest = RestApi(self.plane)
+            self._rest = HttpServer(rest, self.cfg.max_message_bytes, https, self.cfg.http, rest.inflated_limit)
             try:
                 self.http_port = self._call(self._rest.start(self.cfg.host, self.cfg.http_port))
             except OSError as exc:
