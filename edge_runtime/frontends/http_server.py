@@ -101,7 +101,8 @@ class HttpError(Exception):
 @dataclass(frozen=True)
 class HttpLimits:
     """What a client may hold of the server (``fedge edge serve --http-*``)."""
-    header_timeout_s: float = 10.0     # from connecting (or the previous answer) to the end of the request's headers
+    header_timeout_s: float = 10.0     # from a request's first byte to the end of its headers (and, on a new
+                                       # connection, from connecting to that first byte)
     body_idle_s: float = 30.0          # longest silence while a request body arrives
     keepalive_s: float = 75.0          # an idle keep-alive connection is closed after this long
     max_connections: int = 1024        # open HTTP connections; one more is answered 503 and closed
@@ -160,11 +161,11 @@ class HttpServer:
         self._connections.add(task := asyncio.current_task())
         try:
             peer = peer_name(writer.get_extra_info("peername"))
-            wait = self._limits.header_timeout_s
+            idle = self._limits.header_timeout_s  # a new connection's first byte is part of its first request
             while True:
                 try:
-                    req, keep_alive = await self._read(reader, writer, peer, wait)
-                    wait = self._limits.keepalive_s + self._limits.header_timeout_s
+                    req, keep_alive = await self._read(reader, writer, peer, idle)
+                    idle = self._limits.keepalive_s
                 except HttpError as exc:
                     await _send(writer, Response.error(exc.status, str(exc)), False)
                     return
@@ -208,18 +209,22 @@ class HttpServer:
         if self._draining and not self._busy:
             self._drained.set()
 
-    async def _read(self, reader, writer, peer: str, wait: float) -> tuple[Request | None, bool]:
-        """The next request, whose headers must be in within ``wait`` seconds (a client that sends half a request
-        line and then a byte now and then holds a connection that long, no longer)."""
+    async def _read(self, reader, writer, peer: str, idle: float) -> tuple[Request | None, bool]:
+        """The next request: its first byte within ``idle`` seconds (else the connection is closed without a
+        word), then its headers within the header timeout (a client that sends half a request line and then a
+        byte now and then holds a connection that long, no longer: 408)."""
+        wait = self._limits.header_timeout_s
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
+            first = await asyncio.wait_for(reader.readexactly(1), idle)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return None, False  # idle, or closed between requests
+        try:
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
             self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
         except asyncio.TimeoutError:
-            if not reader.buffered():  # an idle keep-alive connection: closed without a word
-                return None, False
             raise HttpError(408, f"the request's headers did not arrive within {wait:g} s") from None
         except asyncio.IncompleteReadError as exc:
-            if exc.partial.strip():
+            if (first + exc.partial).strip():
                 raise HttpError(400, "the request ended inside its headers") from None
             return None, False  # closed between requests
         except asyncio.LimitOverrunError:
@@ -274,10 +279,6 @@ class _Reader(asyncio.StreamReader):
     side after a request is taken to have gone, as HTTP/1.1 clients do not do that while they wait."""
     hung_up = False
     on_hangup: Callable[[], object] | None = None
-
-    def buffered(self) -> int:
-        """Bytes received and not read yet (a request begun)."""
-        return len(self._buffer)
 
     def feed_eof(self) -> None:
         super().feed_eof()
