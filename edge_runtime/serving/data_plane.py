@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, TypeVar
 
 from fedge.edge_runtime.common.errors import (EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, quoted,
                                               status_of)
-from fedge.edge_runtime.distribution.repository import check_model_name
+from fedge.edge_runtime.distribution.repository import check_model_name, valid_model_name, versions
 from fedge.edge_runtime.serving import describe
 from fedge.edge_runtime.serving.inference import (InferRequest, InferResult, classify, decode_inputs, request_priority,
                                                   request_timeout_us, requested_outputs)
@@ -32,6 +32,7 @@ SERVER_NAME = "fedge-edge"
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging", "trace",
               "binary_tensor_data"]  # the last: Triton's binary tensors over HTTP (frontends.rest_codec)
 Encoded = TypeVar("Encoded")
+OTHER = "(other)"  # the metric label of a model name or version that is not installed
 
 
 class DataPlane:
@@ -110,7 +111,7 @@ class DataPlane:
         try:
             return encode(await self._infer(model, version, decode, peer))
         except BaseException as exc:
-            self.metrics.requests.labels(model, version or "", status_of(exc)[0]).inc()
+            self.metrics.requests.labels(*self._labels(model, version), status_of(exc)[0]).inc()
             raise
         finally:
             self.in_flight -= 1
@@ -171,6 +172,16 @@ class DataPlane:
         done = time.perf_counter()
         self._answered(m, done - started, decoded - started, done - ran)
         return result
+
+    def _labels(self, model: str, version: str) -> tuple[str, str]:
+        """The metric labels of a failed request: a model name or version that is not installed is counted under
+        OTHER, so that a client sending made-up names cannot grow the metrics (one series per name) without bound."""
+        if not valid_model_name(model) or model not in self.repo.names():
+            return OTHER, ""
+        if version and not (version.isdigit() and len(version) <= 18
+                            and int(version) in versions(self.repo.root / model)):
+            return model, OTHER
+        return model, version
 
     def _cache_key(self, m, inputs, wanted, to_shm) -> bytes | None:
         """The request's response-cache key, or None where the cache is not used: no cache, the model's config

@@ -93,3 +93,22 @@ def test_a_request_with_thousands_of_inputs_gets_its_real_status_with_a_bounded_
 def test_json_that_python_cannot_parse_is_the_clients_mistake(edge_server, body):
     status, doc = _http(edge_server, "POST", "/v2/models/digits/infer", body)
     assert status == 400, (status, doc)
+
+
+def test_made_up_names_do_not_grow_the_metrics(edge_server):
+    """Failed requests for names or versions that are not installed count under one label, "(other)": a client
+    sending a new made-up name each time cannot add a metric series per name."""
+    import urllib.request
+
+    def series() -> list[str]:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{edge_server.metrics_port}/metrics", timeout=10).read().decode()
+        return [line for line in text.splitlines() if line.startswith("fedge_edge_requests_total{")]
+
+    stub = _stub(edge_server)
+    for i in range(20):
+        for req in (pb.ModelInferRequest(model_name=f"made-up-{i}"), pb.ModelInferRequest(model_name=f"bad/{i}"),
+                    pb.ModelInferRequest(model_name="digits", model_version=str(1000 + i))):
+            _code(lambda: stub.ModelInfer(req, timeout=10))
+    rows = series()
+    assert not any("made-up-" in r or "bad/" in r or 'version="10' in r for r in rows), rows
+    assert any('model="(other)"' in r for r in rows) and any('version="(other)"' in r for r in rows), rows
