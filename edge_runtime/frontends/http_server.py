@@ -1,49 +1,54 @@
-"""A small HTTP/1.1 server on asyncio streams, for the KServe v2 REST endpoint (frontends.rest): the edge's
-dependencies hold no web framework, and this endpoint needs only a little of HTTP. Keep-alive, Content-Length and
-chunked bodies, ``Expect: 100-continue`` (curl sends it for bodies over 1 KiB), gzip/deflate request bodies and
-responses (what tritonclient.http's compression options send and accept), a body limit (413 before the body is
-read), TLS, and requests whose client hung up are cancelled. It runs on the gRPC server's event loop, so HTTP and
-gRPC requests are batched together."""
+"""The HTTP/1.1 server of the KServe v2 REST endpoint (frontends.rest), on asyncio streams: h11 parses and frames
+the protocol (request line, headers, Content-Length and chunked bodies, keep-alive, ``Expect: 100-continue``,
+responses); this module holds the connections: timeouts for a request's head, its body and an idle keep-alive
+connection, a connection limit, a body limit (413 before the body is read), gzip/deflate request bodies inflated off
+the loop to a bounded size and responses compressed for clients that accept it (what tritonclient.http's
+compression options send and accept), TLS, and cancellation of requests whose client hung up. Three shapes that h11
+tolerates are refused as RFC 9112 asks of a server that does not want to be smuggled past: a line folded onto the
+one before (obs-fold), a bare LF, and Content-Length beside Transfer-Encoding. It runs on the gRPC server's event
+loop, so HTTP and gRPC requests are batched together."""
 from __future__ import annotations
 
 import asyncio
 import gzip
 import json
 import logging
+import os
 import re
 import ssl
+import threading
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Awaitable, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import h11
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 log = logging.getLogger("fedge.edge")
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
 INFLATING_AT_ONCE = 1  # compressed request bodies inflated at once (one core at most, on a 2-core device); more wait
-TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: methods and header names
-CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+READ_BYTES = 64 << 10
+HEAD_END = re.compile(rb"\n\r?\n")          # where h11 ends a request's head
+LENIENT = re.compile(rb"\r\n[ \t]|(?<!\r)\n")  # a folded line (obs-fold) or a bare LF, which h11 accepts
 
 
-def _headers(lines: list[str]) -> dict[str, str]:
-    """Header lines as RFC 9112 has them, strictly: a token, a colon right after it, no line folding (obs-fold),
-    no bare CR or LF inside; a repeated Content-Length must repeat the same value. Lower-case names; repeated
-    headers joined with commas."""
+def _headers(request: h11.Request) -> dict[str, str]:
+    """h11's headers (validated, lower-case names), with repeated ones joined by commas; Content-Length beside
+    Transfer-Encoding, which h11 resolves in Transfer-Encoding's favour, is refused (RFC 9112 6.1: the shape of
+    request smuggling)."""
     headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if not sep or not TOKEN.fullmatch(name) or "\r" in line or "\n" in line:
-            raise HttpError(400, f"malformed header line {line[:200]!r}")
-        name, value = name.lower(), value.strip(" \t")
-        if name == "content-length" and name in headers and headers[name] != value:
-            raise HttpError(400, "differing Content-Length headers")
-        if name in headers and name != "content-length":
-            value = f"{headers[name]}, {value}"
-        headers[name] = value
+    for name, value in request.headers:
+        name, value = name.decode("latin-1"), value.decode("latin-1")
+        headers[name] = f"{headers[name]}, {value}" if name in headers and name != "content-length" else value
+    if "transfer-encoding" in headers and "content-length" in headers:
+        raise HttpError(400, "a request with both Transfer-Encoding and Content-Length is refused")
+    if request.http_version not in (b"1.0", b"1.1"):
+        raise HttpError(505, f"HTTP/{request.http_version[:10].decode('latin-1')} is not served here; use HTTP/1.1")
     return headers
 
 
@@ -121,6 +126,7 @@ class HttpServer:
         self._handle, self._max_body, self._tls, self._limits = handle, max_body_bytes, tls, limits
         self._inflated_limit = inflated_limit or (lambda headers: max_body_bytes)
         self._inflating = asyncio.Semaphore(INFLATING_AT_ONCE)
+        self._inflater = ThreadPoolExecutor(INFLATING_AT_ONCE, "fedge-inflate", initializer=_lower_priority)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
         self._busy: set[asyncio.Task] = set()  # connections between a request's head and its answer
@@ -153,50 +159,35 @@ class HttpServer:
         for task in list(self._connections):
             task.cancel()
         await self._server.wait_closed()
+        self._inflater.shutdown(wait=False, cancel_futures=True)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self._limits.max_connections:  # refused at once; gRPC is another port
             await _refuse(reader, writer)
             return
         self._connections.add(task := asyncio.current_task())
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
             peer = peer_name(writer.get_extra_info("peername"))
             idle = self._limits.header_timeout_s  # a new connection's first byte is part of its first request
             while True:
                 try:
-                    req, keep_alive = await self._read(reader, writer, peer, idle)
+                    req = await self._read(conn, reader, writer, peer, idle)
                     idle = self._limits.keepalive_s
                 except HttpError as exc:
-                    await _send(writer, Response.error(exc.status, str(exc)), False)
-                    return
-                except (ValueError, asyncio.LimitOverrunError) as exc:  # framing no check above foresaw: the client's
-                    await _send(writer, Response.error(400, f"malformed request: {str(exc)[:200]}"), False)
+                    await _send(conn, writer, Response.error(exc.status, str(exc)), False)
                     return
                 if req is None:
                     return
-                started = time.perf_counter()
-                handler = asyncio.ensure_future(self._handle(req))
-                reader.on_hangup = handler.cancel  # a client that hung up is not answered, nor computed for
-                try:
-                    resp = await handler
-                except asyncio.CancelledError:
-                    if reader.hung_up:
-                        return
-                    raise
-                except Exception as exc:  # a bug, not the client's fault: answer 500, keep serving
-                    log.exception("%s %s failed", req.method, req.path)
-                    resp = Response.error(500, f"{type(exc).__name__}: {exc}")
-                finally:
-                    reader.on_hangup = None
-                keep_alive = keep_alive and not self._draining  # a stopping server closes after each answer
-                await _send(writer, _compressed(resp, req.headers.get("accept-encoding", "")), keep_alive,
-                            head_only=req.method == "HEAD")
+                resp = await self._answer(req, reader)
+                if resp is None:
+                    return  # the client hung up
+                await _send(conn, writer, _compressed(resp, req.headers.get("accept-encoding", "")),
+                            not self._draining, head_only=req.method == "HEAD")  # a stopping server closes
                 self._idle(task)
-                if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
-                    log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
-                              (time.perf_counter() - started) * 1e3, peer)
-                if not keep_alive:
-                    return
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # either side asked to close (Connection: close, HTTP/1.0)
+                conn.start_next_cycle()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass  # the client went away
         finally:
@@ -204,73 +195,130 @@ class HttpServer:
             self._idle(task)
             writer.close()
 
+    async def _answer(self, req: Request, reader: "_Reader") -> Response | None:
+        """The handler's response to ``req``: 500 for a bug (the server keeps serving), None if the client hung up
+        while it was computed (the handler is then cancelled, as a gRPC request is)."""
+        started = time.perf_counter()
+        handler = asyncio.ensure_future(self._handle(req))
+        reader.on_hangup = handler.cancel
+        try:
+            resp = await handler
+        except asyncio.CancelledError:
+            if reader.hung_up:
+                return None
+            raise
+        except Exception as exc:  # a bug, not the client's fault
+            log.exception("%s %s failed", req.method, req.path)
+            resp = Response.error(500, f"{type(exc).__name__}: {exc}")
+        finally:
+            reader.on_hangup = None
+        if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
+            log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
+                      (time.perf_counter() - started) * 1e3, req.peer)
+        return resp
+
     def _idle(self, task: asyncio.Task) -> None:
         self._busy.discard(task)
         if self._draining and not self._busy:
             self._drained.set()
 
-    async def _read(self, reader, writer, peer: str, idle: float) -> tuple[Request | None, bool]:
+    async def _read(self, conn: h11.Connection, reader, writer, peer: str, idle: float) -> Request | None:
         """The next request: its first byte within ``idle`` seconds (else the connection is closed without a
         word), then its headers within the header timeout (a client that sends half a request line and then a
-        byte now and then holds a connection that long, no longer: 408)."""
-        wait = self._limits.header_timeout_s
-        try:
-            first = await asyncio.wait_for(reader.readexactly(1), idle)
-        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
-            return None, False  # idle, or closed between requests
-        try:
-            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
-            self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
-        except asyncio.TimeoutError:
-            raise HttpError(408, f"the request's headers did not arrive within {wait:g} s") from None
-        except asyncio.IncompleteReadError as exc:
-            if (first + exc.partial).strip():
-                raise HttpError(400, "the request ended inside its headers") from None
-            return None, False  # closed between requests
-        except asyncio.LimitOverrunError:
-            raise HttpError(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes") from None
-        lines = head.decode("latin-1").split("\r\n")
-        try:
-            method, target, version = lines[0].split(" ")
-        except ValueError:
-            raise HttpError(400, f"malformed request line {lines[0][:200]!r}") from None
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise HttpError(505, f"{version[:20]} is not served here; use HTTP/1.1")
-        if not TOKEN.fullmatch(method) or "\n" in target:
-            raise HttpError(400, f"malformed request line {lines[0][:200]!r}")
-        headers = _headers(lines[1:-2])
-        connection = headers.get("connection", "").lower()
-        keep_alive = "close" not in connection and (version == "HTTP/1.1" or "keep-alive" in connection)
-        body = await self._body(reader, writer, headers)
-        url = urlsplit(target)
-        return Request(method, unquote(url.path), parse_qs(url.query), headers, body, peer, url.path), keep_alive
+        byte now and then holds a connection that long, no longer: 408), then its body."""
+        raw = bytearray(conn.trailing_data[0])  # what a pipelining client sent after the request before
+        if not raw:
+            try:
+                raw += await asyncio.wait_for(reader.read(READ_BYTES), idle)
+            except asyncio.TimeoutError:
+                return None  # idle
+            if not raw:
+                return None  # closed between requests
+            conn.receive_data(bytes(raw))
+        head = await self._head(conn, reader, raw)
+        if head is None:
+            return None
+        self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
+        headers = _headers(head)
+        body = await self._body(conn, reader, writer, headers)
+        url = urlsplit(head.target.decode("latin-1"))
+        return Request(head.method.decode("latin-1"), unquote(url.path), parse_qs(url.query), headers, body, peer,
+                       url.path)
 
-    async def _body(self, reader, writer, headers: dict[str, str]) -> bytes:
-        coding = headers.get("transfer-encoding")
+    async def _head(self, conn: h11.Connection, reader, raw: bytearray) -> h11.Request | None:
+        loop, wait = asyncio.get_running_loop(), self._limits.header_timeout_s
+        deadline = loop.time() + wait
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                if exc.error_status_hint == 431:
+                    raise HttpError(431, f"request line and headers exceed {MAX_HEAD_BYTES} bytes") from None
+                # 400 for a Transfer-Encoding other than chunked too (h11 says 501): a smuggling shape, not a feature
+                status = 400 if exc.error_status_hint == 501 else exc.error_status_hint
+                raise HttpError(status, f"malformed request: {str(exc)[:200]}") from None
+            if isinstance(event, h11.Request):
+                end = HEAD_END.search(raw)
+                if end is not None and LENIENT.search(raw, 0, end.end()):
+                    raise HttpError(400, "malformed request: a bare LF or a folded header line (obs-fold)")
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # closed between requests
+            try:
+                data = await asyncio.wait_for(reader.read(READ_BYTES), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise HttpError(408, f"the request's headers did not arrive within {wait:g} s") from None
+            if not data:
+                if bytes(raw).strip():
+                    raise HttpError(400, "the request ended inside its headers")
+                return None
+            raw += data
+            conn.receive_data(data)
+
+    async def _body(self, conn: h11.Connection, reader, writer, headers: dict[str, str]) -> bytes:
         length = headers.get("content-length")
-        if coding is not None and length is not None:  # RFC 9112 6.1: the shape of request smuggling
-            raise HttpError(400, "a request with both Transfer-Encoding and Content-Length is refused")
-        if coding is not None and coding.lower() != "chunked":
-            raise HttpError(400, f"Transfer-Encoding {coding[:40]!r} is not served here (only chunked)")
-        chunked = coding is not None
-        if not chunked and length is None:
-            return b""
-        if not chunked and not (length.isascii() and length.isdigit() and len(length) <= 18):
-            raise HttpError(400, f"Content-Length {length[:40]!r} is not a byte count")
-        if not chunked and int(length) > self._max_body:
+        if length is not None and int(length) > self._max_body:  # h11 checked that it is a number
             raise HttpError(413, f"request body of {length} bytes exceeds the limit of {self._max_body} bytes")
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        idle = self._limits.body_idle_s
-        body = await (_chunks(reader, self._max_body, idle) if chunked else _exactly(reader, int(length), idle))
+        if conn.they_are_waiting_for_100_continue:
+            writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+        parts, total, idle = [], 0, self._limits.body_idle_s
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpError(400, f"malformed request body: {str(exc)[:200]}") from None
+            if isinstance(event, h11.EndOfMessage):
+                break
+            if isinstance(event, h11.Data):
+                total += len(event.data)
+                if total > self._max_body:
+                    raise HttpError(413, f"request body exceeds the limit of {self._max_body} bytes")
+                parts.append(event.data)
+                continue
+            data = await _idle_bound(reader.read(READ_BYTES), idle)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", None)  # the client went away inside its body
+            conn.receive_data(data)
+        return await self._decoded(b"".join(parts), headers)
+
+    async def _decoded(self, body: bytes, headers: dict[str, str]) -> bytes:
         encoding = headers.get("content-encoding", "identity").lower()
         if encoding == "identity":
             return body
         if encoding not in DECODERS:
             raise HttpError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate, identity)")
-        async with self._inflating:  # off the loop (zlib lets go of the GIL), a bounded number at a time
+        async with self._inflating:  # off the loop (zlib lets go of the GIL), one at a time, at low CPU priority
             limit = min(self._max_body, self._inflated_limit(headers))
-            return await asyncio.get_running_loop().run_in_executor(None, _inflate, body, encoding, limit)
+            return await asyncio.get_running_loop().run_in_executor(self._inflater, _inflate, body, encoding, limit)
+
+
+def _lower_priority() -> None:
+    """This thread at the lowest CPU priority (Linux schedules threads one by one): a stream of compressed bodies
+    uses what the cores leave, not the time of the event loop and the batch workers."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not allowed: inflation is still one at a time
 
 
 class _Reader(asyncio.StreamReader):
@@ -294,46 +342,12 @@ class _Reader(asyncio.StreamReader):
             self.on_hangup()
 
 
-async def _exactly(reader: asyncio.StreamReader, n: int, idle_s: float) -> bytes:
-    """``n`` bytes of a body, each piece within ``idle_s`` of the one before (a stalled body is 408, not held)."""
-    parts, left = [], n
-    while left:
-        piece = await _idle_bound(reader.read(min(left, 1 << 20)), idle_s)
-        if not piece:
-            raise asyncio.IncompleteReadError(b"".join(parts), n)
-        parts.append(piece)
-        left -= len(piece)
-    return b"".join(parts)
-
-
 async def _idle_bound(read, idle_s: float):
+    """A body read that waits at most ``idle_s`` (a stalled body is 408, not held)."""
     try:
         return await asyncio.wait_for(read, idle_s)
     except asyncio.TimeoutError:
         raise HttpError(408, f"the request body stalled: nothing arrived for {idle_s:g} s") from None
-
-
-async def _chunks(reader: asyncio.StreamReader, limit: int, idle_s: float) -> bytes:
-    parts, total = [], 0
-    while True:
-        try:
-            line = await _idle_bound(reader.readuntil(b"\r\n"), idle_s)
-        except asyncio.LimitOverrunError:
-            raise HttpError(400, "a chunk-size line of the chunked body is too long") from None
-        size_text = line[:-2].split(b";", 1)[0]
-        if not CHUNK_SIZE.fullmatch(size_text):
-            raise HttpError(400, "malformed chunk size in a chunked body") from None
-        size = int(size_text, 16)
-        if size == 0:
-            while (await _idle_bound(reader.readuntil(b"\r\n"), idle_s)) != b"\r\n":  # trailers, ignored
-                pass
-            return b"".join(parts)
-        total += size
-        if total > limit:
-            raise HttpError(413, f"request body exceeds the limit of {limit} bytes")
-        parts.append(await _exactly(reader, size, idle_s))
-        if await _idle_bound(reader.readexactly(2), idle_s) != b"\r\n":
-            raise HttpError(400, "a chunk of the chunked body is longer than its size says")
 
 
 def _compressed(resp: Response, accept: str) -> Response:
@@ -348,19 +362,26 @@ def _compressed(resp: Response, accept: str) -> Response:
     return resp
 
 
-async def _send(writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, head_only: bool = False) -> None:
-    """``head_only``: the answer to a HEAD request, which has the headers of the body but not the body."""
+async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool,
+                head_only: bool = False) -> None:
+    """``resp`` framed by h11 (``keep_alive`` False: with Connection: close). ``head_only``: the answer to a HEAD
+    request, which has the headers of the body but not the body."""
     try:
         reason = HTTPStatus(resp.status).phrase
     except ValueError:
         reason = ""
-    head = [f"HTTP/1.1 {resp.status} {reason}", f"Content-Length: {len(resp.body)}"]
-    head += [f"{k}: {v}" for k, v in resp.headers.items()]
+    headers = [("Content-Length", str(len(resp.body))), *resp.headers.items()]
     if not keep_alive:
-        head.append("Connection: close")
-    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
-    if not head_only:
-        writer.write(resp.body)
+        headers.append(("Connection", "close"))
+    try:
+        data = conn.send(h11.Response(status_code=resp.status, headers=headers, reason=reason))
+        if resp.body and not head_only:
+            data += conn.send(h11.Data(data=resp.body))
+        data += conn.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:  # the connection is past answering (h11's state machine says so)
+        log.debug("HTTP: no answer possible in state %s", conn.states)
+        return
+    writer.write(data)
     await writer.drain()
 
 

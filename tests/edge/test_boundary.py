@@ -21,7 +21,7 @@ def test_edge_dependencies_are_the_base_install():
 
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in doc["project"]["dependencies"]}
-    assert names == {"numpy", "grpcio", "protobuf", "onnxruntime", "cryptography", "prometheus-client"}
+    assert names == {"numpy", "grpcio", "protobuf", "onnxruntime", "cryptography", "prometheus-client", "h11"}
 
 
 def test_generated_grpc_code_is_in_sync_with_the_protos():

@@ -103,7 +103,7 @@ def test_json_inference_keep_alive_chunked_and_expect_continue(edge_server, digi
 
 def _post(path: str, body: bytes, *headers: str) -> bytes:
     head = "".join(f"{h}\r\n" for h in (*headers, f"Content-Length: {len(body)}"))
-    return f"POST {path} HTTP/1.1\r\n{head}\r\n".encode() + body
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body
 
 
 IMAGE = {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8]}
@@ -125,14 +125,14 @@ BAD = {  # raw request -> (status, words the error must contain)
     ]}).encode()), 400, "exactly one way"),
     "id_not_a_string": (_post("/v2/models/digits/infer", json.dumps({"id": 5, "inputs": [{**IMAGE, "data": [0.0] * 64}]})
                               .encode()), 400, "id must be a string"),
-    "unknown_model": (b"GET /v2/models/nope HTTP/1.1\r\n\r\n", 404, "unknown model"),
-    "unknown_path": (b"GET /v3/whatever HTTP/1.1\r\n\r\n", 404, "no KServe v2 endpoint"),
-    "wrong_method": (b"DELETE /v2/health/ready HTTP/1.1\r\n\r\n", 405, "DELETE is not allowed"),
+    "unknown_model": (b"GET /v2/models/nope HTTP/1.1\r\nHost: x\r\n\r\n", 404, "unknown model"),
+    "unknown_path": (b"GET /v3/whatever HTTP/1.1\r\nHost: x\r\n\r\n", 404, "no KServe v2 endpoint"),
+    "wrong_method": (b"DELETE /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n", 405, "DELETE is not allowed"),
     "load_float_parameter": (_post("/v2/repository/models/digits/load", b'{"parameters": {"config": 1.5}}'), 400,
                              "must be a boolean, an integer or a string"),
-    "over_limit": (b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 104857600\r\n\r\n", 413, "exceeds"),
+    "over_limit": (b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n", 413, "exceeds"),
     "bad_gzip": (_post("/v2/models/digits/infer", b"oops", "Content-Encoding: gzip"), 400, "corrupt"),
-    "bad_request_line": (b"HELLO\r\n\r\n", 400, "malformed request line"),
+    "bad_request_line": (b"HELLO\r\n\r\n", 400, "illegal request line"),
     "http2_preface": (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505, "HTTP/1.1"),
 }
 
@@ -143,7 +143,7 @@ def test_bad_http_requests_get_the_right_status_and_the_server_stays_ready(edge_
     status, headers, body = _exchange(edge_server.http_port, raw)
     assert status == want, body
     assert words in json.loads(body)["error"], body
-    assert _exchange(edge_server.http_port, b"GET /v2/health/ready HTTP/1.1\r\n\r\n")[0] == 200
+    assert _exchange(edge_server.http_port, b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")[0] == 200
 
 
 def test_http_failures_are_counted_in_the_metrics_like_grpc_ones(edge_server):

@@ -53,7 +53,7 @@ def test_headers_that_never_finish_are_answered_408_and_closed(limited, sent):
 
 def test_a_stalled_body_is_answered_408_and_closed(limited):
     with socket.create_connection(("127.0.0.1", limited.http_port)) as s:
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"{" * 99)
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n" + b"{" * 99)
         status, took = _answer(s)
     assert status == 408 and took < 4
 
@@ -62,10 +62,10 @@ def test_past_the_connection_limit_new_connections_get_503_and_grpc_still_answer
     held = [socket.create_connection(("127.0.0.1", limited.http_port)) for _ in range(4)]
     try:
         for s in held:  # each has begun a request: the server holds it until the header timeout
-            s.sendall(b"GET /v2/health/ready HTTP/1.1\r\n")
+            s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n")
         time.sleep(0.2)
         with socket.create_connection(("127.0.0.1", limited.http_port)) as extra:
-            extra.sendall(b"GET /v2/health/ready HTTP/1.1\r\n\r\n")
+            extra.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n")
             assert _answer(extra)[0] == 503
         assert _grpc_live(limited)
     finally:
@@ -73,14 +73,14 @@ def test_past_the_connection_limit_new_connections_get_503_and_grpc_still_answer
             s.close()
     time.sleep(1.5)  # the held ones are gone: a new connection is served again
     with socket.create_connection(("127.0.0.1", limited.http_port)) as s:
-        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nConnection: close\r\n\r\n")
+        s.sendall(b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert _answer(s)[0] == 200
 
 
 def _post(port: int, body: bytes, *headers: str) -> tuple[int, dict]:
     head = "".join(f"{h}\r\n" for h in (*headers, f"Content-Length: {len(body)}", "Connection: close"))
     with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(f"POST /v2/models/digits/infer HTTP/1.1\r\n{head}\r\n".encode() + body)
+        s.sendall(f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
         s.settimeout(30)
         data = b""
         while chunk := s.recv(65536):

@@ -27,17 +27,17 @@ pytestmark = pytest.mark.system
 PHASE_S = 3.0
 X = np.zeros((1, 1, 8, 8), np.float32)
 SMUGGLING = {
-    "te_substring": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-    "te_list": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-    "cl_and_te": b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_substring": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+    "te_list": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "cl_and_te": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     "space_before_colon": b"GET /v2/health/ready HTTP/1.1\r\nHost : x\r\n\r\n",
-    "obs_fold": b"GET /v2/health/ready HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n",
-    "bare_lf_in_value": b"GET /v2/health/ready HTTP/1.1\r\nX-A: a\nX-B: b\r\n\r\n",
-    "negative_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",
-    "hex_prefix_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
-    "underscore_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0_2\r\n{}\r\n0\r\n\r\n",
-    "long_chunk_line": b"POST /v2/models/digits/infer HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"x" * 70_000,
-    "non_ascii_length": "POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
+    "obs_fold": b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "bare_lf_in_value": b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-A: a\nX-B: b\r\n\r\n",
+    "negative_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",
+    "hex_prefix_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
+    "underscore_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0_2\r\n{}\r\n0\r\n\r\n",
+    "long_chunk_line": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"x" * 70_000,
+    "non_ascii_length": "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
 }
 
 
@@ -117,7 +117,7 @@ def _stalled_bodies(port: int, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: 1048576\r\n\r\n" + b"{" * (256 << 10))
+        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"{" * (256 << 10))
         socks.append(s)
     return socks
 
@@ -153,7 +153,7 @@ def attacker(name: str, port: int, grpc_url: str, stop) -> None:
 def _attack(name: str, port: int, grpc_url: str) -> tuple[threading.Event, list]:
     stop, held = threading.Event(), []
     bomb = gzip.compress(b"[" + b"0," * (20 << 20) + b"0]", compresslevel=9)
-    post = b"POST /v2/models/digits/infer HTTP/1.1\r\nContent-Length: %d\r\n"
+    post = b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n"
     if name == "slowloris":
         held += _slowloris(port, 200, stop)
     elif name == "stalled_bodies":
@@ -169,7 +169,7 @@ def _attack(name: str, port: int, grpc_url: str) -> tuple[threading.Event, list]
     elif name == "path_tricks":
         paths = [b"/v2/repository/models/../unload", b"/v2/repository/models/..%2F..%2Fetc/unload",
                  b"/v2/models/digits%2Fconfig", b"/v2/models/%2E%2E/infer"]
-        raws = [b"POST " + p + b" HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}" for p in paths]
+        raws = [b"POST " + p + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" for p in paths]
         threading.Thread(target=_repeat, args=(lambda: [_send(port, r) for r in raws], stop), daemon=True).start()
     elif name == "oversized_grpc_metadata":
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_url))

@@ -18,7 +18,7 @@ VALID = [
     b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY,
     b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(BODY)
     + BODY + b"\r\n0\r\n\r\n",
-    b"POST /v2/repository/index HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
 ]
 NASTY = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\xff", b"\xc3\xa9", b"-", b"0x", b";", b",",
          b"Transfer-Encoding: chunked\r\n", b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b" obs-fold\r\n",
