@@ -8,36 +8,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .inference import ort_runner
 from .report import Section
 from .timing import interleaved, stats
 
 
-def _variants(work: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray]:
+def variants(work: Path) -> tuple[dict[str, Path], np.ndarray, np.ndarray]:
     """The digits model trained on the shipped data, exported, calibrated locally (MinMax) and quantized both
     ways -> the files by variant, and the 1,797 images with their labels."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from fedge.client.jobs import calibration_minmax
-    from fedge.core.tasks import get_task, split_holdout
-    from fedge.core.tasks.training import TrainConfig, train
-    from fedge.export.calibration import merge_minmax, write_cache
-    from fedge.export.onnx_export import to_onnx
-    from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
+    from fedge.core.tasks import get_task
+    from fedge.export.calibration import write_cache
+    from fedge.export.sample_bundle import trained_digits
 
-    task = get_task("digits")
-    data = task.reference_data()
-    train_ds, _ = split_holdout(data)
-    torch.manual_seed(0)
-    model = task.build_model()
-    train(model, train_ds, TrainConfig(epochs=6, batch_size=32, lr=3e-3))
-    work.mkdir(parents=True, exist_ok=True)
-    fp32 = to_onnx(model, train_ds.x[:2], work / "model.fp32.onnx")
-    pre = preprocess(fp32, work / "pre.onnx")
-    ranges = merge_minmax([{k: tuple(v) for k, v in calibration_minmax(pre.read_bytes(), train_ds.x).items()}])
-    now = quantize_variants(pre, ranges, work, QuantizeConfig())["int8_cpu"]
+    data = get_task("digits").reference_data()
+    files, pre, ranges = trained_digits(work)
+    fp32, now = files["fp32"], files["int8_cpu"]
     before = work / "model.int8.cpu.8bit.onnx"  # the CPU variant as fedge wrote it until 2026-12-02
     cache = work / "cache.json"
     quantize_static(str(pre), str(before), None, activation_type=QuantType.QUInt8, quant_format=QuantFormat.QDQ,
@@ -52,7 +40,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
 
     sec = Section("INT8 on every CPU: the digits model's CPU variant against the ONNX specification")
     t = progress.add_task("int8 on every CPU: train, quantize, reference-evaluate 1,797 digits", total=4)
-    files, x, y = _variants(work)
+    files, x, y = variants(work)
     progress.advance(t)
     rows, timings = [], {}
     for name, path in files.items():

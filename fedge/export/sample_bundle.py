@@ -1,5 +1,6 @@
-"""A signed release bundle of an untrained task model (FP32 only), written with the same ``write_bundle`` as a
-real export: for tests and benchmarks that need a servable model without running a federation."""
+"""Signed release bundles written with the same ``write_bundle`` as a real export, without running a federation:
+an untrained task model (FP32 only), and the digits model trained on the shipped data and quantized as the export
+quantizes (FP32 + both INT8 variants). For tests and benchmarks."""
 from __future__ import annotations
 
 import shutil
@@ -44,3 +45,38 @@ def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | Non
     }
     write_bundle(out, fields, load_private_key(key_path))
     return out
+
+
+def trained_digits(work: Path, epochs: int = 6) -> tuple[dict[str, Path], Path, dict]:
+    """The digits model trained on the shipped data (seed 0), exported, calibrated on its training rows (MinMax) and
+    quantized with the export's settings -> files by kind (fp32, int8_cpu, int8_trt) in ``work``, the preprocessed
+    FP32 graph that was quantized, and the calibration ranges."""
+    from fedge.client.jobs import calibration_minmax
+    from fedge.core.tasks import split_holdout
+    from fedge.core.tasks.training import TrainConfig, train
+    from fedge.export.calibration import merge_minmax
+    from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
+
+    task = get_task("digits")
+    train_ds, _ = split_holdout(task.reference_data())
+    torch.manual_seed(0)
+    model = task.build_model()
+    train(model, train_ds, TrainConfig(epochs=epochs, batch_size=32, lr=3e-3))
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = to_onnx(model, train_ds.x[:2], work / "model.fp32.onnx")
+    pre = preprocess(fp32, work / "pre.onnx")
+    ranges = merge_minmax([{k: tuple(v) for k, v in calibration_minmax(pre.read_bytes(), train_ds.x).items()}])
+    return {"fp32": fp32, **quantize_variants(pre, ranges, work, QuantizeConfig())}, pre, ranges
+
+
+def trained_digits_bundle(out: Path, key_path: Path, model_name: str = "digits",
+                          kinds: tuple[str, ...] = ("fp32", "int8_cpu", "int8_trt")) -> Path:
+    """A signed bundle of :func:`trained_digits`' ``kinds`` (a CPU device serves INT8 CPU where it is present)."""
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    files, pre, _ = trained_digits(out)
+    pre.unlink()
+    for kind, path in files.items():
+        if kind not in kinds:
+            path.unlink()
+    return sign_bundle(out, key_path, "digits", model_name, models={k: files[k].name for k in kinds})
