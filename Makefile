@@ -28,6 +28,8 @@ $(DEVICE_STAMP): pyproject.toml
 	test -x $(DEVICE_VENV)/bin/python || $(DEVICE_PYTHON) -m venv $(DEVICE_VENV)
 	$(DEVICE_VENV)/bin/python -m pip install -q --upgrade pip
 	$(DEVICE_VENV)/bin/python -m pip install -q -e ".[edge]" "onnxruntime==1.17.3" "numpy<2"
+	# text releases tokenize on the device; tokenizers' hub-client dependencies (~45 MB) are not needed there
+	$(DEVICE_VENV)/bin/python -m pip install -q --no-deps "tokenizers==0.23.3"
 	touch $(DEVICE_STAMP)
 
 ifeq ($(DEVICE_PYTHON),)

@@ -35,6 +35,7 @@ class ClientConfig:
     connect_retries: int = 10   # SuperNode gives up after this many failed attempts; the daemon then restarts it
     max_epsilon: float = 0.0    # the customer's privacy limit over all runs (0: no limit); see client.ledger
     delta: float = 1e-5
+    base_model: str = ""        # text task: this customer's copy of the pretrained base ("" = default location)
 
     def __post_init__(self) -> None:
         if not self.insecure and self.certs is None:
@@ -48,6 +49,8 @@ def node_config(cfg: ClientConfig) -> str:
         items["audit-log"] = str(Path(cfg.audit_log).resolve())
     if cfg.max_epsilon > 0:
         items |= {"max-epsilon": float(cfg.max_epsilon), "delta": float(cfg.delta)}
+    if cfg.base_model:
+        items["base-model"] = str(Path(cfg.base_model).resolve())
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
@@ -63,10 +66,20 @@ def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
 
 
 def validate_data(cfg: ClientConfig) -> int:
+    """The data file's rows, checked now so that bad data fails before connecting. A text file's labels are
+    checked against the run's catalogue in every round (a daemon may start before the run that sets it)."""
     from fedge.core.tasks import get_task
 
-    ds = get_task(cfg.task).load_data(Path(cfg.data))
-    return len(ds)
+    task = get_task(cfg.task)
+    if cfg.task in ("text", "intent"):
+        from fedge.core.tasks.data import read_text_records
+
+        if cfg.task == "text":
+            from fedge.core.tasks.encoder import resolve_base_dir
+
+            resolve_base_dir(cfg.base_model)  # a missing or incomplete base fails here, not in the first round
+        return len(read_text_records(Path(cfg.data)))
+    return len(task.load_data(Path(cfg.data)))
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -14,8 +14,9 @@ def describe(msg: Message) -> dict:
     if msg.has_error():
         return {"error": msg.error.reason[:500]}
     c = msg.content
+    arrays = {name: {k: _array(a) for k, a in rec.items()} for name, rec in c.array_records.items()}
     return {
-        "arrays": {name: {k: _array(a) for k, a in rec.items()} for name, rec in c.array_records.items()},
+        "arrays": arrays, "array_bytes": sum(a["bytes"] for rec in arrays.values() for a in rec.values()),
         "metrics": {name: {k: type(v).__name__ for k, v in rec.items()} for name, rec in c.metric_records.items()},
         "configs": {name: {k: _kind(v) for k, v in rec.items()} for name, rec in c.config_records.items()},
     }

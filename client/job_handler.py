@@ -5,18 +5,14 @@ import json
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedge.core.tasks import get_task
-
 from fedge.client.jobs import calibration_histograms, calibration_minmax, gate_evaluation
 from fedge.client.trainer import NodeSettings
-from fedge.core.wire import JOB_RESULT_RECORD, JobKey, JobKind
+from fedge.core.wire import JOB_RESULT_RECORD, FitKey, JobKey, JobKind, TaskKey
 
 
 def handle(job: ConfigRecord, context) -> RecordDict:
     settings = NodeSettings.from_node_config(dict(context.node_config))
-    task = get_task(settings.task)
-    if str(job[JobKey.TASK]) != settings.task:
-        raise ValueError(f"job is for task {job[JobKey.TASK]!r}, customer {settings.name!r} serves {settings.task!r}")
+    task = settings.build_task({FitKey.TASK: str(job[JobKey.TASK]), **{k: job[k] for k in TaskKey.ALL if k in job}})
     train_ds, holdout = settings.load(task)
     kind = str(job[JobKey.KIND])
     if kind == JobKind.CALIBRATE_MINMAX:

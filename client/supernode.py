@@ -32,6 +32,14 @@ import traceback
 WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "fedge.client.client_app", "fedge.client.trainer",
                 "fedge.client.job_handler",
                 "opacus", "torch._dynamo"]
+# and for a customer of the text task: its messages build a Hugging Face encoder with LoRA adapters
+TEXT_MODULES = ["transformers.models.bert.modeling_bert", "peft", "fedge.core.tasks.text"]
+
+
+def warm_modules(argv: list[str]) -> list[str]:
+    """The modules to pre-import for the customer this SuperNode serves (its ``--node-config`` names the task)."""
+    node_config = argv[argv.index("--node-config") + 1] if "--node-config" in argv[:-1] else ""
+    return WARM_MODULES + (TEXT_MODULES if 'task="text"' in node_config else [])
 
 
 class _CappedSleepTime:
@@ -71,7 +79,7 @@ def main() -> None:
     fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval
     cap_backoff(heartbeat, float(os.environ.get("FEDGE_HEARTBEAT_RETRY_S", "2")))
     cap_backoff(http_retry, float(os.environ.get("FEDGE_RECONNECT_MAX_S", "10")))
-    patch_subprocess("flwr.supernode.start_client_internal", SuperExecStarter(WARM_MODULES))
+    patch_subprocess("flwr.supernode.start_client_internal", SuperExecStarter(warm_modules(sys.argv)))
     try:
         flower_supernode()
         code = 0

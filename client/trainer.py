@@ -14,7 +14,7 @@ from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, ge
 
 from fedge.client.ledger import Budget, Ledger
 from fedge.client.privacy_guard import plan_round, refusal
-from fedge.core.wire import FitKey, MetricKey
+from fedge.core.wire import FitKey, MetricKey, TaskKey
 
 
 @dataclass(frozen=True)
@@ -30,16 +30,27 @@ class NodeSettings:
     state_dir: str = ""            # the daemon's state dir: the privacy ledger lives there
     max_epsilon: float = 0.0       # the customer's own privacy limit (0: none)
     delta: float = 1e-5
+    base_model: str = ""           # text task: this customer's copy of the base ("" = the default location)
 
     @classmethod
     def from_node_config(cls, nc: dict) -> "NodeSettings":
         if "data-path" in nc:
             return cls(name=str(nc.get("name", "customer")), task=str(nc["task"]), data_path=str(nc["data-path"]),
                        state_dir=str(nc.get("state-dir", "")), max_epsilon=float(nc.get("max-epsilon", 0.0)),
-                       delta=float(nc.get("delta", 1e-5)))
+                       delta=float(nc.get("delta", 1e-5)), base_model=str(nc.get("base-model", "")))
         pid = int(nc["partition-id"])
         return cls(name=f"sim-{pid}", task=str(nc.get("task", "digits")), partition_id=pid,
-                   num_partitions=int(nc["num-partitions"]), alpha=float(nc.get("alpha", 0.0)))
+                   num_partitions=int(nc["num-partitions"]), alpha=float(nc.get("alpha", 0.0)),
+                   base_model=str(nc.get("base-model", "")))
+
+    def build_task(self, config: dict) -> Task:
+        """The run's task as this customer builds it: the run's settings (labels, LoRA, the base's identity, all
+        from the message's ``config``) over this customer's own copy of the base. A task other than this
+        customer's, or a base that differs from the run's, raises (the round fails for this customer, with why)."""
+        if config.get(FitKey.TASK, self.task) != self.task:
+            raise ValueError(f"run is for task {config[FitKey.TASK]!r} but customer {self.name!r} serves "
+                             f"{self.task!r}")
+        return get_task(self.task, {k: config[k] for k in TaskKey.ALL if k in config}, base_dir=self.base_model)
 
     def load(self, task: Task) -> tuple[Dataset, Dataset]:
         """-> (train, holdout), deterministic for a given file or partition."""
@@ -98,26 +109,21 @@ class FedgeClient(NumPyClient):
     def __init__(self, settings: NodeSettings) -> None:
         torch.set_num_threads(1)  # one message's training per process; several customers may share a host
         self.settings = settings
-        self.task = get_task(settings.task)
 
     @classmethod
     def from_context(cls, context) -> "FedgeClient":
         return cls(NodeSettings.from_node_config(dict(context.node_config)))
 
-    def _model(self, parameters: list[np.ndarray]) -> torch.nn.Module:
-        model = self.task.build_model()
+    @staticmethod
+    def _model(task: Task, parameters: list[np.ndarray]) -> torch.nn.Module:
+        model = task.build_model()
         set_arrays(model, list(model.state_dict()), parameters)
         return model
 
-    def _check_task(self, config: dict) -> None:
-        if config.get(FitKey.TASK, self.settings.task) != self.settings.task:
-            raise ValueError(f"run is for task {config[FitKey.TASK]!r} but customer {self.settings.name!r} serves "
-                             f"{self.settings.task!r}")
-
     def fit(self, parameters, config):
-        self._check_task(config)
-        train_ds, holdout = self.settings.load(self.task)
-        model = self._model(parameters)
+        task = self.settings.build_task(config)
+        train_ds, holdout = self.settings.load(task)
+        model = self._model(task, parameters)
         metrics: dict = {MetricKey.CUSTOMER: self.settings.name}
         if config.get(FitKey.EVALUATE_INCOMING, False):
             loss, acc = evaluate(model, holdout)
@@ -156,7 +162,8 @@ class FedgeClient(NumPyClient):
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get(FitKey.DP_NOISE, 0.0)) > 0 else len(train_ds)
         record_update(self.settings.name, int(config.get(FitKey.ROUND, 0)), arrays, weight)
-        return arrays, weight, metrics | {MetricKey.TRAIN_LOSS: float(loss)}
+        return arrays, weight, metrics | {MetricKey.TRAIN_LOSS: float(loss),
+                                          MetricKey.SENT_BYTES: int(sum(a.nbytes for a in arrays))}
 
     def _ledger(self) -> tuple[Ledger | None, Budget | None]:
         if not self.settings.state_dir:
@@ -165,7 +172,7 @@ class FedgeClient(NumPyClient):
         return Ledger(Path(self.settings.state_dir)), budget
 
     def evaluate(self, parameters, config):
-        self._check_task(config)
-        _, holdout = self.settings.load(self.task)
-        loss, acc = evaluate(self._model(parameters), holdout)
+        task = self.settings.build_task(config)
+        _, holdout = self.settings.load(task)
+        loss, acc = evaluate(self._model(task, parameters), holdout)
         return float(loss), len(holdout), {MetricKey.CUSTOMER: self.settings.name, MetricKey.ACCURACY: float(acc)}

@@ -53,10 +53,9 @@ def secagg_workflow(cfg: RunConfig) -> SecAggPlusWorkflow:
 def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
     """The full model state (in the task model's state_dict order) the run starts from."""
     import torch
-    from fedge.core.tasks import get_task
 
     torch.manual_seed(cfg.seed)
-    model = get_task(cfg.task).build_model()
+    model = cfg.make_task().build_model()
     fresh = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     if cfg.start_round > 0:
         last = registry.last_round(cfg.fedge_run_id)
@@ -91,11 +90,10 @@ def run_federation(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> None:
-    from fedge.core.tasks import get_task
     from fedge.core.tasks.training import frozen
 
     registry.set_status(cfg.fedge_run_id, "running")
-    task = get_task(cfg.task)
+    task = cfg.make_task()
     state = starting_state(cfg, registry)
     all_names = list(state)
     trained = [k for k in all_names if not frozen(k, cfg.freeze_patterns)]
@@ -106,7 +104,7 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         FitKey.TASK: cfg.task, FitKey.FREEZE: cfg.freeze, FitKey.SEED: cfg.seed, FitKey.HOLD_SPARSITY: cfg.hold_sparsity,
         FitKey.LOCAL_EPOCHS: local.local_epochs, FitKey.BATCH_SIZE: local.batch_size, FitKey.LR: local.lr,
         FitKey.PROXIMAL_MU: local.proximal_mu,
-        **privacy_fit_config(cfg),
+        **cfg.task_settings(), **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(
         min_clients=cfg.min_clients, wait_timeout=cfg.wait_clients_timeout,

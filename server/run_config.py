@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from fedge.core.wire import TaskKey
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -43,6 +45,12 @@ class RunConfig:
     dp_sgd_epsilon: float = 0.0    # DP-SGD target ε over the planned rounds (each customer derives its noise)
     aggregator: str = "fedavg"     # fedavg | median | trimmed-mean | krum (robust ones need secagg off)
     max_update_norm: float = 0.0   # reject updates farther than this (L2) from the global model; 0: no bound
+    labels: str = ""               # the run's label catalogue, a JSON list; "": the task's own
+    base_model: str = ""           # text task: the coordinator's copy of the base (a Hugging Face model directory)
+    base_sha256: str = ""          # text task: the base's identity; every customer's copy must match it
+    lora_r: int = 8                # text task: LoRA rank, scaling and target modules
+    lora_alpha: int = 16
+    lora_targets: str = "query,value"
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -72,13 +80,31 @@ class RunConfig:
                              " gradients of the data loss alone, so the proximal term would be dropped")
         if not 0 < self.dp_delta < 1 or self.dp_sgd_clip <= 0:
             raise ValueError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
+        if self.lora_r < 1 or self.lora_alpha < 1 or not self.lora_targets.strip(","):
+            raise ValueError("need --lora-r >= 1, --lora-alpha >= 1 and at least one --lora-targets module")
+        from fedge.core.tasks import parse_labels
         from fedge.server.robust import AGGREGATORS
+
+        labels = parse_labels(self.labels)
+        if len(set(labels)) != len(labels) or (self.labels and len(labels) < 2):
+            raise ValueError(f"--labels: a catalogue needs at least two distinct labels, got {list(labels)}")
 
         if self.aggregator not in AGGREGATORS:
             raise ValueError(f"--aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
         if self.aggregator != "fedavg" and self.secagg:
             raise ValueError(f"--aggregator {self.aggregator} needs individual updates: use it with --no-secagg"
                              " (under SecAgg+ bound updates with --dp-clip instead)")
+
+    def task_settings(self) -> dict[str, str | int]:
+        """What customers need to build the run's task (fedge.core.wire.TaskKey), sent with every message."""
+        return {TaskKey.LABELS: self.labels, TaskKey.BASE_SHA256: self.base_sha256, TaskKey.LORA_R: self.lora_r,
+                TaskKey.LORA_ALPHA: self.lora_alpha, TaskKey.LORA_TARGETS: self.lora_targets}
+
+    def make_task(self):
+        """The run's task, configured as the run says (the coordinator's side: its own copy of the base)."""
+        from fedge.core.tasks import get_task
+
+        return get_task(self.task, self.task_settings(), base_dir=self.base_model)
 
     @property
     def freeze_patterns(self) -> tuple[str, ...]:

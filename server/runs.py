@@ -85,15 +85,23 @@ def resolve_init(registry: Registry, init: str) -> str:
     return str(path)
 
 
+def with_base_identity(cfg: RunConfig) -> RunConfig:
+    """A text run records the coordinator's base directory and its sha256, which every customer's copy must match."""
+    if cfg.task != "text":
+        return cfg
+    from fedge.core.tasks.encoder import base_sha256, resolve_base_dir
+
+    base = resolve_base_dir(cfg.base_model)
+    return cfg.with_(base_model=str(base), base_sha256=base_sha256(base))
+
+
 def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProgress | None = None) -> int:
     """Start a fedge run of ``cfg`` and follow it to its end -> 0 if it completed (``progress``: what is shown
     meanwhile, by default the operator's console view)."""
     state = Path(state).resolve()
     registry = open_registry(state)
-    from fedge.core.tasks import get_task
-
-    cfg = cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)).with_task_defaults(
-        get_task(cfg.task).defaults)
+    cfg = with_base_identity(cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)))
+    cfg = cfg.with_task_defaults(cfg.make_task().defaults)
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
     cfg = cfg.with_(fedge_run_id=run_id)
     registry.set_config(run_id, asdict(cfg))

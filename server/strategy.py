@@ -149,7 +149,7 @@ class FedgeFedAvg(FedAvg):
         return [(proxy, ins) for proxy in proxies]
 
     def configure_evaluate(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
-        ins = EvaluateIns(parameters, {FitKey.ROUND: server_round})
+        ins = EvaluateIns(parameters, {**self.fit_config, FitKey.ROUND: server_round})  # the run's task settings too
         return [(proxy, ins) for proxy in self._connected(client_manager)]
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures):

@@ -98,9 +98,11 @@ class _Item:
 
 class DynamicBatcher:
     def __init__(self, run: Run, cfg: BatchingConfig,
-                 on_batch: Callable[[int, list[float], float], None] | None = None) -> None:
-        """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call."""
-        self._run, self._cfg, self._on_batch = run, cfg, on_batch
+                 on_batch: Callable[[int, list[float], float], None] | None = None, pad_value: int | None = None) -> None:
+        """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call;
+        ``pad_value``: requests whose inputs differ in their last axis (token ids of different lengths) are padded
+        on the right with it to the longest, so they share a batch (None: inputs of one shape only)."""
+        self._run, self._cfg, self._on_batch, self._pad = run, cfg, on_batch, pad_value
         self._queue: RequestQueue[_Item] = RequestQueue()
         self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
                          for i in range(max(cfg.instances, 1))]  # 0 (the backend's default) is resolved by the model
@@ -198,7 +200,7 @@ class DynamicBatcher:
                 results = [self._run(batch[0].inputs)]
                 ran_at = time.perf_counter()
             else:
-                merged = {k: np.concatenate([it.inputs[k] for it in batch]) for k in batch[0].inputs}
+                merged = {k: merge_rows([it.inputs[k] for it in batch], self._pad) for k in batch[0].inputs}
                 merged_at = time.perf_counter()
                 outputs = self._run(merged)
                 ran_at = time.perf_counter()
@@ -235,6 +237,15 @@ class DynamicBatcher:
                 loop.call_soon_threadsafe(_settle, settled, failure)
             except RuntimeError:  # the loop is closed: the server stopped, nobody is waiting
                 pass
+
+
+def merge_rows(parts: list[np.ndarray], pad_value: int | None) -> np.ndarray:
+    """Requests' rows as one batch; with ``pad_value``, 2-D parts of different widths are right-padded to the widest."""
+    widths = {p.shape[-1] for p in parts if p.ndim == 2}
+    if pad_value is None or len(widths) < 2:
+        return np.concatenate(parts)
+    width = max(widths)
+    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=pad_value) for p in parts])
 
 
 def _set(fut, result, failure: Exception | None) -> None:

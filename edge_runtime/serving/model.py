@@ -17,7 +17,7 @@ from fedge.edge_runtime.serving.batcher import BatchingConfig, DynamicBatcher
 from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
 from fedge.edge_runtime.common.errors import InvalidInput
 from fedge.edge_runtime.serving.statistics import ModelStats
-from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
+from fedge.edge_runtime.serving.tokenizer import HashingTokenizer, HFTokenizer, load_tokenizer
 
 LABEL_OUTPUT = "label"
 
@@ -30,7 +30,7 @@ class LoadedModel:
     backend: Backend
     batching: BatchingConfig
     batcher: DynamicBatcher | None = None
-    tokenizer: HashingTokenizer | None = None
+    tokenizer: HashingTokenizer | HFTokenizer | None = None
     stats: ModelStats = field(default_factory=ModelStats)
     on_batch: Callable[[int, list[float], float], None] | None = None  # (rows, queue times, backend s): metrics
 
@@ -44,12 +44,17 @@ class LoadedModel:
         tok = manifest.preprocessing.get("tokenizer")
         batching = dataclasses.replace(batching, max_batch_size=min(batching.max_batch_size, manifest.max_batch_size),
                                        instances=batching.instances or default_instances(be.name))
-        model = cls(name, version, manifest, be, batching, tokenizer=HashingTokenizer.from_dict(tok) if tok else None)
+        model = cls(name, version, manifest, be, batching, tokenizer=load_tokenizer(tok, bundle_dir) if tok else None)
         if batching.enabled:
-            model.batcher = DynamicBatcher(be.run, batching, model._executed)
+            model.batcher = DynamicBatcher(be.run, batching, model._executed, pad_value=model.pad_value)
         model.warmup()
         model.stats, model.on_batch = ModelStats(), on_batch  # count from the first client request on
         return model
+
+    @property
+    def pad_value(self) -> int | None:
+        """What pads a variable-length input when requests of different lengths share a batch (None: no padding)."""
+        return getattr(self.tokenizer, "pad_id", None) if isinstance(self.tokenizer, HFTokenizer) else None
 
     # -- the contract clients see ------------------------------------------------------------------------------
     @property

@@ -1,4 +1,7 @@
-"""Deterministic hashing tokenizer shared by training (fedge.core.tasks.intent) and the edge.
+"""The tokenizers the device runs before a text model: the deterministic hashing tokenizer shared by training
+(fedge.core.tasks.intent) and the edge, and a pretrained base's own ``tokenizer.json`` run by Hugging Face's
+``tokenizers`` (Rust; no torch or transformers on the device) for the ``text`` task. ``load_tokenizer`` picks by
+the manifest's ``preprocessing.tokenizer.kind``.
 
 The tokenizer has no vocabulary file: words and word bigrams are hashed (CRC-32, stable across processes
 and platforms) into ``num_buckets`` ids. Its parameters travel in the release manifest, so the edge
@@ -13,6 +16,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +69,43 @@ class HashingTokenizer:
         if d.get("kind", "hashing-crc32") != "hashing-crc32":
             raise ValueError(f"unsupported tokenizer kind {d.get('kind')!r}")
         return cls(num_buckets=int(d["num_buckets"]), max_len=int(d["max_len"]), bigrams=bool(d["bigrams"]))
+
+
+TOKENIZERS_INSTALL = 'pip install --no-deps "tokenizers==0.23.3"'
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` shipped in the bundle: truncated to ``max_len``, and each batch padded only
+    to its longest row with ``pad_id`` (the file's own fixed padding is switched off), so short requests cost
+    little and requests of different lengths can share a batch (the batcher pads them to one length)."""
+
+    def __init__(self, path: Path, max_len: int, pad_id: int) -> None:
+        try:
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise RuntimeError(f"this release tokenizes text with Hugging Face tokenizers, which is not installed:"
+                               f" {TOKENIZERS_INSTALL} (12 MB; its hub-client dependencies are not needed)") from None
+        self.max_len, self.pad_id = int(max_len), int(pad_id)
+        self._tok = Tokenizer.from_file(str(path))
+        self._tok.no_padding()
+        self._tok.enable_truncation(max_length=self.max_len)
+
+    def encode_batch(self, texts: list[str]) -> np.ndarray:
+        """list of N texts -> (N, longest row) int64 ids, right-padded with the pad id."""
+        encs = self._tok.encode_batch(list(texts)) if texts else []
+        width = max([len(e.ids) for e in encs] + [1])
+        out = np.full((len(encs), width), self.pad_id, dtype=np.int64)
+        for i, e in enumerate(encs):
+            out[i, : len(e.ids)] = e.ids
+        return out
+
+
+def load_tokenizer(spec: dict, bundle_dir: Path):
+    """The tokenizer a manifest's ``preprocessing.tokenizer`` describes (files relative to the bundle)."""
+    kind = spec.get("kind", "hashing-crc32")
+    if kind == "hf-tokenizers":
+        name = str(spec["file"])
+        if Path(name).name != name:
+            raise ValueError(f"tokenizer file {name!r} must be a file of the bundle")
+        return HFTokenizer(Path(bundle_dir) / name, int(spec["max_len"]), int(spec["pad_id"]))
+    return HashingTokenizer.from_dict(spec)

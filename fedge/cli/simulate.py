@@ -12,6 +12,7 @@ from rich.console import Console
 
 from fedge.server.registry import Registry, registry_path
 from fedge.server.run_config import RunConfig
+from fedge.server.runs import with_base_identity
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class SimulationConfig:
     dp_noise: float = 0.0       # central DP noise multiplier (with dp_clip), as `fedge run launch --dp-noise`
     dp_clip: float = 0.0
     dp_adaptive: bool = False
+    task_flags: tuple[tuple[str, object], ...] = ()  # RunConfig's task settings: labels, base_model, lora_*
 
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 1:
@@ -38,14 +40,15 @@ class SimulationConfig:
 class SimClientFn:
     """Picklable client_fn (Ray ships it to its actors): node_config's partition-id plus the study's settings."""
 
-    def __init__(self, task: str, alpha: float) -> None:
-        self.task, self.alpha = task, alpha
+    def __init__(self, task: str, alpha: float, base_model: str = "") -> None:
+        self.task, self.alpha, self.base_model = task, alpha, base_model
 
     def __call__(self, context):
         from fedge.client.trainer import FedgeClient, NodeSettings
 
         nc = dict(context.node_config)
-        settings = NodeSettings.from_node_config({**nc, "task": self.task, "alpha": self.alpha})
+        settings = NodeSettings.from_node_config({**nc, "task": self.task, "alpha": self.alpha,
+                                                      "base-model": self.base_model})
         return FedgeClient(settings).to_client()
 
 
@@ -65,7 +68,7 @@ def make_apps(cfg: RunConfig, alpha: float):
         context.run_config.update(cfg.to_flower())
         run_federation(grid, context)
 
-    return server_app, ClientApp(client_fn=SimClientFn(cfg.task, alpha), mods=[secagg_when_requested, clipping_when_requested])
+    return server_app, ClientApp(client_fn=SimClientFn(cfg.task, alpha, cfg.base_model), mods=[secagg_when_requested, clipping_when_requested])
 
 
 def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = False) -> int:
@@ -73,7 +76,6 @@ def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = Fal
 
     from flwr.simulation import run_simulation
 
-    from fedge.core.tasks import get_task
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     state = Path(out or tempfile.mkdtemp(prefix="fedge-sim-")).resolve()
@@ -81,7 +83,9 @@ def simulate(sim: SimulationConfig, out: Path | None = None, as_json: bool = Fal
     cfg = RunConfig(task=sim.task, num_rounds=sim.rounds, min_clients=2, local_epochs=sim.local_epochs, lr=sim.lr,
                     proximal_mu=sim.proximal_mu, secagg=sim.secagg, state_dir=str(state), seed=sim.seed,
                     round_timeout=600, wait_clients_timeout=300, dp_noise=sim.dp_noise, dp_clip=sim.dp_clip,
-                    dp_adaptive=sim.dp_adaptive).with_task_defaults(get_task(sim.task).defaults)
+                    dp_adaptive=sim.dp_adaptive, **dict(sim.task_flags))
+    cfg = with_base_identity(cfg)
+    cfg = cfg.with_task_defaults(cfg.make_task().defaults)
     run_id = registry.create_run(sim.task, sim.rounds, {**asdict(cfg), "simulation": asdict(sim)})
     cfg = cfg.with_(fedge_run_id=run_id)
     server_app, client_app = make_apps(cfg, sim.alpha)

@@ -3,6 +3,8 @@ sides: the keys of the fit config the coordinator sends each round, of the metri
 the records that carry export jobs (federated calibration, the accuracy gate) and their answers."""
 from __future__ import annotations
 
+from fedge.core.tasks.base import TaskKey  # noqa: F401 - part of the wire contract, defined beside the tasks
+
 JOB_RECORD = "fedge-job"                # ConfigRecord of a QUERY message: one export job for a customer
 JOB_RESULT_RECORD = "fedge-job-result"  # ConfigRecord of its answer
 
@@ -67,3 +69,4 @@ class MetricKey:
     DP_EPSILON = "dp_epsilon"
     DP_DELTA = "dp_delta"
     DP_NOISE = "dp_noise"
+    SENT_BYTES = "sent_bytes"        # bytes of the arrays the customer sent back (before SecAgg+ masking)

@@ -10,6 +10,7 @@ import numpy as np
 
 OPSET = 17
 INPUT, OUTPUT = "input", "logits"
+AXIS_NAMES = {0: "batch", 1: "sequence"}
 
 
 class ParityError(AssertionError):
@@ -22,8 +23,8 @@ class Parity:
     top1_agreement: float
 
 
-def to_onnx(model, sample: np.ndarray, path: Path) -> Path:
-    """Export ``model`` for inputs shaped like ``sample`` (N, ...) with a dynamic batch axis."""
+def to_onnx(model, sample: np.ndarray, path: Path, dynamic_axes: list[int] = (0,)) -> Path:
+    """Export ``model`` for inputs shaped like ``sample`` (N, ...) with dynamic axes (default: the batch axis)."""
     import onnx
     import torch
 
@@ -34,7 +35,8 @@ def to_onnx(model, sample: np.ndarray, path: Path) -> Path:
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(model, (torch.from_numpy(sample),), str(path), dynamo=False, opset_version=OPSET,
                           input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+                          dynamic_axes={INPUT: {i: AXIS_NAMES.get(i, f"dim{i}") for i in dynamic_axes},
+                                        OUTPUT: {0: "batch"}})
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return path
 

@@ -27,19 +27,28 @@ class QuantizeConfig:
             raise ValueError(f"unknown calibration method {self.method!r}")
 
 
-def preprocess(fp32: Path, out: Path) -> Path:
-    """Shape inference + ORT's basic optimizations; calibration and quantization both run on this graph."""
+def preprocess(fp32: Path, out: Path, profile: str = "cnn") -> Path:
+    """Shape inference + ORT's basic optimizations; calibration and quantization both run on this graph. (An
+    exported BERT fails ONNX Runtime's symbolic shape inference on its position-ids slice: the transformer profile
+    skips it, ONNX's own shape inference still runs.)"""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=False)
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=profile == "transformer")
     return out
 
 
-def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir: Path, cfg: QuantizeConfig) -> dict[str, Path]:
+def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir: Path, cfg: QuantizeConfig,
+                      profile: str = "cnn") -> dict[str, Path]:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     cache = out_dir / "calibration-cache.json"
     cm = write_cache(cache, ranges, cfg.method)
+    if profile == "transformer":
+        from fedge.export.transformer import quantize_transformer
+
+        variants = quantize_transformer(pre, cache, cm, out_dir)
+        cache.unlink()
+        return {k: keep_used_opsets(p) for k, p in variants.items()}
     common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, calibrate_method=cm,
                   calibration_cache_path=str(cache))
     trt = out_dir / "model.int8.trt.onnx"

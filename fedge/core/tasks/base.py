@@ -8,12 +8,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from fedge.core.tasks.data import Dataset
 
 if TYPE_CHECKING:  # torch is imported lazily: the ClientApp module must stay import-light
     import torch
+
+
+class TaskKey:
+    """Keys of the run's task settings, sent in every fit and evaluate config and every export job, so that a
+    customer's daemon started before the run learns them from the run's first message."""
+    LABELS = "labels"              # the run's label catalogue, JSON list ("" = the task's own)
+    BASE_SHA256 = "base-sha256"    # text task: the base model's identity (fedge.core.tasks.encoder.base_sha256)
+    LORA_R = "lora-r"
+    LORA_ALPHA = "lora-alpha"
+    LORA_TARGETS = "lora-targets"  # comma-separated module names
+
+    ALL = (LABELS, BASE_SHA256, LORA_R, LORA_ALPHA, LORA_TARGETS)
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,20 @@ class Task(ABC):
 
     def preprocessing(self) -> dict:
         """What the edge must do to raw inputs before the model (e.g. tokenizer parameters)."""
+        return {}
+
+    export_profile: ClassVar[str] = "cnn"  # how the export fuses and quantizes the model (fedge.export; "transformer")
+
+    def export_module(self, model: "torch.nn.Module") -> "torch.nn.Module":
+        """The module the export writes to ONNX (a trained model with adapters merges them here)."""
+        return model
+
+    def sample_inputs(self):
+        """Model inputs (numpy) the export traces the model with and checks ONNX parity on."""
+        return self.reference_data().x[:64]
+
+    def bundle_files(self) -> dict[str, Path]:
+        """Files the release ships beside the model (e.g. a tokenizer), by their name in the bundle."""
         return {}
 
     def write_data(self, path: Path, ds: Dataset) -> None:

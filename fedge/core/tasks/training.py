@@ -37,6 +37,15 @@ def exchanged_names(model: nn.Module, freeze: tuple[str, ...] = ()) -> list[str]
     return [k for k in model.state_dict() if not frozen(k, freeze)]
 
 
+def trainable_parameters(model: nn.Module, freeze: tuple[str, ...] = ()) -> list[nn.Parameter]:
+    """Marks what trains: the parameters among the exchanged names (a model whose state_dict leaves out a frozen
+    base, like the text task's, keeps that base frozen) -> those parameters."""
+    exchanged = set(exchanged_names(model, freeze))
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in exchanged)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def get_arrays(model: nn.Module, names: list[str]) -> list[np.ndarray]:
     sd = model.state_dict()
     return [sd[k].detach().cpu().numpy().copy() for k in names]
@@ -64,9 +73,7 @@ def train(model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ..
     """Train in place; returns the mean training loss of the last epoch. ``masks`` (name -> 0/1 tensor) hold
     pruned weights at zero (used by the export's recovery rounds)."""
     torch.manual_seed(cfg.seed)
-    for name, p in model.named_parameters():
-        p.requires_grad_(not frozen(name, freeze))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model, freeze)
     if not params or cfg.epochs == 0 or len(ds) == 0:
         return float("nan")
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -144,9 +151,7 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(cfg.seed)
-    for name, p in model.named_parameters():
-        p.requires_grad_(not frozen(name, freeze))
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_parameters(model, freeze)
     if cfg.proximal_mu > 0:
         raise ValueError("DP-SGD trains on the data loss alone: a FedProx proximal term would be dropped")
     q, steps = dpsgd_plan(len(ds), cfg.batch_size, cfg.epochs)
