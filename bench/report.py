@@ -22,6 +22,17 @@ TARGETS = {  # figure -> (comparison, target): what the benchmarks issue asks fo
     "int8_accuracy_drop_digits": ("<=", 0.005),
     "int8_size_ratio_resnet": ("<=", 0.27),
     "int8_24_zipped_size_ratio_resnet": ("<=", 0.2),
+    "text_fed_lora_accuracy": (">=", 0.95),
+    "text_fed_lora_minus_textcnn": (">=", 0.0),
+    "text_fed_minus_central": (">=", -0.01),
+    "text_bytes_per_round_vs_model": ("<=", 0.02),
+    "text_round_s_secagg": ("<=", 20.0),
+    "text_int8_vs_ort_fp32_fused_b32": (">=", 2.2),
+    "text_int8_vs_torch_fp32_b32": (">=", 2.0),
+    "text_int8_cpu_accuracy_drop": ("<=", 0.01),
+    "text_int8_trt_accuracy_drop": ("<=", 0.01),
+    "text_int8_size_ratio": ("<=", 0.3),
+    "text_serving_p50_c1_overhead_ms": ("<=", 1.0),
 }
 
 

@@ -1,5 +1,6 @@
 """The customer's egress audit: a ClientApp mod that records the *shape* of everything leaving the premises
-(record names, array shapes and dtypes, scalar metric names and types; never values of arrays), appended as
+(record names, array shapes and dtypes, scalar metric names and types, the total bytes; never values of
+arrays), appended as
 JSON lines to the file named by the node config's ``audit-log`` (``fedge client start --audit-log FILE``).
 It sits outermost, so it sees exactly what Flower sends, after SecAgg+ masking."""
 from __future__ import annotations
@@ -15,8 +16,9 @@ def describe(msg: Message) -> dict:
         return {"error": msg.error.reason[:500]}
     c = msg.content
     arrays = {name: {k: _array(a) for k, a in rec.items()} for name, rec in c.array_records.items()}
+    payload = sum(_payload(v) for rec in c.config_records.values() for v in rec.values())  # SecAgg+'s masked arrays
     return {
-        "arrays": arrays, "array_bytes": sum(a["bytes"] for rec in arrays.values() for a in rec.values()),
+        "arrays": arrays, "bytes": payload + sum(a["bytes"] for rec in arrays.values() for a in rec.values()),
         "metrics": {name: {k: type(v).__name__ for k, v in rec.items()} for name, rec in c.metric_records.items()},
         "configs": {name: {k: _kind(v) for k, v in rec.items()} for name, rec in c.config_records.items()},
     }
@@ -25,6 +27,13 @@ def describe(msg: Message) -> dict:
 def _array(a) -> dict:
     arr = a.numpy()  # legacy (Parameters-based) records carry serialized arrays without shape metadata
     return {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": len(a.data)}
+
+
+def _payload(value) -> int:
+    """Bytes carried as bytes values (SecAgg+ sends the masked update as a list of serialized arrays)."""
+    if isinstance(value, bytes):
+        return len(value)
+    return sum(len(v) for v in value if isinstance(v, bytes)) if isinstance(value, list) else 0
 
 
 def _kind(value) -> str:

@@ -9,7 +9,12 @@ from fedge.core.tasks import Dataset, Task, split_holdout
 
 
 def union(parts: list[Dataset]) -> Dataset:
-    return Dataset(np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts]))
+    """The parts as one dataset; token ids padded to different lengths are right-padded with 0 to the longest."""
+    xs = [p.x for p in parts]
+    widths = {x.shape[1] for x in xs if x.ndim == 2 and x.dtype.kind == "i"}
+    if len(widths) > 1:
+        xs = [np.pad(x, ((0, 0), (0, max(widths) - x.shape[1]))) for x in xs]
+    return Dataset(np.concatenate(xs), np.concatenate([p.y for p in parts]))
 
 
 def centralized_accuracy(task: Task, data_files: list[Path], epochs: int, seed: int = 0) -> float:

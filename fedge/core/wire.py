@@ -3,7 +3,9 @@ sides: the keys of the fit config the coordinator sends each round, of the metri
 the records that carry export jobs (federated calibration, the accuracy gate) and their answers."""
 from __future__ import annotations
 
-from fedge.core.tasks.base import TaskKey  # noqa: F401 - part of the wire contract, defined beside the tasks
+from fedge.core.tasks.base import TaskKey  # part of the wire contract, defined beside the tasks
+
+__all__ = ["JOB_RECORD", "JOB_RESULT_RECORD", "JobKind", "JobKey", "TaskKey", "FitKey", "MetricKey"]
 
 JOB_RECORD = "fedge-job"                # ConfigRecord of a QUERY message: one export job for a customer
 JOB_RESULT_RECORD = "fedge-job-result"  # ConfigRecord of its answer

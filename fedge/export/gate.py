@@ -22,6 +22,8 @@ class GateReport:
     max_drop: float
     reference: dict = field(default_factory=dict)  # variant -> rows, agreement with onnx.reference, max |diff|, CPUs
     candidate: str = "int8_cpu"
+    variants: dict = field(default_factory=dict)   # every INT8 variant -> accuracy, drop, top-1 agreement
+    gated: tuple[str, ...] = ("int8_cpu",)         # the variants whose drop must stay within max_drop
 
     @property
     def accuracy_drop(self) -> float:
@@ -29,7 +31,8 @@ class GateReport:
 
     @property
     def passed(self) -> bool:
-        return self.accuracy_drop <= self.max_drop
+        drops = [self.variants[k]["drop"] for k in self.gated if k in self.variants] or [self.accuracy_drop]
+        return max(drops) <= self.max_drop
 
     @property
     def cpu_dependent(self) -> bool:
@@ -41,11 +44,14 @@ class GateReport:
         return {"fp32_accuracy": self.fp32_accuracy, "int8_accuracy": self.int8_accuracy,
                 "accuracy_drop": self.accuracy_drop, "top1_agreement": self.agreement, "examples": self.examples,
                 "max_accuracy_drop": self.max_drop, "passed": self.passed, "per_customer": self.per_customer,
-                "reference": self.reference, "cpu_dependent": self.cpu_dependent}
+                "reference": self.reference, "cpu_dependent": self.cpu_dependent, "variants": self.variants,
+                "gated": list(self.gated)}
 
 
-def aggregate_gate(results: dict[str, dict], max_drop: float, candidate: str = "int8_cpu") -> GateReport:
-    """results: customer -> {"examples": n, "accuracy": {"fp32": a, kind: b}, "agreement": {kind: c}}."""
+def aggregate_gate(results: dict[str, dict], max_drop: float, candidate: str = "int8_cpu",
+                   gated: tuple[str, ...] = ("int8_cpu",)) -> GateReport:
+    """results: customer -> {"examples": n, "accuracy": {"fp32": a, kind: b}, "agreement": {kind: c}}. Every INT8
+    variant is reported; those in ``gated`` must each lose at most ``max_drop``."""
     total = sum(r["examples"] for r in results.values())
     if total == 0:
         raise GateFailed("no holdout examples reported by any customer")
@@ -54,11 +60,17 @@ def aggregate_gate(results: dict[str, dict], max_drop: float, candidate: str = "
         return sum(get(r) * r["examples"] for r in results.values()) / total
 
     per = {c: {"examples": r["examples"], "fp32_accuracy": r["accuracy"]["fp32"],
-               "int8_accuracy": r["accuracy"][candidate], "top1_agreement": r["agreement"][candidate]}
+               "int8_accuracy": r["accuracy"][candidate], "top1_agreement": r["agreement"][candidate],
+               "accuracy": r["accuracy"]}
            for c, r in results.items()}
-    return GateReport(weighted(lambda r: r["accuracy"]["fp32"]), weighted(lambda r: r["accuracy"][candidate]),
+    fp32 = weighted(lambda r: r["accuracy"]["fp32"])
+    kinds = [k for k in next(iter(results.values()))["accuracy"] if k != "fp32"]
+    variants = {k: {"accuracy": weighted(lambda r, k=k: r["accuracy"][k]),
+                    "drop": fp32 - weighted(lambda r, k=k: r["accuracy"][k]),
+                    "top1_agreement": weighted(lambda r, k=k: r["agreement"][k])} for k in kinds}
+    return GateReport(fp32, weighted(lambda r: r["accuracy"][candidate]),
                       weighted(lambda r: r["agreement"][candidate]), per, total, max_drop,
-                      reference_report(results), candidate)
+                      reference_report(results), candidate, variants, tuple(k for k in gated if k in variants))
 
 
 def reference_report(results: dict[str, dict]) -> dict:

@@ -95,15 +95,14 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
 
 def open_source(state: Path, cfg: ExportConfig) -> Source:
     """The run's round to export (its last completed one unless ``cfg.round`` says which)."""
-    from fedge.core.tasks import get_task
-
     registry = open_registry(state)
     run = registry.run(cfg.run)
     rounds = registry.rounds(cfg.run)
     rec = next((r for r in rounds if r.round == cfg.round), None) if cfg.round else (rounds[-1] if rounds else None)
     if rec is None:
         raise ValueError(f"run {cfg.run} has no completed round {cfg.round or ''}".strip())
-    return Source(state, registry, cfg.run, rec, get_task(run["task"]), RunConfig(**run["config"]))
+    run_config = RunConfig(**run["config"])
+    return Source(state, registry, cfg.run, rec, run_config.make_task(), run_config)  # the run's labels and base
 
 
 def signing_key(state: Path, cfg: ExportConfig):

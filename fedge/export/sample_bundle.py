@@ -19,13 +19,16 @@ def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model
                      seed: int = 0, max_batch_size: int = 64) -> Path:
     task = get_task(task_name)
     torch.manual_seed(seed)
-    model = task.build_model()
+    model = task.export_module(task.build_model())
     spec = task.input_spec()
-    sample = np.zeros((2, *spec.shape[1:]), dtype=np.float32 if spec.datatype == "FP32" else np.int64)
+    if task.export_profile == "transformer":  # token ids of sample texts, dynamic batch and sequence axes
+        sample, axes = task.sample_inputs(), [i for i, n in enumerate(spec.shape) if n < 0]
+    else:
+        sample, axes = np.zeros((2, *spec.shape[1:]), dtype=np.float32 if spec.datatype == "FP32" else np.int64), [0]
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    to_onnx(model, sample, out / "model.fp32.onnx")
+    to_onnx(model, sample, out / "model.fp32.onnx", dynamic_axes=axes)
     return sign_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
 
 
@@ -35,6 +38,8 @@ def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | Non
     ``model.fp32.onnx``) with the task's input and logits output."""
     task = get_task(task_name)
     spec = task.input_spec()
+    for name, path in task.bundle_files().items():
+        shutil.copyfile(path, Path(out) / name)
     fields = {
         "model": model_name or task_name, "task": task_name,
         "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],

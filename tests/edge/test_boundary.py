@@ -9,7 +9,7 @@ def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
         " fedge.edge_runtime.distribution.puller, fedge.edge_runtime.serving.tensorrt_engine, fedge.edge_runtime.tools.perf;"
         "from fedge.cli import main;"
         f"main(['edge', 'models', '--repo', {str(tmp_path)!r}]);"
-        "print(sorted({'torch', 'flwr', 'sklearn', 'opacus'} & set(sys.modules)))"
+        "print(sorted({'torch', 'flwr', 'sklearn', 'opacus', 'transformers', 'peft', 'tokenizers'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
