@@ -3,6 +3,9 @@
 Flower 1.41's HTTP grid sleeps a fixed 3 s between pulls in ``send_and_receive``; a SecAgg+ round makes four
 such exchanges, so up to 12 s of every round was waiting. This wrapper keeps Flower's push/pull protocol and
 only polls sooner (50 ms, backing off to 250 ms). Everything else is delegated to the wrapped grid.
+
+It also keeps the error replies it receives (``errors``): Flower's SecAgg+ workflow drops them when a round halts,
+so without this an operator would read "round halted" where a customer had said why (its data, its base model).
 """
 from __future__ import annotations
 
@@ -11,11 +14,14 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 
+from fedge.server.exchange import error_text
+
 
 class FastPollGrid:
     def __init__(self, grid, first_interval: float = 0.05, max_interval: float = 0.25) -> None:
         self._grid = grid
         self._first, self._max = first_interval, max_interval
+        self.errors: list[str] = []  # "node N: Type: message" of each error reply, as the operator reads it
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -28,6 +34,7 @@ class FastPollGrid:
         while pending:
             got = list(self._grid.pull_messages(pending))
             replies += got
+            self.errors += [f"node {m.metadata.src_node_id}: {error_text(m.error)}" for m in got if m.has_error()]
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break

@@ -179,20 +179,28 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
     for attempt in range(1, attempts + 1):
         _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
         outcome = strategy.begin_round(rnd, [state[k] for k in trained])
+        errors_before = len(getattr(grid, "errors", []))
         try:
             fit(grid, ctx)
         except InsufficientClients as exc:
+            outcome.failures += _new_errors(grid, errors_before, outcome.failures)
             if not outcome.failures or attempt == attempts:
                 raise InsufficientClients(f"{exc}" + (f"; earlier attempts: {earlier}" if earlier else "")) from exc
             earlier += outcome.failures + [f"attempt {attempt}: {exc}"]
             log.warning("round %d attempt %d: too few updates after failures; retrying", rnd, attempt)
             continue
+        outcome.failures += _new_errors(grid, errors_before, outcome.failures)
         if outcome.aggregated:
             outcome.failures = earlier + outcome.failures
             return outcome
         earlier += outcome.failures + [f"attempt {attempt}: round halted without an aggregate"]
         log.warning("round %d attempt %d produced no aggregate; retrying", rnd, attempt)
     raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {earlier}")
+
+
+def _new_errors(grid, since: int, known: list[str]) -> list[str]:
+    """The error replies the grid received since ``since`` that the strategy did not see (SecAgg+ drops them)."""
+    return [e for e in getattr(grid, "errors", [])[since:] if not any(e in k or k in e for k in known)]
 
 
 def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float,

