@@ -29,8 +29,10 @@ def get_task(name: str, settings: dict | None = None, base_dir: str = "") -> Tas
         from fedge.core.tasks.encoder import LoraSettings, check_base
 
         lora = task.lora
-        lora = LoraSettings(r=int(settings.get(TaskKey.LORA_R, lora.r)), alpha=int(settings.get(TaskKey.LORA_ALPHA, lora.alpha)),
-                            targets=tuple(t for t in str(settings.get(TaskKey.LORA_TARGETS, ",".join(lora.targets))).split(",") if t))
+        targets = str(settings.get(TaskKey.LORA_TARGETS, ",".join(lora.targets)))
+        lora = LoraSettings(r=int(settings.get(TaskKey.LORA_R, lora.r)),
+                            alpha=int(settings.get(TaskKey.LORA_ALPHA, lora.alpha)),
+                            targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
         task = dataclasses.replace(task, base_dir=base_dir, lora=lora)
         check_base(task.base, str(settings.get(TaskKey.BASE_SHA256, "")))
     return task

@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import os
 import warnings
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +95,6 @@ def build_classifier(base: Path, num_classes: int, lora: LoraSettings, pad_id: i
     """Frozen base + LoRA adapters (peft) + a linear head over the mean-pooled output, as one nn.Module whose
     state_dict holds the trainable arrays only."""
     import torch
-    import torch.nn as nn
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -118,62 +116,6 @@ def build_classifier(base: Path, num_classes: int, lora: LoraSettings, pad_id: i
     except ValueError as exc:  # a target module the base does not have
         raise ValueError(f"--lora-targets {','.join(lora.targets)}: {exc}") from None
 
-    class TextClassifier(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = peft_encoder
-            self.head = nn.Linear(encoder.config.hidden_size, num_classes)
-            self.pad_id = pad_id
+    from fedge.core.tasks.lora_model import TextClassifier
 
-        def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-                ids = trim_padding(ids, self.pad_id)  # eager: pay only for this batch's longest row
-            mask = (ids != self.pad_id).to(torch.int64)
-            hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-            return self.head(pooled)
-
-        def trainable_names(self) -> list[str]:
-            return [n for n, p in self.named_parameters() if "lora_" in n or n.startswith("head.")]
-
-        def state_dict(self, *args, **kwargs):
-            full = super().state_dict(*args, **kwargs)
-            keep = set(self.trainable_names())
-            return OrderedDict((k, v) for k, v in full.items() if k in keep)
-
-        def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-            expected = set(self.trainable_names())
-            unexpected, missing = set(state_dict) - expected, expected - set(state_dict)
-            if strict and (unexpected or missing):
-                raise RuntimeError(f"text model state: missing {sorted(missing)[:4]}, unexpected {sorted(unexpected)[:4]}")
-            return super().load_state_dict(state_dict, strict=False, assign=assign)
-
-        def merged(self) -> nn.Module:
-            """A plain module (ids -> logits) with the adapters merged into the base's weights: what is exported."""
-            import copy
-
-            clone = copy.deepcopy(self)
-            return MergedClassifier(clone.encoder.merge_and_unload(), clone.head, self.pad_id)
-
-    class MergedClassifier(nn.Module):
-        def __init__(self, encoder, head, pad: int) -> None:
-            super().__init__()
-            self.encoder, self.head, self.pad_id = encoder, head, pad
-
-        forward = TextClassifier.forward
-
-    model = TextClassifier()
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in set(model.trainable_names()))
-    return model
-
-
-def trim_padding(ids, pad_id: int):
-    """Drop the columns that are padding in every row (rows are right-padded)."""
-
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        return ids
-    real = (ids != pad_id).any(dim=0)
-    keep = int(real.nonzero().max().item()) + 1 if bool(real.any()) else 1
-    return ids[:, :keep] if keep < ids.shape[1] else ids
+    return TextClassifier(peft_encoder, torch.nn.Linear(encoder.config.hidden_size, num_classes), pad_id)
