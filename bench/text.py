@@ -52,7 +52,7 @@ def _run(fed, task: str, rounds: int, seed: int) -> int:
 
 def accuracy(work: Path, seeds: tuple[int, ...], rounds: int, progress, t) -> tuple[list[dict], dict]:
     """Per split: the federated text and intent runs and centralized LoRA -> table rows, and the first split's
-    federation state and run (for its release)."""
+    federation state, run and INT8 release (exported while its customers are up: calibration and gate are theirs)."""
     from fedge.cli.demo_text import write_fewshot_data
     from fedge.core.baseline import centralized_accuracy
     from fedge.core.tasks import get_task
@@ -65,11 +65,13 @@ def accuracy(work: Path, seeds: tuple[int, ...], rounds: int, progress, t) -> tu
         fed = _federation(work / f"text{seed}", "text", files)
         try:
             text_run = _run(fed, "text", rounds, seed)
+            if not first:
+                first = {"state": fed.state, "run": text_run, "files": files}
+                first["release"] = release(work, first)
+                progress.advance(t)
         finally:
             fed.stop_all()
         text_rounds = open_registry(fed.state).rounds(text_run)
-        if not first:
-            first = {"state": fed.state, "run": text_run, "files": files}
         progress.advance(t)
         fed = _federation(work / f"intent{seed}", "intent", files)
         try:
@@ -171,6 +173,7 @@ def serving(work: Path, rel, state: Path, quick: bool) -> tuple[list[dict], dict
     rows = []
     try:
         seconds = 3 if quick else 10
+        _load(server.url, work / "short.json", 1, 2)  # warm-up: connections, the server's first batches
         short = _load(server.url, work / "short.json", 1, seconds)
         for c in (1, 8, 64):
             r = _load(server.url, work / "mixed.json", c, seconds)
@@ -195,8 +198,7 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     t = progress.add_task("text: federated LoRA vs TextCNN vs centralized; export; INT8 speed; serving",
                           total=2 * len(seeds) + 3)
     rows, first = accuracy(work, seeds, rounds, progress, t)
-    rel = release(work, first)
-    progress.advance(t)
+    rel = first["release"]
     speed_rows, med = int8_speed(rel, first["state"], quick)
     progress.advance(t)
     serve_rows, served = serving(work, rel, first["state"], quick)

@@ -143,7 +143,7 @@ class FedgeClient(NumPyClient):
             return get_arrays(model, exchanged_names(model, freeze)), 0, metrics | {MetricKey.REFUSED: why}
         masks = None
         if config.get(FitKey.HOLD_SPARSITY, False):  # recovery after pruning: zeros stay zeros
-            masks = {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
+            masks = task.hold_masks(model)
         if cost.mechanism == "dp-sgd":
             res = train_dpsgd(model, train_ds, cfg, cost.noise, cost.clip, freeze=freeze, masks=masks)
             loss = res.loss

@@ -51,6 +51,7 @@ class RunConfig:
     lora_r: int = 8                # text task: LoRA rank, scaling and target modules
     lora_alpha: int = 16
     lora_targets: str = "query,value"
+    prune: str = ""                # text task: train under this sparsity mask (fedge export's recovery rounds)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
@@ -85,6 +86,9 @@ class RunConfig:
         from fedge.core.tasks import parse_labels
         from fedge.server.robust import AGGREGATORS
 
+        from fedge.core.sparsity import PruneConfig
+
+        PruneConfig.parse(self.prune)
         labels = parse_labels(self.labels)
         if len(set(labels)) != len(labels) or (self.labels and len(labels) < 2):
             raise ValueError(f"--labels: a catalogue needs at least two distinct labels, got {list(labels)}")
@@ -98,7 +102,7 @@ class RunConfig:
     def task_settings(self) -> dict[str, str | int]:
         """What customers need to build the run's task (fedge.core.wire.TaskKey), sent with every message."""
         return {TaskKey.LABELS: self.labels, TaskKey.BASE_SHA256: self.base_sha256, TaskKey.LORA_R: self.lora_r,
-                TaskKey.LORA_ALPHA: self.lora_alpha, TaskKey.LORA_TARGETS: self.lora_targets}
+                TaskKey.LORA_ALPHA: self.lora_alpha, TaskKey.LORA_TARGETS: self.lora_targets, TaskKey.PRUNE: self.prune}
 
     def make_task(self):
         """The run's task, configured as the run says (the coordinator's side: its own copy of the base)."""

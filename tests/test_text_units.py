@@ -110,3 +110,24 @@ def test_batcher_pads_requests_of_different_lengths_to_the_longest():
     assert merged.tolist() == [[5, 6, 0, 0], [7, 8, 9, 10], [1, 0, 0, 0]]
     with pytest.raises(ValueError):
         merge_rows([np.zeros((1, 2)), np.zeros((1, 3))], pad_value=None)  # a fixed-shape model never pads
+
+
+def test_a_mask_holds_on_the_merged_weights_the_release_ships():
+    """Under --prune 2:4 every Linear of the encoder computes with mask * (W + scaling * B @ A): training moves the
+    dense low-rank update, yet the merged weights are 2:4 and give the model's own logits."""
+    from fedge.core.sparsity import check_2of4
+    from fedge.core.tasks import Dataset
+    from fedge.core.tasks.training import TrainConfig, train
+
+    pruned = get_task("text", {"labels": json.dumps(["card", "money", "network"]), "prune": "2:4"})
+    torch.manual_seed(0)
+    model = pruned.build_model()
+    x = pruned.encode_texts(["block my card", "what is my balance", "is the network down", "lost card"] * 4)
+    train(model, Dataset(x, np.array([0, 1, 2, 0] * 4)), TrainConfig(epochs=2, batch_size=8, lr=1e-2))
+    assert any(v.abs().sum() > 0 for k, v in model.state_dict().items() if "lora_B" in k)  # the update moved
+    merged = pruned.export_module(model).eval()
+    linears = [(n, m) for n, m in merged.encoder.named_modules() if isinstance(m, torch.nn.Linear) and "layer." in n]
+    assert len(linears) == 6 * 6 and all(check_2of4(m.weight) == 1.0 for _, m in linears)
+    with torch.no_grad():
+        np.testing.assert_allclose(merged(torch.from_numpy(x)).numpy(), model.eval()(torch.from_numpy(x)).numpy(),
+                                   atol=1e-4)

@@ -70,8 +70,7 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
     ``say`` hears each stage's outcome; ``progress`` follows the recovery rounds (default: nothing shown)."""
     src = open_source(Path(state).resolve(), cfg)
     if src.task.export_profile == "transformer" and cfg.prune != "none":
-        raise ValueError(f"--prune {cfg.prune}: not supported for the {src.task.name} task yet (the mask would have to"
-                         " hold on the merged encoder weights through LoRA's dense update); export with --prune none")
+        src = stages.masked(src, cfg.prune)  # the mask lives in the model: recovery rounds train under it
     key = signing_key(src.state, cfg)
     work = fresh_dir(src.state / "exports" / f"run{cfg.run}-round{src.round.round}")
     pruned = stages.prune(src.task, Path(src.round.checkpoint), cfg.prune, work / "pruned.safetensors")

@@ -58,10 +58,21 @@ def load_model(task, checkpoint: Path):
     return model
 
 
+def masked(src: Source, spec: str) -> Source:
+    """A text run's export under a sparsity mask: the task (and the recovery run's config, hence every customer)
+    builds its model with the mask held on the merged encoder weights (fedge.core.tasks.lora_model.hold_mask)."""
+    import dataclasses
+
+    return dataclasses.replace(src, task=dataclasses.replace(src.task, prune=spec),
+                               run_config=src.run_config.with_(prune=spec))
+
+
 def prune(task, checkpoint: Path, spec: str, out: Path) -> Path:
-    """Stage 1: magnitude pruning (``none``, ``2:4``, ``unstructured:P``) -> the pruned weights."""
+    """Stage 1: magnitude pruning (``none``, ``2:4``, ``unstructured:P``) -> the pruned weights. (A text model's
+    trained arrays are its adapters and head: its mask is held by the model itself, see ``masked``.)"""
     model = load_model(task, checkpoint)
-    prune_model(model, PruneConfig.parse(spec))
+    if task.export_profile != "transformer":
+        prune_model(model, PruneConfig.parse(spec))
     save_checkpoint(out, {k: v.detach().numpy() for k, v in model.state_dict().items()}, {"task": task.name})
     return out
 
@@ -207,4 +218,5 @@ def sign(src: Source, bundle: Path, lineage: dict, calibration: Path, report: Ga
 
 
 def measure_sparsity(task, checkpoint: Path, spec: str) -> SparsityReport:
-    return sparsity(load_model(task, checkpoint), PruneConfig.parse(spec).method)
+    """Zeros of the model the release ships (a text model merged, under its mask)."""
+    return sparsity(task.export_module(load_model(task, checkpoint)), PruneConfig.parse(spec).method)

@@ -75,7 +75,9 @@ def test_own_catalogue_run_sends_only_adapters_and_head_and_exports_an_int8_text
     from fedge.edge_runtime.distribution.bundle import generate_keys
 
     generate_keys(federation.state / "keys")
+    # 2:4 on the encoder's Linear weights, held on the merged weights through a federated recovery round
     out = run_fedge("export", str(doc["run"]), "--state", str(federation.state), "--out", str(tmp_path / "rel"),
+                    "--prune", "2:4", "--recovery-rounds", "1",
                     "--max-accuracy-drop", "0.1", "--json")  # 12 holdout texts: one is 0.083
     assert out.returncode == 0, out.stderr[-3000:]
     release = json.loads(out.stdout)
@@ -86,6 +88,9 @@ def test_own_catalogue_run_sends_only_adapters_and_head_and_exports_an_int8_text
         assert gate["variants"][kind]["drop"] <= 0.1 and kind in gate["gated"]  # and both gated
     manifest = json.loads((tmp_path / "rel" / "manifest.json").read_text())
     assert manifest["labels"] == list(CATALOGUE.values())  # the manifest's labels are the run's
+    layers = {k: v for k, v in manifest["sparsity"]["layers"].items() if ".layer." in k}
+    assert manifest["sparsity"]["pattern"] == "2:4" and len(layers) == 6 * 6 and min(layers.values()) >= 0.5
+    assert manifest["lineage"]["recovery_run"] is not None
     assert manifest["inputs"][0]["shape"] == [-1, -1] and manifest["preprocessing"]["tokenizer"]["file"] == "tokenizer.json"
     assert (tmp_path / "rel" / "tokenizer.json").exists()
     # QDQ only on the MatMul/Gemm inputs: LayerNorm, Softmax, GELU and the residual Adds read float tensors; the CPU

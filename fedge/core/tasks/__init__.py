@@ -33,7 +33,7 @@ def get_task(name: str, settings: dict | None = None, base_dir: str = "") -> Tas
         lora = LoraSettings(r=int(settings.get(TaskKey.LORA_R, lora.r)),
                             alpha=int(settings.get(TaskKey.LORA_ALPHA, lora.alpha)),
                             targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
-        task = dataclasses.replace(task, base_dir=base_dir, lora=lora)
+        task = dataclasses.replace(task, base_dir=base_dir, lora=lora, prune=str(settings.get(TaskKey.PRUNE, "")))
         check_base(task.base, str(settings.get(TaskKey.BASE_SHA256, "")))
     return task
 

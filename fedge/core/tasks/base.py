@@ -24,8 +24,9 @@ class TaskKey:
     LORA_R = "lora-r"
     LORA_ALPHA = "lora-alpha"
     LORA_TARGETS = "lora-targets"  # comma-separated module names
+    PRUNE = "prune"                # text task: train under this sparsity mask (recovery after pruning)
 
-    ALL = (LABELS, BASE_SHA256, LORA_R, LORA_ALPHA, LORA_TARGETS)
+    ALL = (LABELS, BASE_SHA256, LORA_R, LORA_ALPHA, LORA_TARGETS, PRUNE)
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,11 @@ class Task(ABC):
     def export_module(self, model: "torch.nn.Module") -> "torch.nn.Module":
         """The module the export writes to ONNX (a trained model with adapters merges them here)."""
         return model
+
+    def hold_masks(self, model: "torch.nn.Module") -> dict | None:
+        """Recovery rounds after pruning: {parameter: 0/1 mask} that training multiplies in after every step (the
+        zeros of the received weights); None when the model holds its own mask (the text task)."""
+        return {n: (p != 0).float() for n, p in model.named_parameters() if n.endswith("weight") and p.dim() > 1}
 
     def sample_inputs(self):
         """Model inputs (numpy) the export traces the model with and checks ONNX parity on."""

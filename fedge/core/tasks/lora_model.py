@@ -41,6 +41,7 @@ class TextClassifier(PooledClassifier):
 
     def __init__(self, peft_encoder: nn.Module, head: nn.Linear, pad_id: int) -> None:
         super().__init__(peft_encoder, head, pad_id)
+        self.masks: dict[str, torch.Tensor] = {}  # sparsity masks the merged weights hold (hold_mask)
         trainable = set(self.trainable_names())
         for name, p in self.named_parameters():
             p.requires_grad_(name in trainable)
@@ -63,4 +64,50 @@ class TextClassifier(PooledClassifier):
     def merged(self) -> PooledClassifier:
         """A plain module (ids -> logits) with the adapters merged into the base's weights: what is exported."""
         clone = copy.deepcopy(self)
-        return PooledClassifier(clone.encoder.merge_and_unload(), clone.head, self.pad_id)
+        encoder = clone.encoder.merge_and_unload()
+        with torch.no_grad():
+            for name, mask in self.masks.items():  # W + scaling * B @ A under the mask: what training computed
+                encoder.get_submodule(name).weight.mul_(mask)
+        return PooledClassifier(encoder, clone.head, self.pad_id)
+
+
+def hold_mask(model: TextClassifier, cfg) -> dict[str, "torch.Tensor"]:
+    """Train and export ``model`` under a sparsity mask (a fedge.core.sparsity.PruneConfig) on every Linear of its
+    encoder, computed from the frozen base's weights (so every party derives the same mask from its own copy):
+    a LoRA-adapted layer computes with ``mask * (W + scaling * B @ A)``, the merged weight the release ships; a
+    plain layer's weight is masked in place. -> {encoder module name (as after merging): mask}."""
+    import types
+
+    from fedge.core.sparsity import mask_for
+
+    masks = {}
+    for name, module in model.encoder.named_modules():
+        base = getattr(module, "base_layer", None)
+        if isinstance(base, nn.Linear) and hasattr(module, "lora_A"):
+            mask = mask_for(base.weight, cfg)
+            module.forward = types.MethodType(_masked_lora_forward, module)
+            module.fedge_mask = mask
+        elif isinstance(module, nn.Linear) and "layer." in name and not _inside_lora(name):
+            mask = mask_for(module.weight, cfg)
+            with torch.no_grad():
+                module.weight.mul_(mask)
+        else:
+            continue
+        masks[_merged_name(name)] = mask
+    model.masks = masks
+    return masks
+
+
+def _inside_lora(name: str) -> bool:
+    return name.endswith("base_layer") or ".lora_" in name
+
+
+def _merged_name(peft_name: str) -> str:
+    """A module's name in the peft model -> its name after merge_and_unload."""
+    return peft_name.removeprefix("base_model.model.")
+
+
+def _masked_lora_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    (adapter,) = self.active_adapters
+    delta = (self.lora_B[adapter].weight @ self.lora_A[adapter].weight) * self.scaling[adapter]
+    return nn.functional.linear(x, self.fedge_mask * (self.base_layer.weight + delta), self.base_layer.bias)

@@ -40,6 +40,7 @@ class TextTask(Task):
     base_dir: str = ""                # "" = the default base (fedge.core.tasks.encoder.default_base_dir)
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_len: int = MAX_LEN
+    prune: str = ""                   # train and export under this sparsity mask on the encoder (fedge.core.sparsity)
 
     @cached_property
     def base(self) -> Path:
@@ -54,7 +55,16 @@ class TextTask(Task):
         return int(self.tokenizer.pad_token_id or 0)
 
     def build_model(self):
-        return build_classifier(self.base, self.num_classes, self.lora, self.pad_id)
+        model = build_classifier(self.base, self.num_classes, self.lora, self.pad_id)
+        if self.prune:
+            from fedge.core.sparsity import PruneConfig
+            from fedge.core.tasks.lora_model import hold_mask
+
+            hold_mask(model, PruneConfig.parse(self.prune))
+        return model
+
+    def hold_masks(self, model) -> None:
+        return None  # the model holds its mask itself (on the merged weights; see build_model)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts -> (N, longest row) int64 ids, truncated to ``max_len`` and right-padded with the pad id."""
