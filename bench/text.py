@@ -219,6 +219,14 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         "text_int8_trt_accuracy_drop": g["variants"]["int8_trt"]["drop"],
         "text_int8_size_ratio": rel.int8_size_ratio,
         "text_serving_p50_c1_overhead_ms": served["served_p50_ms"] - served["inprocess_p50_ms"],
+        "text_fed_lora_accuracy_min": min(r["LoRA + head"] for r in rows),
+        "text_fed_lora_accuracy_max": max(r["LoRA + head"] for r in rows),
+        "text_central_accuracy": mean["centralized LoRA"],
+        "text_holdout_examples": g["examples"],
+        "text_int8_vs_ort_fp32_exported_b32": b32["ONNX Runtime FP32 (as exported)"] / b32["ONNX Runtime INT8 (CPU variant)"],
+        "text_serving_p50_c1_ms": served["served_p50_ms"],
+        "text_inprocess_p50_c1_ms": served["inprocess_p50_ms"],
+        "text_round_s_max": max(r["s/round (SecAgg+)"] for r in rows),
     })
     sec.tables.append(("Accuracy on the union of the customers' holdouts (3 customers, SecAgg+, "
                        f"{rounds} rounds; TextCNN: the intent task on the same files; centralized: LoRA + head on"
