@@ -45,7 +45,7 @@ def test_intent_keeps_its_catalogue_and_takes_the_runs():
 def test_unknown_label_names_file_and_row(task, tmp_path):
     f = tmp_path / "c.csv"
     f.write_text("text,label\nblock my card,card\nhow is the weather,politics\n")
-    with pytest.raises(DataError, match=r"c\.csv: row 3: unknown label 'politics' \(the run's catalogue"):
+    with pytest.raises(DataError, match=r"c\.csv: row 3: unknown label 'politics' \(the catalogue"):
         task.load_data(f)
 
 

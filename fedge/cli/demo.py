@@ -69,7 +69,7 @@ def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "di
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    from fedge.server.runs import launch, open_registry, plot, print_status
+    from fedge.server.runs import plot
     from fedge.server.run_config import RunConfig
 
     from fedge.core.baseline import centralized_accuracy
@@ -103,12 +103,8 @@ def run_demo(cfg: DemoConfig) -> int:
         if cfg.dp_sgd_epsilon > 0:
             console.print(f"DP-SGD (Opacus) in every customer's training, noise set by each customer for ε <="
                           f" {cfg.dp_sgd_epsilon:g} over {cfg.rounds} rounds (δ = 1e-5); SecAgg+ {'on' if cfg.secagg else 'off'}")
-        code = launch(fed.state, run_cfg)
-        registry = open_registry(fed.state)
-        run_id = registry.runs()[-1]["id"]
-        print_status(registry, run_id, as_json=False)
+        code, registry, run_id = run_and_report(console, fed, run_cfg, out)
         if code != 0:
-            console.print(f"[red]the run failed; logs in {out / 'logs'} and {fed.state / 'logs'}[/red]")
             return code
         task = get_task("digits")
         central = centralized_accuracy(task, files, epochs=cfg.rounds * task.defaults.local_epochs, seed=cfg.seed)
@@ -122,6 +118,19 @@ def run_demo(cfg: DemoConfig) -> int:
         bundle = export_stage(console, fed, run_id, cfg)
         edge_stage(console, fed, bundle, files)
     return 0
+
+
+def run_and_report(console, fed, run_cfg, out: Path):
+    """Launch the demo's run, follow it, print its rounds -> (exit code, registry, run id)."""
+    from fedge.server.runs import launch, open_registry, print_status
+
+    code = launch(fed.state, run_cfg)
+    registry = open_registry(fed.state)
+    run_id = registry.runs()[-1]["id"]
+    print_status(registry, run_id, as_json=False)
+    if code != 0:
+        console.print(f"[red]the run failed; logs in {out / 'logs'} and {fed.state / 'logs'}[/red]")
+    return code, registry, run_id
 
 
 # DP-SGD settings that learn on 3 small non-IID customers (tuned on digits: larger batches, a tight clip)

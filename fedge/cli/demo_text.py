@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedge.cli.demo import CUSTOMERS, DemoConfig, export_stage
+from fedge.cli.demo import CUSTOMERS, DemoConfig, export_stage, run_and_report
 
 SENTENCES = ("I think someone stole my credit card", "how much money is left in my savings account",
              "the internet has been down all morning in my street", "I want to end my contract",
@@ -51,7 +51,7 @@ def run_text_demo(cfg: DemoConfig) -> int:
     from fedge.cli.cluster import LocalFederation
     from fedge.core.tasks.encoder import default_base_dir
     from fedge.server.run_config import RunConfig
-    from fedge.server.runs import launch, open_registry, plot, print_status
+    from fedge.server.runs import plot
 
     console = Console() if sys.stdout.isatty() else Console(width=120)
     out = Path(cfg.out).resolve()
@@ -71,12 +71,8 @@ def run_text_demo(cfg: DemoConfig) -> int:
                             seed=cfg.seed, round_timeout=180)
         console.print(f"run: LoRA r={run_cfg.lora_r} on {run_cfg.lora_targets} + head, SecAgg+"
                       f" {'on' if cfg.secagg else 'off'}, {cfg.rounds} rounds; the frozen base never travels")
-        code = launch(fed.state, run_cfg)
-        registry = open_registry(fed.state)
-        run_id = registry.runs()[-1]["id"]
-        print_status(registry, run_id, as_json=False)
+        code, registry, run_id = run_and_report(console, fed, run_cfg, out)
         if code != 0:
-            console.print(f"[red]the run failed; logs in {out / 'logs'} and {fed.state / 'logs'}[/red]")
             return code
         last = registry.rounds(run_id)[-1]
         sent = {c: m.get("sent_bytes") for c, m in last.client_metrics.items()} if isinstance(

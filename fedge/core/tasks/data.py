@@ -73,6 +73,20 @@ def load_npz(path: Path, sample_shape: tuple[int, ...], num_classes: int, value_
     return Dataset(x, y)
 
 
+def label_ids(records: list[tuple[int, str, str]], labels: tuple[str, ...], path: Path | str) -> np.ndarray:
+    """Each record's label as its index in ``labels`` (the task's or the run's catalogue); a label outside it or
+    an empty text raises DataError naming file and row."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.empty(len(records), dtype=np.int64)
+    for i, (lineno, text, label) in enumerate(records):
+        if label not in index:
+            raise DataError(path, f"unknown label {label!r} (the catalogue: {list(labels)})", row=lineno)
+        if not text.strip():
+            raise DataError(path, "empty text", row=lineno)
+        y[i] = index[label]
+    return y
+
+
 def read_text_records(path: Path) -> list[tuple[int, str, str]]:
     """``.csv`` (header with text,label) or ``.jsonl`` -> [(line number, text, label)]."""
     path = Path(path)

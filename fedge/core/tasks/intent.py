@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 
 from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
 
 from fedge.core.tasks.base import Task, TensorSpec, TrainDefaults
-from fedge.core.tasks.data import DataError, Dataset, read_text_records
+from fedge.core.tasks.data import Dataset, label_ids, read_text_records
 
 INTENT_LABELS = (
     "check_balance", "lost_card", "transfer_money", "dispute_charge", "change_pin", "loan_inquiry",
@@ -61,14 +60,7 @@ class IntentTask(Task):
         return build_text_cnn(self.tokenizer.num_buckets, self.num_classes)
 
     def encode(self, records: list[tuple[int, str, str]], path: Path | str) -> Dataset:
-        index = {label: i for i, label in enumerate(self.labels)}
-        y = np.empty(len(records), dtype=np.int64)
-        for i, (lineno, text, label) in enumerate(records):
-            if label not in index:
-                raise DataError(path, f"unknown label {label!r} (task {self.name!r} knows {list(self.labels)})", row=lineno)
-            if not text.strip():
-                raise DataError(path, "empty text", row=lineno)
-            y[i] = index[label]
+        y = label_ids(records, self.labels, path)
         return Dataset(self.tokenizer.encode_batch([t for _, t, _ in records]), y)
 
     def load_data(self, path: Path) -> Dataset:

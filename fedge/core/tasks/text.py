@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge.core.tasks.base import Task, TensorSpec, TrainDefaults
-from fedge.core.tasks.data import DataError, Dataset, read_text_records
+from fedge.core.tasks.data import Dataset, label_ids, read_text_records
 from fedge.core.tasks.encoder import LoraSettings, build_classifier, load_tokenizer, resolve_base_dir
 from fedge.core.tasks.intent import INTENT_LABELS
 
@@ -76,14 +76,7 @@ class TextTask(Task):
 
     def load_data(self, path: Path) -> Dataset:
         records = read_text_records(Path(path))
-        index = {label: i for i, label in enumerate(self.labels)}
-        y = np.empty(len(records), dtype=np.int64)
-        for i, (lineno, text, label) in enumerate(records):
-            if label not in index:
-                raise DataError(path, f"unknown label {label!r} (the run's catalogue: {list(self.labels)})", row=lineno)
-            if not text.strip():
-                raise DataError(path, "empty text", row=lineno)
-            y[i] = index[label]
+        y = label_ids(records, self.labels, path)
         return Dataset(self.encode_texts([t for _, t, _ in records]), y)
 
     def reference_data(self) -> Dataset:
