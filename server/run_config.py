@@ -86,7 +86,7 @@ class RunConfig:
         from fedge.core.tasks import parse_labels
         from fedge.server.robust import AGGREGATORS
 
-        from fedge.core.sparsity import PruneConfig
+        from fedge.core.tasks.sparsity import PruneConfig
 
         PruneConfig.parse(self.prune)
         labels = parse_labels(self.labels)

@@ -115,7 +115,7 @@ def test_batcher_pads_requests_of_different_lengths_to_the_longest():
 def test_a_mask_holds_on_the_merged_weights_the_release_ships():
     """Under --prune 2:4 every Linear of the encoder computes with mask * (W + scaling * B @ A): training moves the
     dense low-rank update, yet the merged weights are 2:4 and give the model's own logits."""
-    from fedge.core.sparsity import check_2of4
+    from fedge.core.tasks.sparsity import check_2of4
     from fedge.core.tasks import Dataset
     from fedge.core.tasks.training import TrainConfig, train
 

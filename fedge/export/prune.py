@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from fedge.core.sparsity import PruneConfig, check_2of4, mask_2of4
+from fedge.core.tasks.sparsity import PruneConfig, check_2of4, mask_2of4
 
 __all__ = ["PruneConfig", "SparsityReport", "check_2of4", "mask_2of4", "prunable", "prune_model", "sparsity"]
 

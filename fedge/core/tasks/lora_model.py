@@ -72,13 +72,13 @@ class TextClassifier(PooledClassifier):
 
 
 def hold_mask(model: TextClassifier, cfg) -> dict[str, "torch.Tensor"]:
-    """Train and export ``model`` under a sparsity mask (a fedge.core.sparsity.PruneConfig) on every Linear of its
-    encoder, computed from the frozen base's weights (so every party derives the same mask from its own copy):
+    """Train and export ``model`` under a sparsity mask (a fedge.core.tasks.sparsity.PruneConfig) on every Linear
+    of its encoder, computed from the frozen base's weights (so every party derives the same mask from its own copy):
     a LoRA-adapted layer computes with ``mask * (W + scaling * B @ A)``, the merged weight the release ships; a
     plain layer's weight is masked in place. -> {encoder module name (as after merging): mask}."""
     import types
 
-    from fedge.core.sparsity import mask_for
+    from fedge.core.tasks.sparsity import mask_for
 
     masks = {}
     for name, module in model.encoder.named_modules():

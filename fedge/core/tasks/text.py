@@ -40,7 +40,7 @@ class TextTask(Task):
     base_dir: str = ""                # "" = the default base (fedge.core.tasks.encoder.default_base_dir)
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_len: int = MAX_LEN
-    prune: str = ""                   # train and export under this sparsity mask on the encoder (fedge.core.sparsity)
+    prune: str = ""                   # train and export under this sparsity mask on the encoder (tasks.sparsity)
 
     @cached_property
     def base(self) -> Path:
@@ -57,7 +57,7 @@ class TextTask(Task):
     def build_model(self):
         model = build_classifier(self.base, self.num_classes, self.lora, self.pad_id)
         if self.prune:
-            from fedge.core.sparsity import PruneConfig
+            from fedge.core.tasks.sparsity import PruneConfig
             from fedge.core.tasks.lora_model import hold_mask
 
             hold_mask(model, PruneConfig.parse(self.prune))
