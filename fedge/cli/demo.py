@@ -6,6 +6,7 @@ centralized baseline, plot, the customer's ledger -> INT8 export -> edge serving
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,16 +166,16 @@ def export_stage(console, fed, run_id: int, cfg: DemoConfig):
     return fed.root / "release"
 
 
-def edge_stage(console, fed, bundle, files) -> None:
-
-    from fedge.edge_runtime.distribution.bundle import load_public_key
-    from fedge.edge_runtime.tools.grpc_client import EdgeClient
-    from fedge.edge_runtime.distribution.repository import install_bundle
-
+@contextlib.contextmanager
+def served(console, fed, bundle, what: str):
+    """The release verified and installed into an edge repository and served by `fedge edge serve` -> (the
+    server, a gRPC client, the model's name) while the block runs; stopped by PID after."""
     from fedge.cli.cluster import EdgeServerProcess
-    from fedge.core.tasks import get_task, split_holdout
+    from fedge.edge_runtime.distribution.bundle import load_public_key
+    from fedge.edge_runtime.distribution.repository import install_bundle
+    from fedge.edge_runtime.tools.grpc_client import EdgeClient
 
-    console.rule("edge: verified install, KServe v2 serving (gRPC and HTTP)")
+    console.rule(f"edge: verified install, {what}KServe v2 serving (gRPC and HTTP)")
     repo, trust = fed.root / "edge-repo", fed.state / "keys" / "release.pub"
     name, version = install_bundle(repo, bundle, load_public_key(trust))
     server = EdgeServerProcess(repo, trust, fed.root / "logs" / "edge.out")
@@ -182,7 +183,18 @@ def edge_stage(console, fed, bundle, files) -> None:
         client = EdgeClient(server.url)
         meta = client.metadata(name)
         console.print(f"edge server pid {server.pid} on {server.url}: {name} v{version} on"
-                      f" {meta.properties['backend']} ({meta.properties['backend_reason']})")
+                      f" {meta.properties['backend']} ({meta.properties['backend_reason']});"
+                      f" input {[(t.name, t.datatype) for t in meta.inputs]}")
+        yield server, client, name
+        client.close()
+    finally:
+        server.stop()
+
+
+def edge_stage(console, fed, bundle, files) -> None:
+    from fedge.core.tasks import get_task, split_holdout
+
+    with served(console, fed, bundle, "") as (server, client, name):
         _, holdout = split_holdout(get_task("digits").load_data(files[0]))
         x, y = holdout.x[:8], holdout.y[:8]
         out = client.infer(name, {"input": x})
@@ -190,9 +202,6 @@ def edge_stage(console, fed, bundle, files) -> None:
         console.print(f"predictions over gRPC for 8 of {files[0].stem}'s holdout digits: {pred}")
         console.print(f"true labels:                                       {y.tolist()}")
         console.print(f"the same over KServe v2 REST (http://{server.http_url}, JSON): {_labels_over_http(server.http_url, name, x)}")
-        client.close()
-    finally:
-        server.stop()
 
 
 def _labels_over_http(url: str, model: str, x) -> list[int]:

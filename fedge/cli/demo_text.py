@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fedge.cli.demo import CUSTOMERS, DemoConfig, export_stage, run_and_report
+from fedge.cli.demo import CUSTOMERS, DemoConfig, export_stage, run_and_report, served
 
 SENTENCES = ("I think someone stole my credit card", "how much money is left in my savings account",
              "the internet has been down all morning in my street", "I want to end my contract",
@@ -88,28 +88,12 @@ def run_text_demo(cfg: DemoConfig) -> int:
 def text_edge_stage(console, fed, bundle) -> None:
     import numpy as np
 
-    from fedge.cli.cluster import EdgeServerProcess
-    from fedge.edge_runtime.distribution.bundle import load_public_key
-    from fedge.edge_runtime.distribution.repository import install_bundle
-    from fedge.edge_runtime.tools.grpc_client import EdgeClient
-
-    console.rule("edge: verified install, tokenization on the device, KServe v2 serving (gRPC and HTTP)")
-    repo, trust = fed.root / "edge-repo", fed.state / "keys" / "release.pub"
-    name, version = install_bundle(repo, bundle, load_public_key(trust))
-    server = EdgeServerProcess(repo, trust, fed.root / "logs" / "edge.out")
-    try:
-        client = EdgeClient(server.url)
-        meta = client.metadata(name)
-        console.print(f"edge server pid {server.pid} on {server.url}: {name} v{version} on"
-                      f" {meta.properties['backend']}; input {[(t.name, t.datatype) for t in meta.inputs]}")
+    with served(console, fed, bundle, "tokenization on the device, ") as (server, client, name):
         texts = np.array([s.encode() for s in SENTENCES], dtype=object).reshape(-1, 1)
         got = client.infer(name, {"text": texts})["label"].reshape(-1)
         for sentence, label in zip(SENTENCES, got):
             console.print(f"  gRPC  {sentence!r:55} -> [bold]{label.decode()}[/bold]")
         console.print(f"  REST  {SENTENCES[0]!r:55} -> [bold]{_label_over_http(server.http_url, name, SENTENCES[0])}[/bold]")
-        client.close()
-    finally:
-        server.stop()
 
 
 def _label_over_http(url: str, model: str, sentence: str) -> str:
