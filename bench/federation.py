@@ -26,13 +26,13 @@ def _federation(work: Path, task: str, files: list[Path]):
 
 def _launch(fed, task: str, rounds: int, secagg: bool, **extra) -> int:
     from fedge.server.run_config import RunConfig
-    from fedge.server.runs import launch, open_registry
+    from fedge.server.runs import launch
 
     with contextlib.redirect_stdout(io.StringIO()):  # the live round table; the registry keeps every number
-        code = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=secagg, seed=0,
+        outcome = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=secagg, seed=0,
                                            round_timeout=180, **extra))
-    run_id = open_registry(fed.state).runs()[-1]["id"]
-    if code != 0:
+    run_id = outcome.run_id
+    if not outcome.ok:
         raise RuntimeError(f"{task} run {run_id} failed; logs in {fed.root / 'logs'} and {fed.state / 'logs'}")
     return run_id
 

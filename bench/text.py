@@ -39,13 +39,13 @@ def _federation(work: Path, task: str, files: list[Path]):
 
 def _run(fed, task: str, rounds: int, seed: int) -> int:
     from fedge.server.run_config import RunConfig
-    from fedge.server.runs import launch, open_registry
+    from fedge.server.runs import launch
 
     with contextlib.redirect_stdout(io.StringIO()):
-        code = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=True, seed=seed,
+        outcome = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=True, seed=seed,
                                            round_timeout=300))
-    run_id = open_registry(fed.state).runs()[-1]["id"]
-    if code != 0:
+    run_id = outcome.run_id
+    if not outcome.ok:
         raise RuntimeError(f"{task} run {run_id} failed; logs in {fed.root / 'logs'} and {fed.state / 'logs'}")
     return run_id
 

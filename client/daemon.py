@@ -7,6 +7,7 @@ itself while the coordinator is away; if it exits anyway the daemon restarts it 
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import json
 import signal
 import sys
@@ -39,7 +40,7 @@ class ClientConfig:
 
     def __post_init__(self) -> None:
         if not self.insecure and self.certs is None:
-            raise ValueError("TLS is on by default: pass --certs DIR (ca.crt + supernode.key) or --insecure")
+            raise ConfigError("TLS is on by default: pass --certs DIR (ca.crt + supernode.key) or --insecure")
 
 
 def node_config(cfg: ClientConfig) -> str:

@@ -9,6 +9,8 @@ sends is read into it.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
+from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import json
 import os
@@ -21,7 +23,7 @@ HEAD = "privacy-ledger.head"
 GENESIS = "0" * 64
 
 
-class LedgerCorrupt(RuntimeError):
+class LedgerCorrupt(FedgeUserError, RuntimeError):
     pass
 
 
@@ -36,7 +38,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         if not self.max_epsilon > 0 or not 0 < self.delta < 1:
-            raise ValueError(f"need --max-epsilon > 0 and 0 < --delta < 1, got {self.max_epsilon}, {self.delta}")
+            raise ConfigError(f"need --max-epsilon > 0 and 0 < --delta < 1, got {self.max_epsilon}, {self.delta}")
 
 
 class Ledger:

@@ -3,6 +3,7 @@ one port) with its SQLite database in the state dir, TLS and SuperNode authentic
 and runtime dependency installation disabled (fedge is preinstalled; hosts may be air-gapped)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ def info_path(state: Path) -> Path:
 def load_info(state: Path) -> CoordinatorInfo:
     path = info_path(state)
     if not path.exists():
-        raise FileNotFoundError(f"no coordinator in {state}: start one with `fedge coordinator start --state {state}`")
+        raise MissingFileError(f"no coordinator in {state}: start one with `fedge coordinator start --state {state}`")
     return CoordinatorInfo(**json.loads(path.read_text()))
 
 
@@ -58,7 +59,7 @@ def prepare_certs(state: Path, certs_dir: Path | None, address: str) -> CertPath
     paths = CertPaths(Path(certs_dir) if certs_dir else Path(state) / "certs")
     if not paths.exists():
         if certs_dir:
-            raise FileNotFoundError(f"{paths.dir} holds no ca.crt/server.pem/server.key: run `fedge certs init --out {paths.dir}`")
+            raise MissingFileError(f"{paths.dir} holds no ca.crt/server.pem/server.key: run `fedge certs init --out {paths.dir}`")
         host, _ = split_address(address, 8000)
         init_certs(paths.dir, hosts=[host] if host not in ("0.0.0.0", "::") else [])
         print(f"created a CA and coordinator certificate in {paths.dir} (hand {paths.ca} to customers)")
@@ -85,7 +86,7 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
     coordinator's port + 3; "off" serves none); in the foreground, block until the SuperLink exits
     (SIGTERM/SIGINT stop it by PID)."""
     if release_client_auth and insecure:
-        raise ValueError("--release-client-auth authenticates devices by TLS client certificates: drop --insecure")
+        raise ConfigError("--release-client-auth authenticates devices by TLS client certificates: drop --insecure")
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     certs = None if insecure else prepare_certs(state, certs_dir, address)

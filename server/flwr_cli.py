@@ -2,6 +2,7 @@
 connection profile kept in the coordinator's state dir so nothing touches the operator's ``~/.flwr``."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import json
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from fedge.server.coordinator import CoordinatorInfo, load_info
 CONNECTION = "fedge"
 
 
-class FlowerError(RuntimeError):
+class FlowerError(FedgeUserError, RuntimeError):
     pass
 
 

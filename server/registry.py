@@ -5,6 +5,7 @@ writes, the operator's CLI reads; WAL mode lets both work at once.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import NotFoundError
 import json
 import sqlite3
 import time
@@ -144,7 +145,7 @@ class Registry:
         with self._db() as db:
             row = db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
         if row is None:
-            raise KeyError(f"no run {run_id} in {self.path}")
+            raise NotFoundError(f"no run {run_id} in {self.path}")
         return _run_dict(row)
 
     def runs(self) -> list[dict]:
@@ -211,7 +212,7 @@ class Registry:
     def withdraw_release(self, release_id: int, reason: str) -> None:
         with self._db() as db:
             if db.execute("SELECT 1 FROM releases WHERE id=?", (release_id,)).fetchone() is None:
-                raise KeyError(f"no release {release_id}")
+                raise NotFoundError(f"no release {release_id}")
             db.execute("INSERT OR REPLACE INTO withdrawn_releases (release_id, at, reason) VALUES (?,?,?)",
                        (release_id, time.time(), reason))
 

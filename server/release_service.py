@@ -14,6 +14,7 @@ is a real barrier only with ``--release-client-auth``: without it a device's nam
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import logging
 import time
 from concurrent import futures
@@ -135,7 +136,7 @@ def serve_releases(state: Path, address: str, cert: Path | None = None, key: Pat
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(state), server)
     if client_ca is not None and cert is None:
-        raise ValueError("devices can be authenticated only over TLS (the release service has no certificate)")
+        raise ConfigError("devices can be authenticated only over TLS (the release service has no certificate)")
     if cert is not None and key is not None:
         ca = Path(client_ca).read_bytes() if client_ca else None
         creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())], root_certificates=ca,

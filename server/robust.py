@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import numpy as np
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
@@ -41,5 +42,5 @@ def robust_aggregate(name: str, updates: list[list[np.ndarray]], weights: list[i
     elif name == "krum":
         out = aggregate_krum(pairs, num_malicious, to_keep=0)
     else:
-        raise ValueError(f"unknown aggregator {name!r}; choose from {AGGREGATORS}")
+        raise ConfigError(f"unknown aggregator {name!r}; choose from {AGGREGATORS}")
     return [np.asarray(a, dtype=u.dtype) for a, u in zip(out, updates[0])]

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import logging
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from fedge.core.wire import FitKey
 log = logging.getLogger("fedge.coordinator")
 
 
-class RoundFailed(RuntimeError):
+class RoundFailed(FedgeUserError, RuntimeError):
     pass
 
 

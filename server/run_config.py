@@ -5,6 +5,7 @@ overrides only for keys declared there.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import asdict, dataclass, fields, replace
 
 from fedge.core.wire import TaskKey
@@ -55,34 +56,34 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
-            raise ValueError(f"num_rounds must be >= 1, got {self.num_rounds}")
+            raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}")
         if not 0 <= self.start_round <= self.num_rounds:
-            raise ValueError(f"start_round must be in [0, {self.num_rounds}], got {self.start_round}")
+            raise ConfigError(f"start_round must be in [0, {self.num_rounds}], got {self.start_round}")
         if self.min_clients < 1:
-            raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+            raise ConfigError(f"min_clients must be >= 1, got {self.min_clients}")
         if self.secagg and self.min_clients < 2:
-            raise ValueError("secure aggregation needs min_clients >= 2")
+            raise ConfigError("secure aggregation needs min_clients >= 2")
         if self.round_timeout <= 0 or self.wait_clients_timeout <= 0:
-            raise ValueError("timeouts must be > 0")
+            raise ConfigError("timeouts must be > 0")
         if self.dp_noise < 0 or (self.dp_noise > 0 and self.dp_clip <= 0):
-            raise ValueError("central DP needs --dp-noise SIGMA >= 0 and, when on, --dp-clip C > 0")
+            raise ConfigError("central DP needs --dp-noise SIGMA >= 0 and, when on, --dp-clip C > 0")
         if self.dp_adaptive and self.dp_noise <= 0:
-            raise ValueError("--dp-adaptive adapts central DP's clip: it needs --dp-noise SIGMA > 0 and --dp-clip C")
+            raise ConfigError("--dp-adaptive adapts central DP's clip: it needs --dp-noise SIGMA > 0 and --dp-clip C")
         if not 0 < self.dp_target_quantile < 1:
-            raise ValueError(f"--dp-target-quantile must be in (0, 1), got {self.dp_target_quantile}")
+            raise ConfigError(f"--dp-target-quantile must be in (0, 1), got {self.dp_target_quantile}")
         if self.dp_noise > 0 and self.freeze:
-            raise ValueError("central DP clips whole-model updates: it cannot be combined with --freeze")
+            raise ConfigError("central DP clips whole-model updates: it cannot be combined with --freeze")
         if self.dp_sgd and self.dp_sgd_noise <= 0 and self.dp_sgd_epsilon <= 0:
-            raise ValueError("--dp-sgd needs --dp-sgd-noise SIGMA or --dp-sgd-epsilon E")
+            raise ConfigError("--dp-sgd needs --dp-sgd-noise SIGMA or --dp-sgd-epsilon E")
         if self.proximal_mu < 0 and self.proximal_mu != -1:
-            raise ValueError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
+            raise ConfigError(f"--proximal-mu must be >= 0, got {self.proximal_mu}")
         if self.dp_sgd and self.proximal_mu > 0:
-            raise ValueError("--proximal-mu cannot be combined with --dp-sgd: Opacus steps on the clipped, noised"
+            raise ConfigError("--proximal-mu cannot be combined with --dp-sgd: Opacus steps on the clipped, noised"
                              " gradients of the data loss alone, so the proximal term would be dropped")
         if not 0 < self.dp_delta < 1 or self.dp_sgd_clip <= 0:
-            raise ValueError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
+            raise ConfigError("need 0 < --delta < 1 and --dp-sgd-clip > 0")
         if self.lora_r < 1 or self.lora_alpha < 1 or not self.lora_targets.strip(","):
-            raise ValueError("need --lora-r >= 1, --lora-alpha >= 1 and at least one --lora-targets module")
+            raise ConfigError("need --lora-r >= 1, --lora-alpha >= 1 and at least one --lora-targets module")
         from fedge.core.tasks import parse_labels
         from fedge.server.robust import AGGREGATORS
 
@@ -91,12 +92,12 @@ class RunConfig:
         PruneConfig.parse(self.prune)
         labels = parse_labels(self.labels)
         if len(set(labels)) != len(labels) or (self.labels and len(labels) < 2):
-            raise ValueError(f"--labels: a catalogue needs at least two distinct labels, got {list(labels)}")
+            raise ConfigError(f"--labels: a catalogue needs at least two distinct labels, got {list(labels)}")
 
         if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"--aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+            raise ConfigError(f"--aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
         if self.aggregator != "fedavg" and self.secagg:
-            raise ValueError(f"--aggregator {self.aggregator} needs individual updates: use it with --no-secagg"
+            raise ConfigError(f"--aggregator {self.aggregator} needs individual updates: use it with --no-secagg"
                              " (under SecAgg+ bound updates with --dp-clip instead)")
 
     def task_settings(self) -> dict[str, str | int]:

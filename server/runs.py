@@ -5,21 +5,39 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.fab import write_app, write_overrides
 from fedge.server.flwr_cli import FlowerCLI
 from fedge.server.registry import Registry, registry_path
 from fedge.server.run_config import RunConfig
 
 
-class RunFailed(RuntimeError):
+class RunFailed(FedgeUserError, RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a launch (or a resume) ended with: the run's id and its final status in the registry."""
+
+    run_id: int
+    status: str  # "completed", "failed", ...
+    reason: str = ""  # why it failed, as the registry recorded it
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
 
 
 class RunProgress:
@@ -95,9 +113,9 @@ def with_base_identity(cfg: RunConfig) -> RunConfig:
     return cfg.with_(base_model=str(base), base_sha256=base_sha256(base))
 
 
-def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProgress | None = None) -> int:
-    """Start a fedge run of ``cfg`` and follow it to its end -> 0 if it completed (``progress``: what is shown
-    meanwhile, by default the operator's console view)."""
+def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProgress | None = None) -> RunOutcome:
+    """Start a fedge run of ``cfg`` and follow it to its end -> the run and how it ended (``progress``: what is
+    shown meanwhile, by default the operator's console view)."""
     state = Path(state).resolve()
     registry = open_registry(state)
     cfg = with_base_identity(cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)))
@@ -108,7 +126,7 @@ def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProg
     return _submit_and_follow(state, registry, cfg, as_json, progress or ConsoleProgress())
 
 
-def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgress | None = None) -> int:
+def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgress | None = None) -> RunOutcome:
     state = Path(state).resolve()
     registry = open_registry(state)
     run = registry.run(run_id)
@@ -118,7 +136,7 @@ def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgres
     cfg = RunConfig(**run["config"]).with_(fedge_run_id=run_id, start_round=last.round if last else 0)
     if cfg.start_round == cfg.num_rounds:
         registry.set_status(run_id, "completed")
-        return 0
+        return RunOutcome(run_id, "completed")
     cli = FlowerCLI(state)
     progress = progress or ConsoleProgress()
     for fid in stop_stale_flower_runs(cli, run["flower_runs"]):
@@ -138,7 +156,7 @@ def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
 
 
 def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool, progress: RunProgress,
-                       cli: FlowerCLI | None = None) -> int:
+                       cli: FlowerCLI | None = None) -> RunOutcome:
     cli = cli or FlowerCLI(state)
     app = write_app(state / "app")
     overrides = write_overrides(state / "runs" / str(cfg.fedge_run_id) / f"config-from-{cfg.start_round}.toml", cfg)
@@ -152,7 +170,7 @@ def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json:
         progress.ended(registry.run(cfg.fedge_run_id))
     if as_json:
         print(json.dumps(status_document(registry, cfg.fedge_run_id), indent=2))
-    return 0 if status["status"] == "completed" else 1
+    return RunOutcome(cfg.fedge_run_id, str(status["status"]), str(status.get("reason") or ""))
 
 
 def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, on_round=lambda rec, completed: None,

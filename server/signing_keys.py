@@ -12,6 +12,7 @@ without the old key would refuse its own installed release at its next restart.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import hashlib
 import os
 import shutil
@@ -31,7 +32,7 @@ from fedge.server.registry import Registry
 CURRENT, TRUST, PREVIOUS, RETIRED = "release", "trust.pub", "previous", "retired"
 
 
-class KeyringError(Exception):
+class KeyringError(FedgeUserError):
     """A key operation that cannot go ahead; the message says why and what to do."""
 
 

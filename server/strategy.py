@@ -6,6 +6,7 @@ surviving updates fall below ``min_clients`` fails the run with the numbers in t
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import re
 import time
 
@@ -26,7 +27,7 @@ def npy_arrays(res: FitRes) -> list:
     return [npy_view(t) for t in res.parameters.tensors]
 
 
-class InsufficientClients(RuntimeError):
+class InsufficientClients(FedgeUserError, RuntimeError):
     """Too few customers connected or survived a round for it to count."""
 
 

@@ -1,5 +1,28 @@
 """Domain errors of the edge runtime, and the one table that gives each its gRPC status code and HTTP status
-(:func:`status_of`): both front ends answer with it, the data plane counts failures by it."""
+(:func:`status_of`): both front ends answer with it, the data plane counts failures by it.
+
+Also the root of every error meant for the user (:class:`FedgeUserError`), here at the bottom layer so that every
+layer above can derive from it: the ``fedge`` command prints those as one line and lets everything else show its
+traceback (a bug)."""
+
+
+class FedgeUserError(Exception):
+    """An error the user can fix (a flag, a file, a name, the state of a run): the CLI prints it as one line."""
+
+
+class ConfigError(FedgeUserError, ValueError):
+    """A flag or setting out of range, or settings that do not go together (also a ``ValueError``)."""
+
+
+class MissingFileError(FedgeUserError, FileNotFoundError):
+    """A file or directory the user named or must create first (the message says how)."""
+
+
+class NotFoundError(FedgeUserError, KeyError):
+    """A run, release or device the user named does not exist (also a ``KeyError``)."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; the message is for people
+        return str(self.args[0]) if self.args else ""
 
 
 class EdgeError(Exception):
@@ -44,21 +67,21 @@ class Unsupported(EdgeError):
     code_name = "UNIMPLEMENTED"
 
 
-class BundleError(EdgeError):
+class BundleError(EdgeError, FedgeUserError):
     """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
     code_name = "FAILED_PRECONDITION"
 
 
-class NoSpace(OSError):
+class NoSpace(FedgeUserError, OSError):
     """The disk holding the model repository cannot take a release: nothing was installed, and what is
     installed keeps serving."""
 
 
-class AddressUnavailable(OSError):
+class AddressUnavailable(FedgeUserError, OSError):
     """The server cannot listen where it was told to (port taken, address not on this host)."""
 
 
-class TLSConfigError(ValueError):
+class TLSConfigError(ConfigError):
     """A certificate, key or CA file that TLS cannot use; the message names the file and what is wrong."""
 
 

@@ -10,6 +10,7 @@ on the disk is not started. Between such changes the puller leaves the repositor
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import logging
 import re
 import socket
@@ -49,9 +50,9 @@ class PullConfig:
 
     def __post_init__(self) -> None:
         if not self.address:
-            raise ValueError("pulling releases needs the release service's HOST:PORT")
+            raise ConfigError("pulling releases needs the release service's HOST:PORT")
         if self.interval_s <= 0 or self.max_rate < 0:
-            raise ValueError("the pull interval must be > 0 s and the rate limit >= 0 bytes/s")
+            raise ConfigError("the pull interval must be > 0 s and the rate limit >= 0 bytes/s")
 
 
 class ReleasePuller:

@@ -4,6 +4,7 @@ turns off gRPC's window growth, so that HTTP/2 flow control holds the sender bac
 stays within one flow-control window (64 KiB) of the limit."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import re
 import time
 from typing import Callable
@@ -15,7 +16,7 @@ def parse_rate(text: str) -> int:
     """Bytes per second from "500000", "500k", "2M", "1.5M" (SI: k = 1000)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:B/s|B)?\s*", text)
     if m is None or float(m.group(1)) <= 0:
-        raise ValueError(f"--pull-max-rate takes bytes per second such as 500k or 2M, got {text!r}")
+        raise ConfigError(f"--pull-max-rate takes bytes per second such as 500k or 2M, got {text!r}")
     return max(1, int(float(m.group(1)) * UNITS[m.group(2).lower()]))
 
 

@@ -9,6 +9,7 @@ one before (obs-fold), a bare LF, and Content-Length beside Transfer-Encoding. I
 loop, so HTTP and gRPC requests are batched together."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import asyncio
 import gzip
 import json
@@ -114,7 +115,7 @@ class HttpLimits:
 
     def __post_init__(self) -> None:
         if min(self.header_timeout_s, self.body_idle_s, self.keepalive_s) <= 0 or self.max_connections < 1:
-            raise ValueError("HTTP timeouts must be > 0 s and the connection limit >= 1")
+            raise ConfigError("HTTP timeouts must be > 0 s and the connection limit >= 1")
 
 
 class HttpServer:

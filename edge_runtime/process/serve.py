@@ -8,6 +8,7 @@ fights the others for the GIL; measured side by side on 2 cores with a tiny mode
 1.5x the server CPU per request of the event loop (docs/BENCHMARKS.md, the front-end table's note)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import asyncio
 import logging
 import os
@@ -71,11 +72,11 @@ class EdgeConfig:
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
-            raise ValueError("ports must be in [0, 65535]")
+            raise ConfigError("ports must be in [0, 65535]")
         if self.exit_timeout_s < 0:
-            raise ValueError("the exit timeout must be >= 0 seconds")
+            raise ConfigError("the exit timeout must be >= 0 seconds")
         if self.metrics_tls and (self.tls is None or not self.metrics_port):
-            raise ValueError("--metrics-tls serves the metrics endpoint with the server's certificate: it needs"
+            raise ConfigError("--metrics-tls serves the metrics endpoint with the server's certificate: it needs"
                              " --tls-cert and --tls-key, and a --metrics-port")
 
 

@@ -11,6 +11,7 @@ reason are reported in ModelMetadata and metrics.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ def _pick(manifest: Manifest, order: list[str]) -> str | None:
 def load_backend(bundle_dir: Path, manifest: Manifest, preference: str = "auto", threads: int = 1,
                  engine_cache: Path | None = None) -> Backend:
     if preference not in BACKENDS:
-        raise ValueError(f"unknown backend {preference!r}: use one of {BACKENDS}")
+        raise ConfigError(f"unknown backend {preference!r}: use one of {BACKENDS}")
     notes = []
     if preference in ("auto", "tensorrt"):
         ok, why = tensorrt_available()

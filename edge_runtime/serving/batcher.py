@@ -15,6 +15,7 @@ The gRPC server awaits results on its asyncio loop (:meth:`DynamicBatcher.submit
 the loop once and settles all of its requests there, instead of waking one handler thread per request."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import asyncio
 import logging
 import queue
@@ -42,7 +43,7 @@ class QueuePolicy:
 
     def __post_init__(self) -> None:
         if self.max_queue_size < 0 or self.timeout_us < 0:
-            raise ValueError(f"invalid queue policy {self}")
+            raise ConfigError(f"invalid queue policy {self}")
 
     def deadline(self, enqueued: float, request_timeout_us: int = 0) -> float | None:
         """When a request enqueued at ``enqueued`` (perf_counter) expires; None: never."""
@@ -66,11 +67,11 @@ class BatchingConfig:
 
     def __post_init__(self) -> None:
         if min(self.max_batch_size - 1, self.max_queue_delay_us, self.instances, self.priority_levels) < 0:
-            raise ValueError(f"invalid batching config {self}")
+            raise ConfigError(f"invalid batching config {self}")
         levels = range(1, self.priority_levels + 1)
         default_ok = self.default_priority_level in levels if levels else self.default_priority_level == 0
         if not default_ok or any(level not in levels for level, _ in self.priority_queue_policy):
-            raise ValueError(f"invalid priority levels in batching config {self}")
+            raise ConfigError(f"invalid priority levels in batching config {self}")
 
     def level(self, priority: int) -> int:
         """The queue level of a request asking for ``priority`` (Triton's rule: 0 or one past the levels gets the

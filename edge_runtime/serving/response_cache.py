@@ -8,6 +8,7 @@ its own id in the answer. Used from the event loop and told of swaps from the lo
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import threading
 from collections import OrderedDict
@@ -24,9 +25,9 @@ def parse_config(settings: list[str]) -> int:
         name, _, setting = s.partition(",")
         key, _, value = setting.partition("=")
         if name != SCHEME or key != "size":
-            raise ValueError(f"--cache-config {s!r}: fedge has only Triton's local cache: local,size=BYTES")
+            raise ConfigError(f"--cache-config {s!r}: fedge has only Triton's local cache: local,size=BYTES")
         if not value.isdigit():
-            raise ValueError(f"--cache-config {s!r}: the size must be a number of bytes")
+            raise ConfigError(f"--cache-config {s!r}: the size must be a number of bytes")
         size = int(value)
     return size
 
@@ -55,7 +56,7 @@ def request_key(model: str, version: int, inputs: dict[str, np.ndarray], wanted:
 class ResponseCache:
     def __init__(self, capacity_bytes: int) -> None:
         if capacity_bytes <= 0:
-            raise ValueError("a response cache needs a size > 0 bytes")
+            raise ConfigError("a response cache needs a size > 0 bytes")
         self.capacity = capacity_bytes
         self._entries: OrderedDict[bytes, tuple[str, dict[str, np.ndarray], int]] = OrderedDict()
         self._lock = threading.Lock()

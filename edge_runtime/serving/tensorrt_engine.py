@@ -8,6 +8,7 @@ Engines are tied to the GPU and the TensorRT version, so they are cached under a
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import hashlib
 import json
 import logging
@@ -94,7 +95,7 @@ class CompileConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
+            raise ConfigError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self}")
 
 
 def compile_engine(bundle_dir: Path, manifest: Manifest, cache_dir: Path, cfg: CompileConfig) -> Path:
@@ -168,7 +169,7 @@ class TensorRTBackend:
         cache_dir = Path(cache_dir or Path(bundle_dir).parent.parent / ".engines")
         engine_path = cache_dir / f"{cache_key(sha256_file(onnx_path), device_identity())}.engine"
         if not engine_path.exists():
-            raise FileNotFoundError(f"no engine for this device: run `fedge edge compile` ({engine_path})")
+            raise MissingFileError(f"no engine for this device: run `fedge edge compile` ({engine_path})")
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:  # built by another TensorRT version or for another GPU

@@ -13,6 +13,7 @@ tokenizes exactly as training did.
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import re
 import zlib
 from dataclasses import asdict, dataclass
@@ -33,9 +34,9 @@ class HashingTokenizer:
 
     def __post_init__(self) -> None:
         if self.num_buckets < 2:
-            raise ValueError(f"num_buckets must be >= 2, got {self.num_buckets}")
+            raise ConfigError(f"num_buckets must be >= 2, got {self.num_buckets}")
         if self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+            raise ConfigError(f"max_len must be >= 1, got {self.max_len}")
 
     def tokens(self, text: str) -> list[str]:
         words = _WORD.findall(text.lower())

@@ -11,6 +11,7 @@ client must not pick where the server writes). ``log_frequency`` 0 writes all tr
 N traces to ``FILE.0``, ``FILE.1``, ... as they are collected (and the rest at shutdown to the next index)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import itertools
 import json
 import logging
@@ -69,7 +70,7 @@ def parse_config(entries: list[str]) -> tuple[Path | None, TraceSettings]:
         mode, _, setting = entry.rpartition(",")
         name, eq, value = setting.partition("=")
         if mode not in ("", "triton") or not eq:
-            raise ValueError(f"--trace-config {entry!r}: expected [triton,]SETTING=VALUE (the opentelemetry mode"
+            raise ConfigError(f"--trace-config {entry!r}: expected [triton,]SETTING=VALUE (the opentelemetry mode"
                              " is not supported)")
         try:
             if name == "file":
@@ -84,15 +85,15 @@ def parse_config(entries: list[str]) -> tuple[Path | None, TraceSettings]:
             else:
                 raise InvalidInput(f"unknown setting {name!r}; fedge takes file, level, rate, count, log-frequency, mode")
         except InvalidInput as exc:
-            raise ValueError(f"--trace-config {entry!r}: {exc}") from None
+            raise ConfigError(f"--trace-config {entry!r}: {exc}") from None
     if levels:
         try:
             changes["level"] = _setting("trace_level", levels)
         except InvalidInput as exc:
-            raise ValueError(f"--trace-config level: {exc}") from None
+            raise ConfigError(f"--trace-config level: {exc}") from None
     settings = TraceSettings(**changes)
     if "TIMESTAMPS" in settings.level and file is None:
-        raise ValueError("--trace-config level=TIMESTAMPS needs a trace file: --trace-config triton,file=PATH")
+        raise ConfigError("--trace-config level=TIMESTAMPS needs a trace file: --trace-config triton,file=PATH")
     return file, settings
 
 

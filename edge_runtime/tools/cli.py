@@ -1,6 +1,7 @@
 """``fedge edge ...``: serve, install, models, predict, rollback, compile. Imports only the edge runtime."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import argparse
 import json
 import sys
@@ -19,16 +20,16 @@ def cmd_serve(a) -> int:
     from fedge.edge_runtime.serving.tracing import parse_config
 
     if (a.tls_cert is None) != (a.tls_key is None) or (a.tls_client_ca and not a.tls_cert):
-        raise ValueError("TLS needs --tls-cert and --tls-key together (and --tls-client-ca only with them)")
+        raise ConfigError("TLS needs --tls-cert and --tls-key together (and --tls-client-ca only with them)")
     if a.pull_max_rate and not a.pull:
-        raise ValueError("--pull-max-rate limits what --pull downloads: give --pull too")
+        raise ConfigError("--pull-max-rate limits what --pull downloads: give --pull too")
     tls = ServerTLS(Path(a.tls_cert), Path(a.tls_key), Path(a.tls_client_ca) if a.tls_client_ca else None
                     ) if a.tls_cert else None
     trace_file, trace = parse_config(a.trace_config)
     queue = QueuePolicy(a.max_queue_size, a.queue_timeout_us, a.allow_timeout_override)
     cache_bytes = parse_cache_config(a.cache_config)
     if a.load_model and a.model_control_mode != "explicit":
-        raise ValueError("--load-model goes with --model-control-mode explicit (otherwise every installed model"
+        raise ConfigError("--load-model goes with --model-control-mode explicit (otherwise every installed model"
                          " serves)")
     serving = ServingConfig(backend=a.backend, threads=a.threads, keep_versions=a.keep,
                             explicit=a.model_control_mode == "explicit", load_models=tuple(a.load_model),
@@ -173,7 +174,7 @@ def _client_ssl(a):
     ``--tls-cert``/``--tls-key`` to a server that wants a client certificate."""
     if not a.url.startswith("https://"):
         if a.tls_ca or a.tls_cert or a.tls_key:
-            raise ValueError("--tls-* files go with an https:// URL (or a HOST:PORT gRPC one)")
+            raise ConfigError("--tls-* files go with an https:// URL (or a HOST:PORT gRPC one)")
         return None
     import ssl
 
@@ -226,7 +227,7 @@ def cmd_compile(a) -> int:
 def _log_flags(a) -> tuple:
     """Triton's --log-* flags given, as the logging extension's settings."""
     if a.log_verbose is not None and a.log_verbose < 0:
-        raise ValueError(f"--log-verbose must be >= 0, got {a.log_verbose}")
+        raise ConfigError(f"--log-verbose must be >= 0, got {a.log_verbose}")
     given = {"log_info": a.log_info, "log_warning": a.log_warning, "log_error": a.log_error,
              "log_verbose_level": a.log_verbose, "log_format": a.log_format}
     return tuple((k, v) for k, v in given.items() if v is not None)

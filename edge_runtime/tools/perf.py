@@ -9,6 +9,7 @@ The request is built once and sent as is, over gRPC (``HOST:PORT``) or the REST 
 made from the model's metadata (uniform random numbers, a sample sentence for BYTES)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import http.client
 import json
 import ssl
@@ -31,7 +32,7 @@ from fedge.edge_runtime.tools.rest_client import error_message, infer_body, mode
 SAMPLE_TEXT = b"where is my order, it was due yesterday"
 
 
-class PerfError(Exception):
+class PerfError(FedgeUserError):
     """The measurement cannot start (bad inputs for the model, metadata refused); the message says why."""
 
 

@@ -3,6 +3,7 @@ library only; the same calls as tools.grpc_client's EdgeClient. Tensors travel a
 them: a JSON header, then the binary data (``Inference-Header-Content-Length``)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import http.client
 import json
 import ssl
@@ -19,7 +20,7 @@ from fedge.edge_runtime.tools.grpc_client import raw_bytes
 from fedge.edge_runtime.common.datatypes import BYTES, NUMPY, datatype_of, deserialize_bytes
 
 
-class RestError(Exception):
+class RestError(FedgeUserError):
     """The server's answer to a failed call: HTTP status and its error message."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -2,6 +2,7 @@
 subsystem lazily, so ``fedge edge ...`` never loads torch or flwr."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import NotFoundError
 import argparse
 import os
 import sys
@@ -100,7 +101,7 @@ def cmd_coordinator_restore_device(a) -> int:
     from fedge.server.runs import open_registry
 
     if not open_registry(Path(a.state)).restore_device(a.name):
-        raise KeyError(f"device {a.name!r} is not revoked")
+        raise NotFoundError(f"device {a.name!r} is not revoked")
     print(f"{a.name} may pull releases again")
     return 0
 
@@ -157,13 +158,13 @@ def _run_config(a):
 def cmd_run_launch(a) -> int:
     from fedge.server.runs import launch
 
-    return launch(Path(a.state), _run_config(a), as_json=a.json)
+    return launch(Path(a.state), _run_config(a), as_json=a.json).exit_code
 
 
 def cmd_run_resume(a) -> int:
     from fedge.server.runs import resume
 
-    return resume(Path(a.state), a.run, as_json=a.json)
+    return resume(Path(a.state), a.run, as_json=a.json).exit_code
 
 
 def cmd_run_list(a) -> int:

@@ -125,9 +125,8 @@ def run_and_report(console, fed, run_cfg, out: Path):
     """Launch the demo's run, follow it, print its rounds -> (exit code, registry, run id)."""
     from fedge.server.runs import launch, open_registry, print_status
 
-    code = launch(fed.state, run_cfg)
-    registry = open_registry(fed.state)
-    run_id = registry.runs()[-1]["id"]
+    outcome = launch(fed.state, run_cfg)
+    registry, run_id, code = open_registry(fed.state), outcome.run_id, outcome.exit_code
     print_status(registry, run_id, as_json=False)
     if code != 0:
         console.print(f"[red]the run failed; logs in {out / 'logs'} and {fed.state / 'logs'}[/red]")

@@ -1,6 +1,7 @@
 """``fedge export`` and ``fedge release``: signed releases from the operator's side."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import NotFoundError
 from pathlib import Path
 
 
@@ -101,7 +102,7 @@ def cmd_release_restore(a) -> int:
     from fedge.server.runs import open_registry
 
     if not open_registry(Path(a.state)).restore_release(a.release):
-        raise KeyError(f"release {a.release} is not withdrawn")
+        raise NotFoundError(f"release {a.release} is not withdrawn")
     print(f"release {a.release} is offered again")
     return 0
 
@@ -113,7 +114,7 @@ def cmd_release_show(a) -> int:
 
     rel = [r for r in open_registry(Path(a.state)).releases() if r["id"] == a.release]
     if not rel:
-        raise KeyError(f"no release {a.release}")
+        raise NotFoundError(f"no release {a.release}")
     manifest = json.loads((Path(rel[0]["path"]) / "manifest.json").read_text())
     print(json.dumps({**rel[0], "manifest": manifest}, indent=2))
     return 0

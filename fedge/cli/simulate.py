@@ -3,6 +3,7 @@ with virtual customers holding Dirichlet non-IID partitions of the task's refere
 (how many customers, how skewed, how many rounds) before touching real customers."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import json
 import tempfile
 from dataclasses import asdict, dataclass
@@ -34,7 +35,7 @@ class SimulationConfig:
 
     def __post_init__(self) -> None:
         if self.clients < 2 or self.rounds < 1:
-            raise ValueError(f"need clients >= 2 and rounds >= 1, got {self.clients}, {self.rounds}")
+            raise ConfigError(f"need clients >= 2 and rounds >= 1, got {self.clients}, {self.rounds}")
 
 
 class SimClientFn:

@@ -2,6 +2,7 @@
 (``--labels FILE|A,B,C``), the pretrained base and LoRA's settings."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import argparse
 import json
 from pathlib import Path
@@ -17,16 +18,16 @@ def read_labels(arg: str) -> tuple[str, ...]:
     elif "," in arg or not any(sep in arg for sep in ("/", "\\")) and not arg.endswith(".txt"):
         entries = [(f"--labels item {i}", label.strip()) for i, label in enumerate(arg.split(","), start=1)]
     else:
-        raise ValueError(f"--labels {arg}: no such file")
+        raise ConfigError(f"--labels {arg}: no such file")
     seen: dict[str, str] = {}
     for where, label in entries:
         if not label:
-            raise ValueError(f"{where}: empty label")
+            raise ConfigError(f"{where}: empty label")
         if label in seen:
-            raise ValueError(f"{where}: label {label!r} given twice (first at {seen[label]})")
+            raise ConfigError(f"{where}: label {label!r} given twice (first at {seen[label]})")
         seen[label] = where
     if len(seen) < 2:
-        raise ValueError(f"--labels {arg}: a catalogue needs at least two labels, got {list(seen)}")
+        raise ConfigError(f"--labels {arg}: a catalogue needs at least two labels, got {list(seen)}")
     return tuple(seen)
 
 

@@ -13,6 +13,7 @@ asks about 5% less noise than RDP for the same guarantee at fedge's DP-SGD setti
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -122,5 +123,5 @@ class DPSGDConfig:
         if self.noise > 0:
             return self.noise
         if self.epsilon <= 0:
-            raise ValueError("DP-SGD needs --dp-sgd-noise or --dp-sgd-epsilon")
+            raise ConfigError("DP-SGD needs --dp-sgd-noise or --dp-sgd-epsilon")
         return noise_for_epsilon(self.epsilon, self.delta, sample_rate, steps_per_round * planned_rounds, cache)

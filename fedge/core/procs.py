@@ -2,6 +2,7 @@
 free ports, an environment that finds this install's Flower executables, start/stop by PID."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ def split_address(address: str, default_port: int | None = None) -> tuple[str, i
     host, sep, port = address.rpartition(":")
     if not sep:
         if default_port is None:
-            raise ValueError(f"address {address!r} needs a port (HOST:PORT)")
+            raise ConfigError(f"address {address!r} needs a port (HOST:PORT)")
         return address, default_port
     return host.strip("[]"), int(port)
 

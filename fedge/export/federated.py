@@ -2,6 +2,7 @@
 of fedge's app with ``job`` set, wait for the ServerApp's result file (bounded)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 import json
 import shutil
 import time
@@ -12,7 +13,7 @@ from fedge.server.flwr_cli import FlowerCLI
 from fedge.server.run_config import RunConfig
 
 
-class JobFailed(RuntimeError):
+class JobFailed(FedgeUserError, RuntimeError):
     pass
 
 

@@ -5,10 +5,11 @@ whose INT8 answers depend on the CPU is flagged with the numbers (``cpu_dependen
 would not give the answers the gate measured."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 from dataclasses import dataclass, field
 
 
-class GateFailed(RuntimeError):
+class GateFailed(FedgeUserError, RuntimeError):
     pass
 
 

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import dataclasses
 import shutil
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ class ExportConfig:
         PruneConfig.parse(self.prune)
         QuantizeConfig(self.calibration)
         if self.recovery_rounds < 0 or not 0 <= self.max_accuracy_drop <= 1 or self.reference_rows < 0:
-            raise ValueError("recovery_rounds and reference_rows must be >= 0 and max_accuracy_drop in [0, 1]")
+            raise ConfigError("recovery_rounds and reference_rows must be >= 0 and max_accuracy_drop in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def open_source(state: Path, cfg: ExportConfig) -> Source:
     rounds = registry.rounds(cfg.run)
     rec = next((r for r in rounds if r.round == cfg.round), None) if cfg.round else (rounds[-1] if rounds else None)
     if rec is None:
-        raise ValueError(f"run {cfg.run} has no completed round {cfg.round or ''}".strip())
+        raise ConfigError(f"run {cfg.run} has no completed round {cfg.round or ''}".strip())
     run_config = RunConfig(**run["config"])
     return Source(state, registry, cfg.run, rec, run_config.make_task(), run_config)  # the run's labels and base
 
@@ -110,7 +111,7 @@ def open_source(state: Path, cfg: ExportConfig) -> Source:
 def signing_key(state: Path, cfg: ExportConfig):
     key_path = Path(cfg.key or state / "keys" / "release.key")
     if not key_path.exists():
-        raise FileNotFoundError(f"no release signing key at {key_path}: run `fedge keys init --out {key_path.parent}`")
+        raise MissingFileError(f"no release signing key at {key_path}: run `fedge keys init --out {key_path.parent}`")
     return load_private_key(key_path)
 
 

@@ -12,6 +12,7 @@ same ranges:
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ class QuantizeConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("minmax", "entropy", "percentile"):
-            raise ValueError(f"unknown calibration method {self.method!r}")
+            raise ConfigError(f"unknown calibration method {self.method!r}")
 
 
 def preprocess(fp32: Path, out: Path, profile: str = "cnn") -> Path:

@@ -23,7 +23,7 @@ from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.registry import Registry, RoundRecord
 from fedge.server.run_config import RunConfig
-from fedge.server.runs import RunProgress, launch
+from fedge.server.runs import RunFailed, RunProgress, launch
 
 Say = Callable[[str], None]  # where a stage reports what it did (rich markup), e.g. Console.print
 GATE_VARIANTS = ("fp32", "int8_cpu", "int8_trt")
@@ -83,12 +83,13 @@ def recover(src: Source, pruned: Path, spec: str, rounds: int, progress: RunProg
     if PruneConfig.parse(spec).method == "none" or rounds == 0:
         return pruned, None
     say(f"[bold]recovery[/bold]: {rounds} federated round(s) with the {spec} mask held")
-    code = launch(src.state, src.run_config.with_(num_rounds=rounds, start_round=0, init=str(pruned),
-                                                  hold_sparsity=True, fedge_run_id=0), progress=progress)
-    recovery_run = src.registry.runs()[-1]["id"]
-    if code != 0:
-        raise RuntimeError(f"recovery run {recovery_run} failed: {src.registry.run(recovery_run)['reason']}")
-    return Path(src.registry.last_round(recovery_run).checkpoint), recovery_run
+    outcome = launch(src.state, src.run_config.with_(num_rounds=rounds, start_round=0, init=str(pruned),
+                                                     hold_sparsity=True, fedge_run_id=0), progress=progress)
+    if not outcome.ok:
+        raise RunFailed(f"recovery run {outcome.run_id} failed: {outcome.reason}")
+    last = src.registry.last_round(outcome.run_id)
+    assert last is not None, "a completed run has rounds"
+    return Path(last.checkpoint), outcome.run_id
 
 
 def onnx(task, checkpoint: Path, out: Path, say: Say) -> tuple[Path, float]:

@@ -4,6 +4,7 @@
 model's identity, its LoRA settings)."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import dataclasses
 import importlib
 import json
@@ -44,7 +45,7 @@ def parse_labels(text: str) -> tuple[str, ...]:
         return ()
     labels = json.loads(text)
     if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-        raise ValueError(f"a label catalogue is a JSON list of non-empty strings, got {text[:80]!r}")
+        raise ConfigError(f"a label catalogue is a JSON list of non-empty strings, got {text[:80]!r}")
     return tuple(labels)
 
 
@@ -63,9 +64,9 @@ def _builtin_or_custom(name: str) -> Task:
         try:
             obj = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load custom task {name!r}: {exc}") from exc
+            raise ConfigError(f"cannot load custom task {name!r}: {exc}") from exc
         task = obj() if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Task)) else obj
         if not isinstance(task, Task):
-            raise ValueError(f"custom task {name!r} is a {type(task).__name__}, not a fedge.core.tasks.Task")
+            raise ConfigError(f"custom task {name!r} is a {type(task).__name__}, not a fedge.core.tasks.Task")
         return task
-    raise ValueError(f"unknown task {name!r}: use one of {list(BUILTIN)} or 'module:attribute'")
+    raise ConfigError(f"unknown task {name!r}: use one of {list(BUILTIN)} or 'module:attribute'")

@@ -2,6 +2,7 @@
 before any training starts."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import csv
 import json
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 
-class DataError(ValueError):
+class DataError(ConfigError):
     """A data file that cannot be used. ``row`` is a 1-based line number for text files, a sample index for arrays."""
 
     def __init__(self, path: Path | str, message: str, row: int | None = None) -> None:

@@ -9,6 +9,7 @@ never the frozen base, which each party loads from its own copy of the base dire
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import importlib.util
 import os
@@ -23,7 +24,7 @@ IDENTITY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.t
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
-class BaseModelError(ValueError):
+class BaseModelError(ConfigError):
     """A base model directory that cannot be used (missing, incomplete, or not the run's)."""
 
 
@@ -81,7 +82,7 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         if self.r < 1 or self.alpha < 1 or not self.targets or not 0 <= self.dropout < 1:
-            raise ValueError(f"invalid LoRA settings {self}: need r >= 1, alpha >= 1, at least one target module")
+            raise ConfigError(f"invalid LoRA settings {self}: need r >= 1, alpha >= 1, at least one target module")
 
 
 def load_tokenizer(base: Path):
@@ -114,7 +115,7 @@ def build_classifier(base: Path, num_classes: int, lora: LoraSettings, pad_id: i
             warnings.simplefilter("ignore", FutureWarning)
             peft_encoder = get_peft_model(encoder, config)
     except ValueError as exc:  # a target module the base does not have
-        raise ValueError(f"--lora-targets {','.join(lora.targets)}: {exc}") from None
+        raise ConfigError(f"--lora-targets {','.join(lora.targets)}: {exc}") from None
 
     from fedge.core.tasks.lora_model import TextClassifier
 

@@ -1,6 +1,7 @@
 """Splitting public data across virtual customers: IID or Dirichlet non-IID over labels."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import numpy as np
 
 from fedge.core.tasks.data import Dataset
@@ -11,7 +12,7 @@ def dirichlet_partition(y: np.ndarray, num_parts: int, alpha: float, seed: int =
     from Dirichlet(alpha): small alpha -> each customer sees few classes; large alpha -> close to IID.
     Redraws (bounded) until every part holds at least ``min_size`` samples."""
     if num_parts < 1 or alpha <= 0:
-        raise ValueError(f"need num_parts >= 1 and alpha > 0, got {num_parts}, {alpha}")
+        raise ConfigError(f"need num_parts >= 1 and alpha > 0, got {num_parts}, {alpha}")
     rng = np.random.default_rng(seed)
     classes = np.unique(y)
     for _ in range(100):

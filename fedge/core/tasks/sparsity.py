@@ -4,6 +4,7 @@ weights (the pattern TensorRT's sparse kernels use on Ampere/Orin), ``unstructur
 smallest |w| of each layer, ``none`` does nothing."""
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,9 +26,9 @@ class PruneConfig:
         if spec.startswith("unstructured:"):
             amount = float(spec.split(":", 1)[1])
             if not 0 < amount < 1:
-                raise ValueError(f"--prune unstructured:P needs 0 < P < 1, got {amount}")
+                raise ConfigError(f"--prune unstructured:P needs 0 < P < 1, got {amount}")
             return cls("unstructured", amount)
-        raise ValueError(f"unknown --prune {spec!r}: use none, 2:4 or unstructured:P")
+        raise ConfigError(f"unknown --prune {spec!r}: use none, 2:4 or unstructured:P")
 
 
 def mask_2of4(weight: "torch.Tensor") -> "torch.Tensor":

@@ -8,6 +8,7 @@ tokenizes the same way with the ``tokenizers`` package (fedge.edge_runtime.servi
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -81,7 +82,7 @@ class TextTask(Task):
 
     def reference_data(self) -> Dataset:
         if tuple(self.labels) != INTENT_LABELS:
-            raise ValueError("the text task ships public data for the intent catalogue only; with your own --labels"
+            raise ConfigError("the text task ships public data for the intent catalogue only; with your own --labels"
                              " give each customer its data file")
         ref = resources.files("fedge") / "data" / "intent.csv"
         with resources.as_file(ref) as p:

@@ -5,6 +5,7 @@ everything except the parameters frozen by ``--freeze`` patterns (which stay at 
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.common.errors import ConfigError
 import fnmatch
 from dataclasses import dataclass
 
@@ -25,7 +26,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.proximal_mu < 0:
-            raise ValueError(f"invalid training config {self}")
+            raise ConfigError(f"invalid training config {self}")
 
 
 def frozen(name: str, patterns: tuple[str, ...]) -> bool:
@@ -153,7 +154,7 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     torch.manual_seed(cfg.seed)
     params = trainable_parameters(model, freeze)
     if cfg.proximal_mu > 0:
-        raise ValueError("DP-SGD trains on the data loss alone: a FedProx proximal term would be dropped")
+        raise ConfigError("DP-SGD trains on the data loss alone: a FedProx proximal term would be dropped")
     q, steps = dpsgd_plan(len(ds), cfg.batch_size, cfg.epochs)
     if not params or cfg.epochs == 0 or len(ds) == 0:
         return DPSGDResult(float("nan"), noise_multiplier, q, 0)
