@@ -15,11 +15,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fedge.client.supernode_exit import ExitCause, classify, joined
 from fedge.core.procs import fedge_env, free_port, spawn, stop_pid
-
-REFUSAL_MARKERS = ("Failed to activate SuperNode", "must be registered", "CERTIFICATE_VERIFY_FAILED",
-                   "Server disconnected without sending a response", "authentication",
-                   "Connection reset by peer")  # a TLS server resetting a plaintext handshake (seen under load)
 
 
 @dataclass(frozen=True)
@@ -125,24 +122,23 @@ def run(cfg: ClientConfig) -> int:
         started = time.monotonic()
         code = proc.wait()
         tail = _tail(log_path, 100_000)[-(log_path.stat().st_size - offset):] if log_path.exists() else ""
-        lost = "SuperNode ID" in tail and "Giving up reconnection" in tail  # joined, then lost the coordinator
-        reason = "" if lost else next(
-            (line.strip() for line in tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), "")
+        why = classify(tail)  # Flower says why only in its log: read in one place (client/supernode_exit.py)
+        lost = why.cause is ExitCause.LOST
+        reason = why.cause.value if why.cause is not ExitCause.EXITED else ""
         if lost:
-            reason = "lost"
             print(f"customer {cfg.name!r}: lost the coordinator at {cfg.coordinator}: no answer after"
                   f" {cfg.connect_retries} attempts; starting a new SuperNode", file=sys.stderr, flush=True)
-        elif reason:
-            print(f"customer {cfg.name!r}: refused by the coordinator: {reason}" + (
+        elif why.cause is ExitCause.REFUSED:
+            print(f"customer {cfg.name!r}: refused by the coordinator: {why.line}" + (
                   " (expected for up to 2 heartbeat intervals after losing it: it still counts this customer's"
                   " previous SuperNode as connected)" if was_lost else ""), file=sys.stderr, flush=True)
-        elif "Connection attempt failed" in tail and "SuperNode ID" not in tail:
-            reason = "unreachable"
+        elif why.cause is ExitCause.UNREACHABLE:
             print(f"customer {cfg.name!r}: could not connect to the coordinator at {cfg.coordinator} after"
-                  f" {cfg.connect_retries} attempts (down, unreachable, or refusing this TLS setup)", file=sys.stderr, flush=True)
+                  f" {cfg.connect_retries} attempts (down, unreachable, or refusing this TLS setup)", file=sys.stderr,
+                  flush=True)
         else:
             print(f"customer {cfg.name!r}: SuperNode exited with code {code}", file=sys.stderr, flush=True)
-        was_lost = lost or (was_lost and "SuperNode ID" not in tail)
+        was_lost = lost or (was_lost and not joined(tail))
         restarts += 1
         if 0 <= cfg.max_restarts < restarts:
             return 3 if reason else 1

@@ -13,7 +13,12 @@ from flwr.server.compat.legacy_context import LegacyContext
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp.grid import Grid
 
+from fedge.core.wire import Failure, FailureKind
 
+
+# Flower 1.41 gives an error reply only as text: ``Error.reason`` is "<class 'MODULE.TYPE'>:<'MESSAGE'>" (its
+# ClientApp runner formats the exception so); there is no structured field for the exception's type. This is the
+# one place that reads it, held by tests/test_coordinator_units.py.
 _RAISED = re.compile(r"^<class '(?:[\w.]+\.)?(\w+)'>:<'(.*)'>$", re.DOTALL)
 
 
@@ -45,7 +50,7 @@ def _exchange(grid: Grid, instructions, message_type: str, to_content, rnd: int,
     replies = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id), m) for m in replies]
     answered = {nid for nid, _ in replies}
     failures: list = [
-        TimeoutError(f"node {nid}: no reply within {timeout:.0f}s") for nid in proxies if nid not in answered
+        Failure(FailureKind.NO_REPLY, nid, f"no reply within {timeout:.0f}s") for nid in proxies if nid not in answered
     ]
     return proxies, replies, failures
 
@@ -62,7 +67,7 @@ def fit_exchange(timeout: float):
         results = []
         for nid, msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {nid}: {error_text(msg.error)}"))
+                failures.append(Failure(FailureKind.ERROR, nid, error_text(msg.error)))
                 continue
             res = compat.recorddict_to_fitres(msg.content, False)
             (results if res.status.code == Code.OK else failures).append((proxies[nid], res))
@@ -83,7 +88,7 @@ def evaluate_exchange(timeout: float):
         results = []
         for nid, msg in replies:
             if msg.has_error():
-                failures.append(RuntimeError(f"node {nid}: {error_text(msg.error)}"))
+                failures.append(Failure(FailureKind.ERROR, nid, error_text(msg.error)))
                 continue
             res = compat.recorddict_to_evaluateres(msg.content)
             (results if res.status.code == Code.OK else failures).append((proxies[nid], res))

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from flwr.app import Message
 
+from fedge.core.wire import Failure, FailureKind
 from fedge.server.exchange import error_text
 
 
@@ -21,7 +22,7 @@ class FastPollGrid:
     def __init__(self, grid, first_interval: float = 0.05, max_interval: float = 0.25) -> None:
         self._grid = grid
         self._first, self._max = first_interval, max_interval
-        self.errors: list[str] = []  # "node N: Type: message" of each error reply, as the operator reads it
+        self.errors: list[Failure] = []  # each error reply, with its node
 
     def __getattr__(self, name: str):
         return getattr(self._grid, name)
@@ -34,7 +35,8 @@ class FastPollGrid:
         while pending:
             got = list(self._grid.pull_messages(pending))
             replies += got
-            self.errors += [f"node {m.metadata.src_node_id}: {error_text(m.error)}" for m in got if m.has_error()]
+            self.errors += [Failure(FailureKind.ERROR, m.metadata.src_node_id, error_text(m.error))
+                            for m in got if m.has_error()]
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break

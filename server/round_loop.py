@@ -29,7 +29,7 @@ from fedge.server.run_config import RunConfig
 from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
 from fedge.server.privacy import privacy_fit_config, round_privacy
 from fedge.server.strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
-from fedge.core.wire import FitKey
+from fedge.core.wire import Failure, FailureKind, FitKey
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -176,7 +176,7 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
     round falls short of --min-clients when clients fail (no reply in time, node unavailable: as just after a
     coordinator restart, while SuperNodes reconnect). Both are tried again. A shortfall of refusals or rejected
     updates alone is final: another attempt would not change a customer's decision or its update."""
-    earlier: list[str] = []
+    earlier: list[Failure] = []
     for attempt in range(1, attempts + 1):
         _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
         outcome = strategy.begin_round(rnd, [state[k] for k in trained])
@@ -186,22 +186,26 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
         except InsufficientClients as exc:
             outcome.failures += _new_errors(grid, errors_before, outcome.failures)
             if not outcome.failures or attempt == attempts:
-                raise InsufficientClients(f"{exc}" + (f"; earlier attempts: {earlier}" if earlier else "")) from exc
-            earlier += outcome.failures + [f"attempt {attempt}: {exc}"]
+                raise InsufficientClients(f"{exc}" + (f"; earlier attempts: {_texts(earlier)}" if earlier else "")) from exc
+            earlier += outcome.failures + [Failure(FailureKind.ROUND, None, f"attempt {attempt}: {exc}")]
             log.warning("round %d attempt %d: too few updates after failures; retrying", rnd, attempt)
             continue
         outcome.failures += _new_errors(grid, errors_before, outcome.failures)
         if outcome.aggregated:
             outcome.failures = earlier + outcome.failures
             return outcome
-        earlier += outcome.failures + [f"attempt {attempt}: round halted without an aggregate"]
+        earlier += outcome.failures + [Failure(FailureKind.ROUND, None, f"attempt {attempt}: round halted without an aggregate")]
         log.warning("round %d attempt %d produced no aggregate; retrying", rnd, attempt)
-    raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {earlier}")
+    raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {_texts(earlier)}")
 
 
-def _new_errors(grid, since: int, known: list[str]) -> list[str]:
+def _texts(failures: list[Failure]) -> list[str]:
+    return [str(f) for f in failures]
+
+
+def _new_errors(grid, since: int, known: list[Failure]) -> list[Failure]:
     """The error replies the grid received since ``since`` that the strategy did not see (SecAgg+ drops them)."""
-    return [e for e in getattr(grid, "errors", [])[since:] if not any(e in k or k in e for k in known)]
+    return [e for e in getattr(grid, "errors", [])[since:] if not any(e.same_as(k) for k in known)]
 
 
 def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float,
@@ -210,7 +214,7 @@ def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: 
     sha = save_checkpoint(path, state, {"task": cfg.task, "run": str(cfg.fedge_run_id), "round": str(rnd)})
     registry.add_round(cfg.fedge_run_id, RoundRecord(
         round=rnd, accuracy=None, loss=None, clients=outcome.clients,
-        client_metrics=outcome.client_metrics, failures=outcome.failures, wall_s=round(wall, 3),
+        client_metrics=outcome.client_metrics, failures=_texts(outcome.failures), wall_s=round(wall, 3),
         checkpoint=str(path), checkpoint_sha256=sha, privacy=privacy,
         refused=outcome.refused + [{**r, "rejected": True} for r in outcome.rejected],
     ))

@@ -7,7 +7,6 @@ surviving updates fall below ``min_clients`` fails the run with the numbers in t
 from __future__ import annotations
 
 from fedge.edge_runtime.common.errors import FedgeUserError
-import re
 import time
 
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from flwr.server.strategy import FedAvg
 from fedge.server.aggregate import fedavg_fit_results, npy_view
 from fedge.server.exchange import error_text
 from fedge.server.robust import robust_aggregate, screen
-from fedge.core.wire import FitKey, MetricKey
+from fedge.core.wire import Failure, FailureKind, FitKey, MetricKey
 
 
 def npy_arrays(res: FitRes) -> list:
@@ -37,7 +36,7 @@ class RoundOutcome:
     round: int
     clients: list[str] = field(default_factory=list)
     client_metrics: dict[str, dict] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     refused: list[dict] = field(default_factory=list)     # customers who declined to train, and why
     rejected: list[dict] = field(default_factory=list)    # updates screened out before aggregation, and why
     privacy: dict = field(default_factory=dict)           # per-customer DP-SGD ε reported with the updates
@@ -68,11 +67,11 @@ class Evaluation:
         )
 
 
-def _brief(failures: list[str], n: int = 3, width: int = 300) -> str:
+def _brief(failures: list[Failure], n: int = 3, width: int = 300) -> str:
     """The first few failures, each cut short: enough to act on without a page of remote tracebacks."""
     if not failures:
         return "none"
-    shown = [f if len(f) <= width else f[:width] + "..." for f in failures[:n]]
+    shown = [str(f) if len(str(f)) <= width else str(f)[:width] + "..." for f in failures[:n]]
     return "; ".join(shown) + (f" (+{len(failures) - n} more)" if len(failures) > n else "")
 
 
@@ -93,12 +92,17 @@ def customer_name(proxy: ClientProxy, res) -> str:
     return str(res.metrics.get(MetricKey.CUSTOMER, f"node-{proxy.node_id}"))
 
 
-def describe_failure(failure) -> str:
-    if isinstance(failure, BaseException):  # SecAgg+ wraps error replies as Exception(Error(...))
+def describe_failure(failure, stage: str = "fit") -> Failure:
+    """A failure as Flower's workflows hand it over (fedge's own :class:`Failure`, an exception wrapping an error
+    reply, or a (proxy, reply) with a non-OK status) -> a typed :class:`Failure`."""
+    if isinstance(failure, Failure):
+        return Failure(failure.kind, failure.node, failure.detail, stage)
+    if isinstance(failure, BaseException):  # SecAgg+ wraps error replies as Exception(Error(...)), without the node
         inner = failure.args[0] if len(failure.args) == 1 else None
-        return error_text(inner) if hasattr(inner, "reason") else str(failure)
+        text = error_text(inner) if hasattr(inner, "reason") else str(failure)
+        return Failure(FailureKind.ERROR, None, text, stage)
     proxy, res = failure
-    return f"node {proxy.node_id}: {res.status.code.name} {res.status.message}"
+    return Failure(FailureKind.STATUS, proxy.node_id, f"{res.status.code.name} {res.status.message}", stage)
 
 
 class FedgeFedAvg(FedAvg):
@@ -202,15 +206,16 @@ class FedgeFedAvg(FedAvg):
         out.aggregated = True
         return params, metrics
 
-    def _dropouts(self, replied: set[int]) -> list[str]:
+    def _dropouts(self, replied: set[int]) -> list[Failure]:
         """Sampled nodes that sent no update and that no failure names yet: under SecAgg+ a node that stops
         answering is simply left out of the protocol, with no error to record."""
-        said = " ".join(self.outcome.failures)
-        return [f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round"
-                for nid in self.outcome.sampled if nid not in replied and not re.search(rf"\bnode {nid}\b", said)]
+        named = {f.node for f in self.outcome.failures}
+        return [Failure(FailureKind.NO_UPDATE, nid,
+                        f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round")
+                for nid in self.outcome.sampled if nid not in replied and nid not in named]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
-        self.outcome.failures += [f"evaluate: {describe_failure(f)}" for f in failures]
+        self.outcome.failures += [describe_failure(f, "evaluate") for f in failures]
         rows = [(customer_name(p, r), r.num_examples, r.loss,
                  float(r.metrics[MetricKey.ACCURACY])) for p, r in results]
         self.final_eval = Evaluation.aggregate(rows)

@@ -1,11 +1,15 @@
 """The wire contract between the coordinator and the customers' ClientApps, defined once and imported by both
 sides: the keys of the fit config the coordinator sends each round, of the metrics each customer sends back, and
-the records that carry export jobs (federated calibration, the accuracy gate) and their answers."""
+the records that carry export jobs (federated calibration, the accuracy gate) and their answers, and the typed
+failures a round records (kind and node as fields, never parsed back out of a message)."""
 from __future__ import annotations
+
+from enum import Enum
 
 from fedge.core.tasks.base import TaskKey  # part of the wire contract, defined beside the tasks
 
-__all__ = ["JOB_RECORD", "JOB_RESULT_RECORD", "JobKind", "JobKey", "TaskKey", "FitKey", "MetricKey"]
+__all__ = ["JOB_RECORD", "JOB_RESULT_RECORD", "JobKind", "JobKey", "TaskKey", "FitKey", "MetricKey", "FailureKind",
+           "Failure"]
 
 JOB_RECORD = "fedge-job"                # ConfigRecord of a QUERY message: one export job for a customer
 JOB_RESULT_RECORD = "fedge-job-result"  # ConfigRecord of its answer
@@ -72,3 +76,39 @@ class MetricKey:
     DP_DELTA = "dp_delta"
     DP_NOISE = "dp_noise"
     SENT_BYTES = "sent_bytes"        # bytes of the arrays the customer sent back (before SecAgg+ masking)
+
+
+class FailureKind(str, Enum):
+    """What went wrong for one customer in a round, as a typed field (a failure's text is for people)."""
+
+    NO_REPLY = "no-reply"    # no reply within the round's timeout
+    ERROR = "error"          # the customer's app raised: Flower's error reply (its DataError, BaseModelError, ...)
+    STATUS = "status"        # a reply whose status is not OK
+    NO_UPDATE = "no-update"  # sampled, answered nothing: SecAgg+ leaves such a node out without an error
+    ROUND = "round"          # the round itself: an attempt that halted or fell short (no node to blame)
+
+
+class Failure(str):
+    """One failure of a round: its text is the operator's line (what rounds record and people read, so a Failure is
+    a ``str``), and its kind, node and stage are typed fields that code reads instead of parsing the text. ``node``
+    is the Flower node id where it is known (a SecAgg+ stage reports an error reply without its sender); ``detail``
+    is the text without the node."""
+
+    kind: FailureKind
+    node: int | None
+    detail: str
+    stage: str
+
+    def __new__(cls, kind: FailureKind, node: int | None, detail: str, stage: str = "fit") -> "Failure":
+        text = detail if node is None or kind is FailureKind.NO_UPDATE else f"node {node}: {detail}"
+        self = super().__new__(cls, f"evaluate: {text}" if stage == "evaluate" else text)
+        self.kind, self.node, self.detail, self.stage = kind, node, detail, stage
+        return self
+
+    def __reduce__(self):  # pickles (and copies) as a Failure, not as the bare text
+        return (Failure, (self.kind, self.node, self.detail, self.stage))
+
+    def same_as(self, other: "Failure") -> bool:
+        """The same error seen twice (by the strategy and by the grid): same text, and the same node where both
+        know it."""
+        return self.detail == other.detail and (self.node is None or other.node is None or self.node == other.node)
