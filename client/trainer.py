@@ -64,47 +64,6 @@ class NodeSettings:
         return split_holdout(ds, self.holdout)
 
 
-FAULT_ENV = "FEDGE_FAULT_INJECT"
-
-
-def inject_fault(arrays: list[np.ndarray], received: list[np.ndarray], sent_names: list[str],
-                 all_names: list[str]) -> list[np.ndarray]:
-    """Test mode for the poisoning and robustness suites, off unless the daemon's environment sets
-    FEDGE_FAULT_INJECT: ``scale:K`` sends global + K * update, ``flip:K`` sends global - K * update, ``nan``
-    sends NaNs. A real customer never sets it; it exists so tests can run a misbehaving client end to end."""
-    import os
-
-    fault = os.environ.get(FAULT_ENV, "")
-    if not fault:
-        return arrays
-    kind, _, k = fault.partition(":")
-    base = dict(zip(all_names, received))
-    glob = [base[n].astype(a.dtype) for n, a in zip(sent_names, arrays)]
-    if kind == "nan":
-        return [np.full_like(a, np.nan) if a.dtype.kind == "f" else a for a in arrays]
-    sign = -1.0 if kind == "flip" else 1.0
-    return [(g + sign * float(k or 1) * (a - g)).astype(a.dtype) for a, g in zip(arrays, glob)]
-
-
-RECORD_ENV = "FEDGE_RECORD_UPDATES"
-
-
-def record_update(name: str, rnd: int, arrays: list[np.ndarray], weight: int) -> None:
-    """Test mode for the system suite, off unless the daemon's environment sets FEDGE_RECORD_UPDATES=DIR:
-    each update is also written, unmasked, to DIR/round-RR-NAME.npz so a test can check that the SecAgg+
-    aggregate equals the plain weighted average of the updates that took part. It defeats SecAgg+'s purpose
-    and a real customer never sets it."""
-    import os
-
-    out = os.environ.get(RECORD_ENV, "")
-    if not out:
-        return
-    path = Path(out) / f"round-{rnd:02d}-{name}.npz"
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, weight=np.int64(weight), **{f"a{i}": a for i, a in enumerate(arrays)})
-    tmp.replace(path)
-
-
 class FedgeClient(NumPyClient):
     def __init__(self, settings: NodeSettings) -> None:
         torch.set_num_threads(1)  # one message's training per process; several customers may share a host
@@ -157,11 +116,9 @@ class FedgeClient(NumPyClient):
             metrics |= {MetricKey.DP_MECHANISM: cost.mechanism, MetricKey.DP_EPSILON: float(cost.epsilon_run),
                         MetricKey.DP_DELTA: cost.delta, MetricKey.DP_NOISE: float(cost.noise)}
         names = exchanged_names(model, freeze)
-        arrays = inject_fault(get_arrays(model, names), [np.asarray(p) for p in parameters], names,
-                              list(model.state_dict()))
+        arrays = get_arrays(model, names)
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get(FitKey.DP_NOISE, 0.0)) > 0 else len(train_ds)
-        record_update(self.settings.name, int(config.get(FitKey.ROUND, 0)), arrays, weight)
         return arrays, weight, metrics | {MetricKey.TRAIN_LOSS: float(loss),
                                           MetricKey.SENT_BYTES: int(sum(a.nbytes for a in arrays))}
 

@@ -13,12 +13,21 @@ pytestmark = pytest.mark.e2e
 NAMES = ("acme", "globex", "initech")
 
 
+def hook_switches(out) -> dict[str, str]:
+    """Every environment switch that once (FEDGE_*) or in tests (FEDGE_TEST_*) records or alters updates. A
+    production daemon ignores all of them: only the test-only plugin (tests/plugins/client_mods) reads them."""
+    return {"FEDGE_RECORD_UPDATES": str(out), "FEDGE_TEST_RECORD": str(out), "FEDGE_FAULT_INJECT": "nan",
+            "FEDGE_TEST_FAULT": "nan"}
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, digits_customers):
     fed = LocalFederation(tmp_path_factory.mktemp("fed"))
     fed.start_coordinator()
+    (fed.root / "recorded").mkdir()
     for name, data in zip(NAMES, digits_customers):
-        fed.start_client(name, data, "digits", extra=["--audit-log", str(fed.root / f"audit-{name}.jsonl")])
+        fed.start_client(name, data, "digits", extra=["--audit-log", str(fed.root / f"audit-{name}.jsonl")],
+                         env=hook_switches(fed.root / "recorded"))
     yield fed
     fed.stop_all()
 
@@ -40,6 +49,9 @@ def test_three_client_secagg_run_completes_with_registry_rows(federation):
     assert doc["rounds"][1]["accuracy"] > 0.5
     status = run_fedge("run", "status", str(doc["run"]), "--state", str(federation.state))
     assert status.returncode == 0 and "completed" in status.stdout
+    # the daemons run with every recording and fault switch set: a production ``fedge client start`` recorded
+    # no unmasked update and altered none (NaN updates would have failed the run or its accuracy above)
+    assert list((federation.root / "recorded").iterdir()) == []
 
 
 def test_clients_send_only_model_shaped_arrays_and_scalar_metrics(federation):

@@ -1,11 +1,12 @@
 """Poisoning through real processes: three honest client daemons and one that sends its update sign-flipped and
-scaled 10x (the daemon's test-only FEDGE_FAULT_INJECT). Plain FedAvg degrades; screening updates with
+scaled 10x (the test-only fault mod, tests/plugins/client_mods). Plain FedAvg degrades; screening updates with
 --max-update-norm (set from the honest updates' norms the registry records) keeps the run within 2 points of
 the clean one. (Median/trimmed-mean/Krum and NaN screening against the same attacks: tests/test_privacy.py.)"""
 import json
 
 import pytest
 
+from tests.plugins import client_mods_env
 from fedge.cli.cluster import LocalFederation
 from fedge.cli.demo import write_customer_data
 from tests.conftest import run_fedge
@@ -37,7 +38,7 @@ def test_norm_bound_resists_a_poisoning_client(tmp_path, digits_customers):
         clean = _run(fed)
         honest_norms = [m["update_norm"] for r in clean["rounds"] for m in r["client_metrics"].values()]
         (evil_data,) = write_customer_data(tmp_path / "evil", 0.5, 1, "digits")[:1]
-        fed.start_client("mallory", evil_data, "digits", env={"FEDGE_FAULT_INJECT": "flip:10"})
+        fed.start_client("mallory", evil_data, "digits", env=client_mods_env(fault="flip:10"))
         attacked = _run(fed)
         bound = 2 * max(honest_norms)
         bounded = _run(fed, "--max-update-norm", f"{bound:.4f}")

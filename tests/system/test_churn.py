@@ -5,7 +5,7 @@ Five customers, SecAgg+ on, five rounds, real processes:
 - round 3: hooli's data file is replaced by a corrupt one; its daemon reports the error and keeps running;
 - after round 3: hooli's file is restored and globex's daemon restarted (it rejoins);
 - round 4: initech's daemon is SIGKILLed the same way.
-Every daemon runs with the FEDGE_RECORD_UPDATES test mode, so each round's SecAgg+ aggregate (which the
+Every daemon runs with the test-only update-recording mod (tests/plugins/client_mods), so each round's SecAgg+ aggregate (which the
 coordinator only ever sees masked) is compared with the plain weighted average of the recorded updates of the
 customers the registry lists for that round.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.plugins import client_mods_env
 from fedge.cli.cluster import LocalFederation
 from fedge.cli.demo import write_customer_data
 from fedge.core.tasks import get_task
@@ -69,7 +70,7 @@ def test_churn_and_bad_data_with_secagg(tmp_path, report):
     data = dict(zip(NAMES, files))
     records = tmp_path / "updates"
     records.mkdir()
-    env = {"FEDGE_RECORD_UPDATES": str(records)}
+    env = client_mods_env(record=records)
     started = time.monotonic()
     with LocalFederation(tmp_path / "fed") as fed:
         fed.start_coordinator()
