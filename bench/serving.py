@@ -31,18 +31,18 @@ LEAN = "batching, fedge edge perf (request built once, blocking calls)"  # perf_
 
 
 def _bundle(work: Path, art, key) -> Path:
-    from fedge.edge_runtime.distribution.bundle import write_bundle
+    from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, write_bundle
 
     b = work / "bundle"
     shutil.rmtree(b, ignore_errors=True)
     b.mkdir(parents=True)
     for kind, src in (("fp32", art.fp32), ("int8_cpu", art.int8_cpu), ("int8_trt", art.int8_trt)):
         shutil.copyfile(src, b / src.name)
-    write_bundle(b, {"model": "resnet", "task": "bench-resnet18-style",
-                     "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 64, 64]}],
-                     "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 100]}],
-                     "models": {"fp32": art.fp32.name, "int8_cpu": art.int8_cpu.name, "int8_trt": art.int8_trt.name},
-                     "max_batch_size": 64}, key)
+    write_bundle(b, Manifest(model="resnet", task="bench-resnet18-style",
+                             inputs=(TensorDesc("input", "FP32", (-1, 3, 64, 64)),),
+                             outputs=(TensorDesc("logits", "FP32", (-1, 100)),),
+                             models={"fp32": art.fp32.name, "int8_cpu": art.int8_cpu.name,
+                                     "int8_trt": art.int8_trt.name}, max_batch_size=64), key)
     return b
 
 

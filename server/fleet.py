@@ -8,35 +8,42 @@ import json
 import time
 from pathlib import Path
 
+from fedge.edge_runtime.common.errors import BundleError
+from fedge.edge_runtime.distribution.manifest import Manifest
+from fedge.server.offer import Candidate, LatestRelease, OfferPolicy, targets
 from fedge.server.registry import Registry
 
 
 def release_model(row: dict) -> str | None:
     """The model a release is of (its manifest's), or None if its files are gone."""
     try:
-        return str(json.loads((Path(row["path"]) / "manifest.json").read_text()).get("model", ""))
-    except (OSError, ValueError):
+        return Manifest.from_json(json.loads((Path(row["path"]) / "manifest.json").read_text())).model
+    except (OSError, ValueError, BundleError):
         return None
 
 
-def offered(releases: list[dict]) -> dict[str, int]:
-    """Model -> the newest of ``releases`` (Registry.releases() rows) that is not withdrawn: what devices serve."""
-    out: dict[str, int] = {}
-    for row in releases:
-        if row["withdrawn"] is None and (model := release_model(row)):
-            out[model] = row["id"]
-    return out
+def candidates(releases: list[dict]) -> list[Candidate]:
+    """Registry.releases() rows as the offer policy sees them (releases whose files are gone left out)."""
+    return [Candidate(int(row["id"]), model, row["withdrawn"] is not None)
+            for row in releases if (model := release_model(row))]
 
 
-def fleet(registry: Registry) -> list[dict]:
+def offered(releases: list[dict], device: str = "", policy: OfferPolicy | None = None) -> dict[str, int]:
+    """Model -> the release ``device`` should serve under ``policy`` (by default: the newest not withdrawn)."""
+    return targets((policy or LatestRelease()).offer(device, candidates(releases)))
+
+
+def fleet(registry: Registry, policy: OfferPolicy | None = None) -> list[dict]:
     """Every device seen or revoked, each current model marked ``up to date``, ``behind`` (an older release than
-    the one offered), ``withdrawn`` (a release since withdrawn), or ``unknown`` (a bundle that is no release of
-    this registry, e.g. installed by hand)."""
+    the one offered to that device), ``withdrawn`` (a release since withdrawn), or ``unknown`` (a bundle that is
+    no release of this registry, e.g. installed by hand)."""
     releases = registry.releases()
     withdrawn = {r["id"] for r in releases if r["withdrawn"] is not None}
-    target = offered(releases)
+    known = candidates(releases)
+    policy = policy or LatestRelease()
     out = []
     for d in registry.devices():
+        target = targets(policy.offer(d["name"], known))
         models = []
         for c in d["current"]:
             rel = c.get("release")

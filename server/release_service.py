@@ -27,6 +27,7 @@ from fedge.edge_runtime.distribution.bundle import archive_bytes, pack_chunks
 from fedge.proto import release_pb2, release_pb2_grpc
 
 from fedge.server.fleet import release_model
+from fedge.server.offer import Candidate, LatestRelease, OfferPolicy
 from fedge.server.registry import Registry, registry_path
 
 CHUNK_BYTES = 1 << 20
@@ -37,24 +38,26 @@ log = logging.getLogger("fedge.releases")
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     """A release's version is its registry id, which only grows; its model name is the manifest's."""
 
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, policy: OfferPolicy | None = None) -> None:
         self.registry = Registry(registry_path(Path(state)))
+        self.policy = policy or LatestRelease()  # what each device is offered (server/offer.py)
         self._described: dict[int, tuple[tuple, str | None, int]] = {}  # release id -> (manifest stat, model, size)
 
-    def _available(self, releases: list[dict]) -> list[tuple[release_pb2.Release, Path]]:
-        """The offered ones of ``releases`` (Registry.releases() rows), with their bundle dirs."""
-        out = []
+    def _available(self, releases: list[dict], device: str = "") -> list[tuple[release_pb2.Release, Path]]:
+        """The releases of ``releases`` (Registry.releases() rows) that the policy offers ``device``, with their
+        bundle dirs."""
+        found: dict[int, tuple[release_pb2.Release, Path, Candidate]] = {}
         for row in releases:
-            if row["withdrawn"] is not None:
-                continue
             bundle = Path(row["path"])
             described = self._describe(row, bundle)
             if described is None:
                 continue  # its files are gone
             model, size = described
-            out.append((release_pb2.Release(model=model, version=int(row["id"]),
-                                            manifest_sha256=row["manifest_sha256"], archive_bytes=size), bundle))
-        return out
+            found[int(row["id"])] = (release_pb2.Release(model=model, version=int(row["id"]),
+                                                         manifest_sha256=row["manifest_sha256"], archive_bytes=size),
+                                     bundle, Candidate(int(row["id"]), model, row["withdrawn"] is not None))
+        offered = self.policy.offer(device, [c for _, _, c in found.values()])
+        return [found[c.release][:2] for c in offered]
 
     def _describe(self, row: dict, bundle: Path) -> tuple[str, int] | None:
         """A release's model and archive size, or None if its files are gone. Every device poll asks this of
@@ -78,16 +81,16 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def ListReleases(self, request, context):
         rows = self.registry.releases()
         by_sha = {row["manifest_sha256"]: row["id"] for row in rows}
-        self._admit(request.device, context, [
+        device = self._admit(request.device, context, [
             {"model": c.model, "manifest_sha256": c.manifest_sha256, "local_version": c.local_version,
              "release": by_sha.get(c.manifest_sha256)} for c in request.current])
         return release_pb2.ListReleasesResponse(
-            releases=[r for r, _ in self._available(rows) if not request.model or r.model == request.model])
+            releases=[r for r, _ in self._available(rows, device.name) if not request.model or r.model == request.model])
 
     def FetchRelease(self, request, context):
         device = self._admit(request.device, context)
         rows = self.registry.releases()
-        for r, bundle in self._available(rows):
+        for r, bundle in self._available(rows, device.name):
             if r.model == request.model and r.version == request.version:
                 if not 0 <= request.offset < r.archive_bytes:
                     context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset}: release {r.model!r}"

@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
@@ -24,70 +24,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from fedge.edge_runtime.common.errors import BundleError
+from fedge.edge_runtime.distribution.manifest import FORMAT, MODEL_KINDS, Manifest, TensorDesc
 
-FORMAT = "fedge-release/1"
+__all__ = ["FORMAT", "MODEL_KINDS", "MANIFEST", "SIGNATURE", "Manifest", "TensorDesc", "write_bundle", "verify_bundle",
+           "generate_keys", "load_private_key", "load_public_key", "TrustedKeys", "pack", "pack_chunks", "unpack",
+           "archive_bytes", "copy_bundle", "sha256_file"]
+
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
-MODEL_KINDS = ("fp32", "int8_cpu", "int8_trt")  # model.fp32.onnx, model.int8.cpu.onnx, model.int8.trt.onnx
 MAX_ARCHIVE_BYTES = 2 << 30  # the largest bundle archive a device downloads or unpacks
-
-
-@dataclass(frozen=True)
-class TensorDesc:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    @classmethod
-    def from_json(cls, d: dict) -> "TensorDesc":
-        return cls(str(d["name"]), str(d["datatype"]), tuple(int(s) for s in d["shape"]))
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What a device needs to serve a release. ``inputs``/``outputs`` describe the ONNX graph; for text models
-    ``preprocessing.raw_input`` names the BYTES input the server exposes instead, tokenized on the device."""
-    model: str
-    task: str
-    inputs: tuple[TensorDesc, ...]
-    outputs: tuple[TensorDesc, ...]
-    models: dict[str, str]               # kind -> file name (see MODEL_KINDS)
-    files: dict[str, str]                # file name -> sha256
-    labels: tuple[str, ...] = ()
-    preprocessing: dict = field(default_factory=dict)
-    max_batch_size: int = 64
-    extra: dict = field(default_factory=dict)  # lineage, gate, sparsity, calibration: kept verbatim
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Manifest":
-        try:
-            if d.get("format") != FORMAT:
-                raise BundleError(f"unsupported bundle format {d.get('format')!r} (expected {FORMAT!r})")
-            known = {"format", "model", "task", "inputs", "outputs", "models", "files", "labels", "preprocessing",
-                     "max_batch_size"}
-            m = cls(model=str(d["model"]), task=str(d["task"]),
-                    inputs=tuple(TensorDesc.from_json(t) for t in d["inputs"]),
-                    outputs=tuple(TensorDesc.from_json(t) for t in d["outputs"]),
-                    models={str(k): str(v) for k, v in d["models"].items()},
-                    files={str(k): str(v) for k, v in d["files"].items()}, labels=tuple(d.get("labels", ())),
-                    preprocessing=dict(d.get("preprocessing", {})), max_batch_size=int(d.get("max_batch_size", 64)),
-                    extra={k: v for k, v in d.items() if k not in known})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"malformed manifest: {exc!r}") from None
-        for kind, name in m.models.items():
-            if kind not in MODEL_KINDS or name not in m.files:
-                raise BundleError(f"manifest model {kind!r} -> {name!r} is not a known kind with a listed file")
-        if not m.models:
-            raise BundleError("manifest lists no model")
-        return m
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "model": self.model, "task": self.task,
-                "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
-                "models": self.models, "files": self.files, "labels": list(self.labels),
-                "preprocessing": self.preprocessing, "max_batch_size": self.max_batch_size, **self.extra}
 
 
 def sha256_file(path: Path) -> str:
@@ -159,13 +103,15 @@ def load_public_key(path: Path) -> TrustedKeys:
 
 
 # -- writing and verifying ------------------------------------------------------------------------------------
-def write_bundle(directory: Path, manifest_fields: dict, signing_key: Ed25519PrivateKey) -> Manifest:
-    """Hash every file already in ``directory``, write manifest.json (fields + hashes) and its signature."""
+def write_bundle(directory: Path, manifest: Manifest, signing_key: Ed25519PrivateKey) -> Manifest:
+    """Hash every file already in ``directory``, write manifest.json (``manifest`` + the hashes) and its
+    signature -> the manifest as written."""
     directory = Path(directory)
     for stale in (MANIFEST, SIGNATURE):
         (directory / stale).unlink(missing_ok=True)
     files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
-    manifest = Manifest.from_json({"format": FORMAT, **manifest_fields, "files": files})
+    manifest = manifest.with_files(files)
+    manifest.check()
     data = json.dumps(manifest.to_json(), indent=2, sort_keys=True).encode()
     (directory / MANIFEST).write_bytes(data)
     (directory / SIGNATURE).write_bytes(signing_key.sign(data))

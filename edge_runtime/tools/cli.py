@@ -68,14 +68,16 @@ def cmd_install(a) -> int:
 
 
 def cmd_models(a) -> int:
+    from fedge.edge_runtime.distribution.manifest import Manifest
     from fedge.edge_runtime.distribution.repository import current_version, model_dirs, versions
 
     root = Path(a.repo)
     rows = []
     for d in model_dirs(root):
-        manifest = json.loads((d / str(current_version(d)) / "manifest.json").read_text()) if current_version(d) else {}
-        rows.append({"model": d.name, "current": current_version(d), "versions": versions(d), "task": manifest.get("task"),
-                     "run": manifest.get("lineage", {}).get("run"), "round": manifest.get("lineage", {}).get("round")})
+        current = current_version(d)
+        m = Manifest.from_json(json.loads((d / str(current) / "manifest.json").read_text())) if current else None
+        rows.append({"model": d.name, "current": current, "versions": versions(d), "task": m and m.task,
+                     "run": m and m.lineage.get("run"), "round": m and m.lineage.get("round")})
     if a.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -217,7 +219,7 @@ def cmd_compile(a) -> int:
 
         src = unpack(src, Path(tempfile.mkdtemp()))
     manifest = Manifest.from_json(json.loads((src / "manifest.json").read_text()))
-    sparse = manifest.extra.get("sparsity", {}).get("pattern") == "2:4"
+    sparse = manifest.sparsity.get("pattern") == "2:4"
     path = compile_engine(src, manifest, Path(a.cache), CompileConfig(max_batch=min(a.max_batch, manifest.max_batch_size),
                                                                      opt_batch=min(8, a.max_batch), sparse=sparse))
     print(f"engine: {path}")

@@ -115,6 +115,8 @@ def cmd_release_show(a) -> int:
     rel = [r for r in open_registry(Path(a.state)).releases() if r["id"] == a.release]
     if not rel:
         raise NotFoundError(f"no release {a.release}")
-    manifest = json.loads((Path(rel[0]["path"]) / "manifest.json").read_text())
-    print(json.dumps({**rel[0], "manifest": manifest}, indent=2))
+    from fedge.edge_runtime.distribution.manifest import Manifest
+
+    manifest = Manifest.from_json(json.loads((Path(rel[0]["path"]) / "manifest.json").read_text()))
+    print(json.dumps({**rel[0], "manifest": manifest.to_json()}, indent=2))
     return 0

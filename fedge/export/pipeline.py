@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+from fedge.edge_runtime.distribution.manifest import Manifest
 from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import dataclasses
 import shutil
@@ -92,8 +93,8 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
     lineage = {"run": cfg.run, "round": src.round.round, "checkpoint_sha256": src.round.checkpoint_sha256,
                "recovery_run": recovery_run,
                "privacy": {"secagg": src.run_config.secagg, "epsilon": src.round.privacy.get("epsilon")}}
-    fields = stages.sign(src, bundle, lineage, calibration, gate, report, parity, cfg.max_batch_size, key)
-    return register(src, cfg, bundle, fields, say)
+    manifest = stages.sign(src, bundle, lineage, calibration, gate, report, parity, cfg.max_batch_size, key)
+    return register(src, cfg, bundle, manifest, say)
 
 
 def open_source(state: Path, cfg: ExportConfig) -> Source:
@@ -121,10 +122,10 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-def register(src: Source, cfg: ExportConfig, bundle: Path, fields: dict, say: Say) -> Release:
+def register(src: Source, cfg: ExportConfig, bundle: Path, manifest: Manifest, say: Say) -> Release:
     """The release in the registry (the release service offers it to devices from there)."""
-    release = Release(0, bundle, fields["model"], cfg.run, fields["lineage"]["round"], fields["gate"],
-                      fields["sparsity"], fields["sizes"])
+    release = Release(0, bundle, manifest.model, cfg.run, manifest.lineage["round"], manifest.gate,
+                      manifest.sparsity, manifest.sizes)
     summary = {k: v for k, v in release.to_json().items() if k != "release"}
     release_id = src.registry.add_release(cfg.run, release.round, str(bundle), sha256_file(bundle / "manifest.json"),
                                           summary)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedge.edge_runtime.distribution.bundle import load_private_key, write_bundle
+from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, load_private_key, write_bundle
 from fedge.core.tasks import get_task
 
 from fedge.export.onnx_export import to_onnx
@@ -40,15 +40,15 @@ def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | Non
     spec = task.input_spec()
     for name, path in task.bundle_files().items():
         shutil.copyfile(path, Path(out) / name)
-    fields = {
-        "model": model_name or task_name, "task": task_name,
-        "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, task.num_classes]}],
-        "models": models or {"fp32": "model.fp32.onnx"}, "labels": list(task.labels),
-        "preprocessing": task.preprocessing(), "max_batch_size": max_batch_size,
-        "lineage": {"run": 0, "round": 0, "seed": seed},
-    }
-    write_bundle(out, fields, load_private_key(key_path))
+    manifest = Manifest(
+        model=model_name or task_name, task=task_name,
+        inputs=(TensorDesc("input", spec.datatype, tuple(spec.shape)),),
+        outputs=(TensorDesc("logits", "FP32", (-1, task.num_classes)),),
+        models=models or {"fp32": "model.fp32.onnx"}, labels=tuple(task.labels),
+        preprocessing=task.preprocessing(), max_batch_size=max_batch_size,
+        lineage={"run": 0, "round": 0, "seed": seed},
+    )
+    write_bundle(out, manifest, load_private_key(key_path))
     return out
 
 

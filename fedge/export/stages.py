@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from fedge.core.wire import JobKey, JobKind
-from fedge.edge_runtime.distribution.bundle import write_bundle
+from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, write_bundle
 from fedge.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms, uses_abs
 from fedge.export.federated import run_job
 from fedge.export.gate import GateFailed, GateReport, aggregate_gate
@@ -196,26 +196,25 @@ def say_reference(report: GateReport, say: Say) -> None:
 
 
 def sign(src: Source, bundle: Path, lineage: dict, calibration: Path, report: GateReport, pruned: SparsityReport,
-         parity: float, max_batch_size: int, signing_key) -> dict:
-    """Stage 7: the manifest (what the device serves and how it was made) signed into the bundle -> its fields."""
+         parity: float, max_batch_size: int, signing_key) -> Manifest:
+    """Stage 7: the manifest (what the device serves and how it was made) signed into the bundle -> the manifest."""
     task, spec = src.task, src.task.input_spec()
     cal = json.loads(calibration.read_text())
     for name, path in task.bundle_files().items():  # e.g. the tokenizer the device tokenizes with
         shutil.copyfile(path, bundle / name)
-    fields = {
-        "model": task.name, "task": task.name,
-        "inputs": [{"name": "input", "datatype": spec.datatype, "shape": list(spec.shape)}],
-        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, task.num_classes]}],
-        "models": {"fp32": "model.fp32.onnx", "int8_cpu": "model.int8.cpu.onnx", "int8_trt": "model.int8.trt.onnx"},
-        "labels": list(task.labels), "preprocessing": task.preprocessing(), "max_batch_size": max_batch_size,
-        "lineage": lineage, "sparsity": pruned.to_json(),
-        "calibration": {"method": cal["method"], "tensors": len(cal["ranges"]), "customers": cal["customers"],
-                        "samples_per_customer_max": CALIBRATION_SAMPLES_MAX},
-        "gate": report.to_json(), "sizes": {p.name: p.stat().st_size for p in bundle.iterdir()},
-        "onnx": {"opset": 17, "parity_max_abs_diff": parity},
-    }
-    write_bundle(bundle, fields, signing_key)
-    return fields
+    manifest = Manifest(
+        model=task.name, task=task.name,
+        inputs=(TensorDesc("input", spec.datatype, tuple(spec.shape)),),
+        outputs=(TensorDesc("logits", "FP32", (-1, task.num_classes)),),
+        models={"fp32": "model.fp32.onnx", "int8_cpu": "model.int8.cpu.onnx", "int8_trt": "model.int8.trt.onnx"},
+        labels=tuple(task.labels), preprocessing=task.preprocessing(), max_batch_size=max_batch_size,
+        lineage=lineage, sparsity=pruned.to_json(),
+        calibration={"method": cal["method"], "tensors": len(cal["ranges"]), "customers": cal["customers"],
+                     "samples_per_customer_max": CALIBRATION_SAMPLES_MAX},
+        gate=report.to_json(), sizes={p.name: p.stat().st_size for p in bundle.iterdir()},
+        onnx={"opset": 17, "parity_max_abs_diff": parity},
+    )
+    return write_bundle(bundle, manifest, signing_key)
 
 
 def measure_sparsity(task, checkpoint: Path, spec: str) -> SparsityReport:
