@@ -1,11 +1,11 @@
 """The coordinator's run registry: an embedded SQLite database in the coordinator's state dir.
 
 Every completed round is one row (metrics, participants, wall time, checkpoint path and sha256). The ServerApp
-writes, the operator's CLI reads; WAL mode lets both work at once.
+writes, the operator's CLI reads; WAL mode lets both work at once. The tables and their versions are in
+:mod:`fedge.server.registry_schema`.
 """
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import NotFoundError
 import json
 import sqlite3
 import time
@@ -14,63 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    task TEXT NOT NULL,
-    status TEXT NOT NULL,             -- pending | running | completed | failed
-    reason TEXT,
-    num_rounds INTEGER NOT NULL,
-    config TEXT NOT NULL,             -- JSON: the launch configuration
-    flower_runs TEXT NOT NULL DEFAULT '[]',  -- JSON list of Flower run ids (launch, resumes)
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS rounds (
-    run_id INTEGER NOT NULL REFERENCES runs(id),
-    round INTEGER NOT NULL,
-    accuracy REAL,
-    loss REAL,
-    clients TEXT NOT NULL,            -- JSON list of customer names whose updates were aggregated
-    client_metrics TEXT NOT NULL,     -- JSON {customer: {fit/eval metrics}}
-    failures TEXT NOT NULL,           -- JSON list of failure descriptions
-    refused TEXT NOT NULL DEFAULT '[]',
-    privacy TEXT NOT NULL DEFAULT '{}',
-    wall_s REAL NOT NULL,
-    checkpoint TEXT NOT NULL,
-    checkpoint_sha256 TEXT NOT NULL,
-    finished REAL NOT NULL,
-    PRIMARY KEY (run_id, round)
-);
-CREATE TABLE IF NOT EXISTS releases (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id INTEGER NOT NULL,
-    round INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    manifest_sha256 TEXT NOT NULL,
-    summary TEXT NOT NULL,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS withdrawn_releases (  -- releases the release service no longer offers
-    release_id INTEGER PRIMARY KEY REFERENCES releases(id),
-    at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS devices (              -- edge devices as the release service last saw them
-    name TEXT PRIMARY KEY,
-    authenticated INTEGER NOT NULL,   -- 1: the name is its client certificate's (mutual TLS); 0: as it claims
-    address TEXT NOT NULL,
-    first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    current TEXT NOT NULL             -- JSON [{model, manifest_sha256, local_version, release}]
-);
-CREATE TABLE IF NOT EXISTS revoked_devices (      -- refused by the release service
-    name TEXT PRIMARY KEY,
-    at REAL NOT NULL,
-    reason TEXT NOT NULL
-);
-"""
-
+from fedge.edge_runtime.common.errors import NotFoundError
+from fedge.server.registry_schema import migrate
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -103,8 +48,7 @@ class Registry:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+        migrate(self.path)  # the schema at its current version (server/registry_schema.py); rows untouched
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
