@@ -15,17 +15,21 @@ import time
 from concurrent.futures import Executor
 from typing import Awaitable, Callable, TypeVar
 
+import numpy as np
+
 from fedge.edge_runtime.common.errors import (EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, quoted,
                                               status_of)
 from fedge.edge_runtime.distribution.repository import check_model_name, valid_model_name, versions
 from fedge.edge_runtime.serving import describe
-from fedge.edge_runtime.serving.inference import (InferRequest, InferResult, classify, decode_inputs, request_priority,
-                                                  request_timeout_us, requested_outputs)
+from fedge.edge_runtime.serving.inference import (InferRequest, InferResult, Wanted, classify, decode_inputs,
+                                                  request_priority, request_timeout_us, requested_outputs)
 from fedge.edge_runtime.serving.log_settings import LogSettings
 from fedge.edge_runtime.serving.metrics import Metrics
+from fedge.edge_runtime.serving.model import LoadedModel
 from fedge.edge_runtime.serving.model_repository import ModelRepository
+from fedge.edge_runtime.serving.observers import Answered, Observers
 from fedge.edge_runtime.serving.response_cache import ResponseCache, request_key
-from fedge.edge_runtime.serving.shared_memory import SharedMemory
+from fedge.edge_runtime.serving.shared_memory import SharedMemory, ShmRef
 from fedge.edge_runtime.serving.tracing import Tracer
 
 SERVER_NAME = "fedge-edge"
@@ -38,8 +42,10 @@ OTHER = "(other)"  # the metric label of a model name or version that is not ins
 class DataPlane:
     def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
                  shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None,
-                 strict_readiness: bool = True, cache: ResponseCache | None = None) -> None:
+                 strict_readiness: bool = True, cache: ResponseCache | None = None,
+                 observers: Observers | None = None) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
+        self.observers = observers or Observers()  # see each answered request, off the hot path (observers.py)
         self.cache = cache  # --cache-config: answers of repeated requests, for models whose config allows it
         self.strict_readiness = strict_readiness
         self.executor = executor  # threads for unbatched inference and model loading
@@ -145,6 +151,9 @@ class DataPlane:
                 lookup_s = time.perf_counter() - looked
                 if hit is not None:
                     self._answered(m, time.perf_counter() - started, cache_s=lookup_s)
+                    if self.observers:
+                        self.observers.notify(Answered(m.name, m.version, request.id, hit, inputs,
+                                                       time.perf_counter() - started, cached=True))
                     return InferResult(m.name, str(m.version), request.id, hit)
             feeds = m.preprocess(inputs)
             decoded = time.perf_counter()
@@ -153,7 +162,7 @@ class DataPlane:
             outputs = await m.run_async(feeds, self.executor, trace, request_timeout_us(request.parameters),
                                          request_priority(request.parameters))
             ran = time.perf_counter()
-            outputs = m.postprocess(outputs)
+            raw = outputs = m.postprocess(outputs)
             outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count
                        else outputs[name] for name, w in wanted.items()}
             result = InferResult(m.name, str(m.version), request.id, outputs, shm.write_outputs(outputs, to_shm))
@@ -171,6 +180,8 @@ class DataPlane:
                 self.tracer.finish(trace)
         done = time.perf_counter()
         self._answered(m, done - started, decoded - started, done - ran)
+        if self.observers:
+            self.observers.notify(Answered(m.name, m.version, request.id, raw, inputs, done - started, ran - decoded))
         return result
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
@@ -183,14 +194,15 @@ class DataPlane:
             return model, OTHER
         return model, version
 
-    def _cache_key(self, m, inputs, wanted, to_shm) -> bytes | None:
+    def _cache_key(self, m: LoadedModel, inputs: dict[str, np.ndarray], wanted: dict[str, Wanted],
+                   to_shm: dict[str, ShmRef]) -> bytes | None:
         """The request's response-cache key, or None where the cache is not used: no cache, the model's config
         turns it off, or an output goes to shared memory."""
         if self.cache is None or not m.batching.response_cache or to_shm:
             return None
         return request_key(m.name, m.version, inputs, {name: w.class_count for name, w in wanted.items()})
 
-    def _answered(self, m, total_s: float, input_s: float = 0.0, output_s: float = 0.0,
+    def _answered(self, m: LoadedModel, total_s: float, input_s: float = 0.0, output_s: float = 0.0,
                   cache_s: float | None = None) -> None:
         """Statistics and metrics of an answered request (``cache_s``: answered from the cache, in that long)."""
         if cache_s is None:

@@ -58,8 +58,6 @@ class ModelRepository:
         self._loading: set[str] = set()
         self._batching: dict[str, BatchingConfig] = {}  # set by RepositoryModelLoad's config, until the next load
         self._lock = threading.RLock()
-        self._stop = threading.Event()
-        self._watcher: threading.Thread | None = None
 
     # -- lookups ---------------------------------------------------------------------------------------------
     def get(self, name: str, version: str = "") -> LoadedModel:
@@ -232,18 +230,6 @@ class ModelRepository:
         if model is not None:
             model.close()
 
-    def watch(self, interval: float = 0.5) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.refresh()
-                except Exception:  # never let the watcher die
-                    log.exception("repository refresh failed")
-
-        self._watcher = threading.Thread(target=loop, name="fedge-repo-watch", daemon=True)
-        self._watcher.start()
-
     def close(self) -> None:
-        self._stop.set()
         for model in list(self._live.values()):
             model.close()
