@@ -20,7 +20,7 @@ import numpy as np
 
 from .plots import serving_curves
 from .report import Section
-from .timing import interleaved, stats
+from .timing import interleaved
 
 CONCURRENCY = (1, 8, 64)
 STREAMING = "batching, a stream per client"  # the batching server driven with tritonclient's async_stream_infer

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedge.edge_runtime.distribution.bundle import load_private_key, sha256_file
+from fedge.export.profiles import profile_of
 from fedge.export import stages
 from fedge.export.prune import PruneConfig
 from fedge.export.quantize import QuantizeConfig
@@ -71,7 +72,7 @@ def export_release(state: Path, cfg: ExportConfig, say: Say = lambda text: None,
     """Prune -> recover -> ONNX FP32 -> calibrate -> INT8 (QDQ) -> accuracy gate -> signed bundle.
     ``say`` hears each stage's outcome; ``progress`` follows the recovery rounds (default: nothing shown)."""
     src = open_source(Path(state).resolve(), cfg)
-    if src.task.export_profile == "transformer" and cfg.prune != "none":
+    if profile_of(src.task).mask_in_model and cfg.prune != "none":
         src = stages.masked(src, cfg.prune)  # the mask lives in the model: recovery rounds train under it
     key = signing_key(src.state, cfg)
     work = fresh_dir(src.state / "exports" / f"run{cfg.run}-round{src.round.round}")

@@ -12,9 +12,12 @@ same ranges:
 """
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 from fedge.export.calibration import write_cache
 
@@ -28,39 +31,42 @@ class QuantizeConfig:
             raise ConfigError(f"unknown calibration method {self.method!r}")
 
 
-def preprocess(fp32: Path, out: Path, profile: str = "cnn") -> Path:
-    """Shape inference + ORT's basic optimizations; calibration and quantization both run on this graph. (An
-    exported BERT fails ONNX Runtime's symbolic shape inference on its position-ids slice: the transformer profile
-    skips it, ONNX's own shape inference still runs.)"""
+# A model family's quantizer: (pre-processed FP32, calibration cache, ORT's calibration method, out dir) -> the
+# INT8 files by variant ("int8_trt", "int8_cpu"). The export profiles (fedge.export.profiles) choose one.
+Quantizer = Callable[[Path, Path, Any, Path], dict[str, Path]]
+
+
+def preprocess(fp32: Path, out: Path, skip_symbolic_shape: bool = False) -> Path:
+    """Shape inference + ORT's basic optimizations; calibration and quantization both run on this graph.
+    ``skip_symbolic_shape``: ONNX Runtime's symbolic shape inference is skipped (ONNX's own still runs)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=profile == "transformer")
+    quant_pre_process(str(fp32), str(out), skip_symbolic_shape=skip_symbolic_shape)
     return out
 
 
 def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir: Path, cfg: QuantizeConfig,
-                      profile: str = "cnn") -> dict[str, Path]:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
-
+                      quantizer: Quantizer | None = None) -> dict[str, Path]:
+    """Both INT8 files of ``pre`` from the merged ``ranges``, by ``quantizer`` (default: the CNN family's)."""
     cache = out_dir / "calibration-cache.json"
     cm = write_cache(cache, ranges, cfg.method)
-    if profile == "transformer":
-        from fedge.export.transformer import quantize_transformer
+    variants = (quantizer or quantize_cnn)(pre, cache, cm, out_dir)
+    cache.unlink()
+    return {k: keep_used_opsets(p) for k, p in variants.items()}
 
-        variants = quantize_transformer(pre, cache, cm, out_dir)
-        cache.unlink()
-        return {k: keep_used_opsets(p) for k, p in variants.items()}
-    common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, calibrate_method=cm,
-                  calibration_cache_path=str(cache))
+
+def quantize_cnn(pre: Path, cache: Path, method: Any, out_dir: Path) -> dict[str, Path]:
+    """The CNN family's two INT8 files: QDQ on every quantizable operator, per-channel weights."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
+                  calibrate_method=method, calibration_cache_path=str(cache))
     trt = out_dir / "model.int8.trt.onnx"
     quantize_static(str(pre), str(trt), None, activation_type=QuantType.QInt8,
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}, **common)
     cpu = out_dir / "model.int8.cpu.onnx"
     quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8, reduce_range=True,
                     extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
-    cache.unlink()
-    for path in (trt, cpu):
-        keep_used_opsets(path)
     return {"int8_trt": trt, "int8_cpu": cpu}
 
 

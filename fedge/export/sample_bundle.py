@@ -6,13 +6,13 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, load_private_key, write_bundle
 from fedge.core.tasks import get_task
 
 from fedge.export.onnx_export import to_onnx
+from fedge.export.profiles import profile_of
 
 
 def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model_name: str | None = None,
@@ -20,11 +20,7 @@ def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model
     task = get_task(task_name)
     torch.manual_seed(seed)
     model = task.export_module(task.build_model())
-    spec = task.input_spec()
-    if task.export_profile == "transformer":  # token ids of sample texts, dynamic batch and sequence axes
-        sample, axes = task.sample_inputs(), [i for i, n in enumerate(spec.shape) if n < 0]
-    else:
-        sample, axes = np.zeros((2, *spec.shape[1:]), dtype=np.float32 if spec.datatype == "FP32" else np.int64), [0]
+    sample, axes = profile_of(task).sample(task)
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)

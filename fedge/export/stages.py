@@ -18,7 +18,8 @@ from fedge.export.calibration import histogram_edges, merge_histograms, merge_mi
 from fedge.export.federated import run_job
 from fedge.export.gate import GateFailed, GateReport, aggregate_gate
 from fedge.export.onnx_export import check_parity, to_onnx
-from fedge.export.prune import PruneConfig, SparsityReport, prune_model, sparsity
+from fedge.export.prune import PruneConfig, SparsityReport, sparsity
+from fedge.export.profiles import profile_of
 from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.registry import Registry, RoundRecord
@@ -28,7 +29,6 @@ from fedge.server.runs import RunFailed, RunProgress, launch
 Say = Callable[[str], None]  # where a stage reports what it did (rich markup), e.g. Console.print
 GATE_VARIANTS = ("fp32", "int8_cpu", "int8_trt")
 CALIBRATION_SAMPLES_MAX = 256  # per customer (client.jobs)
-FUSED_FP32 = "model.fp32.fused.onnx"  # the transformer profile's FP32 for ONNX Runtime (fedge.export.transformer)
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def prune(task, checkpoint: Path, spec: str, out: Path) -> Path:
     """Stage 1: magnitude pruning (``none``, ``2:4``, ``unstructured:P``) -> the pruned weights. (A text model's
     trained arrays are its adapters and head: its mask is held by the model itself, see ``masked``.)"""
     model = load_model(task, checkpoint)
-    if task.export_profile != "transformer":
-        prune_model(model, PruneConfig.parse(spec))
+    profile_of(task).prune(model, spec)
     save_checkpoint(out, {k: v.detach().numpy() for k, v in model.state_dict().items()}, {"task": task.name})
     return out
 
@@ -102,21 +101,15 @@ def onnx(task, checkpoint: Path, out: Path, say: Say) -> tuple[Path, float]:
     to_onnx(model, sample[:2], out, dynamic_axes=dynamic)
     parity = check_parity(model, out, sample)
     say(f"[bold]onnx[/bold]: opset 17, parity max|diff| {parity.max_abs_diff:.2e}")
-    if task.export_profile == "transformer":
-        from fedge.export.transformer import encoder_shape, fuse, fused_operators
-
-        fused = fuse(out, out.with_name(FUSED_FP32), *encoder_shape(task.base / "config.json"))
-        fused_parity = check_parity(model, fused, sample)
-        say(f"[bold]fused[/bold] for ONNX Runtime: {fused_operators(fused)}, parity max|diff|"
-            f" {fused_parity.max_abs_diff:.2e}")
+    profile_of(task).after_onnx(task, model, out, sample, say)  # a transformer is fused for ONNX Runtime here
     return out, parity.max_abs_diff
 
 
 def calibrate(src: Source, fp32: Path, method: str, bins: int, timeout: float, out: Path, say: Say) -> Path:
     """Stage 4: federated calibration of the pre-processed FP32 model: each customer sends per-tensor ranges (and,
     for entropy/percentile, histograms over edges the coordinator chose from the merged ranges) -> calibration.json."""
-    profile = src.task.export_profile
-    pre = preprocess(fp32, out.parent / "model.fp32.pre.onnx", profile)
+    profile = profile_of(src.task)
+    pre = preprocess(fp32, out.parent / "model.fp32.pre.onnx", profile.skip_symbolic_shape)
     work = out.parent
     mm = src.job(JobKind.CALIBRATE_MINMAX, work, {}, {JobKey.MODEL: pre}, timeout)
     ranges = merge_minmax([{k: tuple(v) for k, v in r.items()} for r in mm["results"].values()])
@@ -127,7 +120,7 @@ def calibrate(src: Source, fp32: Path, method: str, bins: int, timeout: float, o
         ranges = ranges_from_histograms(merge_histograms(list(hist["results"].values())), edges, ranges, method)
     say(f"[bold]calibration[/bold] {method}: {len(ranges)} tensors from {len(mm['results'])} customers")
     out.write_text(json.dumps({"method": method, "model": pre.name, "customers": sorted(mm["results"]),
-                               "profile": profile,
+                               "profile": profile.name,
                                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}}))
     return out
 
@@ -137,10 +130,10 @@ def quantize(calibration: Path, fp32: Path, bundle: Path) -> dict[str, Path]:
     directory, with the FP32 model beside them -> the bundle's model files by variant."""
     doc = json.loads(calibration.read_text())
     ranges = {k: (lo, hi) for k, (lo, hi) in doc["ranges"].items()}
-    profile = doc.get("profile", "cnn")
+    profile = profile_of(doc.get("profile", "cnn"))
     variants = quantize_variants(calibration.parent / doc["model"], ranges, bundle, QuantizeConfig(doc["method"]),
-                                 profile)
-    shutil.copyfile(fp32.with_name(FUSED_FP32) if profile == "transformer" else fp32, bundle / "model.fp32.onnx")
+                                 profile.quantizer)
+    shutil.copyfile(profile.serving_fp32(fp32), bundle / "model.fp32.onnx")
     return {"fp32": bundle / "model.fp32.onnx", **variants}
 
 
@@ -150,17 +143,12 @@ def gate(src: Source, models: dict[str, Path], max_drop: float, reference_rows: 
     (and the INT8 ones by the ONNX specification on its first ``reference_rows`` rows) -> gate.json; raises
     GateFailed (with the per-customer figures) if INT8 loses more than ``max_drop``; a release whose INT8 answers
     depend on the CPU is said so, with the numbers, and marked in the report."""
-    if src.task.export_profile == "transformer" and reference_rows:
-        # onnx.reference cannot run the exported encoder (and would take minutes per row on 22 M parameters)
-        say("[bold]reference[/bold]: not evaluated for a transformer (the CPU variant's 7-bit weights hold the"
-            " cross-CPU rule, fedge.export.quantize)")
-        reference_rows = 0
+    profile = profile_of(src.task)
+    reference_rows = profile.reference_rows(reference_rows, say)
     g = src.job(JobKind.GATE, out.parent, {JobKey.KINDS: json.dumps(list(GATE_VARIANTS)),
                                            JobKey.REFERENCE_ROWS: reference_rows},
                 {JobKey.model_of(k): models[k] for k in GATE_VARIANTS}, timeout)
-    # a transformer's TensorRT form is gated too (its symmetric activations are the riskier quantization)
-    gated = ("int8_cpu", "int8_trt") if src.task.export_profile == "transformer" else ("int8_cpu",)
-    report = aggregate_gate(g["results"], max_drop, gated=gated)
+    report = aggregate_gate(g["results"], max_drop, gated=profile.gated)
     out.write_text(json.dumps(report.to_json(), indent=2))
     say(f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
         f" drop {report.accuracy_drop:+.4f} (max {max_drop}), top-1 agreement {report.agreement:.4f}; "
