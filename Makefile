@@ -12,7 +12,7 @@ DEVICE_PYTHON ?= $(shell for p in "$$(command -v python3.10)" "$${PYENV_ROOT:-$$
 	/usr/bin/python3.10 /usr/local/bin/python3.10; do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' \
 	2>/dev/null && echo "$$p" && break; done)
 
-.PHONY: demo test bench install device-install clean
+.PHONY: demo test check bench install device-install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,13 @@ endif
 demo: $(STAMP)
 	$(BIN)/fedge demo
 
-test: $(STAMP) device-install
+# Formatter, linter and type checker (rules and levels: pyproject.toml's [tool.ruff] and [tool.mypy])
+check: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python tools/typecheck.py
+
+test: $(STAMP) device-install check
 	FEDGE_REQUIRE_DEVICE_PYTHON=$(if $(DEVICE_PYTHON),1,) $(BIN)/python -m pytest -q -ra --durations=12
 
 bench: $(STAMP)

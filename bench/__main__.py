@@ -1,5 +1,6 @@
 """``python -m bench [--only PART ...] [--quick]``: run the benchmark parts in one process and regenerate
 docs/BENCHMARKS.md and docs/benchmarks.json (``make bench``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ PARTS = ("inference", "int8_cpus", "aggregation", "serving", "federation", "text
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--only", nargs="*", choices=PARTS + ("gpu",), help="run only these parts (the files then hold only them)")
+    ap.add_argument(
+        "--only", nargs="*", choices=PARTS + ("gpu",), help="run only these parts (the files then hold only them)"
+    )
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke run; not for publishing)")
     ap.add_argument("--docs", default="docs", help="where BENCHMARKS.md, benchmarks.json and plots go")
     ap.add_argument("--work", help="scratch dir (default: a temp dir)")
@@ -44,7 +47,11 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(sec)
             for name, value in sec.figures.items():
                 console.print(f"{name} = {value if value is None else round(value, 4)}  {verdict(name, value)}")
-    command = "make bench" if not (a.only or a.quick) else "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = (
+        "make bench"
+        if not (a.only or a.quick)
+        else "python -m bench " + shlex.join(sys.argv[1:] if argv is None else argv)
+    )
     md, js = write(docs, machine, sections, command, time.monotonic() - started, partial=bool(a.only))
     console.print(f"wrote {md} and {js} in {(time.monotonic() - started) / 60:.1f} min")
     return 0

@@ -3,6 +3,7 @@
 fedge's ``server.aggregate.fedavg_fit_results``, Flower's own ``aggregate_inplace`` (what its FedAvg runs), and
 the memory-bandwidth floor: one numpy pass reading the same bytes (``max``, the fastest single-pass numpy
 reduction on the machines we measured: about 34 GB/s where ``sum`` manages 19)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,7 +22,9 @@ def _results(k: int, p: int):
     out = []
     for i in range(k):
         update = base + np.float32(0.01 * (i + 1))
-        out.append((None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), int(rng.integers(50, 500)), {})))
+        out.append(
+            (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update]), int(rng.integers(50, 500)), {}))
+        )
     return out
 
 
@@ -44,9 +47,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         assert check < 1e-5, f"fedge and Flower disagree by {check}"
 
         variants = {
-            "fedge": lambda: fedavg_fit_results(results),
-            "flower": lambda: aggregate_inplace(results),
-            "floor": lambda: [v.max() for v in views],
+            "fedge": lambda results=results: fedavg_fit_results(results),
+            "flower": lambda results=results: aggregate_inplace(results),
+            "floor": lambda views=views: [v.max() for v in views],
         }
         s = interleaved(variants, reps=3 if quick else (5 if k * p >= 1e9 else 9), target_s=0.2)
         vs_floor = paired_ratio(s["fedge"], s["floor"])["median"]
@@ -55,8 +58,17 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         gb = k * p * 4 / 1e9
         for name, t in s.items():
             st = stats(t)
-            rows.append({"K": k, "P": f"{p / 1e6:g}M", "variant": name, "min ms": st["min"] * 1e3,
-                         "median ms": st["median"] * 1e3, "max ms": st["max"] * 1e3, "GB/s read": gb / st["median"]})
+            rows.append(
+                {
+                    "K": k,
+                    "P": f"{p / 1e6:g}M",
+                    "variant": name,
+                    "min ms": st["min"] * 1e3,
+                    "median ms": st["median"] * 1e3,
+                    "max ms": st["max"] * 1e3,
+                    "GB/s read": gb / st["median"],
+                }
+            )
         rows.append({"K": k, "P": f"{p / 1e6:g}M", "variant": "fedge / floor", "median ms": vs_floor})
         rows.append({"K": k, "P": f"{p / 1e6:g}M", "variant": "Flower / fedge", "median ms": vs_flower})
         data[f"K{k}_P{p}"] = s
@@ -64,8 +76,12 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         progress.advance(task)
     sec.figures["aggregation_vs_floor"] = worst_floor
     sec.figures["aggregation_vs_flower"] = worst_flower
-    sec.tables.append(("Time per aggregation ('fedge / floor' and 'Flower / fedge' rows are paired ratios, in the"
-                       " median column)", rows))
+    sec.tables.append(
+        (
+            "Time per aggregation ('fedge / floor' and 'Flower / fedge' rows are paired ratios, in the median column)",
+            rows,
+        )
+    )
     sec.notes += [
         "The figures are the worst case over the four sizes (largest fedge/floor, smallest Flower/fedge).",
         "fedge reads each update in place (zero-copy view of the message's .npy bytes) and builds the weighted sum in"

@@ -2,6 +2,7 @@
 TLS + node authentication) on loopback, the customers holding Dirichlet(0.5) non-IID splits. Seconds per round
 with SecAgg+ off and on (digits), federated vs centralized accuracy (digits and intent), and the INT8 accuracy
 drop of a release exported from the digits run (fedge's federated calibration and gate, no pruning)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,10 @@ def _launch(fed, task: str, rounds: int, secagg: bool, **extra) -> int:
     from fedge.server.runs import launch
 
     with contextlib.redirect_stdout(io.StringIO()):  # the live round table; the registry keeps every number
-        outcome = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=secagg, seed=0,
-                                           round_timeout=180, **extra))
+        outcome = launch(
+            fed.state,
+            RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=secagg, seed=0, round_timeout=180, **extra),
+        )
     run_id = outcome.run_id
     if not outcome.ok:
         raise RuntimeError(f"{task} run {run_id} failed; logs in {fed.root / 'logs'} and {fed.state / 'logs'}")
@@ -38,10 +41,10 @@ def _launch(fed, task: str, rounds: int, secagg: bool, **extra) -> int:
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
-    from fedge.edge_runtime.distribution.bundle import generate_keys
-    from fedge.core.baseline import centralized_accuracy
     from fedge.cli.demo import write_customer_data
+    from fedge.core.baseline import centralized_accuracy
     from fedge.core.tasks import get_task
+    from fedge.edge_runtime.distribution.bundle import generate_keys
     from fedge.export.pipeline import ExportConfig, export_release
     from fedge.server.runs import open_registry
 
@@ -62,8 +65,9 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
         progress.advance(t)
         reg = open_registry(fed.state)
         generate_keys(fed.state / "keys")
-        release = export_release(fed.state, ExportConfig(run=plain, out=work / "release-digits", prune="none",
-                                                         max_accuracy_drop=0.05))
+        release = export_release(
+            fed.state, ExportConfig(run=plain, out=work / "release-digits", prune="none", max_accuracy_drop=0.05)
+        )
         progress.advance(t)
         dpsgd = _launch(fed, "digits", dpsgd_rounds, secagg=False, dp_sgd_epsilon=8.0, **DPSGD_DEMO)
         progress.advance(t)
@@ -92,39 +96,84 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     i_rounds = ireg.rounds(irun)
     curves["intent, SecAgg+ off"] = [r.accuracy for r in i_rounds]
     progress.advance(t)
-    sweep = central_dp_sweep(work, rounds=3 if quick else 10,
-                             runs=((0.0, False), (1.0, False)) if quick else
-                             ((0.0, False), (0.3, False), (1.0, False), (3.0, False), (1.0, True)))
+    sweep = central_dp_sweep(
+        work,
+        rounds=3 if quick else 10,
+        runs=((0.0, False), (1.0, False))
+        if quick
+        else ((0.0, False), (0.3, False), (1.0, False), (3.0, False), (1.0, True)),
+    )
     progress.advance(t)
 
-    sec.figures.update({
-        "round_s_plain": round_plain, "round_s_secagg": round_secagg, "secagg_overhead": round_secagg / round_plain,
-        "fed_minus_central_digits": p_rounds[-1].accuracy - central,
-        "fed_minus_central_intent": i_rounds[-1].accuracy - icentral,
-        "dpsgd_eps8_minus_nonprivate_digits": d_rounds[-1].accuracy - p_rounds[-1].accuracy,
-        "dpsgd_eps8_epsilon_spent": d_rounds[-1].privacy.get("epsilon"),
-        "int8_accuracy_drop_digits": gate["accuracy_drop"],
-    })
-    for label, rs in (("digits, SecAgg+ off", p_rounds), ("digits, SecAgg+ on", s_rounds),
-                      ("digits, DP-SGD ε<=8 (SecAgg+ off)", d_rounds), ("intent, SecAgg+ off", i_rounds)):
+    sec.figures.update(
+        {
+            "round_s_plain": round_plain,
+            "round_s_secagg": round_secagg,
+            "secagg_overhead": round_secagg / round_plain,
+            "fed_minus_central_digits": p_rounds[-1].accuracy - central,
+            "fed_minus_central_intent": i_rounds[-1].accuracy - icentral,
+            "dpsgd_eps8_minus_nonprivate_digits": d_rounds[-1].accuracy - p_rounds[-1].accuracy,
+            "dpsgd_eps8_epsilon_spent": d_rounds[-1].privacy.get("epsilon"),
+            "int8_accuracy_drop_digits": gate["accuracy_drop"],
+        }
+    )
+    for label, rs in (
+        ("digits, SecAgg+ off", p_rounds),
+        ("digits, SecAgg+ on", s_rounds),
+        ("digits, DP-SGD ε<=8 (SecAgg+ off)", d_rounds),
+        ("intent, SecAgg+ off", i_rounds),
+    ):
         w = [r.wall_s for r in rs]
-        rows.append({"run": label, "rounds": len(rs), "s/round min": min(w), "s/round median": statistics.median(w),
-                     "s/round max": max(w), "final accuracy": rs[-1].accuracy,
-                     "centralized": icentral if label.startswith("intent") else central})
-    sec.tables.append(("Seconds per round (from the registry: launch of the round's messages to the aggregated,"
-                       " checkpointed model) and accuracy on the union of the customers' holdouts", rows))
-    sec.tables.append(("INT8 release of the digits run (federated MinMax calibration, federated gate, no pruning)",
-                       [{"FP32 accuracy": gate["fp32_accuracy"], "INT8 accuracy": gate["int8_accuracy"],
-                         "drop": gate["accuracy_drop"], "top-1 agreement": gate["top1_agreement"],
-                         "INT8 size / FP32": release.int8_size_ratio}]))
-    sec.tables.append(("Central DP (client-side clipping C = 1, or adaptive from 0.1 toward the median update norm;"
-                       " Gaussian noise on the aggregate), 100 simulated customers (Flower simulation engine,"
-                       f" Dirichlet 0.5, {SWEEP_EPOCHS} local epochs, lr {SWEEP_LR}), digits", sweep))
+        rows.append(
+            {
+                "run": label,
+                "rounds": len(rs),
+                "s/round min": min(w),
+                "s/round median": statistics.median(w),
+                "s/round max": max(w),
+                "final accuracy": rs[-1].accuracy,
+                "centralized": icentral if label.startswith("intent") else central,
+            }
+        )
+    sec.tables.append(
+        (
+            "Seconds per round (from the registry: launch of the round's messages to the aggregated,"
+            " checkpointed model) and accuracy on the union of the customers' holdouts",
+            rows,
+        )
+    )
+    sec.tables.append(
+        (
+            "INT8 release of the digits run (federated MinMax calibration, federated gate, no pruning)",
+            [
+                {
+                    "FP32 accuracy": gate["fp32_accuracy"],
+                    "INT8 accuracy": gate["int8_accuracy"],
+                    "drop": gate["accuracy_drop"],
+                    "top-1 agreement": gate["top1_agreement"],
+                    "INT8 size / FP32": release.int8_size_ratio,
+                }
+            ],
+        )
+    )
+    sec.tables.append(
+        (
+            "Central DP (client-side clipping C = 1, or adaptive from 0.1 toward the median update norm;"
+            " Gaussian noise on the aggregate), 100 simulated customers (Flower simulation engine,"
+            f" Dirichlet 0.5, {SWEEP_EPOCHS} local epochs, lr {SWEEP_LR}), digits",
+            sweep,
+        )
+    )
     if docs is not None:
         sec.plots.append(learning_curves(docs / "bench-learning.png", curves, {"digits": central, "intent": icentral}))
     sec.notes += _notes(dpsgd_rounds)
-    sec.data = {"curves": curves, "centralized": {"digits": central, "intent": icentral},
-                "wall_s": {k: [r.wall_s for r in v] for k, v in (("plain", p_rounds), ("secagg", s_rounds), ("intent", i_rounds))}}
+    sec.data = {
+        "curves": curves,
+        "centralized": {"digits": central, "intent": icentral},
+        "wall_s": {
+            k: [r.wall_s for r in v] for k, v in (("plain", p_rounds), ("secagg", s_rounds), ("intent", i_rounds))
+        },
+    }
     return sec
 
 
@@ -132,7 +181,8 @@ def _notes(dpsgd_rounds: int) -> list[str]:
     from fedge.cli.demo import DPSGD_DEMO
 
     return [
-        "Centralized = the same (non-private) model trained on the union of the customers' training splits for as many epochs as"
+        "Centralized = the same (non-private) model trained on the union of the customers' training splits for as"
+        " many epochs as"
         " the federated run trained locally in total, evaluated on the union of their holdouts.",
         "Flower starts a `flwr-clientapp` process per message on every SuperNode; fedge forks it from a pre-imported"
         " zygote (fedge/core/warm_exec.py), which saves the 1.2-4 CPU-seconds of imports a cold start costs each time"
@@ -162,19 +212,39 @@ def central_dp_sweep(work: Path, rounds: int, runs) -> list[dict]:
 
     rows = []
     for sigma, adaptive in runs:
-        args = [sys.executable, "-m", "fedge.cli", "simulate", "--clients", "100", "--rounds", str(rounds), "--json",
-                "--local-epochs", str(SWEEP_EPOCHS), "--lr", str(SWEEP_LR),
-                "--out", str(work / f"sim-sigma-{sigma}{'-adaptive' if adaptive else ''}")]
+        args = [
+            sys.executable,
+            "-m",
+            "fedge.cli",
+            "simulate",
+            "--clients",
+            "100",
+            "--rounds",
+            str(rounds),
+            "--json",
+            "--local-epochs",
+            str(SWEEP_EPOCHS),
+            "--lr",
+            str(SWEEP_LR),
+            "--out",
+            str(work / f"sim-sigma-{sigma}{'-adaptive' if adaptive else ''}"),
+        ]
         if sigma > 0:
             args += ["--dp-noise", str(sigma), "--dp-clip", "0.1" if adaptive else "1.0"]
             args += ["--dp-adaptive"] if adaptive else []
         out = subprocess.run(args, capture_output=True, text=True, timeout=900, env=fedge_env())
-        doc = json.loads(out.stdout[out.stdout.index("{"):]) if out.returncode == 0 else None
+        doc = json.loads(out.stdout[out.stdout.index("{") :]) if out.returncode == 0 else None
         last = doc["rounds"][-1] if doc else {}
-        rows.append({"noise multiplier σ": sigma, "clip": ("adaptive, last " + _fmt_clip(last)) if adaptive
-                     else ("1.0" if sigma > 0 else "-"), "rounds": rounds, "accuracy": last.get("accuracy"),
-                     "ε (δ = 1e-5)": last.get("epsilon") if sigma > 0 else None,
-                     "status": doc["status"] if doc else f"failed: {out.stderr[-200:]}"})
+        rows.append(
+            {
+                "noise multiplier σ": sigma,
+                "clip": ("adaptive, last " + _fmt_clip(last)) if adaptive else ("1.0" if sigma > 0 else "-"),
+                "rounds": rounds,
+                "accuracy": last.get("accuracy"),
+                "ε (δ = 1e-5)": last.get("epsilon") if sigma > 0 else None,
+                "status": doc["status"] if doc else f"failed: {out.stderr[-200:]}",
+            }
+        )
     return rows
 
 

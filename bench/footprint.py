@@ -4,6 +4,7 @@ Run with this interpreter (the newest ONNX Runtime) and with the device install 
 .venv-device (Python 3.10, ``pip install .[edge]`` only, the oldest ONNX Runtime fedge supports), each serving
 the ResNet-18-style INT8 bundle of the serving benchmark. ``python -m bench --only footprint --docs docs/device``.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,8 +19,10 @@ from . import resnet, serving
 from .report import Section
 
 DEVICE_PYTHON = Path(__file__).resolve().parents[1] / ".venv-device" / "bin" / "python"
-PROBE = ("import sys, time; t = time.perf_counter(); import fedge.edge_runtime.process.serve, onnxruntime;"
-         " print(time.perf_counter() - t, '%d.%d.%d' % sys.version_info[:3], onnxruntime.__version__, sep=',')")
+PROBE = (
+    "import sys, time; t = time.perf_counter(); import fedge.edge_runtime.process.serve, onnxruntime;"
+    " print(time.perf_counter() - t, '%d.%d.%d' % sys.version_info[:3], onnxruntime.__version__, sep=',')"
+)
 
 
 def _status_kb(pid: int, field: str) -> float:
@@ -31,8 +34,12 @@ def _status_kb(pid: int, field: str) -> float:
 
 def _site_packages_mb(python: str) -> dict[str, float]:
     """MiB per top-level entry of ``python``'s site-packages, largest first."""
-    out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     sizes = {}
     for top in Path(out).iterdir():
         files = [top] if top.is_file() else [p for p in top.rglob("*") if p.is_file()]
@@ -79,14 +86,18 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     if DEVICE_PYTHON.exists():
         installs["device"] = str(DEVICE_PYTHON)
     else:
-        sec.notes.append("No device install (.venv-device: `make test` builds it where Python 3.10 exists): only"
-                         " this interpreter was measured.")
+        sec.notes.append(
+            "No device install (.venv-device: `make test` builds it where Python 3.10 exists): only"
+            " this interpreter was measured."
+        )
     starts, requests, imports = (2, 50, 3) if quick else (5, 300, 7)
     task = progress.add_task("footprint: server starts per install", total=starts * len(installs))
     rows = []
     for name, python in installs.items():
-        probes = [subprocess.run([python, "-c", PROBE], capture_output=True, text=True, check=True).stdout.strip()
-                  for _ in range(imports)]
+        probes = [
+            subprocess.run([python, "-c", PROBE], capture_output=True, text=True, check=True).stdout.strip()
+            for _ in range(imports)
+        ]
         import_s = statistics.median(float(p.split(",")[0]) for p in probes)
         _, py_version, ort_version = probes[0].split(",")
         runs = []
@@ -94,24 +105,46 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
             runs.append(_serve_once(work, bundle, pub, python, requests))
             progress.advance(task)
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        sec.figures.update({f"edge_ready_s_{name}": med["ready_s"], f"edge_rss_idle_mb_{name}": med["idle_mb"],
-                            f"edge_rss_peak_mb_{name}": med["peak_mb"], f"edge_import_s_{name}": import_s})
-        rows.append({"install": name, "python": py_version, "onnxruntime": ort_version,
-                     "import fedge.edge_runtime.process.serve + onnxruntime s": import_s,
-                     "start to ready model s (min / median / max)":
-                         " / ".join(f"{f(r['ready_s'] for r in runs):.2f}" for f in (min, statistics.median, max)),
-                     "RSS idle MiB": med["idle_mb"], f"RSS after {requests} + 1 requests MiB": med["served_mb"],
-                     "peak RSS MiB": med["peak_mb"]})
+        sec.figures.update(
+            {
+                f"edge_ready_s_{name}": med["ready_s"],
+                f"edge_rss_idle_mb_{name}": med["idle_mb"],
+                f"edge_rss_peak_mb_{name}": med["peak_mb"],
+                f"edge_import_s_{name}": import_s,
+            }
+        )
+        rows.append(
+            {
+                "install": name,
+                "python": py_version,
+                "onnxruntime": ort_version,
+                "import fedge.edge_runtime.process.serve + onnxruntime s": import_s,
+                "start to ready model s (min / median / max)": " / ".join(
+                    f"{f(r['ready_s'] for r in runs):.2f}" for f in (min, statistics.median, max)
+                ),
+                "RSS idle MiB": med["idle_mb"],
+                f"RSS after {requests} + 1 requests MiB": med["served_mb"],
+                "peak RSS MiB": med["peak_mb"],
+            }
+        )
         sec.data[name] = {"runs": runs, "import_s": [float(p.split(",")[0]) for p in probes]}
     if "device" in installs:
         sizes = _site_packages_mb(installs["device"])
         sec.figures["edge_install_mb_device"] = sum(sizes.values())
         sec.figures["edge_tokenizers_mb_device"] = sizes.get("tokenizers")
         sec.data["device_site_packages_mb"] = sizes
-        sec.notes.append("The device install's largest packages: " + ", ".join(
-            f"{name} {mb:.0f} MiB" for name, mb in list(sizes.items())[:6]) + ".")
-    sec.tables.append((f"Per install: medians of {starts} server starts (each a fresh process that loads and warms"
-                       " the model, then serves)", rows))
+        sec.notes.append(
+            "The device install's largest packages: "
+            + ", ".join(f"{name} {mb:.0f} MiB" for name, mb in list(sizes.items())[:6])
+            + "."
+        )
+    sec.tables.append(
+        (
+            f"Per install: medians of {starts} server starts (each a fresh process that loads and warms"
+            " the model, then serves)",
+            rows,
+        )
+    )
     sec.notes += [
         "Start to ready: from spawning `fedge edge serve` until ModelReady is true over gRPC (Python start-up,"
         " imports, signature and sha256 checks of the installed bundle, ONNX Runtime session, warm-up).",

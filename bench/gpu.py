@@ -3,6 +3,7 @@
 CPU INT8 file on 1 thread; then ``fedge edge serve --backend onnxruntime-cuda`` over gRPC with and without
 dynamic batching (the serving benchmark, CUDA backend). ``python -m bench --only gpu --docs docs/gpu``.
 TensorRT itself is not run: its libraries cannot be installed on the machines fedge is built on."""
+
 from __future__ import annotations
 
 import time
@@ -27,6 +28,7 @@ def _torch_cuda(model):
         with torch.inference_mode():
             y = model(torch.from_numpy(x).to("cuda", non_blocking=True)).cpu()
         return y
+
     return run
 
 
@@ -45,8 +47,9 @@ def shape_switches(path: Path, progress) -> list[dict]:
     sequence = (1, 64, 1, 64, 16, 1)
     rows, t = [], progress.add_task("gpu: batch-size switches per cuDNN search mode", total=4)
     for algo in ("EXHAUSTIVE", "HEURISTIC", "DEFAULT"):
-        sess = ort.InferenceSession(str(path), providers=[("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo}),
-                                                          "CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(path), providers=[("CUDAExecutionProvider", {"cudnn_conv_algo_search": algo}), "CPUExecutionProvider"]
+        )
         run = lambda feeds, sess=sess: sess.run(None, feeds)
         rows.append(_switch_row(f"one session, cudnn_conv_algo_search={algo}", run, timed, sequence))
         progress.advance(t)
@@ -61,11 +64,15 @@ def _switch_row(label, run, timed, sequence) -> dict:
         timed(run, b)
     switches = [timed(run, b) for b in sequence]
     steady = {b: float(np.median([timed(run, b) for _ in range(50)])) for b in (1, 64)}
-    return {"setup": label, "batch sizes in turn": "-".join(map(str, sequence)),
-            "ms per call in that order": " / ".join(f"{v:.1f}" for v in switches),
-            "steady b1 ms": steady[1], "steady b64 ms": steady[64],
-            # the two b1 calls that follow another size, over a steady b1 call
-            "extra ms on a b1 call after a switch": float(np.median([switches[2], switches[5]])) - steady[1]}
+    return {
+        "setup": label,
+        "batch sizes in turn": "-".join(map(str, sequence)),
+        "ms per call in that order": " / ".join(f"{v:.1f}" for v in switches),
+        "steady b1 ms": steady[1],
+        "steady b64 ms": steady[64],
+        # the two b1 calls that follow another size, over a steady b1 call
+        "extra ms on a b1 call after a switch": float(np.median([switches[2], switches[5]])) - steady[1],
+    }
 
 
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
@@ -76,27 +83,55 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     t = progress.add_task("gpu: building the ResNet-18-style FP32 / INT8 models", total=1)
     art = resnet.build(work / "resnet")
     progress.advance(t)
-    models = {"torch_fp32": _torch_cuda(art.torch_model), "ort_fp32": ort_runner(art.fp32, "onnxruntime-cuda"),
-              "ort_cuda_int8_trt_form": ort_runner(art.int8_trt, "onnxruntime-cuda"),
-              "ort_cpu_int8_1thread": ort_runner(art.int8_cpu, "onnxruntime-cpu")}
-    rows, s = measure_latency("resnet18-style", models, resnet.INPUT, {1: 5 if quick else 15, 64: 3 if quick else 9}, progress)
+    models = {
+        "torch_fp32": _torch_cuda(art.torch_model),
+        "ort_fp32": ort_runner(art.fp32, "onnxruntime-cuda"),
+        "ort_cuda_int8_trt_form": ort_runner(art.int8_trt, "onnxruntime-cuda"),
+        "ort_cpu_int8_1thread": ort_runner(art.int8_cpu, "onnxruntime-cpu"),
+    }
+    rows, s = measure_latency(
+        "resnet18-style", models, resnet.INPUT, {1: 5 if quick else 15, 64: 3 if quick else 9}, progress
+    )
     for r in rows:
-        r["variant"] = {"torch_fp32": "torch CUDA FP32 (eager)", "ort_fp32": "ORT CUDA FP32"}.get(r["variant"], r["variant"])
-    sec.tables.append(("In-process latency per call, host arrays in and out (ratios: how many times faster than the"
-                       " reference, paired per repetition)", rows))
+        r["variant"] = {"torch_fp32": "torch CUDA FP32 (eager)", "ort_fp32": "ORT CUDA FP32"}.get(
+            r["variant"], r["variant"]
+        )
+    sec.tables.append(
+        (
+            "In-process latency per call, host arrays in and out (ratios: how many times faster than the"
+            " reference, paired per repetition)",
+            rows,
+        )
+    )
     ratio = lambda b, num, den: paired_ratio(s[b][num], s[b][den])["median"]
-    sec.figures.update({
-        "cuda_fp32_vs_cpu_int8_resnet_b64": ratio(64, "ort_cpu_int8_1thread", "ort_fp32"),
-        "cuda_int8_qdq_vs_cuda_fp32_resnet_b64": ratio(64, "ort_fp32", "ort_cuda_int8_trt_form"),
-        "cuda_fp32_b64_vs_b1_per_image": 64 * float(np.median(s[1]["ort_fp32"])) / float(np.median(s[64]["ort_fp32"])),
-    })
+    sec.figures.update(
+        {
+            "cuda_fp32_vs_cpu_int8_resnet_b64": ratio(64, "ort_cpu_int8_1thread", "ort_fp32"),
+            "cuda_int8_qdq_vs_cuda_fp32_resnet_b64": ratio(64, "ort_fp32", "ort_cuda_int8_trt_form"),
+            "cuda_fp32_b64_vs_b1_per_image": 64
+            * float(np.median(s[1]["ort_fp32"]))
+            / float(np.median(s[64]["ort_fp32"])),
+        }
+    )
     switches = shape_switches(art.fp32, progress)
-    sec.tables.append(("Batch-size changes on one CUDA session (FP32 file, after both shapes ran once): the first"
-                       " call at a new size re-plans every convolution", switches))
+    sec.tables.append(
+        (
+            "Batch-size changes on one CUDA session (FP32 file, after both shapes ran once): the first"
+            " call at a new size re-plans every convolution",
+            switches,
+        )
+    )
     sec.figures["cuda_shape_switch_extra_ms_one_session"] = switches[0]["extra ms on a b1 call after a switch"]
     sec.figures["cuda_shape_switch_extra_ms_bucketed"] = switches[-1]["extra ms on a b1 call after a switch"]
-    inproc_b64_vs_b1 = serving.measure(sec, work / "serving", progress, quick, backend="onnxruntime-cuda", suffix="_cuda",
-                                       plot=docs / "bench-serving-cuda.png" if docs is not None else None)
+    inproc_b64_vs_b1 = serving.measure(
+        sec,
+        work / "serving",
+        progress,
+        quick,
+        backend="onnxruntime-cuda",
+        suffix="_cuda",
+        plot=docs / "bench-serving-cuda.png" if docs is not None else None,
+    )
     sec.notes += [
         f"In-process, ONNX Runtime CUDA runs the served file {inproc_b64_vs_b1:.1f}x faster per image at batch 64"
         " than at batch 1: the per-call cost (kernel launches, host-device copies) that dynamic batching amortizes.",

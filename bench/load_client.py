@@ -4,6 +4,7 @@ drives a server. Reads one JSON command per stdin line, runs a closed loop of ``
 requests (``async_infer``, or ``async_stream_infer`` on one stream; each reply sends the next; optionally with the
 input and output in system shared memory) for ``seconds``, answers one JSON line: requests, errors, seconds,
 latency percentiles in ms."""
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,21 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 
-def run(url: str, model: str, input_name: str, shape: list[int], concurrency: int, seconds: float,
-        samples: bool = False, stream: bool = False, shm: bool = False, output_name: str = "", tls_ca: str = "",
-        http: bool = False, priority: int = 0) -> dict:
+def run(
+    url: str,
+    model: str,
+    input_name: str,
+    shape: list[int],
+    concurrency: int,
+    seconds: float,
+    samples: bool = False,
+    stream: bool = False,
+    shm: bool = False,
+    output_name: str = "",
+    tls_ca: str = "",
+    http: bool = False,
+    priority: int = 0,
+) -> dict:
     """``http``: ``url`` is the REST endpoint, driven by tritonclient.http.aio (binary tensors, its default).
     ``stream``: each client sends its requests over a bidirectional stream of its own (``async_stream_infer``)
     instead of one RPC per request. ``shm``: the input is read from, and ``output_name`` written into, system
@@ -80,8 +93,10 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
         def unary(outs):
             def send():
                 t0 = time.perf_counter()
-                clients[0].async_infer(model, [inp], lambda result, error: finished(t0, error, send), outputs=outs,
-                                       priority=priority)
+                clients[0].async_infer(
+                    model, [inp], lambda result, error: finished(t0, error, send), outputs=outs, priority=priority
+                )
+
             return send
 
         senders = [unary(outs) for outs in outputs]
@@ -99,8 +114,9 @@ def run(url: str, model: str, input_name: str, shape: list[int], concurrency: in
     return _summary(lat, errors, elapsed, samples)
 
 
-async def _http_loop(url: str, model: str, input_name: str, x: np.ndarray, concurrency: int, seconds: float
-                     ) -> tuple[list[float], list[str], float]:
+async def _http_loop(
+    url: str, model: str, input_name: str, x: np.ndarray, concurrency: int, seconds: float
+) -> tuple[list[float], list[str], float]:
     """``concurrency`` coroutines on one aiohttp session, each sending its next request when its reply is in."""
     import asyncio
 
@@ -131,9 +147,16 @@ async def _http_loop(url: str, model: str, input_name: str, x: np.ndarray, concu
 
 def _summary(lat: list[float], errors: list[str], elapsed: float, samples: bool) -> dict:
     ms = np.array(lat) * 1e3 if lat else np.array([np.nan])
-    out = {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else None,
-           "seconds": elapsed, "throughput": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-           "p90_ms": float(np.percentile(ms, 90)), "p99_ms": float(np.percentile(ms, 99))}
+    out = {
+        "requests": len(lat),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": elapsed,
+        "throughput": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
     if samples:
         out["lat_ms"] = [round(float(v), 4) for v in ms] if lat else []
     return out
@@ -141,6 +164,7 @@ def _summary(lat: list[float], errors: list[str], elapsed: float, samples: bool)
 
 class SharedRegions:
     """One input region holding ``x`` and ``n`` output regions, created and registered with the server."""
+
     OUTPUT_BYTES = 1 << 16
 
     def __init__(self, url: str, x: np.ndarray, n: int) -> None:

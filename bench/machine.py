@@ -1,4 +1,5 @@
 """What the numbers were measured on: CPU model, cores, ISA flags that decide INT8 speed, memory, versions."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -8,7 +9,18 @@ import subprocess
 from importlib import metadata
 
 FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-PACKAGES = ("numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "flwr", "grpcio", "protobuf", "tritonclient", "opacus")
+PACKAGES = (
+    "numpy",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "flwr",
+    "grpcio",
+    "protobuf",
+    "tritonclient",
+    "opacus",
+)
 
 
 def _cpuinfo() -> dict[str, str]:
@@ -23,8 +35,12 @@ def _cpuinfo() -> dict[str, str]:
 def _gpu() -> str | None:
     """nvidia-smi's name, memory and driver of each GPU, and the execution providers ONNX Runtime offers."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0 or not out.stdout.strip():

@@ -1,4 +1,5 @@
 """The benchmark's figures as PNG next to docs/BENCHMARKS.md (matplotlib, headless)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,9 @@ def learning_curves(path: Path, curves: dict[str, list[float]], central: dict[st
     return _save(fig, path)
 
 
-def serving_curves(path: Path, title: str, served: dict[str, dict[int, tuple[float, float]]],
-                   inprocess: dict[str, float]) -> str:
+def serving_curves(
+    path: Path, title: str, served: dict[str, dict[int, tuple[float, float]]], inprocess: dict[str, float]
+) -> str:
     """Two panels against concurrent clients: images/s and p50 latency of each served setup (``served``: setup ->
     clients -> (images/s, p50 ms); the first two drawn bold), the in-process references (name -> images/s) as
     dashed lines; returns the file name."""

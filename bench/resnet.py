@@ -2,6 +2,7 @@
 + max-pool, 2-2-2-2 BasicBlocks 64..512, 0.56 GMAC per image), random weights, exported and quantized by
 fedge's own export stages (the same ONNX export and ONNX Runtime QDQ quantization a release gets), calibrated
 on random N(0, 1) images. Dense and 2:4-pruned variants."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

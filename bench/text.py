@@ -6,6 +6,7 @@ federated LoRA + head against the TextCNN (intent task) federated on the same fi
 on the union, over several splits. Then the INT8 release of the first split's run (federated calibration and gate)
 and its speed on ONNX Runtime (1 thread, batch 32 x 128 tokens and one short utterance), and the edge server
 serving it (tokenizing on the device) against the same calls in-process."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,9 @@ def _run(fed, task: str, rounds: int, seed: int) -> int:
     from fedge.server.runs import launch
 
     with contextlib.redirect_stdout(io.StringIO()):
-        outcome = launch(fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=True, seed=seed,
-                                           round_timeout=300))
+        outcome = launch(
+            fed.state, RunConfig(task=task, num_rounds=rounds, min_clients=3, secagg=True, seed=seed, round_timeout=300)
+        )
     run_id = outcome.run_id
     if not outcome.ok:
         raise RuntimeError(f"{task} run {run_id} failed; logs in {fed.root / 'logs'} and {fed.state / 'logs'}")
@@ -81,12 +83,19 @@ def accuracy(work: Path, seeds: tuple[int, ...], rounds: int, progress, t) -> tu
         central = centralized_accuracy(text_task, files, epochs=rounds * text_task.defaults.local_epochs, seed=seed)
         progress.advance(t)
         sent = [m.get("sent_bytes", 0) for r in text_rounds for m in r.client_metrics.values()]
-        rows.append({"split (seed)": seed, "training examples": _train_examples(text_task, files),
-                     "LoRA + head, per round": " ".join(f"{r.accuracy:.3f}" for r in text_rounds),
-                     "LoRA + head": text_rounds[-1].accuracy, "best round": max(r.accuracy for r in text_rounds),
-                     "TextCNN (intent task)": intent_rounds[-1].accuracy, "centralized LoRA": central,
-                     "s/round (SecAgg+)": statistics.median(r.wall_s for r in text_rounds),
-                     "bytes/client/round": max(sent)})
+        rows.append(
+            {
+                "split (seed)": seed,
+                "training examples": _train_examples(text_task, files),
+                "LoRA + head, per round": " ".join(f"{r.accuracy:.3f}" for r in text_rounds),
+                "LoRA + head": text_rounds[-1].accuracy,
+                "best round": max(r.accuracy for r in text_rounds),
+                "TextCNN (intent task)": intent_rounds[-1].accuracy,
+                "centralized LoRA": central,
+                "s/round (SecAgg+)": statistics.median(r.wall_s for r in text_rounds),
+                "bytes/client/round": max(sent),
+            }
+        )
     return rows, first
 
 
@@ -102,8 +111,9 @@ def release(work: Path, first: dict):
 
     generate_keys(first["state"] / "keys")
     with contextlib.redirect_stdout(io.StringIO()):
-        return export_release(first["state"], ExportConfig(run=first["run"], out=work / "release", prune="none",
-                                                           max_accuracy_drop=0.02))
+        return export_release(
+            first["state"], ExportConfig(run=first["run"], out=work / "release", prune="none", max_accuracy_drop=0.02)
+        )
 
 
 def int8_speed(rel, state: Path, quick: bool) -> tuple[list[dict], dict]:
@@ -121,10 +131,12 @@ def int8_speed(rel, state: Path, quick: bool) -> tuple[list[dict], dict]:
     task = RunConfig(**run["config"]).make_task()
     merged = task.export_module(load_model(task, Path(open_registry(state).rounds(rel.run)[-1].checkpoint))).eval()
     work = next((state / "exports").iterdir())
-    files = {"ONNX Runtime FP32 (as exported)": work / "model.fp32.onnx",
-             "ONNX Runtime FP32 (fused)": rel.bundle / "model.fp32.onnx",
-             "ONNX Runtime INT8 (CPU variant)": rel.bundle / "model.int8.cpu.onnx",
-             "ONNX Runtime INT8 (TensorRT form)": rel.bundle / "model.int8.trt.onnx"}
+    files = {
+        "ONNX Runtime FP32 (as exported)": work / "model.fp32.onnx",
+        "ONNX Runtime FP32 (fused)": rel.bundle / "model.fp32.onnx",
+        "ONNX Runtime INT8 (CPU variant)": rel.bundle / "model.int8.cpu.onnx",
+        "ONNX Runtime INT8 (TensorRT form)": rel.bundle / "model.int8.trt.onnx",
+    }
     runners = {name: ort_runner(path) for name, path in files.items()}
 
     def eager(x):
@@ -132,18 +144,28 @@ def int8_speed(rel, state: Path, quick: bool) -> tuple[list[dict], dict]:
             return merged(torch.from_numpy(x))
 
     runners["PyTorch eager FP32"] = eager
-    inputs = {"batch 32 x 128 tokens": np.random.default_rng(0).integers(1000, 30000, (32, 128)).astype(np.int64),
-              f"1 x {len(task.encode_texts([SHORT])[0])} tokens ({SHORT!r})": task.encode_texts([SHORT])}
+    inputs = {
+        "batch 32 x 128 tokens": np.random.default_rng(0).integers(1000, 30000, (32, 128)).astype(np.int64),
+        f"1 x {len(task.encode_texts([SHORT])[0])} tokens ({SHORT!r})": task.encode_texts([SHORT]),
+    }
     rows, med = [], {}
     for label, x in inputs.items():
-        s = interleaved({n: (lambda fn=fn: fn(x)) for n, fn in runners.items()}, reps=3 if quick else 12,
-                        target_s=0.3)
+        timed = {n: (lambda fn=fn, x=x: fn(x)) for n, fn in runners.items()}
+        s = interleaved(timed, reps=3 if quick else 12, target_s=0.3)
         for name, ts in s.items():
             med[(label, name)] = stats(ts)["median"]
-            rows.append({"input": label, "model": name, "median ms": med[(label, name)] * 1e3,
-                         "size MB": (files[name].stat().st_size / 1e6) if name in files else None})
-    return rows, {"b32": {n: med[(next(iter(inputs)), n)] for n in runners}, "b1": {n: med[(list(inputs)[1], n)]
-                                                                                       for n in runners}}
+            rows.append(
+                {
+                    "input": label,
+                    "model": name,
+                    "median ms": med[(label, name)] * 1e3,
+                    "size MB": (files[name].stat().st_size / 1e6) if name in files else None,
+                }
+            )
+    return rows, {
+        "b32": {n: med[(next(iter(inputs)), n)] for n in runners},
+        "b1": {n: med[(list(inputs)[1], n)] for n in runners},
+    }
 
 
 def serving(work: Path, rel, state: Path, quick: bool) -> tuple[list[dict], dict]:
@@ -164,9 +186,16 @@ def serving(work: Path, rel, state: Path, quick: bool) -> tuple[list[dict], dict
         samples.append(time.perf_counter() - t0)
     inprocess_p50 = statistics.median(samples) * 1e3
     repo = work / "edge-repo"
-    subprocess.run(fedge_cmd("edge", "install", str(rel.bundle), "--repo", str(repo), "--trust",
-                             str(state / "keys" / "release.pub")), check=True, capture_output=True)
-    mixed = IntentTask().reference_texts()[0] + [" ".join(IntentTask().reference_texts()[0][i:i + 6]) for i in range(40)]
+    subprocess.run(
+        fedge_cmd(
+            "edge", "install", str(rel.bundle), "--repo", str(repo), "--trust", str(state / "keys" / "release.pub")
+        ),
+        check=True,
+        capture_output=True,
+    )
+    mixed = IntentTask().reference_texts()[0] + [
+        " ".join(IntentTask().reference_texts()[0][i : i + 6]) for i in range(40)
+    ]
     (work / "short.json").write_text(json.dumps([SHORT]))
     (work / "mixed.json").write_text(json.dumps(mixed))
     server = EdgeServerProcess(repo, state / "keys" / "release.pub", work / "edge.log")
@@ -177,16 +206,28 @@ def serving(work: Path, rel, state: Path, quick: bool) -> tuple[list[dict], dict
         short = _load(server.url, work / "short.json", 1, seconds)
         for c in (1, 8, 64):
             r = _load(server.url, work / "mixed.json", c, seconds)
-            rows.append({"clients": c, "texts": "mixed lengths (shipped utterances, and runs of 6 joined)",
-                         "requests/s": r["rps"], "p50 ms": r["p50_ms"], "p99 ms": r["p99_ms"], "errors": r["errors"]})
+            rows.append(
+                {
+                    "clients": c,
+                    "texts": "mixed lengths (shipped utterances, and runs of 6 joined)",
+                    "requests/s": r["rps"],
+                    "p50 ms": r["p50_ms"],
+                    "p99 ms": r["p99_ms"],
+                    "errors": r["errors"],
+                }
+            )
     finally:
         server.stop()
     return rows, {"inprocess_p50_ms": inprocess_p50, "served_p50_ms": short["p50_ms"]}
 
 
 def _load(url: str, texts: Path, concurrency: int, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.text_load", url, "text", str(texts), str(concurrency),
-                          str(seconds)], capture_output=True, text=True, timeout=seconds + 120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.text_load", url, "text", str(texts), str(concurrency), str(seconds)],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"text load generator failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -195,8 +236,9 @@ def _load(url: str, texts: Path, concurrency: int, seconds: float) -> dict:
 def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> Section:
     sec = Section("Text: federated LoRA fine-tuning of all-MiniLM-L6-v2, its INT8 release and the edge")
     seeds, rounds = ((0,), 3) if quick else ((0, 1, 2), ROUNDS)
-    t = progress.add_task("text: federated LoRA vs TextCNN vs centralized; export; INT8 speed; serving",
-                          total=2 * len(seeds) + 3)
+    t = progress.add_task(
+        "text: federated LoRA vs TextCNN vs centralized; export; INT8 speed; serving", total=2 * len(seeds) + 3
+    )
     rows, first = accuracy(work, seeds, rounds, progress, t)
     rel = first["release"]
     speed_rows, med = int8_speed(rel, first["state"], quick)
@@ -205,41 +247,68 @@ def run(work: Path, progress, quick: bool = False, docs: Path | None = None) -> 
     progress.advance(t)
     full_bytes = rel.sizes["model.fp32.onnx"]
     b32 = med["b32"]
-    mean = {k: statistics.mean(r[k] for r in rows) for k in ("LoRA + head", "TextCNN (intent task)", "centralized LoRA")}
+    mean = {
+        k: statistics.mean(r[k] for r in rows) for k in ("LoRA + head", "TextCNN (intent task)", "centralized LoRA")
+    }
     g = rel.gate
-    sec.figures.update({
-        "text_fed_lora_accuracy": mean["LoRA + head"],
-        "text_fed_lora_minus_textcnn": mean["LoRA + head"] - mean["TextCNN (intent task)"],
-        "text_fed_minus_central": mean["LoRA + head"] - mean["centralized LoRA"],
-        "text_bytes_per_round_vs_model": max(r["bytes/client/round"] for r in rows) / full_bytes,
-        "text_round_s_secagg": statistics.median(r["s/round (SecAgg+)"] for r in rows),
-        "text_int8_vs_ort_fp32_fused_b32": b32["ONNX Runtime FP32 (fused)"] / b32["ONNX Runtime INT8 (CPU variant)"],
-        "text_int8_vs_torch_fp32_b32": b32["PyTorch eager FP32"] / b32["ONNX Runtime INT8 (CPU variant)"],
-        "text_int8_cpu_accuracy_drop": g["variants"]["int8_cpu"]["drop"],
-        "text_int8_trt_accuracy_drop": g["variants"]["int8_trt"]["drop"],
-        "text_int8_size_ratio": rel.int8_size_ratio,
-        "text_serving_p50_c1_overhead_ms": served["served_p50_ms"] - served["inprocess_p50_ms"],
-        "text_fed_lora_accuracy_min": min(r["LoRA + head"] for r in rows),
-        "text_fed_lora_accuracy_max": max(r["LoRA + head"] for r in rows),
-        "text_central_accuracy": mean["centralized LoRA"],
-        "text_holdout_examples": g["examples"],
-        "text_int8_vs_ort_fp32_exported_b32": b32["ONNX Runtime FP32 (as exported)"] / b32["ONNX Runtime INT8 (CPU variant)"],
-        "text_serving_p50_c1_ms": served["served_p50_ms"],
-        "text_inprocess_p50_c1_ms": served["inprocess_p50_ms"],
-        "text_round_s_max": max(r["s/round (SecAgg+)"] for r in rows),
-    })
-    sec.tables.append(("Accuracy on the union of the customers' holdouts (3 customers, SecAgg+, "
-                       f"{rounds} rounds; TextCNN: the intent task on the same files; centralized: LoRA + head on"
-                       " the union of the training splits, as many epochs as the federated run's local epochs)", rows))
-    sec.tables.append(("INT8 release of the first split's run (federated MinMax calibration, federated gate on"
-                       " both INT8 variants through ONNX Runtime)",
-                       [{"variant": k, "accuracy": v["accuracy"], "drop": v["drop"], "top-1 agreement":
-                         v["top1_agreement"], "file MB": rel.sizes[f"model.{k.replace('_', '.')}.onnx"] / 1e6}
-                        for k, v in g["variants"].items()] + [{"variant": "fp32 (fused)", "accuracy": g["fp32_accuracy"],
-                                                               "file MB": full_bytes / 1e6}]))
+    sec.figures.update(
+        {
+            "text_fed_lora_accuracy": mean["LoRA + head"],
+            "text_fed_lora_minus_textcnn": mean["LoRA + head"] - mean["TextCNN (intent task)"],
+            "text_fed_minus_central": mean["LoRA + head"] - mean["centralized LoRA"],
+            "text_bytes_per_round_vs_model": max(r["bytes/client/round"] for r in rows) / full_bytes,
+            "text_round_s_secagg": statistics.median(r["s/round (SecAgg+)"] for r in rows),
+            "text_int8_vs_ort_fp32_fused_b32": b32["ONNX Runtime FP32 (fused)"]
+            / b32["ONNX Runtime INT8 (CPU variant)"],
+            "text_int8_vs_torch_fp32_b32": b32["PyTorch eager FP32"] / b32["ONNX Runtime INT8 (CPU variant)"],
+            "text_int8_cpu_accuracy_drop": g["variants"]["int8_cpu"]["drop"],
+            "text_int8_trt_accuracy_drop": g["variants"]["int8_trt"]["drop"],
+            "text_int8_size_ratio": rel.int8_size_ratio,
+            "text_serving_p50_c1_overhead_ms": served["served_p50_ms"] - served["inprocess_p50_ms"],
+            "text_fed_lora_accuracy_min": min(r["LoRA + head"] for r in rows),
+            "text_fed_lora_accuracy_max": max(r["LoRA + head"] for r in rows),
+            "text_central_accuracy": mean["centralized LoRA"],
+            "text_holdout_examples": g["examples"],
+            "text_int8_vs_ort_fp32_exported_b32": b32["ONNX Runtime FP32 (as exported)"]
+            / b32["ONNX Runtime INT8 (CPU variant)"],
+            "text_serving_p50_c1_ms": served["served_p50_ms"],
+            "text_inprocess_p50_c1_ms": served["inprocess_p50_ms"],
+            "text_round_s_max": max(r["s/round (SecAgg+)"] for r in rows),
+        }
+    )
+    sec.tables.append(
+        (
+            "Accuracy on the union of the customers' holdouts (3 customers, SecAgg+, "
+            f"{rounds} rounds; TextCNN: the intent task on the same files; centralized: LoRA + head on"
+            " the union of the training splits, as many epochs as the federated run's local epochs)",
+            rows,
+        )
+    )
+    sec.tables.append(
+        (
+            "INT8 release of the first split's run (federated MinMax calibration, federated gate on"
+            " both INT8 variants through ONNX Runtime)",
+            [
+                {
+                    "variant": k,
+                    "accuracy": v["accuracy"],
+                    "drop": v["drop"],
+                    "top-1 agreement": v["top1_agreement"],
+                    "file MB": rel.sizes[f"model.{k.replace('_', '.')}.onnx"] / 1e6,
+                }
+                for k, v in g["variants"].items()
+            ]
+            + [{"variant": "fp32 (fused)", "accuracy": g["fp32_accuracy"], "file MB": full_bytes / 1e6}],
+        )
+    )
     sec.tables.append(("ONNX Runtime and PyTorch, 1 thread, medians of interleaved repetitions", speed_rows))
-    sec.tables.append((f"Edge server (INT8 CPU variant, tokenizing on the device), tritonclient.grpc; one short"
-                       f" utterance at 1 client: p50 {served['served_p50_ms']:.2f} ms served against"
-                       f" {served['inprocess_p50_ms']:.2f} ms in-process (tokenize + ONNX Runtime)", serve_rows))
+    sec.tables.append(
+        (
+            f"Edge server (INT8 CPU variant, tokenizing on the device), tritonclient.grpc; one short"
+            f" utterance at 1 client: p50 {served['served_p50_ms']:.2f} ms served against"
+            f" {served['inprocess_p50_ms']:.2f} ms in-process (tokenize + ONNX Runtime)",
+            serve_rows,
+        )
+    )
     sec.data = {"rows": rows, "speed": {f"{k}": v for k, v in med.items()}, "served": served, "gate": g}
     return sec

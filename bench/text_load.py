@@ -2,6 +2,7 @@
 loop of ``concurrency`` tritonclient.grpc clients, each sending one text at a time (BYTES, batch 1) drawn in turn
 from ``texts`` (mixed lengths), for ``seconds``. Prints one JSON line: requests, errors, seconds, latency
 percentiles in ms."""
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ def run(url: str, model: str, texts: list[str], concurrency: int, seconds: float
             t0 = time.perf_counter()
             try:
                 c.infer(model, [inputs[i % len(inputs)]])
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:
                 with lock:
                     errors.append(str(exc)[:200])
                 break
@@ -54,9 +55,15 @@ def run(url: str, model: str, texts: list[str], concurrency: int, seconds: float
         t.join()
     elapsed = time.perf_counter() - t0
     ms = np.array(lat) * 1e3 if lat else np.array([float("nan")])
-    return {"requests": len(lat), "errors": len(errors), "first_error": errors[0] if errors else "",
-            "seconds": elapsed, "rps": len(lat) / elapsed, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99))}
+    return {
+        "requests": len(lat),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else "",
+        "seconds": elapsed,
+        "rps": len(lat) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
 
 
 if __name__ == "__main__":

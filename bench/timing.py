@@ -1,19 +1,25 @@
 """Side-by-side timing: variants interleaved in a fresh random order every repetition, each call block sized
 to a target duration, one untimed call before each block (fast calls only), medians over many repetitions."""
+
 from __future__ import annotations
 
 import random
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def stats(samples: list[float]) -> dict:
     return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": len(samples)}
 
 
-def interleaved(variants: dict[str, Callable[[], object]], reps: int, target_s: float = 0.25,
-                seed: int = 0, on_rep: Callable[[], None] | None = None) -> dict[str, list[float]]:
+def interleaved(
+    variants: dict[str, Callable[[], object]],
+    reps: int,
+    target_s: float = 0.25,
+    seed: int = 0,
+    on_rep: Callable[[], None] | None = None,
+) -> dict[str, list[float]]:
     """Seconds per call of every variant, one sample per repetition."""
     calls = {}
     for name, fn in variants.items():

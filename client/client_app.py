@@ -1,10 +1,11 @@
 """fedge's Flower ClientApp. Flower starts a fresh process for every message, so this module stays
 import-light: torch and the task code load inside the handler, only for the messages that train or evaluate
 (SecAgg+ key-exchange stages never import torch)."""
+
 from flwr.app import Context, Message
+from flwr.app.message_type import MessageType
 from flwr.client import ClientApp
 from flwr.client.mod import secaggplus_mod
-from flwr.app.message_type import MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
 from fedge.client.clipping import clipping_when_requested

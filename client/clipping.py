@@ -10,6 +10,7 @@ For adaptive clipping (``--dp-adaptive``) it also reports the one bit the coordi
 ``norm_bit`` = 1 when the update was *not* clipped (norm <= C), the b of Andrew et al. 2021. Flower 1.41's
 ``adaptiveclipping_mod`` sets the bit when the update *was* clipped, which its wrapper's update rule
 (C <- C exp(-lr (fraction - target))) turns the wrong way: a bound below every update shrinks further."""
+
 from __future__ import annotations
 
 import numpy as np

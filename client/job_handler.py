@@ -1,7 +1,9 @@
 """Runs an export job on the customer's data and builds the reply (statistics only, as JSON)."""
+
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
@@ -11,19 +13,28 @@ from fedge.core.wire import JOB_RESULT_RECORD, FitKey, JobKey, JobKind, TaskKey
 
 
 def handle(job: ConfigRecord, context) -> RecordDict:
+    """One export job: only statistics go back. (A ConfigRecord's values are typed as any record value; each key's
+    type is the wire contract's, fedge.core.wire.JobKey.)"""
+    rec: Any = job
+    result: Any
     settings = NodeSettings.from_node_config(dict(context.node_config))
-    task = settings.build_task({FitKey.TASK: str(job[JobKey.TASK]), **{k: job[k] for k in TaskKey.ALL if k in job}})
+    task = settings.build_task({FitKey.TASK: str(rec[JobKey.TASK]), **{k: rec[k] for k in TaskKey.ALL if k in rec}})
     train_ds, holdout = settings.load(task)
-    kind = str(job[JobKey.KIND])
+    kind = str(rec[JobKey.KIND])
     if kind == JobKind.CALIBRATE_MINMAX:
-        result = calibration_minmax(bytes(job[JobKey.MODEL]), train_ds.x)
+        result = calibration_minmax(bytes(rec[JobKey.MODEL]), train_ds.x)
     elif kind == JobKind.CALIBRATE_HIST:
-        result = calibration_histograms(bytes(job[JobKey.MODEL]), train_ds.x, json.loads(str(job[JobKey.EDGES])),
-                                        absolute=bool(job[JobKey.ABSOLUTE]))
+        result = calibration_histograms(
+            bytes(rec[JobKey.MODEL]),
+            train_ds.x,
+            json.loads(str(rec[JobKey.EDGES])),
+            absolute=bool(rec[JobKey.ABSOLUTE]),
+        )
     elif kind == JobKind.GATE:
-        models = {k: bytes(job[JobKey.model_of(k)]) for k in json.loads(str(job[JobKey.KINDS]))}
-        result = gate_evaluation(models, holdout.x, holdout.y, int(job.get(JobKey.REFERENCE_ROWS, 0)))
+        models = {k: bytes(rec[JobKey.model_of(k)]) for k in json.loads(str(rec[JobKey.KINDS]))}
+        result = gate_evaluation(models, holdout.x, holdout.y, int(rec.get(JobKey.REFERENCE_ROWS, 0)))
     else:
         raise ValueError(f"unknown export job {kind!r}")
-    return RecordDict({JOB_RESULT_RECORD: ConfigRecord({JobKey.CUSTOMER: settings.name,
-                                                       JobKey.RESULT: json.dumps(result)})})
+    return RecordDict(
+        {JOB_RESULT_RECORD: ConfigRecord({JobKey.CUSTOMER: settings.name, JobKey.RESULT: json.dumps(result)})}
+    )

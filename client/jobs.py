@@ -1,5 +1,6 @@
 """Export jobs a customer runs on its own data (federated calibration, the accuracy gate). Each returns only
 per-tensor statistics or aggregate counts, never an input, an activation or a label."""
+
 from __future__ import annotations
 
 import tempfile
@@ -35,17 +36,21 @@ def calibration_minmax(model_bytes: bytes, x: np.ndarray) -> dict[str, list[floa
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(model_bytes)
-        cal = create_calibrator(str(path), augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                calibrate_method=CalibrationMethod.MinMax)
+        cal = create_calibrator(
+            str(path), augmented_model_path=str(Path(tmp) / "augmented.onnx"), calibrate_method=CalibrationMethod.MinMax
+        )
         input_name = cal.model.graph.input[0].name
         cal.collect_data(_Reader(input_name, _samples(x, CALIBRATION_SAMPLES)))
         data = cal.compute_data()
-    return {name: [float(np.asarray(t.range_value[0]).reshape(-1)[0]), float(np.asarray(t.range_value[1]).reshape(-1)[0])]
-            for name, t in data.data.items()}
+    return {
+        name: [float(np.asarray(t.range_value[0]).reshape(-1)[0]), float(np.asarray(t.range_value[1]).reshape(-1)[0])]
+        for name, t in data.data.items()
+    }
 
 
-def calibration_histograms(model_bytes: bytes, x: np.ndarray, edges: dict[str, list[float]],
-                           absolute: bool = False) -> dict[str, list[int]]:
+def calibration_histograms(
+    model_bytes: bytes, x: np.ndarray, edges: dict[str, list[float]], absolute: bool = False
+) -> dict[str, list[int]]:
     """Per-tensor counts of x (or |x|) on the coordinator's bin edges (values outside fall into the end bins)."""
     import onnx
     import onnxruntime as ort
@@ -82,12 +87,15 @@ def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray, refe
         out = np.concatenate([sess.run(None, {name: x[i : i + 256]})[0] for i in range(0, len(x), 256)])
         preds[kind], logits[kind] = out.argmax(1), out
     ref = next(iter(preds.values()))
-    result = {"examples": int(len(y)),
-              "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
-              "agreement": {k: float((p == ref).mean()) for k, p in preds.items()}}
+    result = {
+        "examples": len(y),
+        "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
+        "agreement": {k: float((p == ref).mean()) for k, p in preds.items()},
+    }
     if reference_rows > 0:
-        result["reference"] = {kind: reference_agreement(models[kind], logits[kind], x, reference_rows)
-                               for kind in list(models)[1:]}
+        result["reference"] = {
+            kind: reference_agreement(models[kind], logits[kind], x, reference_rows) for kind in list(models)[1:]
+        }
     return result
 
 
@@ -100,11 +108,20 @@ def reference_agreement(model: bytes, runtime_logits: np.ndarray, x: np.ndarray,
     try:
         expected = reference_outputs(model, x[:n])
     except Exception as exc:  # an operator onnx.reference does not implement (a custom task's model): say so
-        return {"rows": 0, "agreement": None, "max_abs_diff": None, "cpu": cpu_flags(),
-                "error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        return {
+            "rows": 0,
+            "agreement": None,
+            "max_abs_diff": None,
+            "cpu": cpu_flags(),
+            "error": f"{type(exc).__name__}: {str(exc)[:200]}",
+        }
     got = runtime_logits[:n]
-    return {"rows": int(n), "agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if n else 1.0,
-            "max_abs_diff": float(np.abs(got - expected).max()) if n else 0.0, "cpu": cpu_flags()}
+    return {
+        "rows": int(n),
+        "agreement": float((got.argmax(1) == expected.argmax(1)).mean()) if n else 1.0,
+        "max_abs_diff": float(np.abs(got - expected).max()) if n else 0.0,
+        "cpu": cpu_flags(),
+    }
 
 
 def cpu_flags() -> str:

@@ -7,16 +7,17 @@ trained without DP (only possible without a limit) are recorded too; their runs 
 The limit (``--max-epsilon``) is the customer's own, given when starting the daemon; nothing the coordinator
 sends is read into it.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
-from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedge.edge_runtime.common.errors import ConfigError, FedgeUserError
 
 LEDGER = "privacy-ledger.jsonl"
 HEAD = "privacy-ledger.head"
@@ -89,8 +90,17 @@ class Ledger:
         """run key -> {"epsilon": ε spent so far in that run, "rounds": [...], "history": DP-SGD segments}."""
         out: dict[str, dict] = {}
         for e in self.entries():
-            r = out.setdefault(e["run"], {"run": e["run"], "epsilon": 0.0, "rounds": [], "refused": [],
-                                         "history": [], "mechanism": e.get("mechanism")})
+            r = out.setdefault(
+                e["run"],
+                {
+                    "run": e["run"],
+                    "epsilon": 0.0,
+                    "rounds": [],
+                    "refused": [],
+                    "history": [],
+                    "mechanism": e.get("mechanism"),
+                },
+            )
             if e.get("refused"):
                 r["refused"].append({"round": e["round"], "reason": e["refused"]})
                 continue
@@ -111,8 +121,12 @@ class Ledger:
     def document(self, budget: Budget | None = None) -> dict:
         runs = self.runs()
         total = sum(r["epsilon"] for r in runs.values())
-        doc = {"ledger": str(self.path), "total_epsilon": total, "runs": list(runs.values()),
-               "non_private_runs": [k for k, r in runs.items() if r.get("non_private")]}
+        doc = {
+            "ledger": str(self.path),
+            "total_epsilon": total,
+            "runs": list(runs.values()),
+            "non_private_runs": [k for k, r in runs.items() if r.get("non_private")],
+        }
         if budget is not None:
             doc |= {"max_epsilon": budget.max_epsilon, "delta": budget.delta, "remaining": budget.max_epsilon - total}
         return doc

@@ -10,13 +10,13 @@ The cost is computed here, on the customer's side, with the maintained accountan
 Within one run ε composes through the accountants (fedge.core.privacy: PRV or RDP, the tighter); across runs the ledger
 adds them up.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fedge.core.privacy import NOISE_CACHE, DPSGDConfig, epsilon
-
 from fedge.client.ledger import Budget, Ledger
+from fedge.core.privacy import NOISE_CACHE, DPSGDConfig, epsilon
 from fedge.core.wire import FitKey
 
 
@@ -24,32 +24,46 @@ from fedge.core.wire import FitKey
 class RoundCost:
     run: str
     round: int
-    mechanism: str                     # "dp-sgd" | "central" | "none"
-    epsilon_run: float | None          # ε of the run after this round, at the customer's δ (None: not private)
+    mechanism: str  # "dp-sgd" | "central" | "none"
+    epsilon_run: float | None  # ε of the run after this round, at the customer's δ (None: not private)
     delta: float
-    history: list = field(default_factory=list)   # Gaussian segments (sigma, sample rate, steps) of the run
+    history: list = field(default_factory=list)  # Gaussian segments (sigma, sample rate, steps) of the run
     noise: float = 0.0
     clip: float = 0.0
 
-    def with_last_segment(self, segment: list) -> "RoundCost":
+    def with_last_segment(self, segment: list) -> RoundCost:
         from dataclasses import replace
 
         history = [*self.history[:-1], segment]
         return replace(self, history=history, epsilon_run=epsilon(history, self.delta))
 
     def ledger_body(self) -> dict:
-        return {"run": self.run, "round": self.round, "mechanism": self.mechanism, "epsilon_run": self.epsilon_run,
-                "delta": self.delta, "history": self.history, "noise": self.noise, "clip": self.clip}
+        return {
+            "run": self.run,
+            "round": self.round,
+            "mechanism": self.mechanism,
+            "epsilon_run": self.epsilon_run,
+            "delta": self.delta,
+            "history": self.history,
+            "noise": self.noise,
+            "clip": self.clip,
+        }
 
 
 def dpsgd_config(config: dict, delta: float) -> DPSGDConfig | None:
     if not config.get(FitKey.DP_SGD, False):
         return None
-    return DPSGDConfig(noise=float(config.get(FitKey.DP_SGD_NOISE, 0.0)), clip=float(config.get(FitKey.DP_SGD_CLIP, 1.0)),
-                       epsilon=float(config.get(FitKey.DP_SGD_EPSILON, 0.0)), delta=delta)
+    return DPSGDConfig(
+        noise=float(config.get(FitKey.DP_SGD_NOISE, 0.0)),
+        clip=float(config.get(FitKey.DP_SGD_CLIP, 1.0)),
+        epsilon=float(config.get(FitKey.DP_SGD_EPSILON, 0.0)),
+        delta=delta,
+    )
 
 
-def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, batch_size: int, epochs: int) -> RoundCost:
+def plan_round(
+    config: dict, ledger: Ledger | None, delta: float, n_train: int, batch_size: int, epochs: int
+) -> RoundCost:
     from fedge.core.tasks.training import dpsgd_plan
 
     run, rnd = str(config.get(FitKey.RUN, "unknown")), int(config.get(FitKey.ROUND, 0))
@@ -59,8 +73,12 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
     dp = dpsgd_config(config, delta)
     if dp is not None:
         q, steps = dpsgd_plan(n_train, batch_size, epochs)
-        sigma = dp.noise_multiplier(q, steps, int(config.get(FitKey.PLANNED_ROUNDS, 1)),
-                                    cache=ledger.dir / NOISE_CACHE if ledger is not None else None)
+        sigma = dp.noise_multiplier(
+            q,
+            steps,
+            int(config.get(FitKey.PLANNED_ROUNDS, 1)),
+            cache=ledger.dir / NOISE_CACHE if ledger is not None else None,
+        )
         if earlier is not None:
             history = [[sigma, q, steps * (earlier + 1)]]
         elif before.get("mechanism") == "dp-sgd":
@@ -76,8 +94,16 @@ def plan_round(config: dict, ledger: Ledger | None, delta: float, n_train: int, 
         else:
             done = len(before.get("rounds", [])) if before.get("mechanism") == "central" else 0
         history = [[central, 1.0, done + 1]]
-        return RoundCost(run, rnd, "central", epsilon(history, delta), delta, history, central,
-                         float(config.get(FitKey.DP_CLIP, 0.0)))
+        return RoundCost(
+            run,
+            rnd,
+            "central",
+            epsilon(history, delta),
+            delta,
+            history,
+            central,
+            float(config.get(FitKey.DP_CLIP, 0.0)),
+        )
     return RoundCost(run, rnd, "none", None, delta)
 
 
@@ -86,13 +112,17 @@ def refusal(cost: RoundCost, ledger: Ledger | None, budget: Budget | None) -> st
     if budget is None or ledger is None:
         return None
     if cost.epsilon_run is None:
-        return (f"round {cost.round} is not differentially private and this customer's limit is"
-                f" ε <= {budget.max_epsilon:g} (δ = {budget.delta:g})")
+        return (
+            f"round {cost.round} is not differentially private and this customer's limit is"
+            f" ε <= {budget.max_epsilon:g} (δ = {budget.delta:g})"
+        )
     runs = ledger.runs()
     spent = sum(r["epsilon"] for r in runs.values())
     spent_elsewhere = spent - runs.get(cost.run, {}).get("epsilon", 0.0)
     projected = spent_elsewhere + cost.epsilon_run
     if projected > budget.max_epsilon:
-        return (f"round {cost.round} would bring this customer's ε to {projected:.3f} > limit {budget.max_epsilon:g}"
-                f" (spent {spent:.3f}, δ = {budget.delta:g}, {cost.mechanism})")
+        return (
+            f"round {cost.round} would bring this customer's ε to {projected:.3f} > limit {budget.max_epsilon:g}"
+            f" (spent {spent:.3f}, δ = {budget.delta:g}, {cost.mechanism})"
+        )
     return None

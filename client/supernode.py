@@ -19,6 +19,7 @@
 
 Usage: ``python -m client.supernode <flower-supernode arguments>``
 """
+
 from __future__ import annotations
 
 import os
@@ -26,12 +27,16 @@ import sys
 import time as _time
 import traceback
 
-
 # what a ClientApp process imports for its messages (client.client_app loads torch and the tasks lazily;
 # torch.optim's constructors import torch._dynamo on first use, about 0.5 s)
-WARM_MODULES = ["flwr.supernode.runtime.run_clientapp", "fedge.client.client_app", "fedge.client.trainer",
-                "fedge.client.job_handler",
-                "opacus", "torch._dynamo"]
+WARM_MODULES = [
+    "flwr.supernode.runtime.run_clientapp",
+    "fedge.client.client_app",
+    "fedge.client.trainer",
+    "fedge.client.job_handler",
+    "opacus",
+    "torch._dynamo",
+]
 # and for a customer of the text task: its messages build a Hugging Face encoder with LoRA adapters
 TEXT_MODULES = ["transformers.models.bert.modeling_bert", "peft", "fedge.core.tasks.text"]
 
@@ -59,7 +64,7 @@ def cap_backoff(module, cap: float) -> None:
     from flwr.supercore.retry import exponential
 
     def capped(base_delay: float = 1, multiplier: float = 2, max_delay: float | None = None):
-        return exponential(min(base_delay, cap), multiplier, cap if max_delay is None else min(max_delay, cap))
+        return exponential(min(base_delay, cap), multiplier, cap if max_delay is None else min(max_delay, cap))  # type: ignore[arg-type]  # Flower annotates max_delay as int; it takes seconds
 
     module.exponential = capped
 
@@ -74,9 +79,10 @@ def main() -> None:
 
     from fedge.core.warm_exec import SuperExecStarter, patch_subprocess
 
-    sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))
+    # stands in for the time module Flower imported
+    sci.time = _CappedSleepTime(float(os.environ.get("FEDGE_IDLE_POLL_S", "0.25")))  # type: ignore[assignment]
     interval = max(float(os.environ.get("FEDGE_HEARTBEAT_S", "10")), float(HEARTBEAT_MIN_INTERVAL))
-    fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval
+    fleet.HEARTBEAT_DEFAULT_INTERVAL = heartbeat.HEARTBEAT_DEFAULT_INTERVAL = interval  # type: ignore[assignment]
     cap_backoff(heartbeat, float(os.environ.get("FEDGE_HEARTBEAT_RETRY_S", "2")))
     cap_backoff(http_retry, float(os.environ.get("FEDGE_RECONNECT_MAX_S", "10")))
     patch_subprocess("flwr.supernode.start_client_internal", SuperExecStarter(warm_modules(sys.argv)))

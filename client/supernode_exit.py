@@ -5,6 +5,7 @@ code per cause (a refused, an unreachable and a lost coordinator all exit 1), no
 the only account, so they are read here, and only here; tests/test_round_failures.py holds each case to lines
 Flower really writes. If Flower grows a status API, this module is what changes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,16 +14,21 @@ from enum import Enum
 JOINED = "SuperNode ID"  # logged once the SuperLink accepted the node
 GAVE_UP = "Giving up reconnection"
 ATTEMPT_FAILED = "Connection attempt failed"
-REFUSAL_MARKERS = ("Failed to activate SuperNode", "must be registered", "CERTIFICATE_VERIFY_FAILED",
-                   "Server disconnected without sending a response", "authentication",
-                   "Connection reset by peer")  # a TLS server resetting a plaintext handshake (seen under load)
+REFUSAL_MARKERS = (
+    "Failed to activate SuperNode",
+    "must be registered",
+    "CERTIFICATE_VERIFY_FAILED",
+    "Server disconnected without sending a response",
+    "authentication",
+    "Connection reset by peer",
+)  # a TLS server resetting a plaintext handshake (seen under load)
 
 
 class ExitCause(str, Enum):
-    LOST = "lost"                # joined, then lost the coordinator (retries exhausted)
-    REFUSED = "refused"          # the coordinator refused this node (not registered, TLS, authentication)
+    LOST = "lost"  # joined, then lost the coordinator (retries exhausted)
+    REFUSED = "refused"  # the coordinator refused this node (not registered, TLS, authentication)
     UNREACHABLE = "unreachable"  # never joined: down, unreachable, or a TLS setup it refuses
-    EXITED = "exited"            # none of the above
+    EXITED = "exited"  # none of the above
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,9 @@ def classify(log_tail: str) -> SuperNodeExit:
     """What the log written since the SuperNode started says about why it exited."""
     if JOINED in log_tail and GAVE_UP in log_tail:
         return SuperNodeExit(ExitCause.LOST)
-    refused = next((line.strip() for line in log_tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)),
-                   "")
+    refused = next(
+        (line.strip() for line in log_tail.splitlines()[::-1] if any(m in line for m in REFUSAL_MARKERS)), ""
+    )
     if refused:
         return SuperNodeExit(ExitCause.REFUSED, refused)
     if ATTEMPT_FAILED in log_tail and JOINED not in log_tail:

@@ -1,5 +1,6 @@
 """What a customer's ClientApp does with a message: train or evaluate on local data. Only model arrays and
 scalar metrics leave this function; the data never does."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -9,47 +10,57 @@ import numpy as np
 import torch
 from flwr.client import NumPyClient
 
-from fedge.core.tasks import Dataset, Task, get_task, split_holdout
-from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
-
 from fedge.client.ledger import Budget, Ledger
 from fedge.client.privacy_guard import plan_round, refusal
+from fedge.core.tasks import Dataset, Task, get_task, split_holdout
+from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
 from fedge.core.wire import FitKey, MetricKey, TaskKey
 
 
 @dataclass(frozen=True)
 class NodeSettings:
     """Per-customer settings, from the SuperNode's ``--node-config`` (set by ``fedge client start``)."""
+
     name: str
     task: str
-    data_path: str = ""            # deployment: the customer's private data file
-    partition_id: int = -1         # simulation: a Dirichlet partition of the task's reference data
+    data_path: str = ""  # deployment: the customer's private data file
+    partition_id: int = -1  # simulation: a Dirichlet partition of the task's reference data
     num_partitions: int = 0
-    alpha: float = 0.0             # <= 0 -> IID
+    alpha: float = 0.0  # <= 0 -> IID
     holdout: float = 0.2
-    state_dir: str = ""            # the daemon's state dir: the privacy ledger lives there
-    max_epsilon: float = 0.0       # the customer's own privacy limit (0: none)
+    state_dir: str = ""  # the daemon's state dir: the privacy ledger lives there
+    max_epsilon: float = 0.0  # the customer's own privacy limit (0: none)
     delta: float = 1e-5
-    base_model: str = ""           # text task: this customer's copy of the base ("" = the default location)
+    base_model: str = ""  # text task: this customer's copy of the base ("" = the default location)
 
     @classmethod
-    def from_node_config(cls, nc: dict) -> "NodeSettings":
+    def from_node_config(cls, nc: dict) -> NodeSettings:
         if "data-path" in nc:
-            return cls(name=str(nc.get("name", "customer")), task=str(nc["task"]), data_path=str(nc["data-path"]),
-                       state_dir=str(nc.get("state-dir", "")), max_epsilon=float(nc.get("max-epsilon", 0.0)),
-                       delta=float(nc.get("delta", 1e-5)), base_model=str(nc.get("base-model", "")))
+            return cls(
+                name=str(nc.get("name", "customer")),
+                task=str(nc["task"]),
+                data_path=str(nc["data-path"]),
+                state_dir=str(nc.get("state-dir", "")),
+                max_epsilon=float(nc.get("max-epsilon", 0.0)),
+                delta=float(nc.get("delta", 1e-5)),
+                base_model=str(nc.get("base-model", "")),
+            )
         pid = int(nc["partition-id"])
-        return cls(name=f"sim-{pid}", task=str(nc.get("task", "digits")), partition_id=pid,
-                   num_partitions=int(nc["num-partitions"]), alpha=float(nc.get("alpha", 0.0)),
-                   base_model=str(nc.get("base-model", "")))
+        return cls(
+            name=f"sim-{pid}",
+            task=str(nc.get("task", "digits")),
+            partition_id=pid,
+            num_partitions=int(nc["num-partitions"]),
+            alpha=float(nc.get("alpha", 0.0)),
+            base_model=str(nc.get("base-model", "")),
+        )
 
     def build_task(self, config: dict) -> Task:
         """The run's task as this customer builds it: the run's settings (labels, LoRA, the base's identity, all
         from the message's ``config``) over this customer's own copy of the base. A task other than this
         customer's, or a base that differs from the run's, raises (the round fails for this customer, with why)."""
         if config.get(FitKey.TASK, self.task) != self.task:
-            raise ValueError(f"run is for task {config[FitKey.TASK]!r} but customer {self.name!r} serves "
-                             f"{self.task!r}")
+            raise ValueError(f"run is for task {config[FitKey.TASK]!r} but customer {self.name!r} serves {self.task!r}")
         return get_task(self.task, {k: config[k] for k in TaskKey.ALL if k in config}, base_dir=self.base_model)
 
     def load(self, task: Task) -> tuple[Dataset, Dataset]:
@@ -70,7 +81,7 @@ class FedgeClient(NumPyClient):
         self.settings = settings
 
     @classmethod
-    def from_context(cls, context) -> "FedgeClient":
+    def from_context(cls, context) -> FedgeClient:
         return cls(NodeSettings.from_node_config(dict(context.node_config)))
 
     @staticmethod
@@ -86,13 +97,19 @@ class FedgeClient(NumPyClient):
         metrics: dict = {MetricKey.CUSTOMER: self.settings.name}
         if config.get(FitKey.EVALUATE_INCOMING, False):
             loss, acc = evaluate(model, holdout)
-            metrics |= {MetricKey.EVAL_LOSS: float(loss), MetricKey.EVAL_ACCURACY: float(acc),
-                        MetricKey.EVAL_EXAMPLES: len(holdout)}
+            metrics |= {
+                MetricKey.EVAL_LOSS: float(loss),
+                MetricKey.EVAL_ACCURACY: float(acc),
+                MetricKey.EVAL_EXAMPLES: len(holdout),
+            }
         freeze = tuple(p for p in str(config.get(FitKey.FREEZE, "")).split(",") if p)
-        cfg = TrainConfig(epochs=int(config[FitKey.LOCAL_EPOCHS]), batch_size=int(config[FitKey.BATCH_SIZE]),
-                          lr=float(config[FitKey.LR]),
-                          seed=int(config.get(FitKey.SEED, 0)) + int(config.get(FitKey.ROUND, 0)),
-                          proximal_mu=float(config.get(FitKey.PROXIMAL_MU, 0.0)))
+        cfg = TrainConfig(
+            epochs=int(config[FitKey.LOCAL_EPOCHS]),
+            batch_size=int(config[FitKey.BATCH_SIZE]),
+            lr=float(config[FitKey.LR]),
+            seed=int(config.get(FitKey.SEED, 0)) + int(config.get(FitKey.ROUND, 0)),
+            proximal_mu=float(config.get(FitKey.PROXIMAL_MU, 0.0)),
+        )
         ledger, budget = self._ledger()
         cost = plan_round(config, ledger, self.settings.delta, len(train_ds), cfg.batch_size, cfg.epochs)
         why = refusal(cost, ledger, budget)
@@ -113,14 +130,21 @@ class FedgeClient(NumPyClient):
         if ledger is not None:
             ledger.append(cost.ledger_body())
         if cost.epsilon_run is not None:
-            metrics |= {MetricKey.DP_MECHANISM: cost.mechanism, MetricKey.DP_EPSILON: float(cost.epsilon_run),
-                        MetricKey.DP_DELTA: cost.delta, MetricKey.DP_NOISE: float(cost.noise)}
+            metrics |= {
+                MetricKey.DP_MECHANISM: cost.mechanism,
+                MetricKey.DP_EPSILON: float(cost.epsilon_run),
+                MetricKey.DP_DELTA: cost.delta,
+                MetricKey.DP_NOISE: float(cost.noise),
+            }
         names = exchanged_names(model, freeze)
         arrays = get_arrays(model, names)
         # under central DP every customer weighs the same, so one customer moves the average by at most C / n
         weight = 1 if float(config.get(FitKey.DP_NOISE, 0.0)) > 0 else len(train_ds)
-        return arrays, weight, metrics | {MetricKey.TRAIN_LOSS: float(loss),
-                                          MetricKey.SENT_BYTES: int(sum(a.nbytes for a in arrays))}
+        return (
+            arrays,
+            weight,
+            metrics | {MetricKey.TRAIN_LOSS: float(loss), MetricKey.SENT_BYTES: int(sum(a.nbytes for a in arrays))},
+        )
 
     def _ledger(self) -> tuple[Ledger | None, Budget | None]:
         if not self.settings.state_dir:

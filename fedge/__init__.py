@@ -1,2 +1,3 @@
 """fedge: federated learning that ends on the edge."""
+
 __version__ = "0.1.0"

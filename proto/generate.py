@@ -1,5 +1,6 @@
 """Regenerates the committed Python stubs from the .proto files (grpcio-tools), fixing the imports so the
 stubs live inside the ``fedge.proto`` package. ``python -m fedge.proto.generate [--check]``: --check fails on drift."""
+
 from __future__ import annotations
 
 import re
@@ -14,10 +15,11 @@ PROTOS = ["grpc_service.proto", "health.proto", "release.proto"]
 def generate(out: Path) -> list[Path]:
     from grpc_tools import protoc
 
-    args = ["protoc", f"-I{HERE}", f"--python_out={out}", f"--grpc_python_out={out}", *PROTOS]
+    # --pyi_out: type stubs of the messages, so that mypy checks the code that builds and reads them
+    args = ["protoc", f"-I{HERE}", f"--python_out={out}", f"--pyi_out={out}", f"--grpc_python_out={out}", *PROTOS]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed")
-    files = sorted(out.glob("*_pb2*.py"))
+    files = sorted([*out.glob("*_pb2*.py"), *out.glob("*_pb2.pyi")])
     for f in files:  # `import x_pb2` -> `from proto import x_pb2`
         f.write_text(re.sub(r"^import (\w+_pb2) as", r"from fedge.proto import \1 as", f.read_text(), flags=re.M))
     return files

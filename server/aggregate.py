@@ -6,11 +6,12 @@ updates are read where they lie (zero-copy views of the ``.npy`` bytes in each `
 block by block with a fused multiply-add, so each update is read once and the running sum stays in cache.
 Numerically it is the same weighted mean (checked against Flower's in tests/test_aggregate.py).
 """
+
 from __future__ import annotations
 
 import io
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -27,8 +28,9 @@ def npy_view(buf: bytes) -> np.ndarray:
     return arr.reshape(shape, order="F" if fortran else "C")
 
 
-def weighted_average(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float],
-                     block: int = BLOCK) -> list[np.ndarray]:
+def weighted_average(
+    updates: Sequence[Sequence[np.ndarray]], weights: Sequence[float], block: int = BLOCK
+) -> list[np.ndarray]:
     """sum_k weights[k] * updates[k][j] / sum(weights), for every tensor j. Float tensors keep their dtype
     (as Flower's FedAvg does); integer tensors (counters such as BatchNorm's) are averaged and rounded."""
     import torch
@@ -45,17 +47,17 @@ def weighted_average(updates: Sequence[Sequence[np.ndarray]], weights: Sequence[
         if any(p.shape != first.shape for p in parts):
             raise ValueError(f"tensor {j}: shapes differ across updates {[p.shape for p in parts]}")
         if first.dtype.kind != "f":
-            acc = sum(f * p.astype(np.float64) for f, p in zip(factors, parts))
-            out.append(np.rint(acc).astype(first.dtype) if first.dtype.kind in "iu" else acc.astype(first.dtype))
+            mean = np.sum([f * p.astype(np.float64) for f, p in zip(factors, parts)], axis=0)
+            out.append(np.rint(mean).astype(first.dtype) if first.dtype.kind in "iu" else mean.astype(first.dtype))
             continue
         with warnings.catch_warnings():  # read-only views: torch warns, and we only read them
             warnings.simplefilter("ignore", UserWarning)
             flat = [torch.from_numpy(np.ascontiguousarray(p).reshape(-1)) for p in parts]
         result = np.empty(first.size, dtype=first.dtype)
-        acc = torch.from_numpy(result)
+        into = torch.from_numpy(result)
         for lo in range(0, first.size, block):
             hi = min(lo + block, first.size)
-            a = acc[lo:hi]
+            a = into[lo:hi]
             torch.mul(flat[0][lo:hi], factors[0], out=a)
             for f, x in zip(factors[1:], flat[1:]):
                 a.add_(x[lo:hi], alpha=f)

@@ -16,6 +16,7 @@ the traps measured on Flower 1.41:
 Updates are averaged with equal weights under DP (clients report weight 1), so each customer's influence on the
 average is bounded by C / n, which is what the noise is calibrated to.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,6 +35,7 @@ log = logging.getLogger("fedge.coordinator")
 class _NoiseOnSurvivors:
     """aggregate_fit shared by both wrappers: aggregate, noise for the survivors, then ``after_round``. What was
     used (clip, noise stdev, survivors) goes into the round's outcome, which the registry records."""
+
     strategy: object
     noise_multiplier: float
     clipping_norm: float
@@ -48,8 +50,15 @@ class _NoiseOnSurvivors:
         clip = self.clipping_norm  # the bound the customers clipped to this round
         stdev = compute_stdv(self.noise_multiplier, clip, n)
         params = add_gaussian_noise_to_params(params, self.noise_multiplier, clip, n)
-        log.info("round %d: central DP noise stdev %.5f (noise multiplier %.3f, clip %.4f, %d survivors of %d sampled)",
-                 server_round, stdev, self.noise_multiplier, clip, n, len(results) + len(failures))
+        log.info(
+            "round %d: central DP noise stdev %.5f (noise multiplier %.3f, clip %.4f, %d survivors of %d sampled)",
+            server_round,
+            stdev,
+            self.noise_multiplier,
+            clip,
+            n,
+            len(results) + len(failures),
+        )
         self.after_round([(p, r) for p, r in results if customer_name(p, r) in survivors])
         outcome.central_dp = {"clip": clip, "stdev": stdev, "survivors": n, "next_clip": self.clipping_norm}
         return params, metrics
@@ -58,22 +67,38 @@ class _NoiseOnSurvivors:
         pass
 
 
-class CentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideFixedClipping):
+class CentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideFixedClipping):  # type: ignore[misc]  # Flower types .strategy as Strategy, we as FedgeFedAvg
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int) -> None:
-        super().__init__(strategy, noise_multiplier=noise_multiplier, clipping_norm=clipping_norm,
-                         num_sampled_clients=num_sampled_clients)
+        super().__init__(
+            strategy,
+            noise_multiplier=noise_multiplier,
+            clipping_norm=clipping_norm,
+            num_sampled_clients=num_sampled_clients,
+        )
 
 
-class AdaptiveCentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideAdaptiveClipping):
+class AdaptiveCentralDP(_NoiseOnSurvivors, DifferentialPrivacyClientSideAdaptiveClipping):  # type: ignore[misc]
     """``--dp-adaptive``: the clipping norm starts at ``--dp-clip`` and follows the ``target_quantile`` of the
     customers' update norms (geometric update, learning rate ``clip_lr``), learned from noised counts."""
 
-    def __init__(self, strategy, noise_multiplier: float, initial_clipping_norm: float, num_sampled_clients: int,
-                 target_quantile: float = 0.5, clip_lr: float = 0.2) -> None:
-        super().__init__(strategy, noise_multiplier=noise_multiplier, num_sampled_clients=num_sampled_clients,
-                         initial_clipping_norm=initial_clipping_norm, target_clipped_quantile=target_quantile,
-                         clip_norm_lr=clip_lr,
-                         clipped_count_stddev=count_noise(noise_multiplier, num_sampled_clients))
+    def __init__(
+        self,
+        strategy,
+        noise_multiplier: float,
+        initial_clipping_norm: float,
+        num_sampled_clients: int,
+        target_quantile: float = 0.5,
+        clip_lr: float = 0.2,
+    ) -> None:
+        super().__init__(
+            strategy,
+            noise_multiplier=noise_multiplier,
+            num_sampled_clients=num_sampled_clients,
+            initial_clipping_norm=initial_clipping_norm,
+            target_clipped_quantile=target_quantile,
+            clip_norm_lr=clip_lr,
+            clipped_count_stddev=count_noise(noise_multiplier, num_sampled_clients),
+        )
 
     def after_round(self, accepted) -> None:
         if accepted:

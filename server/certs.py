@@ -4,10 +4,12 @@
 Flower's SuperNode authentication wants ECDSA keys on a NIST curve in OpenSSH format; the coordinator's TLS
 certificate carries a SAN for every host customers dial plus localhost/127.0.0.1/::1.
 """
+
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,20 @@ class CertPaths:
     dir: Path
 
     @property
-    def ca(self) -> Path: return self.dir / "ca.crt"
+    def ca(self) -> Path:
+        return self.dir / "ca.crt"
+
     @property
-    def ca_key(self) -> Path: return self.dir / "ca.key"
+    def ca_key(self) -> Path:
+        return self.dir / "ca.key"
+
     @property
-    def server_cert(self) -> Path: return self.dir / "server.pem"
+    def server_cert(self) -> Path:
+        return self.dir / "server.pem"
+
     @property
-    def server_key(self) -> Path: return self.dir / "server.key"
+    def server_key(self) -> Path:
+        return self.dir / "server.key"
 
     def client_dir(self, name: str) -> Path:
         """What a customer receives: ca.crt plus its SuperNode key pair (supernode.key, supernode.key.pub)."""
@@ -39,11 +48,15 @@ class CertPaths:
 
 
 def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedge"), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    return x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedge"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    )
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _san(hosts: list[str]) -> x509.SubjectAlternativeName:
@@ -74,8 +87,11 @@ def _issue(ca: x509.Certificate, ca_key, cn: str, hosts: list[str] | None, days:
     key = ec.generate_private_key(ec.SECP384R1())
     usage = x509.ExtendedKeyUsageOID.CLIENT_AUTH if hosts is None else x509.ExtendedKeyUsageOID.SERVER_AUTH
     builder = (
-        _validity(x509.CertificateBuilder(), days).subject_name(_name(cn)).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        _validity(x509.CertificateBuilder(), days)
+        .subject_name(_name(cn))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
@@ -84,12 +100,15 @@ def _issue(ca: x509.Certificate, ca_key, cn: str, hosts: list[str] | None, days:
     return builder.sign(ca_key, hashes.SHA384()), key
 
 
-def init_certs(out: Path, hosts: list[str] = (), clients: int = 0, days: int = 825) -> CertPaths:
+def init_certs(out: Path, hosts: Sequence[str] = (), clients: int = 0, days: int = 825) -> CertPaths:
     paths = CertPaths(Path(out))
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca = (
-        _validity(x509.CertificateBuilder(), days).subject_name(_name("fedge CA")).issuer_name(_name("fedge CA"))
-        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        _validity(x509.CertificateBuilder(), days)
+        .subject_name(_name("fedge CA"))
+        .issuer_name(_name("fedge CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .sign(ca_key, hashes.SHA384())
     )
@@ -103,7 +122,9 @@ def init_certs(out: Path, hosts: list[str] = (), clients: int = 0, days: int = 8
     return paths
 
 
-def issue_cert(paths: CertPaths, name: str, out: Path, hosts: list[str] | None = (), days: int = 825) -> tuple[Path, Path]:
+def issue_cert(
+    paths: CertPaths, name: str, out: Path, hosts: Sequence[str] | None = (), days: int = 825
+) -> tuple[Path, Path]:
     """``fedge certs issue``: a certificate from the same CA for another TLS endpoint, such as an edge server
     (``hosts``: the names and IPs its clients dial, besides localhost) or, with ``hosts=None``, one of its clients
     (mutual TLS). Writes ``out/NAME.pem`` and ``out/NAME.key``; returns their paths."""
@@ -126,8 +147,13 @@ def make_client_bundle(paths: CertPaths, name: str) -> Path:
 def make_client_key(path: Path) -> tuple[Path, Path]:
     """An ECDSA P-384 key pair in OpenSSH format: ``path`` (private) and ``path.pub``."""
     key = ec.generate_private_key(ec.SECP384R1())
-    _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                   serialization.NoEncryption()), private=True)
+    _write(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        ),
+        private=True,
+    )
     pub = path.with_name(path.name + ".pub")
     _write(pub, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
     return path, pub

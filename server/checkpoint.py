@@ -1,4 +1,5 @@
 """Global-model checkpoints: safetensors files plus their sha256, written once and never modified."""
+
 from __future__ import annotations
 
 import os

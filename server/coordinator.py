@@ -1,9 +1,9 @@
 """``fedge coordinator start``: the coordinator is a real Flower SuperLink (Fleet, Control and Runtime APIs on
 one port) with its SQLite database in the state dir, TLS and SuperNode authentication on unless ``--insecure``,
 and runtime dependency installation disabled (fedge is preinstalled; hosts may be air-gapped)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import json
 import logging
 import os
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fedge.core.procs import descendants, fedge_env, spawn, split_address, stop_pid, wait_port
-
+from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 from fedge.server.certs import CertPaths, init_certs
 
 DEFAULT_ADDRESS = "127.0.0.1:8000"
@@ -22,9 +22,10 @@ DEFAULT_ADDRESS = "127.0.0.1:8000"
 @dataclass(frozen=True)
 class CoordinatorInfo:
     """What other fedge commands on the coordinator host need to reach it (state/coordinator.json)."""
+
     address: str
     insecure: bool
-    certs: str          # directory with ca.crt (empty when insecure)
+    certs: str  # directory with ca.crt (empty when insecure)
     pid: int
     releases: str = ""  # HOST:PORT of the release service devices pull from (empty: not served)
 
@@ -47,19 +48,38 @@ def load_info(state: Path) -> CoordinatorInfo:
 def superlink_command(address: str, state: Path, certs: CertPaths | None) -> list[str]:
     host, port = split_address(address, 8000)
     # Flower's flower-superlink, wrapped so refused TLS handshakes reach the log (server/superlink.py)
-    cmd = [sys.executable, "-m", "fedge.server.superlink", "--host", host, "--port", str(port),
-           "--database", str(Path(state) / "superlink.db"), "--disable-runtime-dependency-installation"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fedge.server.superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--database",
+        str(Path(state) / "superlink.db"),
+        "--disable-runtime-dependency-installation",
+    ]
     if certs is None:
         return cmd + ["--insecure"]
-    return cmd + ["--ssl-ca-certfile", str(certs.ca), "--ssl-certfile", str(certs.server_cert),
-                  "--ssl-keyfile", str(certs.server_key), "--enable-supernode-auth"]
+    return cmd + [
+        "--ssl-ca-certfile",
+        str(certs.ca),
+        "--ssl-certfile",
+        str(certs.server_cert),
+        "--ssl-keyfile",
+        str(certs.server_key),
+        "--enable-supernode-auth",
+    ]
 
 
 def prepare_certs(state: Path, certs_dir: Path | None, address: str) -> CertPaths:
     paths = CertPaths(Path(certs_dir) if certs_dir else Path(state) / "certs")
     if not paths.exists():
         if certs_dir:
-            raise MissingFileError(f"{paths.dir} holds no ca.crt/server.pem/server.key: run `fedge certs init --out {paths.dir}`")
+            raise MissingFileError(
+                f"{paths.dir} holds no ca.crt/server.pem/server.key: run `fedge certs init --out {paths.dir}`"
+            )
         host, _ = split_address(address, 8000)
         init_certs(paths.dir, hosts=[host] if host not in ("0.0.0.0", "::") else [])
         print(f"created a CA and coordinator certificate in {paths.dir} (hand {paths.ca} to customers)")
@@ -80,8 +100,15 @@ def default_release_address(address: str) -> str:
     return f"{host}:{port + 3}"
 
 
-def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, foreground: bool = True,
-          release_address: str | None = None, release_client_auth: bool = False):
+def start(
+    address: str,
+    state: Path,
+    certs_dir: Path | None,
+    insecure: bool,
+    foreground: bool = True,
+    release_address: str | None = None,
+    release_client_auth: bool = False,
+):
     """Start the SuperLink and (in the foreground) the release service on ``release_address`` (default: the
     coordinator's port + 3; "off" serves none); in the foreground, block until the SuperLink exits
     (SIGTERM/SIGINT stop it by PID)."""
@@ -90,8 +117,13 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
     state = Path(state).resolve()
     state.mkdir(parents=True, exist_ok=True)
     certs = None if insecure else prepare_certs(state, certs_dir, address)
-    proc = spawn(superlink_command(address, state, certs), state / "logs" / "superlink.log",
-                 env=fedge_env(state / "flwr-superlink"), cwd=state, new_session=not foreground)
+    proc = spawn(
+        superlink_command(address, state, certs),
+        state / "logs" / "superlink.log",
+        env=fedge_env(state / "flwr-superlink"),
+        cwd=state,
+        new_session=not foreground,
+    )
     host, port = split_address(address, 8000)
     releases = None
     try:
@@ -102,22 +134,36 @@ def start(address: str, state: Path, certs_dir: Path | None, insecure: bool, for
             _log_to_stderr("fedge.releases")  # which device fetched which release
 
             release_address = release_address or default_release_address(address)
-            releases = serve_releases(state, release_address,
-                                      *((certs.server_cert, certs.server_key) if certs else ()),
-                                      client_ca=certs.ca if release_client_auth else None)
+            releases = serve_releases(
+                state,
+                release_address,
+                cert=certs.server_cert if certs else None,
+                key=certs.server_key if certs else None,
+                client_ca=certs.ca if certs and release_client_auth else None,
+            )
     except Exception:
         stop_pid(proc.pid)
         raise
-    info = CoordinatorInfo(address=address, insecure=insecure, certs=str(certs.dir.resolve()) if certs else "",
-                           pid=os.getpid() if foreground else proc.pid,
-                           releases=release_address if releases is not None else "")
+    info = CoordinatorInfo(
+        address=address,
+        insecure=insecure,
+        certs=str(certs.dir.resolve()) if certs else "",
+        pid=os.getpid() if foreground else proc.pid,
+        releases=release_address or "" if releases is not None else "",
+    )
     info_path(state).write_text(json.dumps(asdict(info), indent=2))
-    print(f"coordinator listening on {address} ({'INSECURE' if insecure else 'TLS + SuperNode auth'}),"
-          f" state in {state}, SuperLink pid {proc.pid}", flush=True)
+    print(
+        f"coordinator listening on {address} ({'INSECURE' if insecure else 'TLS + SuperNode auth'}),"
+        f" state in {state}, SuperLink pid {proc.pid}",
+        flush=True,
+    )
     if releases is not None:
-        print(f"release service on {release_address} (devices: fedge edge serve --pull {release_address}"
-              + (", with a device certificate from `fedge certs issue DEVICE --client`" if release_client_auth else "")
-              + ")", flush=True)
+        print(
+            f"release service on {release_address} (devices: fedge edge serve --pull {release_address}"
+            + (", with a device certificate from `fedge certs issue DEVICE --client`" if release_client_auth else "")
+            + ")",
+            flush=True,
+        )
     if not foreground:
         return proc
 

@@ -1,5 +1,6 @@
 """One message exchange of a round (plain fit, evaluate), as Flower's default workflows do it but with a
 bounded wait: replies missing after ``timeout`` seconds count as failures instead of hanging the run."""
+
 from __future__ import annotations
 
 import re
@@ -14,7 +15,6 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp.grid import Grid
 
 from fedge.core.wire import Failure, FailureKind
-
 
 # Flower 1.41 gives an error reply only as text: ``Error.reason`` is "<class 'MODULE.TYPE'>:<'MESSAGE'>" (its
 # ClientApp runner formats the exception so); there is no structured field for the exception's type. This is the
@@ -43,11 +43,11 @@ def _exchange(grid: Grid, instructions, message_type: str, to_content, rnd: int,
         Message(content=to_content(ins, True), dst_node_id=proxy.node_id, message_type=message_type, group_id=str(rnd))
         for proxy, ins in instructions
     ]
-    replies = list(grid.send_and_receive(out, timeout=timeout))
+    received = list(grid.send_and_receive(out, timeout=timeout))
     # the grid set each instruction's message_id when it pushed it; an error the SuperLink writes in a node's
     # place ("Node Unavailable") comes from the SuperLink's own node id: a reply is the node's it answers for
     sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in out}
-    replies = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id), m) for m in replies]
+    replies = [(sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id), m) for m in received]
     answered = {nid for nid, _ in replies}
     failures: list = [
         Failure(FailureKind.NO_REPLY, nid, f"no reply within {timeout:.0f}s") for nid in proxies if nid not in answered
@@ -64,7 +64,7 @@ def fit_exchange(timeout: float):
         proxies, replies, failures = _exchange(
             grid, instructions, MessageType.TRAIN, compat.fitins_to_recorddict, rnd, timeout
         )
-        results = []
+        results: list = []
         for nid, msg in replies:
             if msg.has_error():
                 failures.append(Failure(FailureKind.ERROR, nid, error_text(msg.error)))
@@ -85,7 +85,7 @@ def evaluate_exchange(timeout: float):
         proxies, replies, failures = _exchange(
             grid, instructions, MessageType.EVALUATE, compat.evaluateins_to_recorddict, rnd, timeout
         )
-        results = []
+        results: list = []
         for nid, msg in replies:
             if msg.has_error():
                 failures.append(Failure(FailureKind.ERROR, nid, error_text(msg.error)))

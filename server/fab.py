@@ -3,6 +3,7 @@
 fedge is preinstalled on coordinator and customer hosts (runtime dependency installation is disabled: they may be
 air-gapped), so the FAB holds only two shim modules that point at the installed ServerApp and ClientApp.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,8 +15,14 @@ from fedge.server.run_config import RunConfig
 APP_NAME = "fedge-federation"
 
 # Flower checks components statically (an assignment to ``app``), hence the explicit assignment.
-SERVER_SHIM = '"""Points Flower at fedge\'s installed ServerApp."""\nfrom fedge import server\nimport fedge.server.server_app\n\napp = server.server_app.app\n'
-CLIENT_SHIM = '"""Points Flower at fedge\'s installed ClientApp."""\nfrom fedge import client\nimport fedge.client.client_app\n\napp = client.client_app.app\n'
+SERVER_SHIM = (
+    '"""Points Flower at fedge\'s installed ServerApp."""\n'
+    "from fedge import server\nimport fedge.server.server_app\n\napp = server.server_app.app\n"
+)
+CLIENT_SHIM = (
+    '"""Points Flower at fedge\'s installed ClientApp."""\n'
+    "from fedge import client\nimport fedge.client.client_app\n\napp = client.client_app.app\n"
+)
 
 
 def write_app(app_dir: Path) -> Path:
@@ -31,14 +38,22 @@ def write_app(app_dir: Path) -> Path:
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
-            "name": APP_NAME, "version": "1.0.0", "license": {"file": "LICENSE"},
+            "name": APP_NAME,
+            "version": "1.0.0",
+            "license": {"file": "LICENSE"},
             "dependencies": [f"flwr>={flwr.__version__}"],
         },
-        "tool": {"flwr": {"app": {
-            "publisher": "fedge", "fab-format-version": 1, "flwr-version-target": flwr.__version__,
-            "components": {"serverapp": "fedge_fab.server_app:app", "clientapp": "fedge_fab.client_app:app"},
-            "config": RunConfig().to_flower(),
-        }}},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedge",
+                    "fab-format-version": 1,
+                    "flwr-version-target": flwr.__version__,
+                    "components": {"serverapp": "fedge_fab.server_app:app", "clientapp": "fedge_fab.client_app:app"},
+                    "config": RunConfig().to_flower(),
+                }
+            }
+        },
     }
     (app_dir / "pyproject.toml").write_text(tomli_w.dumps(pyproject))
     return app_dir

@@ -7,6 +7,7 @@ only polls sooner (50 ms, backing off to 250 ms). Everything else is delegated t
 It also keeps the error replies it receives (``errors``): Flower's SecAgg+ workflow drops them when a round halts,
 so without this an operator would read "round halted" where a customer had said why (its data, its base model).
 """
+
 from __future__ import annotations
 
 import time
@@ -35,8 +36,9 @@ class FastPollGrid:
         while pending:
             got = list(self._grid.pull_messages(pending))
             replies += got
-            self.errors += [Failure(FailureKind.ERROR, m.metadata.src_node_id, error_text(m.error))
-                            for m in got if m.has_error()]
+            self.errors += [
+                Failure(FailureKind.ERROR, m.metadata.src_node_id, error_text(m.error)) for m in got if m.has_error()
+            ]
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break

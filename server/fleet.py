@@ -2,6 +2,7 @@
 
 Devices report at every poll (see :mod:`server.release_service`); this module only reads the registry.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ def release_model(row: dict) -> str | None:
 
 def candidates(releases: list[dict]) -> list[Candidate]:
     """Registry.releases() rows as the offer policy sees them (releases whose files are gone left out)."""
-    return [Candidate(int(row["id"]), model, row["withdrawn"] is not None)
-            for row in releases if (model := release_model(row))]
+    return [
+        Candidate(int(row["id"]), model, row["withdrawn"] is not None)
+        for row in releases
+        if (model := release_model(row))
+    ]
 
 
 def offered(releases: list[dict], device: str = "", policy: OfferPolicy | None = None) -> dict[str, int]:
@@ -47,8 +51,15 @@ def fleet(registry: Registry, policy: OfferPolicy | None = None) -> list[dict]:
         models = []
         for c in d["current"]:
             rel = c.get("release")
-            state = ("unknown" if rel is None else "withdrawn" if rel in withdrawn else
-                     "up to date" if rel == target.get(c["model"]) else "behind")
+            state = (
+                "unknown"
+                if rel is None
+                else "withdrawn"
+                if rel in withdrawn
+                else "up to date"
+                if rel == target.get(c["model"])
+                else "behind"
+            )
             models.append({**c, "offered": target.get(c["model"]), "state": state})
         out.append({**d, "current": models})
     return out
@@ -59,10 +70,20 @@ def describe(device: dict, now: float | None = None) -> str:
     now = time.time() if now is None else now
     who = {True: "certificate", False: "self-named", None: "never seen"}[device["authenticated"]]
     seen = f"last seen {_ago(now - device['last_seen'])} from {device['address']}" if device["last_seen"] else ""
-    models = ", ".join(f"{c['model']}: " + (f"release {c['release']}" if c["release"] else "unknown build")
-                       + f" (local v{c['local_version']}, {c['state']})" for c in device["current"])
-    revoked = (f"REVOKED {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(device['revoked']))}"
-               f" ({device['revoked_reason']})") if device["revoked"] else ""
+    models = ", ".join(
+        f"{c['model']}: "
+        + (f"release {c['release']}" if c["release"] else "unknown build")
+        + f" (local v{c['local_version']}, {c['state']})"
+        for c in device["current"]
+    )
+    revoked = (
+        (
+            f"REVOKED {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(device['revoked']))}"
+            f" ({device['revoked_reason']})"
+        )
+        if device["revoked"]
+        else ""
+    )
     return "  ".join(x for x in (device["name"], f"[{who}]", seen, models or "no models", revoked) if x)
 
 

@@ -1,8 +1,8 @@
 """Talking to the SuperLink's Control API through Flower's own CLI (``flwr run/ls/stop/supernode``), with a
 connection profile kept in the coordinator's state dir so nothing touches the operator's ``~/.flwr``."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import json
 import subprocess
 import sys
@@ -11,7 +11,7 @@ from pathlib import Path
 import tomli_w
 
 from fedge.core.procs import fedge_env
-
+from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.coordinator import CoordinatorInfo, load_info
 
 CONNECTION = "fedge"
@@ -38,10 +38,13 @@ class FlowerCLI:
 
     def _flwr(self, *args: str, timeout: float = 120) -> str:
         exe = str(Path(sys.executable).parent / "flwr")
-        proc = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                              env=fedge_env(self.home), cwd=self.state)
+        proc = subprocess.run(
+            [exe, *args], capture_output=True, text=True, timeout=timeout, env=fedge_env(self.home), cwd=self.state
+        )
         if proc.returncode != 0:
-            raise FlowerError(f"flwr {' '.join(args[:2])} failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-2000:]}")
+            raise FlowerError(
+                f"flwr {' '.join(args[:2])} failed ({proc.returncode}): {(proc.stdout + proc.stderr).strip()[-2000:]}"
+            )
         return proc.stdout
 
     def _json(self, *args: str) -> dict:

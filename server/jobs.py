@@ -1,6 +1,7 @@
 """Export jobs on the federation (federated calibration, the accuracy gate): the coordinator sends one QUERY
 message per connected customer and collects each customer's statistics. Executed inside Flower's ServerApp
 process (a Flower run with ``job`` set); the request and the merged result are files in ``job_dir``."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,9 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.app.message_type import MessageType
 
+from fedge.core.wire import JOB_RECORD, JOB_RESULT_RECORD, JobKey
 from fedge.server.fast_grid import FastPollGrid
 from fedge.server.run_config import RunConfig
-from fedge.core.wire import JOB_RECORD, JOB_RESULT_RECORD, JobKey
-
 
 
 def run_job(grid, context) -> None:
@@ -37,8 +37,9 @@ def _collect(grid, cfg: RunConfig, job_dir: Path) -> dict:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {len(nodes)} customer(s) connected; the job needs {cfg.min_clients}")
         time.sleep(0.5)
-    messages = [Message(content=RecordDict({JOB_RECORD: record}), dst_node_id=n, message_type=MessageType.QUERY)
-                for n in nodes]
+    messages = [
+        Message(content=RecordDict({JOB_RECORD: record}), dst_node_id=n, message_type=MessageType.QUERY) for n in nodes
+    ]
     replies = list(grid.send_and_receive(messages, timeout=cfg.round_timeout))
     results, failures = {}, []
     for msg in replies:
@@ -50,5 +51,7 @@ def _collect(grid, cfg: RunConfig, job_dir: Path) -> dict:
     answered = {m.metadata.src_node_id for m in replies}
     failures += [f"node {n}: no reply within {cfg.round_timeout:.0f}s" for n in nodes if n not in answered]
     if len(results) < cfg.min_clients:
-        raise RuntimeError(f"{len(results)} customer(s) answered the {cfg.job} job, {cfg.min_clients} needed; {failures}")
+        raise RuntimeError(
+            f"{len(results)} customer(s) answered the {cfg.job} job, {cfg.min_clients} needed; {failures}"
+        )
     return {"results": results, "failures": failures}

@@ -10,6 +10,7 @@ one (a rollout's control group), and withdrawing a release takes it out of every
     >>> targets(offered)
     {'intent': 1}
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,8 +22,8 @@ from typing import Protocol
 class Candidate:
     """A release in the registry, as a policy sees it."""
 
-    release: int     # the registry's id, which is the version devices see (it only grows)
-    model: str       # the manifest's model name
+    release: int  # the registry's id, which is the version devices see (it only grows)
+    model: str  # the manifest's model name
     withdrawn: bool  # the operator withdrew it (``fedge release withdraw``)
 
 

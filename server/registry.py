@@ -4,18 +4,21 @@ Every completed round is one row (metrics, participants, wall time, checkpoint p
 writes, the operator's CLI reads; WAL mode lets both work at once. The tables and their versions are in
 :mod:`fedge.server.registry_schema`.
 """
+
 from __future__ import annotations
 
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fedge.edge_runtime.common.errors import NotFoundError
 from fedge.server.registry_schema import migrate
+
 
 @dataclass(frozen=True)
 class RoundRecord:
@@ -33,9 +36,16 @@ class RoundRecord:
 
     def to_json(self) -> dict:
         return {
-            "round": self.round, "accuracy": self.accuracy, "loss": self.loss, "clients": self.clients,
-            "client_metrics": self.client_metrics, "failures": self.failures, "refused": self.refused,
-            "wall_s": self.wall_s, "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
+            "round": self.round,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "clients": self.clients,
+            "client_metrics": self.client_metrics,
+            "failures": self.failures,
+            "refused": self.refused,
+            "wall_s": self.wall_s,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
             **({"epsilon": self.privacy.get("epsilon"), "privacy": self.privacy} if self.privacy else {}),
         }
 
@@ -66,10 +76,11 @@ class Registry:
         now = time.time()
         with self._db() as db:
             cur = db.execute(
-                "INSERT INTO runs (task, status, num_rounds, config, created, updated) VALUES (?, 'pending', ?, ?, ?, ?)",
+                "INSERT INTO runs (task, status, num_rounds, config, created, updated) VALUES (?, 'pending', ?, ?, ?,"
+                " ?)",
                 (task, num_rounds, json.dumps(config), now, now),
             )
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def set_config(self, run_id: int, config: dict) -> None:
         with self._db() as db:
@@ -77,7 +88,9 @@ class Registry:
 
     def set_status(self, run_id: int, status: str, reason: str | None = None) -> None:
         with self._db() as db:
-            db.execute("UPDATE runs SET status=?, reason=?, updated=? WHERE id=?", (status, reason, time.time(), run_id))
+            db.execute(
+                "UPDATE runs SET status=?, reason=?, updated=? WHERE id=?", (status, reason, time.time(), run_id)
+            )
 
     def add_flower_run(self, run_id: int, flower_run_id: int) -> None:
         with self._db() as db:
@@ -100,11 +113,24 @@ class Registry:
     def add_round(self, run_id: int, rec: RoundRecord) -> None:
         with self._db() as db:
             db.execute(
-                "INSERT INTO rounds (run_id, round, accuracy, loss, clients, client_metrics, failures, refused, privacy,"
+                "INSERT INTO rounds (run_id, round, accuracy, loss, clients, client_metrics, failures, refused,"
+                " privacy,"
                 " wall_s, checkpoint, checkpoint_sha256, finished) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (run_id, rec.round, rec.accuracy, rec.loss, json.dumps(rec.clients), json.dumps(rec.client_metrics),
-                 json.dumps(rec.failures), json.dumps(rec.refused), json.dumps(rec.privacy), rec.wall_s,
-                 rec.checkpoint, rec.checkpoint_sha256, time.time()),
+                (
+                    run_id,
+                    rec.round,
+                    rec.accuracy,
+                    rec.loss,
+                    json.dumps(rec.clients),
+                    json.dumps(rec.client_metrics),
+                    json.dumps(rec.failures),
+                    json.dumps(rec.refused),
+                    json.dumps(rec.privacy),
+                    rec.wall_s,
+                    rec.checkpoint,
+                    rec.checkpoint_sha256,
+                    time.time(),
+                ),
             )
             db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
 
@@ -117,18 +143,27 @@ class Registry:
             metrics = json.loads(row["client_metrics"])
             for name, m in per_client.items():
                 metrics.setdefault(name, {}).update(m)
-            db.execute("UPDATE rounds SET accuracy=?, loss=?, client_metrics=? WHERE run_id=? AND round=?",
-                       (accuracy, loss, json.dumps(metrics), run_id, rnd))
+            db.execute(
+                "UPDATE rounds SET accuracy=?, loss=?, client_metrics=? WHERE run_id=? AND round=?",
+                (accuracy, loss, json.dumps(metrics), run_id, rnd),
+            )
 
     def rounds(self, run_id: int) -> list[RoundRecord]:
         with self._db() as db:
             rows = db.execute("SELECT * FROM rounds WHERE run_id=? ORDER BY round", (run_id,)).fetchall()
         return [
             RoundRecord(
-                round=r["round"], accuracy=r["accuracy"], loss=r["loss"], clients=json.loads(r["clients"]),
-                client_metrics=json.loads(r["client_metrics"]), failures=json.loads(r["failures"]),
-                refused=json.loads(r["refused"]), privacy=json.loads(r["privacy"]), wall_s=r["wall_s"],
-                checkpoint=r["checkpoint"], checkpoint_sha256=r["checkpoint_sha256"],
+                round=r["round"],
+                accuracy=r["accuracy"],
+                loss=r["loss"],
+                clients=json.loads(r["clients"]),
+                client_metrics=json.loads(r["client_metrics"]),
+                failures=json.loads(r["failures"]),
+                refused=json.loads(r["refused"]),
+                privacy=json.loads(r["privacy"]),
+                wall_s=r["wall_s"],
+                checkpoint=r["checkpoint"],
+                checkpoint_sha256=r["checkpoint_sha256"],
             )
             for r in rows
         ]
@@ -144,21 +179,25 @@ class Registry:
                 "INSERT INTO releases (run_id, round, path, manifest_sha256, summary, created) VALUES (?,?,?,?,?,?)",
                 (run_id, rnd, path, manifest_sha256, json.dumps(summary), time.time()),
             )
-            return int(cur.lastrowid)
+            return int(cur.lastrowid or 0)
 
     def releases(self) -> list[dict]:
         """Every release, oldest first; ``withdrawn`` is when the operator withdrew it (None: offered)."""
         with self._db() as db:
-            rows = db.execute("SELECT r.*, w.at AS withdrawn, w.reason AS withdrawn_reason FROM releases r"
-                              " LEFT JOIN withdrawn_releases w ON w.release_id = r.id ORDER BY r.id").fetchall()
+            rows = db.execute(
+                "SELECT r.*, w.at AS withdrawn, w.reason AS withdrawn_reason FROM releases r"
+                " LEFT JOIN withdrawn_releases w ON w.release_id = r.id ORDER BY r.id"
+            ).fetchall()
         return [{**dict(r), "summary": json.loads(r["summary"])} for r in rows]
 
     def withdraw_release(self, release_id: int, reason: str) -> None:
         with self._db() as db:
             if db.execute("SELECT 1 FROM releases WHERE id=?", (release_id,)).fetchone() is None:
                 raise NotFoundError(f"no release {release_id}")
-            db.execute("INSERT OR REPLACE INTO withdrawn_releases (release_id, at, reason) VALUES (?,?,?)",
-                       (release_id, time.time(), reason))
+            db.execute(
+                "INSERT OR REPLACE INTO withdrawn_releases (release_id, at, reason) VALUES (?,?,?)",
+                (release_id, time.time(), reason),
+            )
 
     def restore_release(self, release_id: int) -> bool:
         """Offer a withdrawn release again; False if it was not withdrawn."""
@@ -170,30 +209,41 @@ class Registry:
         """A call from the device, now; ``current`` (what it serves) None: as it last said."""
         now = time.time()
         with self._db() as db:
-            db.execute("INSERT INTO devices (name, authenticated, address, first_seen, last_seen, current)"
-                       " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET authenticated=excluded.authenticated,"
-                       " address=excluded.address, last_seen=excluded.last_seen"
-                       + (", current=excluded.current" if current is not None else ""),
-                       (name, int(authenticated), address, now, now, json.dumps(current or [])))
+            db.execute(
+                "INSERT INTO devices (name, authenticated, address, first_seen, last_seen, current)"
+                " VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET authenticated=excluded.authenticated,"
+                " address=excluded.address, last_seen=excluded.last_seen"
+                + (", current=excluded.current" if current is not None else ""),
+                (name, int(authenticated), address, now, now, json.dumps(current or [])),
+            )
 
     def devices(self) -> list[dict]:
         """Devices seen or revoked, by name; ``revoked`` is when (None: not revoked)."""
         with self._db() as db:
-            seen = {r["name"]: {**dict(r), "authenticated": bool(r["authenticated"]), "current": json.loads(r["current"])}
-                    for r in db.execute("SELECT * FROM devices")}
+            seen = {
+                r["name"]: {**dict(r), "authenticated": bool(r["authenticated"]), "current": json.loads(r["current"])}
+                for r in db.execute("SELECT * FROM devices")
+            }
             revoked = {r["name"]: dict(r) for r in db.execute("SELECT * FROM revoked_devices")}
         out = []
         for name in sorted(seen.keys() | revoked.keys()):
-            d = seen.get(name) or {"name": name, "authenticated": None, "address": None, "first_seen": None,
-                                   "last_seen": None, "current": []}
+            d = seen.get(name) or {
+                "name": name,
+                "authenticated": None,
+                "address": None,
+                "first_seen": None,
+                "last_seen": None,
+                "current": [],
+            }
             r = revoked.get(name)
             out.append({**d, "revoked": r["at"] if r else None, "revoked_reason": r["reason"] if r else None})
         return out
 
     def revoke_device(self, name: str, reason: str) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO revoked_devices (name, at, reason) VALUES (?,?,?)",
-                       (name, time.time(), reason))
+            db.execute(
+                "INSERT OR REPLACE INTO revoked_devices (name, at, reason) VALUES (?,?,?)", (name, time.time(), reason)
+            )
 
     def restore_device(self, name: str) -> bool:
         with self._db() as db:

@@ -6,6 +6,7 @@ columns with defaults, indexes): no existing row changes. A database from before
 To add a table (rollouts, fleet health): append a :class:`Migration` with the next version; never edit one that
 has shipped.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -23,7 +24,7 @@ class SchemaTooNew(FedgeUserError):
 class Migration:
     version: int
     what: str  # one line: what it adds
-    sql: str   # statements separated by ';'
+    sql: str  # statements separated by ';'
 
 
 V1_BASE = """
@@ -115,8 +116,10 @@ def migrate(path: Path, migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
             try:
                 current = int(db.execute("PRAGMA user_version").fetchone()[0])
                 if current > latest(migrations):
-                    raise SchemaTooNew(f"{path} is at schema version {current}; this fedge knows versions up to"
-                                       f" {latest(migrations)}: use the fedge that wrote it, or a newer one")
+                    raise SchemaTooNew(
+                        f"{path} is at schema version {current}; this fedge knows versions up to"
+                        f" {latest(migrations)}: use the fedge that wrote it, or a newer one"
+                    )
                 if current < m.version:
                     for statement in _statements(m.sql):
                         db.execute(statement)

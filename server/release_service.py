@@ -12,9 +12,9 @@ the operator withdraws (``fedge release withdraw``) is no longer offered, so dev
 still offered; a revoked device (``fedge coordinator revoke-device``) gets PERMISSION_DENIED. Revocation by name
 is a real barrier only with ``--release-client-auth``: without it a device's name is what it says it is.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import logging
 import time
 from concurrent import futures
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import grpc
 
+from fedge.edge_runtime.common.errors import ConfigError
 from fedge.edge_runtime.distribution.bundle import archive_bytes, pack_chunks
 from fedge.proto import release_pb2, release_pb2_grpc
-
 from fedge.server.fleet import release_model
 from fedge.server.offer import Candidate, LatestRelease, OfferPolicy
 from fedge.server.registry import Registry, registry_path
@@ -53,9 +53,13 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
             if described is None:
                 continue  # its files are gone
             model, size = described
-            found[int(row["id"])] = (release_pb2.Release(model=model, version=int(row["id"]),
-                                                         manifest_sha256=row["manifest_sha256"], archive_bytes=size),
-                                     bundle, Candidate(int(row["id"]), model, row["withdrawn"] is not None))
+            found[int(row["id"])] = (
+                release_pb2.Release(
+                    model=model, version=int(row["id"]), manifest_sha256=row["manifest_sha256"], archive_bytes=size
+                ),
+                bundle,
+                Candidate(int(row["id"]), model, row["withdrawn"] is not None),
+            )
         offered = self.policy.offer(device, [c for _, _, c in found.values()])
         return [found[c.release][:2] for c in offered]
 
@@ -81,11 +85,22 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     def ListReleases(self, request, context):
         rows = self.registry.releases()
         by_sha = {row["manifest_sha256"]: row["id"] for row in rows}
-        device = self._admit(request.device, context, [
-            {"model": c.model, "manifest_sha256": c.manifest_sha256, "local_version": c.local_version,
-             "release": by_sha.get(c.manifest_sha256)} for c in request.current])
+        device = self._admit(
+            request.device,
+            context,
+            [
+                {
+                    "model": c.model,
+                    "manifest_sha256": c.manifest_sha256,
+                    "local_version": c.local_version,
+                    "release": by_sha.get(c.manifest_sha256),
+                }
+                for c in request.current
+            ],
+        )
         return release_pb2.ListReleasesResponse(
-            releases=[r for r, _ in self._available(rows, device.name) if not request.model or r.model == request.model])
+            releases=[r for r, _ in self._available(rows, device.name) if not request.model or r.model == request.model]
+        )
 
     def FetchRelease(self, request, context):
         device = self._admit(request.device, context)
@@ -93,32 +108,50 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
         for r, bundle in self._available(rows, device.name):
             if r.model == request.model and r.version == request.version:
                 if not 0 <= request.offset < r.archive_bytes:
-                    context.abort(grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset}: release {r.model!r}"
-                                  f" version {r.version} is a {r.archive_bytes}-byte archive")
-                log.info("streaming release %s v%d (%d bytes%s) to %s", r.model, r.version, r.archive_bytes,
-                         f" from byte {request.offset}" if request.offset else "", device)
+                    context.abort(
+                        grpc.StatusCode.OUT_OF_RANGE,
+                        f"offset {request.offset}: release {r.model!r}"
+                        f" version {r.version} is a {r.archive_bytes}-byte archive",
+                    )
+                log.info(
+                    "streaming release %s v%d (%d bytes%s) to %s",
+                    r.model,
+                    r.version,
+                    r.archive_bytes,
+                    f" from byte {request.offset}" if request.offset else "",
+                    device,
+                )
                 # read from disk as it goes: one chunk in memory
                 size = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, request.max_chunk_bytes or CHUNK_BYTES))
                 for i, chunk in enumerate(pack_chunks(bundle, size, request.offset)):
                     yield release_pb2.ReleaseChunk(data=chunk, offset=request.offset if i == 0 else 0)
                 return
         withdrawn = [row for row in rows if row["id"] == request.version and row["withdrawn"]]
-        context.abort(grpc.StatusCode.NOT_FOUND, f"release {request.model!r} version {request.version} was withdrawn"
-                      f" ({withdrawn[0]['withdrawn_reason']})" if withdrawn else
-                      f"no release {request.model!r} version {request.version}")
+        context.abort(
+            grpc.StatusCode.NOT_FOUND,
+            f"release {request.model!r} version {request.version} was withdrawn ({withdrawn[0]['withdrawn_reason']})"
+            if withdrawn
+            else f"no release {request.model!r} version {request.version}",
+        )
 
-    def _admit(self, claimed: str, context, current: list[dict] | None = None) -> "Device":
+    def _admit(self, claimed: str, context, current: list[dict] | None = None) -> Device:
         """Who is calling, recorded as seen now (with what it serves, where the call says); aborts with
         PERMISSION_DENIED if the operator revoked that device: its polls still show in the inventory."""
         names = context.auth_context().get("x509_common_name")
-        device = Device(names[0].decode(), True, context.peer()) if names else Device(
-            claimed or context.peer(), False, context.peer())
+        device = (
+            Device(names[0].decode(), True, context.peer())
+            if names
+            else Device(claimed or context.peer(), False, context.peer())
+        )
         self.registry.record_device(device.name, device.authenticated, device.address, current)
         revoked = self.registry.revocation(device.name)
         if revoked is not None:
             log.warning("refused revoked device %s", device)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"device {device.name!r} was revoked by the operator"
-                          f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(revoked['at']))}: {revoked['reason']}")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"device {device.name!r} was revoked by the operator"
+                f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(revoked['at']))}: {revoked['reason']}",
+            )
         return device
 
 
@@ -132,8 +165,9 @@ class Device:
         return f"{self.name} ({self.address})" if self.authenticated else f"{self.address} (calls itself {self.name!r})"
 
 
-def serve_releases(state: Path, address: str, cert: Path | None = None, key: Path | None = None,
-                   client_ca: Path | None = None) -> grpc.Server:
+def serve_releases(
+    state: Path, address: str, cert: Path | None = None, key: Path | None = None, client_ca: Path | None = None
+) -> grpc.Server:
     """Start the release service on ``address`` (TLS when ``cert``/``key`` are given; mutual TLS, devices
     presenting a certificate ``client_ca`` signed, when that is given too) and return the server."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -142,8 +176,11 @@ def serve_releases(state: Path, address: str, cert: Path | None = None, key: Pat
         raise ConfigError("devices can be authenticated only over TLS (the release service has no certificate)")
     if cert is not None and key is not None:
         ca = Path(client_ca).read_bytes() if client_ca else None
-        creds = grpc.ssl_server_credentials([(Path(key).read_bytes(), Path(cert).read_bytes())], root_certificates=ca,
-                                            require_client_auth=ca is not None)
+        creds = grpc.ssl_server_credentials(
+            [(Path(key).read_bytes(), Path(cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)

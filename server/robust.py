@@ -4,16 +4,19 @@
   is rejected before aggregation and counted in the round record;
 * ``--aggregator median|trimmed-mean|krum`` selects Flower's robust aggregation functions instead of FedAvg.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import numpy as np
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 AGGREGATORS = ("fedavg", "median", "trimmed-mean", "krum")
 
 
-def screen(update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max_norm: float
-           ) -> tuple[str | None, float | None]:
+def screen(
+    update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max_norm: float
+) -> tuple[str | None, float | None]:
     """(why ``update`` must not be aggregated or None, its L2 norm from the global model when known)."""
     from fedge.core.privacy import update_norm
 
@@ -30,8 +33,9 @@ def screen(update: list[np.ndarray], global_arrays: list[np.ndarray] | None, max
     return None, norm
 
 
-def robust_aggregate(name: str, updates: list[list[np.ndarray]], weights: list[int], trim: float = 0.2,
-                     num_malicious: int = 1) -> list[np.ndarray]:
+def robust_aggregate(
+    name: str, updates: list[list[np.ndarray]], weights: list[int], trim: float = 0.2, num_malicious: int = 1
+) -> list[np.ndarray]:
     from flwr.server.strategy.aggregate import aggregate_krum, aggregate_median, aggregate_trimmed_avg
 
     pairs = list(zip(updates, weights))

@@ -1,35 +1,38 @@
 """The coordinator's whole story for one fedge run, executed inside Flower's ServerApp process:
 
-    load the starting model (fresh, --init checkpoint, or the last completed round when resuming)
-    for each remaining round: fit (plain or SecAgg+) -> evaluate on the customers' holdouts
-                              -> checkpoint (safetensors + sha256) -> registry row
+load the starting model (fresh, --init checkpoint, or the last completed round when resuming)
+for each remaining round: fit (plain or SecAgg+) -> evaluate on the customers' holdouts
+                          -> checkpoint (safetensors + sha256) -> registry row
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
+import flwr.compat.common.recorddict_compat as compat
 import numpy as np
 from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-import flwr.compat.common.recorddict_compat as compat
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server.compat.app_utils import start_update_client_manager_thread
+from flwr.server.strategy import Strategy
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp.grid import Grid
 
+from fedge.core.wire import Failure, FailureKind, FitKey
+from fedge.edge_runtime.common.errors import FedgeUserError
+from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.exchange import evaluate_exchange, fit_exchange
 from fedge.server.fast_grid import FastPollGrid
+from fedge.server.privacy import privacy_fit_config, round_privacy
 from fedge.server.registry import Registry, RoundRecord, registry_path
 from fedge.server.run_config import RunConfig
-from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
-from fedge.server.privacy import privacy_fit_config, round_privacy
 from fedge.server.strategy import FedgeFedAvg, InsufficientClients, RoundOutcome
-from fedge.core.wire import Failure, FailureKind, FitKey
 
 log = logging.getLogger("fedge.coordinator")
 
@@ -46,8 +49,11 @@ def secagg_workflow(cfg: RunConfig) -> SecAggPlusWorkflow:
     """Shares go to every sampled client (num_shares=1.0); the threshold is 2/3 of them (at least 2), so
     with 3 customers one may drop after key sharing and the round still completes."""
     return SecAggPlusWorkflow(
-        num_shares=1.0, reconstruction_threshold=0.67, max_weight=cfg.secagg_max_weight,
-        clipping_range=cfg.secagg_clipping_range, timeout=cfg.round_timeout,
+        num_shares=1.0,
+        reconstruction_threshold=0.67,
+        max_weight=cfg.secagg_max_weight,
+        clipping_range=cfg.secagg_clipping_range,
+        timeout=cfg.round_timeout,
     )
 
 
@@ -61,7 +67,9 @@ def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
     if cfg.start_round > 0:
         last = registry.last_round(cfg.fedge_run_id)
         if last is None or last.round != cfg.start_round:
-            raise RoundFailed(f"cannot resume from round {cfg.start_round}: registry's last round is {last and last.round}")
+            raise RoundFailed(
+                f"cannot resume from round {cfg.start_round}: registry's last round is {last and last.round}"
+            )
         path = Path(last.checkpoint)
     elif cfg.init:
         path = Path(cfg.init)
@@ -69,8 +77,10 @@ def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
         return fresh
     loaded, _ = load_checkpoint(path)
     if set(loaded) != set(fresh):
-        raise RoundFailed(f"checkpoint {path} does not fit task {cfg.task!r}: missing {sorted(set(fresh) - set(loaded))},"
-                          f" unexpected {sorted(set(loaded) - set(fresh))}")
+        raise RoundFailed(
+            f"checkpoint {path} does not fit task {cfg.task!r}: missing {sorted(set(fresh) - set(loaded))},"
+            f" unexpected {sorted(set(loaded) - set(fresh))}"
+        )
     for k, v in fresh.items():
         if loaded[k].shape != v.shape:
             raise RoundFailed(f"checkpoint {path}: {k} has shape {loaded[k].shape}, task model has {v.shape}")
@@ -83,7 +93,7 @@ def run_federation(grid: Grid, context: Context) -> None:
     _log_to(state_dir / "logs" / f"run-{cfg.fedge_run_id}.log")
     registry = Registry(registry_path(state_dir))
     try:
-        _run(FastPollGrid(grid), context, cfg, registry)
+        _run(cast(Grid, FastPollGrid(grid)), context, cfg, registry)  # a Grid by delegation
     except Exception as exc:
         registry.set_status(cfg.fedge_run_id, "failed", f"{type(exc).__name__}: {exc}")
         raise
@@ -102,20 +112,34 @@ def _run(grid: Grid, context: Context, cfg: RunConfig, registry: Registry) -> No
         raise RoundFailed(f"--freeze {cfg.freeze!r} freezes every parameter; nothing to train")
     local = cfg.with_task_defaults(task.defaults)  # runs recorded before launch resolved them may still hold -1
     fit_config = {
-        FitKey.TASK: cfg.task, FitKey.FREEZE: cfg.freeze, FitKey.SEED: cfg.seed, FitKey.HOLD_SPARSITY: cfg.hold_sparsity,
-        FitKey.LOCAL_EPOCHS: local.local_epochs, FitKey.BATCH_SIZE: local.batch_size, FitKey.LR: local.lr,
+        FitKey.TASK: cfg.task,
+        FitKey.FREEZE: cfg.freeze,
+        FitKey.SEED: cfg.seed,
+        FitKey.HOLD_SPARSITY: cfg.hold_sparsity,
+        FitKey.LOCAL_EPOCHS: local.local_epochs,
+        FitKey.BATCH_SIZE: local.batch_size,
+        FitKey.LR: local.lr,
         FitKey.PROXIMAL_MU: local.proximal_mu,
-        **cfg.task_settings(), **privacy_fit_config(cfg),
+        **cfg.task_settings(),
+        **privacy_fit_config(cfg),
     }
     strategy = FedgeFedAvg(
-        min_clients=cfg.min_clients, wait_timeout=cfg.wait_clients_timeout,
-        initial_parameters=ndarrays_to_parameters([state[k] for k in all_names]), fit_config=fit_config,
-        aggregator=cfg.aggregator, max_update_norm=cfg.max_update_norm,
+        min_clients=cfg.min_clients,
+        wait_timeout=cfg.wait_clients_timeout,
+        initial_parameters=ndarrays_to_parameters([state[k] for k in all_names]),
+        fit_config=fit_config,
+        aggregator=cfg.aggregator,
+        max_update_norm=cfg.max_update_norm,
     )
-    outer = strategy
+    outer: Strategy = strategy
     if cfg.dp_noise > 0 and cfg.dp_adaptive:
-        outer = AdaptiveCentralDP(strategy, cfg.dp_noise, cfg.dp_clip, num_sampled_clients=cfg.min_clients,
-                                  target_quantile=cfg.dp_target_quantile)
+        outer = AdaptiveCentralDP(
+            strategy,
+            cfg.dp_noise,
+            cfg.dp_clip,
+            num_sampled_clients=cfg.min_clients,
+            target_quantile=cfg.dp_target_quantile,
+        )
     elif cfg.dp_noise > 0:
         outer = CentralDP(strategy, cfg.dp_noise, cfg.dp_clip, num_sampled_clients=cfg.min_clients)
     ctx = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.num_rounds), strategy=outer)
@@ -186,7 +210,9 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
         except InsufficientClients as exc:
             outcome.failures += _new_errors(grid, errors_before, outcome.failures)
             if not outcome.failures or attempt == attempts:
-                raise InsufficientClients(f"{exc}" + (f"; earlier attempts: {_texts(earlier)}" if earlier else "")) from exc
+                raise InsufficientClients(
+                    f"{exc}" + (f"; earlier attempts: {_texts(earlier)}" if earlier else "")
+                ) from exc
             earlier += outcome.failures + [Failure(FailureKind.ROUND, None, f"attempt {attempt}: {exc}")]
             log.warning("round %d attempt %d: too few updates after failures; retrying", rnd, attempt)
             continue
@@ -194,7 +220,9 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
         if outcome.aggregated:
             outcome.failures = earlier + outcome.failures
             return outcome
-        earlier += outcome.failures + [Failure(FailureKind.ROUND, None, f"attempt {attempt}: round halted without an aggregate")]
+        earlier += outcome.failures + [
+            Failure(FailureKind.ROUND, None, f"attempt {attempt}: round halted without an aggregate")
+        ]
         log.warning("round %d attempt %d produced no aggregate; retrying", rnd, attempt)
     raise InsufficientClients(f"round {rnd}: no aggregate after {attempts} attempts; failures: {_texts(earlier)}")
 
@@ -208,13 +236,24 @@ def _new_errors(grid, since: int, known: list[Failure]) -> list[Failure]:
     return [e for e in getattr(grid, "errors", [])[since:] if not any(e.same_as(k) for k in known)]
 
 
-def _record(registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float,
-            privacy: dict) -> None:
+def _record(
+    registry: Registry, cfg: RunConfig, rnd: int, state: dict, outcome: RoundOutcome, wall: float, privacy: dict
+) -> None:
     path = checkpoint_path(Path(cfg.state_dir), cfg.fedge_run_id, rnd)
     sha = save_checkpoint(path, state, {"task": cfg.task, "run": str(cfg.fedge_run_id), "round": str(rnd)})
-    registry.add_round(cfg.fedge_run_id, RoundRecord(
-        round=rnd, accuracy=None, loss=None, clients=outcome.clients,
-        client_metrics=outcome.client_metrics, failures=_texts(outcome.failures), wall_s=round(wall, 3),
-        checkpoint=str(path), checkpoint_sha256=sha, privacy=privacy,
-        refused=outcome.refused + [{**r, "rejected": True} for r in outcome.rejected],
-    ))
+    registry.add_round(
+        cfg.fedge_run_id,
+        RoundRecord(
+            round=rnd,
+            accuracy=None,
+            loss=None,
+            clients=outcome.clients,
+            client_metrics=outcome.client_metrics,
+            failures=_texts(outcome.failures),
+            wall_s=round(wall, 3),
+            checkpoint=str(path),
+            checkpoint_sha256=sha,
+            privacy=privacy,
+            refused=outcome.refused + [{**r, "rejected": True} for r in outcome.rejected],
+        ),
+    )

@@ -1,6 +1,7 @@
 """The operator's side of a run: launch (or resume) a Flower run of fedge's app on the coordinator, follow it
 through the registry with a progress bar, and report. Flower's own CLI exits 0 even for failed runs; here the
 registry's status decides, and a ServerApp that died without recording one counts as failed."""
+
 from __future__ import annotations
 
 import json
@@ -61,17 +62,29 @@ class ConsoleProgress(RunProgress):
         self._bar: Progress | None = None
 
     def started(self, cfg: RunConfig, flower_id: int, completed: int) -> None:
-        self.console.print(f"run {cfg.fedge_run_id}: task {cfg.task}, rounds {cfg.start_round + 1}..{cfg.num_rounds},"
-                           f" SecAgg+ {'on' if cfg.secagg else 'off'} (Flower run {flower_id})")
-        self._bar = Progress(TextColumn("[bold]rounds"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             TextColumn("{task.description}"), console=self.console, transient=False)
+        self.console.print(
+            f"run {cfg.fedge_run_id}: task {cfg.task}, rounds {cfg.start_round + 1}..{cfg.num_rounds},"
+            f" SecAgg+ {'on' if cfg.secagg else 'off'} (Flower run {flower_id})"
+        )
+        self._bar = Progress(
+            TextColumn("[bold]rounds"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=self.console,
+            transient=False,
+        )
         self._bar.start()
         self._task = self._bar.add_task("", total=cfg.num_rounds, completed=completed)
 
     def round_done(self, rec, completed: int) -> None:
+        assert self._bar is not None, "started() first"
         acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
-        self._bar.console.print(f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
-                                f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else ""))
+        self._bar.console.print(
+            f"round {rec.round:>3}  accuracy {acc}  clients {','.join(rec.clients)}"
+            f"  {rec.wall_s:.1f}s" + (f"  failures: {len(rec.failures)}" if rec.failures else "")
+        )
         self._bar.update(self._task, completed=completed, description=f"accuracy {acc}")
 
     def ended(self, run: dict) -> None:
@@ -140,8 +153,9 @@ def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgres
     cli = FlowerCLI(state)
     progress = progress or ConsoleProgress()
     for fid in stop_stale_flower_runs(cli, run["flower_runs"]):
-        progress.note(f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that stopped without"
-                      " finishing it")
+        progress.note(
+            f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that stopped without finishing it"
+        )
     return _submit_and_follow(state, registry, cfg, as_json, progress, cli)
 
 
@@ -155,8 +169,9 @@ def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
     return stale
 
 
-def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json: bool, progress: RunProgress,
-                       cli: FlowerCLI | None = None) -> RunOutcome:
+def _submit_and_follow(
+    state: Path, registry: Registry, cfg: RunConfig, as_json: bool, progress: RunProgress, cli: FlowerCLI | None = None
+) -> RunOutcome:
     cli = cli or FlowerCLI(state)
     app = write_app(state / "app")
     overrides = write_overrides(state / "runs" / str(cfg.fedge_run_id) / f"config-from-{cfg.start_round}.toml", cfg)
@@ -173,8 +188,15 @@ def _submit_and_follow(state: Path, registry: Registry, cfg: RunConfig, as_json:
     return RunOutcome(cfg.fedge_run_id, str(status["status"]), str(status.get("reason") or ""))
 
 
-def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, on_round=lambda rec, completed: None,
-           poll_s: float = 0.5, flower_check_s: float = 5.0) -> dict:
+def follow(
+    registry: Registry,
+    cli: FlowerCLI,
+    run_id: int,
+    flower_id: int,
+    on_round=lambda rec, completed: None,
+    poll_s: float = 0.5,
+    flower_check_s: float = 5.0,
+) -> dict:
     """Wait for the run to end (the registry's status, or Flower's run ending without one) -> the run's row;
     ``on_round(record, rounds done)`` hears each round as it completes."""
     seen = {r.round for r in registry.rounds(run_id)}
@@ -199,8 +221,12 @@ def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, on_r
                 time.sleep(1.0)  # the ServerApp writes its final status just before finishing
                 run = registry.run(run_id)
                 if run["status"] not in ("completed", "failed"):
-                    registry.set_status(run_id, "failed", f"Flower run {flower_id} ended as {fstatus!r} without"
-                                                          " a fedge result (see the coordinator's log)")
+                    registry.set_status(
+                        run_id,
+                        "failed",
+                        f"Flower run {flower_id} ended as {fstatus!r} without"
+                        " a fedge result (see the coordinator's log)",
+                    )
                 return registry.run(run_id)
         time.sleep(poll_s)
 
@@ -208,8 +234,13 @@ def follow(registry: Registry, cli: FlowerCLI, run_id: int, flower_id: int, on_r
 def status_document(registry: Registry, run_id: int) -> dict:
     run = registry.run(run_id)
     return {
-        "run": run_id, "task": run["task"], "status": run["status"], "reason": run["reason"],
-        "num_rounds": run["num_rounds"], "flower_runs": run["flower_runs"], "config": run["config"],
+        "run": run_id,
+        "task": run["task"],
+        "status": run["status"],
+        "reason": run["reason"],
+        "num_rounds": run["num_rounds"],
+        "flower_runs": run["flower_runs"],
+        "config": run["config"],
         "rounds": [r.to_json() for r in registry.rounds(run_id)],
     }
 
@@ -231,15 +262,32 @@ def print_status(registry: Registry, run_id: int, as_json: bool) -> None:
 def rounds_table(rounds: list[dict]) -> Table:
     private = any(r.get("epsilon") is not None for r in rounds)
     refused = any(r.get("refused") for r in rounds)
-    table = Table("round", "accuracy", "loss", "clients", "wall s", "failures", *(["ε"] if private else []),
-                  *(["refused / rejected"] if refused else []), "checkpoint sha256")
+    table = Table(
+        "round",
+        "accuracy",
+        "loss",
+        "clients",
+        "wall s",
+        "failures",
+        *(["ε"] if private else []),
+        *(["refused / rejected"] if refused else []),
+        "checkpoint sha256",
+    )
     for r in rounds:
         clients = ", ".join(r["clients"]) if len(r["clients"]) <= 5 else f"{len(r['clients'])} customers"
         extra = [_fmt(r.get("epsilon"))] if private else []
         if refused:
             extra.append("; ".join(f"{x['customer']}: {x['reason']}" for x in r.get("refused", [])) or "-")
-        table.add_row(str(r["round"]), _fmt(r["accuracy"]), _fmt(r["loss"]), clients,
-                      f"{r['wall_s']:.1f}", str(len(r["failures"])), *extra, r["checkpoint_sha256"][:16])
+        table.add_row(
+            str(r["round"]),
+            _fmt(r["accuracy"]),
+            _fmt(r["loss"]),
+            clients,
+            f"{r['wall_s']:.1f}",
+            str(len(r["failures"])),
+            *extra,
+            r["checkpoint_sha256"][:16],
+        )
     return table
 
 
@@ -250,18 +298,37 @@ def privacy_document(registry: Registry, run_id: int) -> dict:
     rounds = registry.rounds(run_id)
     last = rounds[-1].privacy if rounds else {}
     return {
-        "run": run_id, "status": run["status"], "delta": cfg.get("dp_delta"),
+        "run": run_id,
+        "status": run["status"],
+        "delta": cfg.get("dp_delta"),
         "accountant": last.get("accountant"),
-        "central": {"on": cfg.get("dp_noise", 0) > 0, "noise_multiplier": cfg.get("dp_noise"), "clip": cfg.get("dp_clip"),
-                    "adaptive": bool(cfg.get("dp_adaptive")), "target_quantile": cfg.get("dp_target_quantile"),
-                    **({k: v for k, v in last.get("central", {}).items() if k in ("sample_rate", "steps", "epsilon")})},
-        "dp_sgd": {"on": bool(cfg.get("dp_sgd")), "noise_multiplier": cfg.get("dp_sgd_noise") or None,
-                   "target_epsilon": cfg.get("dp_sgd_epsilon") or None, "clip": cfg.get("dp_sgd_clip"),
-                   "per_customer": (last.get("dp_sgd") or {}).get("per_customer", {})},
+        "central": {
+            "on": cfg.get("dp_noise", 0) > 0,
+            "noise_multiplier": cfg.get("dp_noise"),
+            "clip": cfg.get("dp_clip"),
+            "adaptive": bool(cfg.get("dp_adaptive")),
+            "target_quantile": cfg.get("dp_target_quantile"),
+            **({k: v for k, v in last.get("central", {}).items() if k in ("sample_rate", "steps", "epsilon")}),
+        },
+        "dp_sgd": {
+            "on": bool(cfg.get("dp_sgd")),
+            "noise_multiplier": cfg.get("dp_sgd_noise") or None,
+            "target_epsilon": cfg.get("dp_sgd_epsilon") or None,
+            "clip": cfg.get("dp_sgd_clip"),
+            "per_customer": (last.get("dp_sgd") or {}).get("per_customer", {}),
+        },
         "secagg": cfg.get("secagg"),
         "epsilon": last.get("epsilon"),
-        "rounds": [{"round": r.round, "epsilon": r.privacy.get("epsilon"), "customers": r.privacy.get("customers", {}),
-                    "clip": r.privacy.get("central", {}).get("clip"), "refused": r.refused} for r in rounds],
+        "rounds": [
+            {
+                "round": r.round,
+                "epsilon": r.privacy.get("epsilon"),
+                "customers": r.privacy.get("customers", {}),
+                "clip": r.privacy.get("central", {}).get("clip"),
+                "refused": r.refused,
+            }
+            for r in rounds
+        ],
     }
 
 
@@ -272,26 +339,39 @@ def print_privacy(registry: Registry, run_id: int, as_json: bool) -> None:
         return
     console = _console()
     c, d = doc["central"], doc["dp_sgd"]
-    console.print(f"run {run_id} ({doc['status']}): ε = [bold]{_fmt(doc['epsilon'])}[/bold] at δ = {doc['delta']}"
-                  f"; accountant: {doc['accountant'] or '-'}; SecAgg+ {'on' if doc['secagg'] else 'off'}")
+    console.print(
+        f"run {run_id} ({doc['status']}): ε = [bold]{_fmt(doc['epsilon'])}[/bold] at δ = {doc['delta']}"
+        f"; accountant: {doc['accountant'] or '-'}; SecAgg+ {'on' if doc['secagg'] else 'off'}"
+    )
     if c["on"]:
-        clip = (f"adaptive (from {c['clip']}, tracking the {c['target_quantile']} quantile of update norms)"
-                if c["adaptive"] else f"C = {c['clip']}")
-        console.print(f"central DP: client-side clipping {clip}, Gaussian noise σ = {c['noise_multiplier']} on"
-                      f" the aggregate, sampling rate {c.get('sample_rate', '-')}, steps {c.get('steps', '-')},"
-                      f" ε {_fmt(c.get('epsilon'))}")
+        clip = (
+            f"adaptive (from {c['clip']}, tracking the {c['target_quantile']} quantile of update norms)"
+            if c["adaptive"]
+            else f"C = {c['clip']}"
+        )
+        console.print(
+            f"central DP: client-side clipping {clip}, Gaussian noise σ = {c['noise_multiplier']} on"
+            f" the aggregate, sampling rate {c.get('sample_rate', '-')}, steps {c.get('steps', '-')},"
+            f" ε {_fmt(c.get('epsilon'))}"
+        )
     if d["on"]:
-        console.print(f"DP-SGD (Opacus, per-sample clip {d['clip']}, σ {d['noise_multiplier'] or 'from target ε'}"
-                      f" {'(target ε ' + str(d['target_epsilon']) + ')' if d['target_epsilon'] else ''}):")
+        console.print(
+            f"DP-SGD (Opacus, per-sample clip {d['clip']}, σ {d['noise_multiplier'] or 'from target ε'}"
+            f" {'(target ε ' + str(d['target_epsilon']) + ')' if d['target_epsilon'] else ''}):"
+        )
         for name, p in sorted(d["per_customer"].items()):
             console.print(f"  {name}: ε {p['epsilon']:.4f} (σ {p['noise']:.3f}, δ {p['delta']})")
     if not c["on"] and not d["on"]:
         console.print("no differential privacy in this run (ε unbounded)")
     table = Table("round", "ε", "clip", "per customer", "refused")
     for r in doc["rounds"]:
-        table.add_row(str(r["round"]), _fmt(r["epsilon"]), _fmt(r["clip"]),
-                      ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["customers"].items())) or "-",
-                      "; ".join(f"{x['customer']}: {x['reason']}" for x in r["refused"]) or "-")
+        table.add_row(
+            str(r["round"]),
+            _fmt(r["epsilon"]),
+            _fmt(r["clip"]),
+            ", ".join(f"{k} {v:.3f}" for k, v in sorted(r["customers"].items())) or "-",
+            "; ".join(f"{x['customer']}: {x['reason']}" for x in r["refused"]) or "-",
+        )
     console.print(table)
 
 
@@ -309,14 +389,28 @@ def _fmt(v) -> str:
 def print_list(registry: Registry, as_json: bool) -> None:
     runs = registry.runs()
     if as_json:
-        print(json.dumps([{k: r[k] for k in ("id", "task", "status", "num_rounds", "reason")} |
-                          {"completed_rounds": len(registry.rounds(r["id"]))} for r in runs], indent=2))
+        print(
+            json.dumps(
+                [
+                    {k: r[k] for k in ("id", "task", "status", "num_rounds", "reason")}
+                    | {"completed_rounds": len(registry.rounds(r["id"]))}
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table("run", "task", "status", "rounds", "last accuracy", "reason")
     for r in runs:
         rounds = registry.rounds(r["id"])
-        table.add_row(str(r["id"]), r["task"], r["status"], f"{len(rounds)}/{r['num_rounds']}",
-                      _fmt(rounds[-1].accuracy if rounds else None), (r["reason"] or "")[:60])
+        table.add_row(
+            str(r["id"]),
+            r["task"],
+            r["status"],
+            f"{len(rounds)}/{r['num_rounds']}",
+            _fmt(rounds[-1].accuracy if rounds else None),
+            (r["reason"] or "")[:60],
+        )
     Console().print(table)
 
 

@@ -1,7 +1,8 @@
 """fedge's Flower ServerApp. Import-light: Flower spawns a fresh process per run, and the heavy work
 (torch, the round loop) is imported only when the run starts."""
-from flwr.serverapp import Grid, ServerApp
+
 from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
 
 app = ServerApp()
 

@@ -10,9 +10,9 @@ A key can be retired once nothing still depends on it: every model's offered rel
 (not revoked) reported serving, is signed with the current key. Before that, a device given a trust file
 without the old key would refuse its own installed release at its next restart.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import hashlib
 import os
 import shutil
@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.edge_runtime.distribution.bundle import MANIFEST, SIGNATURE, generate_keys, load_public_key
-
 from fedge.server.fleet import fleet, offered, release_model
 from fedge.server.registry import Registry
 
@@ -55,13 +55,14 @@ def _public(path: Path) -> Ed25519PublicKey:
 class KeyRing:
     """The keys in ``STATE/keys``: ``current`` (fingerprint, key), ``previous`` and ``retired`` {fingerprint:
     key} (retired keys are no longer trusted; they only tell which key signed an old release)."""
+
     directory: Path
     current: tuple[str, Ed25519PublicKey]
     previous: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     retired: dict[str, Ed25519PublicKey] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, state: Path) -> "KeyRing":
+    def load(cls, state: Path) -> KeyRing:
         directory = Path(state) / "keys"
         pub = directory / f"{CURRENT}.pub"
         if not (directory / f"{CURRENT}.key").exists() or not pub.exists():
@@ -129,25 +130,42 @@ def status(state: Path, registry: Registry, ring: KeyRing | None = None) -> dict
     blockers = []
     for model, rid in sorted(offered(releases).items()):
         if signed[rid] != current:
-            blockers.append(f"release {rid} ({model}) is offered and signed with {signed[rid] or 'an unknown key'}:"
-                            " export a release signed with the current key")
+            blockers.append(
+                f"release {rid} ({model}) is offered and signed with {signed[rid] or 'an unknown key'}:"
+                " export a release signed with the current key"
+            )
     devices = []
     for d in fleet(registry):
-        models = [{"model": c["model"], "release": c["release"], "signed_by": signed.get(c["release"])}
-                  for c in d["current"]]
+        models = [
+            {"model": c["model"], "release": c["release"], "signed_by": signed.get(c["release"])} for c in d["current"]
+        ]
         devices.append({"name": d["name"], "revoked": bool(d["revoked"]), "models": models})
         if d["revoked"] or not ring.previous:
             continue
         for m in models:
             if m["signed_by"] != current:
                 what = f"release {m['release']}" if m["release"] else "a build that is no release of this registry"
-                blockers.append(f"device {d['name']} serves {m['model']} from {what}, signed with"
-                                f" {m['signed_by'] or 'an unknown key'}: it has not installed a release signed"
-                                " with the current key yet")
-    return {"current": current, "previous": sorted(ring.previous), "trust_file": str(ring.directory / TRUST),
-            "releases": [{"id": r["id"], "model": release_model(r), "signed_by": signed[r["id"]],
-                          "withdrawn": r["withdrawn"] is not None} for r in releases],
-            "devices": devices, "blockers": blockers if ring.previous else []}
+                blockers.append(
+                    f"device {d['name']} serves {m['model']} from {what}, signed with"
+                    f" {m['signed_by'] or 'an unknown key'}: it has not installed a release signed"
+                    " with the current key yet"
+                )
+    return {
+        "current": current,
+        "previous": sorted(ring.previous),
+        "trust_file": str(ring.directory / TRUST),
+        "releases": [
+            {
+                "id": r["id"],
+                "model": release_model(r),
+                "signed_by": signed[r["id"]],
+                "withdrawn": r["withdrawn"] is not None,
+            }
+            for r in releases
+        ],
+        "devices": devices,
+        "blockers": blockers if ring.previous else [],
+    }
 
 
 def retire(state: Path, registry: Registry, force: bool = False) -> list[str]:
@@ -162,7 +180,10 @@ def retire(state: Path, registry: Registry, force: bool = False) -> list[str]:
     (ring.directory / RETIRED).mkdir(exist_ok=True)
     for fp in ring.previous:
         os.replace(ring.directory / PREVIOUS / f"{fp}.pub", ring.directory / RETIRED / f"{fp}.pub")
-    ring, retired = KeyRing(ring.directory, ring.current, retired={**ring.retired, **ring.previous}), sorted(ring.previous)
+    ring, retired = (
+        KeyRing(ring.directory, ring.current, retired={**ring.retired, **ring.previous}),
+        sorted(ring.previous),
+    )
     ring.write_trust()
     for fp in retired:
         (ring.directory / PREVIOUS / f"{fp}.key").unlink(missing_ok=True)
@@ -171,17 +192,25 @@ def retire(state: Path, registry: Registry, force: bool = False) -> list[str]:
 
 def describe(info: dict) -> str:
     """``fedge keys status`` for people."""
-    lines = [f"current key {info['current']}" + (f"; previous (still trusted): {', '.join(info['previous'])}"
-                                                  if info["previous"] else ""),
-             f"devices pin: {info['trust_file']}"]
+    lines = [
+        f"current key {info['current']}"
+        + (f"; previous (still trusted): {', '.join(info['previous'])}" if info["previous"] else ""),
+        f"devices pin: {info['trust_file']}",
+    ]
     for r in info["releases"]:
-        lines.append(f"  release {r['id']} ({r['model']}): signed with {r['signed_by'] or 'an unknown key'}"
-                     + (", withdrawn" if r["withdrawn"] else ""))
+        lines.append(
+            f"  release {r['id']} ({r['model']}): signed with {r['signed_by'] or 'an unknown key'}"
+            + (", withdrawn" if r["withdrawn"] else "")
+        )
     for d in info["devices"]:
-        served = ", ".join(f"{m['model']}: release {m['release']} ({m['signed_by'] or 'unknown key'})"
-                           for m in d["models"]) or "no models"
+        served = (
+            ", ".join(f"{m['model']}: release {m['release']} ({m['signed_by'] or 'unknown key'})" for m in d["models"])
+            or "no models"
+        )
         lines.append(f"  device {d['name']}: {served}" + (" [revoked]" if d["revoked"] else ""))
     if info["previous"]:
-        lines.append("ready to retire the previous key: " + ("no:\n    " + "\n    ".join(info["blockers"])
-                                                              if info["blockers"] else "yes (fedge keys retire)"))
+        lines.append(
+            "ready to retire the previous key: "
+            + ("no:\n    " + "\n    ".join(info["blockers"]) if info["blockers"] else "yes (fedge keys retire)")
+        )
     return "\n".join(lines)

@@ -4,11 +4,10 @@ Flower's legacy FedAvg samples through ``ClientManager.sample``, which waits up 
 ``min_available_clients``. fedge samples every connected client after a bounded wait, and a round whose
 surviving updates fall below ``min_clients`` fails the run with the numbers in the message.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import time
-
 from dataclasses import dataclass, field
 
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar, ndarrays_to_parameters
@@ -16,10 +15,11 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from fedge.core.wire import Failure, FailureKind, FitKey, MetricKey
+from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.aggregate import fedavg_fit_results, npy_view
 from fedge.server.exchange import error_text
 from fedge.server.robust import robust_aggregate, screen
-from fedge.core.wire import Failure, FailureKind, FitKey, MetricKey
 
 
 def npy_arrays(res: FitRes) -> list:
@@ -33,37 +33,42 @@ class InsufficientClients(FedgeUserError, RuntimeError):
 @dataclass
 class RoundOutcome:
     """What the coordinator learned in one round (fit + evaluate), for the registry."""
+
     round: int
     clients: list[str] = field(default_factory=list)
     client_metrics: dict[str, dict] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
-    refused: list[dict] = field(default_factory=list)     # customers who declined to train, and why
-    rejected: list[dict] = field(default_factory=list)    # updates screened out before aggregation, and why
-    privacy: dict = field(default_factory=dict)           # per-customer DP-SGD ε reported with the updates
-    central_dp: dict = field(default_factory=dict)        # the clip and noise stdev central DP used this round
-    sampled: list[int] = field(default_factory=list)      # node ids asked to train this round
+    refused: list[dict] = field(default_factory=list)  # customers who declined to train, and why
+    rejected: list[dict] = field(default_factory=list)  # updates screened out before aggregation, and why
+    privacy: dict = field(default_factory=dict)  # per-customer DP-SGD ε reported with the updates
+    central_dp: dict = field(default_factory=dict)  # the clip and noise stdev central DP used this round
+    sampled: list[int] = field(default_factory=list)  # node ids asked to train this round
     aggregated: bool = False
     # evaluation of the model the clients received (the previous round's global model), from fit replies
-    prev_eval: "Evaluation | None" = None
+    prev_eval: Evaluation | None = None
 
 
 @dataclass
 class Evaluation:
     """A global model evaluated on the customers' holdouts, aggregated weighted by holdout size."""
+
     accuracy: float
     loss: float
     per_client: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
-    def aggregate(cls, rows: list[tuple[str, int, float, float]]) -> "Evaluation | None":
+    def aggregate(cls, rows: list[tuple[str, int, float, float]]) -> Evaluation | None:
         """rows: (customer, holdout examples, loss, accuracy)."""
         total = sum(n for _, n, _, _ in rows)
         if total == 0:
             return None
         return cls(
             accuracy=sum(n * a for _, n, _, a in rows) / total,
-            loss=sum(n * l for _, n, l, _ in rows) / total,
-            per_client={c: {MetricKey.EVAL_EXAMPLES: n, MetricKey.EVAL_LOSS: l, MetricKey.EVAL_ACCURACY: a} for c, n, l, a in rows},
+            loss=sum(n * loss for _, n, loss, _ in rows) / total,
+            per_client={
+                c: {MetricKey.EVAL_EXAMPLES: n, MetricKey.EVAL_LOSS: loss, MetricKey.EVAL_ACCURACY: a}
+                for c, n, loss, a in rows
+            },
         )
 
 
@@ -106,11 +111,24 @@ def describe_failure(failure, stage: str = "fit") -> Failure:
 
 
 class FedgeFedAvg(FedAvg):
-    def __init__(self, *, min_clients: int, wait_timeout: float, initial_parameters: Parameters,
-                 fit_config: dict[str, Scalar], aggregator: str = "fedavg", max_update_norm: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        min_clients: int,
+        wait_timeout: float,
+        initial_parameters: Parameters,
+        fit_config: dict[str, Scalar],
+        aggregator: str = "fedavg",
+        max_update_norm: float = 0.0,
+    ) -> None:
         super().__init__(
-            fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=min_clients, min_evaluate_clients=1,
-            min_available_clients=min_clients, initial_parameters=initial_parameters, accept_failures=True,
+            fraction_fit=1.0,
+            fraction_evaluate=1.0,
+            min_fit_clients=min_clients,
+            min_evaluate_clients=1,
+            min_available_clients=min_clients,
+            initial_parameters=initial_parameters,
+            accept_failures=True,
         )
         self.min_clients = min_clients
         self.wait_timeout = wait_timeout
@@ -148,7 +166,9 @@ class FedgeFedAvg(FedAvg):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: ClientManager):
         # clients first evaluate the model they receive (last round's global model) on their holdouts: this
         # saves a whole message exchange per round; the final model gets its own evaluate exchange
-        ins = FitIns(parameters, {**self.fit_config, FitKey.ROUND: server_round, FitKey.EVALUATE_INCOMING: server_round > 1})
+        ins = FitIns(
+            parameters, {**self.fit_config, FitKey.ROUND: server_round, FitKey.EVALUATE_INCOMING: server_round > 1}
+        )
         proxies = self._connected(client_manager)
         self.outcome.sampled = [p.node_id for p in proxies]
         return [(proxy, ins) for proxy in proxies]
@@ -167,8 +187,14 @@ class FedgeFedAvg(FedAvg):
             m = {k: v for k, v in res.metrics.items() if k != MetricKey.CUSTOMER}
             self.names[proxy.node_id] = name
             if MetricKey.EVAL_EXAMPLES in m:
-                evals.append((name, int(m[MetricKey.EVAL_EXAMPLES]), float(m[MetricKey.EVAL_LOSS]),
-                              float(m[MetricKey.EVAL_ACCURACY])))
+                evals.append(
+                    (
+                        name,
+                        int(m[MetricKey.EVAL_EXAMPLES]),
+                        float(m[MetricKey.EVAL_LOSS]),
+                        float(m[MetricKey.EVAL_ACCURACY]),
+                    )
+                )
             if m.get(MetricKey.REFUSED):  # trained nothing; under SecAgg+ its masked share carried weight 0
                 out.refused.append({"customer": name, "reason": str(m[MetricKey.REFUSED])})
                 continue
@@ -177,14 +203,20 @@ class FedgeFedAvg(FedAvg):
                 out.rejected.append({"customer": name, "reason": why})
                 continue
             out.clients.append(name)
-            out.client_metrics[name] = {"node_id": proxy.node_id, "num_examples": res.num_examples,
-                                        **{k: v for k, v in m.items() if not k.startswith(MetricKey.EVAL_PREFIX)}}
+            out.client_metrics[name] = {
+                "node_id": proxy.node_id,
+                "num_examples": res.num_examples,
+                **{k: v for k, v in m.items() if not k.startswith(MetricKey.EVAL_PREFIX)},
+            }
             if norm is not None:  # what an operator sets --max-update-norm from
                 out.client_metrics[name]["update_norm"] = norm
             if MetricKey.DP_EPSILON in m:
-                out.privacy[name] = {"epsilon": float(m[MetricKey.DP_EPSILON]), "delta": float(m.get(MetricKey.DP_DELTA, 0)),
-                                     "mechanism": str(m.get(MetricKey.DP_MECHANISM, "")),
-                                     "noise": float(m.get(MetricKey.DP_NOISE, 0))}
+                out.privacy[name] = {
+                    "epsilon": float(m[MetricKey.DP_EPSILON]),
+                    "delta": float(m.get(MetricKey.DP_DELTA, 0)),
+                    "mechanism": str(m.get(MetricKey.DP_MECHANISM, "")),
+                    "noise": float(m.get(MetricKey.DP_NOISE, 0)),
+                }
             accepted.append((proxy, res))
         out.clients.sort()
         out.failures += self._dropouts({proxy.node_id for proxy, _ in results})
@@ -192,11 +224,13 @@ class FedgeFedAvg(FedAvg):
         if len(accepted) < self.min_clients:
             raise InsufficientClients(
                 f"round {server_round}: {len(accepted)} usable client update(s), --min-clients is {self.min_clients};"
-                f" refused: {out.refused or 'none'}; rejected: {out.rejected or 'none'}; failures: {_brief(out.failures)}"
+                f" refused: {out.refused or 'none'}; rejected: {out.rejected or 'none'}; failures:"
+                f" {_brief(out.failures)}"
             )
         if self.aggregator != "fedavg" and not shared:
-            arrays = robust_aggregate(self.aggregator, [npy_arrays(r) for _, r in accepted],
-                                      [r.num_examples for _, r in accepted])
+            arrays = robust_aggregate(
+                self.aggregator, [npy_arrays(r) for _, r in accepted], [r.num_examples for _, r in accepted]
+            )
         else:
             arrays = fedavg_fit_results(accepted)  # Flower's FedAvg math, faster (aggregate.py)
         params = ndarrays_to_parameters(arrays)
@@ -210,14 +244,19 @@ class FedgeFedAvg(FedAvg):
         """Sampled nodes that sent no update and that no failure names yet: under SecAgg+ a node that stops
         answering is simply left out of the protocol, with no error to record."""
         named = {f.node for f in self.outcome.failures}
-        return [Failure(FailureKind.NO_UPDATE, nid,
-                        f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round")
-                for nid in self.outcome.sampled if nid not in replied and nid not in named]
+        return [
+            Failure(
+                FailureKind.NO_UPDATE,
+                nid,
+                f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round",
+            )
+            for nid in self.outcome.sampled
+            if nid not in replied and nid not in named
+        ]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):
         self.outcome.failures += [describe_failure(f, "evaluate") for f in failures]
-        rows = [(customer_name(p, r), r.num_examples, r.loss,
-                 float(r.metrics[MetricKey.ACCURACY])) for p, r in results]
+        rows = [(customer_name(p, r), r.num_examples, r.loss, float(r.metrics[MetricKey.ACCURACY])) for p, r in results]
         self.final_eval = Evaluation.aggregate(rows)
         if self.final_eval is None:
             return None, {}

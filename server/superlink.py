@@ -9,6 +9,7 @@ instead of importing flwr, torch and the round loop afresh. Everything else is F
 
 Usage: ``python -m server.superlink <flower-superlink arguments>``
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,13 +45,19 @@ def log_refused_handshakes() -> bool:
             log.warning("refused a TLS connection from %s: handshake failed (%s)", host, _describe(handshake_exc))
         return original(self, handshake_exc)
 
-    sslproto.SSLProtocol._on_handshake_complete = on_handshake_complete
+    sslproto.SSLProtocol._on_handshake_complete = on_handshake_complete  # type: ignore[method-assign]  # patched
     return True
 
 
 # what a ServerApp process imports (server.server_app loads the round loop and torch lazily)
-WARM_MODULES = ["flwr.superlink.cli", "fedge.server.server_app", "fedge.server.round_loop", "fedge.server.jobs", "torch",
-                 "fedge.core.tasks"]
+WARM_MODULES = [
+    "flwr.superlink.cli",
+    "fedge.server.server_app",
+    "fedge.server.round_loop",
+    "fedge.server.jobs",
+    "torch",
+    "fedge.core.tasks",
+]
 
 
 def main() -> None:

@@ -21,5 +21,10 @@ def run_fedge(*args: str, timeout: float = 600, env: dict | None = None):
 
     from fedge.core.procs import fedge_env
 
-    return subprocess.run([sys.executable, "-m", "fedge.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env or fedge_env())
+    return subprocess.run(
+        [sys.executable, "-m", "fedge.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or fedge_env(),
+    )

@@ -1,4 +1,5 @@
 """fedge's FedAvg arithmetic against Flower's own aggregate_inplace on the same FitRes messages."""
+
 import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays

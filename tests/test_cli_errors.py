@@ -1,18 +1,27 @@
 """The CLI tells the user's mistakes (one line, exit 2) from fedge's bugs (a traceback), by type: every error meant
 for the user derives from FedgeUserError; a bare ValueError or KeyError is a bug."""
+
 from __future__ import annotations
 
 import pytest
 
 from fedge.cli import commands
 from fedge.cli.errors import is_user_error
-from fedge.edge_runtime.common.errors import (AddressUnavailable, BundleError, ConfigError, FedgeUserError,
-                                              MissingFileError, NoSpace, NotFoundError)
+from fedge.edge_runtime.common.errors import (
+    AddressUnavailable,
+    BundleError,
+    ConfigError,
+    FedgeUserError,
+    MissingFileError,
+    NoSpace,
+    NotFoundError,
+)
 from fedge.server.runs import RunOutcome
 
 
 def _run_with(monkeypatch, exc: BaseException) -> int:
     """``fedge run list`` whose handler raises ``exc``."""
+
     def handler(_args):
         raise exc
 
@@ -20,17 +29,32 @@ def _run_with(monkeypatch, exc: BaseException) -> int:
     return commands.main(["run", "list"])
 
 
-@pytest.mark.parametrize("exc", [ConfigError("--rounds must be >= 1"), NotFoundError("no release 7"),
-                                 MissingFileError("no coordinator in /x"), BundleError("bad signature"),
-                                 NoSpace("disk full"), AddressUnavailable("port taken")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConfigError("--rounds must be >= 1"),
+        NotFoundError("no release 7"),
+        MissingFileError("no coordinator in /x"),
+        BundleError("bad signature"),
+        NoSpace("disk full"),
+        AddressUnavailable("port taken"),
+    ],
+)
 def test_user_errors_print_one_line(monkeypatch, capsys, exc) -> None:
     assert _run_with(monkeypatch, exc) == 2
     err = capsys.readouterr().err
     assert err == f"fedge: error: {exc}\n" and "Traceback" not in err
 
 
-@pytest.mark.parametrize("exc", [ValueError("a bug"), KeyError("a bug"), RuntimeError("a bug"),
-                                 FileNotFoundError("no filename: raised by code, not about a path the user gave")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("a bug"),
+        KeyError("a bug"),
+        RuntimeError("a bug"),
+        FileNotFoundError("no filename: raised by code, not about a path the user gave"),
+    ],
+)
 def test_other_errors_keep_their_traceback(monkeypatch, exc) -> None:
     with pytest.raises(type(exc)):
         _run_with(monkeypatch, exc)

@@ -1,9 +1,11 @@
 """Coordinator pieces without sockets: aggregation bookkeeping, registry, run config, the FAB and certificates."""
-import tomllib
+
+import sqlite3
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import tomllib
 from flwr.common import Code, EvaluateRes, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from fedge.core.tasks import get_task
@@ -21,18 +23,30 @@ def _fit(arrays, n, **metrics):
 
 
 def _strategy(min_clients=2):
-    return FedgeFedAvg(min_clients=min_clients, wait_timeout=1, fit_config={},
-                       initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)]))
+    return FedgeFedAvg(
+        min_clients=min_clients,
+        wait_timeout=1,
+        fit_config={},
+        initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)]),
+    )
 
 
 def test_fedavg_weights_by_examples_and_records_participants():
     s = _strategy()
     s.begin_round(3)
     results = [
-        (SimpleNamespace(node_id=11), _fit([np.array([1.0, 2.0], np.float32)], 10, customer="a", eval_examples=5,
-                                           eval_loss=1.0, eval_accuracy=0.8)),
-        (SimpleNamespace(node_id=12), _fit([np.array([4.0, 8.0], np.float32)], 30, customer="b", eval_examples=15,
-                                           eval_loss=0.5, eval_accuracy=0.4)),
+        (
+            SimpleNamespace(node_id=11),
+            _fit(
+                [np.array([1.0, 2.0], np.float32)], 10, customer="a", eval_examples=5, eval_loss=1.0, eval_accuracy=0.8
+            ),
+        ),
+        (
+            SimpleNamespace(node_id=12),
+            _fit(
+                [np.array([4.0, 8.0], np.float32)], 30, customer="b", eval_examples=15, eval_loss=0.5, eval_accuracy=0.4
+            ),
+        ),
     ]
     params, _ = s.aggregate_fit(3, results, [])
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], [3.25, 6.5])  # (10*[1,2] + 30*[4,8]) / 40
@@ -45,14 +59,18 @@ def test_round_below_min_clients_fails_with_the_numbers():
     s = _strategy(min_clients=3)
     s.begin_round(2)
     results = [(SimpleNamespace(node_id=1), _fit([np.ones(2, np.float32)], 5, customer="a"))]
-    with pytest.raises(InsufficientClients, match=r"round 2: 1 usable client update\(s\), --min-clients is 3.*timed out"):
+    with pytest.raises(
+        InsufficientClients, match=r"round 2: 1 usable client update\(s\), --min-clients is 3.*timed out"
+    ):
         s.aggregate_fit(2, results, [TimeoutError("node 7: timed out")])
 
 
 def test_final_evaluation_is_weighted_by_holdout_size():
     s = _strategy()
-    res = [(SimpleNamespace(node_id=1), EvaluateRes(OK, 2.0, 10, {"customer": "a", "accuracy": 0.5})),
-           (SimpleNamespace(node_id=2), EvaluateRes(OK, 1.0, 30, {"customer": "b", "accuracy": 0.9}))]
+    res = [
+        (SimpleNamespace(node_id=1), EvaluateRes(OK, 2.0, 10, {"customer": "a", "accuracy": 0.5})),
+        (SimpleNamespace(node_id=2), EvaluateRes(OK, 1.0, 30, {"customer": "b", "accuracy": 0.9})),
+    ]
     loss, metrics = s.aggregate_evaluate(5, res, [])
     assert loss == pytest.approx(1.25) and metrics["accuracy"] == pytest.approx(0.8)
     assert Evaluation.aggregate([]) is None
@@ -61,14 +79,23 @@ def test_final_evaluation_is_weighted_by_holdout_size():
 def test_registry_round_trip_and_late_evaluation(tmp_path):
     reg = Registry(tmp_path / "registry.db")
     run = reg.create_run("digits", 3, {"x": 1})
-    rec = RoundRecord(round=1, accuracy=None, loss=None, clients=["a"], client_metrics={"a": {"num_examples": 3}},
-                      failures=[], wall_s=1.5, checkpoint="c", checkpoint_sha256="ab")
+    rec = RoundRecord(
+        round=1,
+        accuracy=None,
+        loss=None,
+        clients=["a"],
+        client_metrics={"a": {"num_examples": 3}},
+        failures=[],
+        wall_s=1.5,
+        checkpoint="c",
+        checkpoint_sha256="ab",
+    )
     reg.add_round(run, rec)
     reg.set_round_eval(run, 1, 0.75, 0.3, {"a": {"eval_accuracy": 0.75}})
     got = reg.rounds(run)[0]
     assert (got.accuracy, got.loss) == (0.75, 0.3)
     assert got.client_metrics["a"] == {"num_examples": 3, "eval_accuracy": 0.75}
-    with pytest.raises(Exception):  # a round is written once
+    with pytest.raises(sqlite3.IntegrityError):  # a round is written once
         reg.add_round(run, rec)
     reg.set_status(run, "failed", "boom")
     assert reg.run(run)["status"] == "failed" and reg.run(run)["reason"] == "boom"
@@ -83,7 +110,9 @@ def test_run_config_survives_flower_round_trip_and_validates():
     with pytest.raises(ValueError, match="start_round"):
         RunConfig(num_rounds=2, start_round=3)
     # FedProx: the task's default proximal term unless the operator sets one; none under DP-SGD, which refuses it
-    assert RunConfig(task="intent").local_proximal_mu(0.1) == 0.1 and RunConfig(proximal_mu=0).local_proximal_mu(0.1) == 0
+    assert (
+        RunConfig(task="intent").local_proximal_mu(0.1) == 0.1 and RunConfig(proximal_mu=0).local_proximal_mu(0.1) == 0
+    )
     assert RunConfig(dp_sgd=True, dp_sgd_epsilon=8).local_proximal_mu(0.1) == 0
     intent = RunConfig(task="intent", lr=0.01).with_task_defaults(get_task("intent").defaults)
     assert (intent.local_epochs, intent.batch_size, intent.lr, intent.proximal_mu) == (3, 16, 0.01, 0.1)
@@ -129,8 +158,10 @@ def test_cli_without_torch_or_flwr():
     import subprocess
     import sys
 
-    code = ("import sys, fedge.cli, fedge.edge_runtime.serving.tokenizer; fedge.cli.build_parser();"
-            "print(sorted({'torch', 'flwr'} & set(sys.modules)))")
+    code = (
+        "import sys, fedge.cli, fedge.edge_runtime.serving.tokenizer; fedge.cli.build_parser();"
+        "print(sorted({'torch', 'flwr'} & set(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -148,8 +179,12 @@ def test_a_round_short_of_clients_after_failures_is_tried_again_but_not_after_re
     def fit(grid, ctx, missing=("c",), refusing=()):
         attempts.append(1)
         results = [r for name, r in replies.items() if name not in missing or len(attempts) > 1]
-        results = [(p, _fit(update, 5, customer=res.metrics["customer"], refused="budget spent"))
-                   if res.metrics["customer"] in refusing else (p, res) for p, res in results]
+        results = [
+            (p, _fit(update, 5, customer=res.metrics["customer"], refused="budget spent"))
+            if res.metrics["customer"] in refusing
+            else (p, res)
+            for p, res in results
+        ]
         failures = [TimeoutError("node 2: no reply within 120s")] if len(results) < 3 else []
         s.aggregate_fit(4, results, failures)
 
@@ -159,8 +194,17 @@ def test_a_round_short_of_clients_after_failures_is_tried_again_but_not_after_re
 
     attempts.clear()  # a refusal is final: no second attempt
     with pytest.raises(InsufficientClients, match="refused"):
-        round_loop._fit_round(None, None, lambda g, c: fit(g, c, missing=(), refusing=("c",)), s,
-                              {"w": np.zeros(2)}, ["w"], ["w"], 5, attempts=3)
+        round_loop._fit_round(
+            None,
+            None,
+            lambda g, c: fit(g, c, missing=(), refusing=("c",)),
+            s,
+            {"w": np.zeros(2)},
+            ["w"],
+            ["w"],
+            5,
+            attempts=3,
+        )
     assert len(attempts) == 1
 
 
@@ -209,11 +253,12 @@ def test_an_error_the_superlink_writes_for_an_unavailable_node_names_that_node(m
             for i, m in enumerate(messages):  # as Flower's grid does when it pushes them
                 m.metadata.__dict__["_message_id"] = f"m{i}"
             meta = SimpleNamespace(src_node_id=1, reply_to_message_id="m1")  # 1: the SuperLink's own node id
-            return [SimpleNamespace(metadata=meta, has_error=lambda: True,
-                                    error=Error(code=4, reason="Node Unavailable"))]
+            return [
+                SimpleNamespace(metadata=meta, has_error=lambda: True, error=Error(code=4, reason="Node Unavailable"))
+            ]
 
     ins = [(SimpleNamespace(node_id=nid), None) for nid in (41, 42)]
-    proxies, replies, failures = _exchange(Grid(), ins, "train", lambda ins, keep: RecordDict(), 3, timeout=5)
+    _proxies, replies, failures = _exchange(Grid(), ins, "train", lambda ins, keep: RecordDict(), 3, timeout=5)
     assert [nid for nid, _ in replies] == [42]  # the unavailable node, not node 1
     assert [str(f) for f in failures] == ["node 41: no reply within 5s"]  # and no "no reply" for node 42
 

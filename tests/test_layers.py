@@ -3,13 +3,14 @@ only the packages below it, packages side by side never import each other, and n
 directly or around a loop. The layers are written once, in pyproject.toml's [tool.fedge.layers], one list per level
 (the product's packages, then the packages inside each package that has any); the packages are found on disk, so a
 new folder that no list names fails here."""
+
 from __future__ import annotations
 
 import ast
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -21,8 +22,11 @@ def package_dirs() -> dict[str, Path]:
     out = {}
     for pkg in CONFIG["tool"]["setuptools"]["packages"]:
         base = max((p for p in mapping if pkg == p or pkg.startswith(p + ".")), key=len)
-        out[pkg] = ROOT / mapping[base] / Path(*pkg[len(base):].strip(".").split(".")) if pkg != base \
+        out[pkg] = (
+            ROOT / mapping[base] / Path(*pkg[len(base) :].strip(".").split("."))
+            if pkg != base
             else ROOT / mapping[base]
+        )
     return out
 
 
@@ -57,9 +61,9 @@ def unlisted(packages: list[str], levels: dict[str, list[str]]) -> list[str]:
             continue
         parent = pkg.rsplit(".", 1)[0]
         if parent not in levels:
-            problems.append(f"{pkg}: its package {parent} has no layer list ([tool.fedge.layers].\"{parent}\")")
+            problems.append(f'{pkg}: its package {parent} has no layer list ([tool.fedge.layers]."{parent}")')
         elif pkg not in rank_of(levels[parent]):
-            problems.append(f"{pkg}: missing from [tool.fedge.layers].\"{parent}\"")
+            problems.append(f'{pkg}: missing from [tool.fedge.layers]."{parent}"')
     return problems
 
 
@@ -183,15 +187,17 @@ def test_a_deliberate_violation_is_caught() -> None:
     """The checks fail on code that breaks the layers: the device runtime importing the coordinator, and two
     folders importing each other from inside functions."""
     mods = dict(MODULES)
-    mods["fedge.edge_runtime.serving.bad"] = ("fedge.edge_runtime.serving",
-                                              "def f():\n    from fedge.server import runs\n")
+    mods["fedge.edge_runtime.serving.bad"] = (
+        "fedge.edge_runtime.serving",
+        "def f():\n    from fedge.server import runs\n",
+    )
     mods["fedge.client.bad"] = ("fedge.client", "import fedge.server.registry\n")
     problems = layer_violations(mods, CONFIG["tool"]["fedge"]["layers"]["order"])
-    assert problems == ["fedge.edge_runtime.serving.bad:2 imports fedge.server.runs: fedge.server is above"
-                        " fedge.edge_runtime",
-                        "fedge.client.bad:1 imports fedge.server.registry: fedge.server stands beside fedge.client"]
-    mods["fedge.edge_runtime.common.bad"] = ("fedge.edge_runtime.common",
-                                             "def g():\n    from ..tools import cli\n")
+    assert problems == [
+        "fedge.edge_runtime.serving.bad:2 imports fedge.server.runs: fedge.server is above fedge.edge_runtime",
+        "fedge.client.bad:1 imports fedge.server.registry: fedge.server stands beside fedge.client",
+    ]
+    mods["fedge.edge_runtime.common.bad"] = ("fedge.edge_runtime.common", "def g():\n    from ..tools import cli\n")
     assert any({"fedge.edge_runtime.common", "fedge.edge_runtime.tools"} <= set(c) for c in folder_cycles(mods))
 
 
@@ -201,16 +207,19 @@ def test_a_new_unlisted_package_is_caught() -> None:
     lv = levels()
     new = ["fedge.edge_runtime.monitoring", "fedge.core.tasks.vision", "fedge.cli.plugins.extra"]
     assert unlisted([*packages_on_disk(), *new], lv) == [
-        "fedge.cli.plugins.extra: its package fedge.cli.plugins has no layer list ([tool.fedge.layers].\"fedge.cli"
-        ".plugins\")",
-        "fedge.core.tasks.vision: its package fedge.core.tasks has no layer list ([tool.fedge.layers].\"fedge.core"
-        ".tasks\")",
-        "fedge.edge_runtime.monitoring: missing from [tool.fedge.layers].\"fedge.edge_runtime\"",
+        'fedge.cli.plugins.extra: its package fedge.cli.plugins has no layer list ([tool.fedge.layers]."fedge.cli'
+        '.plugins")',
+        'fedge.core.tasks.vision: its package fedge.core.tasks has no layer list ([tool.fedge.layers]."fedge.core'
+        '.tasks")',
+        'fedge.edge_runtime.monitoring: missing from [tool.fedge.layers]."fedge.edge_runtime"',
     ]
     mods = dict(MODULES)
-    mods["fedge.edge_runtime.monitoring.drift"] = ("fedge.edge_runtime.monitoring",
-                                                   "from fedge.edge_runtime.tools import cli\n")
+    mods["fedge.edge_runtime.monitoring.drift"] = (
+        "fedge.edge_runtime.monitoring",
+        "from fedge.edge_runtime.tools import cli\n",
+    )
     listed = [*lv["fedge.edge_runtime"][:3], "fedge.edge_runtime.monitoring", *lv["fedge.edge_runtime"][3:]]
     assert layer_violations(mods, listed) == [
         "fedge.edge_runtime.monitoring.drift:1 imports fedge.edge_runtime.tools.cli: fedge.edge_runtime.tools is"
-        " above fedge.edge_runtime.monitoring"]
+        " above fedge.edge_runtime.monitoring"
+    ]

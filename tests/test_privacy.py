@@ -1,5 +1,6 @@
 """Privacy accounting, the customer's ledger and its hard stop, central-DP fixes and robust aggregation, without
 sockets (tests/e2e/test_privacy_e2e.py runs them through real daemons)."""
+
 import json
 from types import SimpleNamespace
 
@@ -42,7 +43,7 @@ def test_epsilon_of_the_gaussian_mechanism_matches_its_exact_privacy_curve():
     mu = math.sqrt(10) / 1.0
     exact = brentq(lambda e: norm.cdf(-e / mu + mu / 2) - math.exp(e) * norm.cdf(-e / mu - mu / 2) - 1e-5, 0, 100)
     eps = epsilon([(1.0, 1.0, 10)], 1e-5)
-    assert exact <= eps < exact * 1.005          # an upper bound, and a tight one
+    assert exact <= eps < exact * 1.005  # an upper bound, and a tight one
     assert epsilon([(1.0, 1.0, 4), (1.0, 1.0, 6)], 1e-5) == pytest.approx(eps)
 
 
@@ -50,7 +51,7 @@ def test_huge_epsilons_skip_prv_and_stay_upper_bounds():
     from opacus.accountants import RDPAccountant
 
     rdp = RDPAccountant()
-    rdp.history = [(0.5, 0.5, 1000)]        # PRV's grid overflows to inf here after seconds of work
+    rdp.history = [(0.5, 0.5, 1000)]  # PRV's grid overflows to inf here after seconds of work
     eps = epsilon([(0.5, 0.5, 1000)], 1e-5)
     assert eps > 100 and eps == pytest.approx(rdp.get_epsilon(1e-5))
 
@@ -100,13 +101,16 @@ def test_ledger_totals_runs_and_survives_reopening(tmp_path):
     assert again.document()["total_epsilon"] == pytest.approx(2.2)
 
 
-@pytest.mark.parametrize("tamper, where", [
-    (lambda lines: [lines[0].replace('"epsilon_run": 1.0', '"epsilon_run": 0.1')] + lines[1:], ":1:"),
-    (lambda lines: [lines[1], lines[0]] + lines[2:], ":1:"),
-    (lambda lines: lines[:1] + lines[2:], ":2:"),
-    (lambda lines: lines[:-1], "entries removed"),
-    (lambda lines: lines + ["{not json"], ":4:"),
-])
+@pytest.mark.parametrize(
+    "tamper, where",
+    [
+        (lambda lines: [lines[0].replace('"epsilon_run": 1.0', '"epsilon_run": 0.1')] + lines[1:], ":1:"),
+        (lambda lines: [lines[1], lines[0]] + lines[2:], ":1:"),
+        (lambda lines: lines[:1] + lines[2:], ":2:"),
+        (lambda lines: lines[:-1], "entries removed"),
+        (lambda lines: lines + ["{not json"], ":4:"),
+    ],
+)
 def test_an_edited_ledger_is_detected(tmp_path, tamper, where):
     led = Ledger(tmp_path)
     for i in range(3):
@@ -160,8 +164,14 @@ def test_dpsgd_cost_is_the_customers_own_and_accumulates_over_rounds(tmp_path):
     assert c1.mechanism == "dp-sgd" and c2.history == [[1.0, 0.08, 13], [1.0, 0.08, 13]]  # ceil(400 / 32)
     assert c2.epsilon_run == pytest.approx(epsilon([(1.0, 0.08, 26)], 1e-5)) and c2.epsilon_run > c1.epsilon_run
     # a target ε instead of a noise multiplier: the customer derives sigma for the planned rounds
-    c = plan_round({**config, "dp-sgd-noise": 0.0, "dp-sgd-epsilon": 8.0, "planned-rounds": 5, "round": 1},
-                   Ledger(tmp_path / "other"), 1e-5, 400, 32, 1)
+    c = plan_round(
+        {**config, "dp-sgd-noise": 0.0, "dp-sgd-epsilon": 8.0, "planned-rounds": 5, "round": 1},
+        Ledger(tmp_path / "other"),
+        1e-5,
+        400,
+        32,
+        1,
+    )
     assert epsilon([(c.noise, 0.08, 65)], 1e-5) <= 8.0
 
 
@@ -184,8 +194,13 @@ def _fit(arrays, n, **metrics):
 
 
 def _strategy(**kw):
-    return FedgeFedAvg(min_clients=kw.pop("min_clients", 2), wait_timeout=1, fit_config={},
-                       initial_parameters=ndarrays_to_parameters([np.zeros(3, np.float32)]), **kw)
+    return FedgeFedAvg(
+        min_clients=kw.pop("min_clients", 2),
+        wait_timeout=1,
+        fit_config={},
+        initial_parameters=ndarrays_to_parameters([np.zeros(3, np.float32)]),
+        **kw,
+    )
 
 
 def _proxy(i):
@@ -242,8 +257,10 @@ def _adaptive_round(dp, inner, rnd, norms, bit):
     """One round in which customer i's update has L2 norm ``norms[i]``; ``bit(norm, C)`` is what its mod reports."""
     inner.begin_round(rnd)
     clip = dp.clipping_norm
-    results = [(_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}", norm_bit=int(bit(n, clip))))
-               for i, n in enumerate(norms)]
+    results = [
+        (_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}", norm_bit=int(bit(n, clip))))
+        for i, n in enumerate(norms)
+    ]
     dp.aggregate_fit(rnd, results, [])
     return clip
 
@@ -262,12 +279,15 @@ def test_adaptive_clipping_tracks_the_median_update_norm():
     assert 3.5 < ours.clipping_norm < 6.5
 
     inner = _strategy(min_clients=2)
-    flower = DifferentialPrivacyClientSideAdaptiveClipping(inner, noise_multiplier=0.0, num_sampled_clients=9,
-                                                           initial_clipping_norm=0.1)
+    flower = DifferentialPrivacyClientSideAdaptiveClipping(
+        inner, noise_multiplier=0.0, num_sampled_clients=9, initial_clipping_norm=0.1
+    )
     for rnd in range(1, 30):
         inner.begin_round(rnd)
-        results = [(_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}",
-                                    norm_bit=int(n > flower.clipping_norm))) for i, n in enumerate(norms)]
+        results = [
+            (_proxy(i), _fit([np.zeros(3, np.float32)], 1, customer=f"c{i}", norm_bit=int(n > flower.clipping_norm)))
+            for i, n in enumerate(norms)
+        ]
         flower.aggregate_fit(rnd, results, [])
     assert flower.clipping_norm < 0.01  # moving away from every update norm
 
@@ -303,10 +323,12 @@ def test_without_a_ledger_every_earlier_round_counts():
     """Simulated customers keep no ledger: their round-r cost is the run's first r rounds, not one round's."""
     central = plan_round({"fedge-run": "sim/run-1", "round": 3, "dp-noise": 1.5}, None, 1e-5, 100, 10, 1)
     assert central.epsilon_run == pytest.approx(epsilon([(1.5, 1.0, 3)], 1e-5))
-    sgd = plan_round({"fedge-run": "sim/run-1", "round": 2, "dp-sgd": True, "dp-sgd-noise": 1.0}, None,
-                     1e-5, 100, 10, 1)
-    first = plan_round({"fedge-run": "sim/run-1", "round": 1, "dp-sgd": True, "dp-sgd-noise": 1.0}, None,
-                       1e-5, 100, 10, 1)
+    sgd = plan_round(
+        {"fedge-run": "sim/run-1", "round": 2, "dp-sgd": True, "dp-sgd-noise": 1.0}, None, 1e-5, 100, 10, 1
+    )
+    first = plan_round(
+        {"fedge-run": "sim/run-1", "round": 1, "dp-sgd": True, "dp-sgd-noise": 1.0}, None, 1e-5, 100, 10, 1
+    )
     assert sgd.epsilon_run > first.epsilon_run
     assert sgd.epsilon_run == pytest.approx(epsilon([(1.0, 0.1, 20)], 1e-5))
 
@@ -321,8 +343,11 @@ def test_a_sampled_node_that_sent_nothing_is_named_in_the_round_failures():
     s.begin_round(2, [np.zeros(3, np.float32)])
     s.outcome.sampled = [1, 2, 3, 4]
     s.aggregate_fit(2, three[:1], [TimeoutError("node 2: no reply within 30s")])
-    assert s.outcome.failures == ["node 2: no reply within 30s", "c3 (node 3): sent no update this round",
-                                  "unknown customer (node 4): sent no update this round"]
+    assert s.outcome.failures == [
+        "node 2: no reply within 30s",
+        "c3 (node 3): sent no update this round",
+        "unknown customer (node 4): sent no update this round",
+    ]
     s.begin_round(3, [np.zeros(3, np.float32)])
     s.outcome.sampled = [1, 2, 12]
     s.aggregate_fit(3, three[1:2], [TimeoutError("node 12: no reply within 30s")])  # "node 12" is not node 1

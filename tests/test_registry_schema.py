@@ -1,6 +1,7 @@
 """The registry carries a schema version and migrates by numbered steps: a database from before versions existed
 is adopted as it is, a new migration adds its table and changes no existing row, and a database written by a
 newer fedge is refused with a clear error."""
+
 from __future__ import annotations
 
 import sqlite3
@@ -14,8 +15,12 @@ from fedge.server.registry_schema import MIGRATIONS, V1_BASE, Migration, SchemaT
 def _dump(path) -> dict[str, list[tuple]]:
     db = sqlite3.connect(path)
     try:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE"
-                                           " 'sqlite_%' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in db.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
         return {t: db.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in tables}
     finally:
         db.close()
@@ -36,8 +41,10 @@ def test_a_database_from_before_versions_is_adopted_unchanged(tmp_path) -> None:
     path = tmp_path / "registry.db"
     db = sqlite3.connect(path)
     db.executescript(V1_BASE)  # what every registry.db held before the version existed (user_version 0)
-    db.execute("INSERT INTO runs (task, status, num_rounds, config, created, updated) VALUES"
-               " ('digits', 'completed', 1, '{}', 1.0, 2.0)")
+    db.execute(
+        "INSERT INTO runs (task, status, num_rounds, config, created, updated) VALUES"
+        " ('digits', 'completed', 1, '{}', 1.0, 2.0)"
+    )
     db.commit()
     db.close()
     before = _dump(path)
@@ -50,15 +57,20 @@ def test_a_new_migration_adds_and_changes_no_existing_row(tmp_path) -> None:
     path = tmp_path / "registry.db"
     _filled(path)
     before = _dump(path)
-    rollouts = Migration(latest() + 1, "rollouts", """
+    rollouts = Migration(
+        latest() + 1,
+        "rollouts",
+        """
         CREATE TABLE rollouts (release_id INTEGER PRIMARY KEY REFERENCES releases(id), stage INTEGER NOT NULL);
         ALTER TABLE devices ADD COLUMN cohort INTEGER NOT NULL DEFAULT 0;
-    """)
+    """,
+    )
     assert migrate(path, (*MIGRATIONS, rollouts)) == latest() + 1
     after = _dump(path)
     assert after["rollouts"] == [] and version_of(path) == latest() + 1
-    assert {t: rows for t, rows in after.items() if t not in ("rollouts", "devices")} == \
-        {t: rows for t, rows in before.items() if t != "devices"}
+    assert {t: rows for t, rows in after.items() if t not in ("rollouts", "devices")} == {
+        t: rows for t, rows in before.items() if t != "devices"
+    }
     assert [row[:-1] for row in after["devices"]] == before["devices"]  # the old columns as they were
     assert migrate(path, (*MIGRATIONS, rollouts)) == latest() + 1  # applied once
 

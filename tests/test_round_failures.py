@@ -1,5 +1,6 @@
 """Failures travel as typed fields (fedge.core.wire.Failure: kind, node, stage), not as text that another module
 parses; the two places that must read Flower's text (an error reply's reason, a SuperNode's log) are held here."""
+
 from __future__ import annotations
 
 import pickle
@@ -16,8 +17,12 @@ from fedge.server.strategy import FedgeFedAvg, describe_failure
 
 
 def _strategy() -> FedgeFedAvg:
-    return FedgeFedAvg(min_clients=1, wait_timeout=1, fit_config={},
-                       initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)]))
+    return FedgeFedAvg(
+        min_clients=1,
+        wait_timeout=1,
+        fit_config={},
+        initial_parameters=ndarrays_to_parameters([np.zeros(2, np.float32)]),
+    )
 
 
 def test_a_failure_is_the_operators_line_with_typed_fields() -> None:
@@ -48,17 +53,30 @@ def test_flowers_failure_shapes_become_typed() -> None:
         reason = "<class 'fedge.core.tasks.data.DataError'>:<'data.csv: row 4: unknown label 'x''>"
 
     secagg = describe_failure(Exception(Error()))
-    assert (secagg.kind, secagg.node, str(secagg)) == (FailureKind.ERROR, None, "DataError: data.csv: row 4: unknown label 'x'")
-    status = describe_failure((SimpleNamespace(node_id=9), SimpleNamespace(status=Status(Code.FIT_NOT_IMPLEMENTED, "no"))),
-                              "evaluate")
-    assert (status.kind, status.node, str(status)) == (FailureKind.STATUS, 9, "evaluate: node 9: FIT_NOT_IMPLEMENTED no")
+    assert (secagg.kind, secagg.node, str(secagg)) == (
+        FailureKind.ERROR,
+        None,
+        "DataError: data.csv: row 4: unknown label 'x'",
+    )
+    status = describe_failure(
+        (SimpleNamespace(node_id=9), SimpleNamespace(status=Status(Code.FIT_NOT_IMPLEMENTED, "no"))), "evaluate"
+    )
+    assert (status.kind, status.node, str(status)) == (
+        FailureKind.STATUS,
+        9,
+        "evaluate: node 9: FIT_NOT_IMPLEMENTED no",
+    )
 
 
 def test_grid_errors_seen_by_the_strategy_are_not_counted_twice() -> None:
     known = [Failure(FailureKind.ERROR, None, "DataError: row 4")]  # SecAgg+ reported it without the node
-    grid = SimpleNamespace(errors=[Failure(FailureKind.ERROR, 5, "DataError: row 4"),
-                                   Failure(FailureKind.ERROR, 6, "BaseModelError: differs from the run's"),
-                                   Failure(FailureKind.ERROR, 7, "DataError: row 4 and more")])
+    grid = SimpleNamespace(
+        errors=[
+            Failure(FailureKind.ERROR, 5, "DataError: row 4"),
+            Failure(FailureKind.ERROR, 6, "BaseModelError: differs from the run's"),
+            Failure(FailureKind.ERROR, 7, "DataError: row 4 and more"),
+        ]
+    )
     assert [f.node for f in _new_errors(grid, 0, known)] == [6, 7]  # a substring is not the same error
 
 

@@ -1,6 +1,7 @@
 """The coordinator's key lifecycle against its registry (releases and device reports written as the release
 service writes them): what blocks retiring the previous key and what does not. Over the wire with a real device:
 tests/edge/test_key_rotation.py."""
+
 import pytest
 
 from fedge.edge_runtime.distribution.bundle import generate_keys, load_public_key, sha256_file
@@ -21,8 +22,12 @@ def _release(registry: Registry, state, tmp_path, name: str, seed: int) -> int:
 
 
 def _reports(registry: Registry, device: str, release: int | None) -> None:
-    registry.record_device(device, True, "10.0.0.7:5000", [
-        {"model": "digits", "manifest_sha256": "ab" * 32, "local_version": 1, "release": release}])
+    registry.record_device(
+        device,
+        True,
+        "10.0.0.7:5000",
+        [{"model": "digits", "manifest_sha256": "ab" * 32, "local_version": 1, "release": release}],
+    )
 
 
 def test_each_rotation_keeps_every_previous_key_trusted_until_retired(state, tmp_path):

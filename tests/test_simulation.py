@@ -1,14 +1,30 @@
 """Flower's simulation engine (Ray) running fedge's own ServerApp/ClientApp: `fedge simulate`."""
+
 import json
 
 from tests.conftest import run_fedge
 
 
 def test_simulated_adaptive_central_dp_raises_a_too_small_clip_and_reports_it(tmp_path):
-    """With SecAgg+ on (the norm bits travel beside the masked updates): every update norm is far above the starting clip 0.01, so each round (almost) all updates are clipped and
-    the adaptive bound must grow (geometrically, lr 0.2); the report shows each round's clip and ε."""
-    out = run_fedge("simulate", "--clients", "8", "--rounds", "4", "--dp-noise", "0.8", "--dp-clip", "0.01",
-                    "--dp-adaptive", "--secagg", "--out", str(tmp_path), "--json")
+    """With SecAgg+ on (the norm bits travel beside the masked updates): every update norm is far above the starting
+    clip 0.01, so each round (almost) all updates are clipped and the adaptive bound must grow (geometrically, lr
+    0.2); the report shows each round's clip and ε."""
+    out = run_fedge(
+        "simulate",
+        "--clients",
+        "8",
+        "--rounds",
+        "4",
+        "--dp-noise",
+        "0.8",
+        "--dp-clip",
+        "0.01",
+        "--dp-adaptive",
+        "--secagg",
+        "--out",
+        str(tmp_path),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["status"] == "completed"
     doc = json.loads(run_fedge("run", "privacy", "1", "--state", str(tmp_path), "--json").stdout)

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
 from fedge.core.tasks import Task, get_task, split_holdout
 from fedge.core.tasks.partition import dirichlet_partition
 from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train
+from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
 
 torch.set_num_threads(1)
 
@@ -50,7 +50,10 @@ def test_intent_handles_news_length_documents():
 def test_tokenizer_is_deterministic_across_processes():
     import subprocess
 
-    code = "from fedge.edge_runtime.serving.tokenizer import HashingTokenizer as T; print(T(num_buckets=4096, max_len=8).encode('Block my card').tolist())"
+    code = (
+        "from fedge.edge_runtime.serving.tokenizer import HashingTokenizer as T;"
+        " print(T(num_buckets=4096, max_len=8).encode('Block my card').tolist())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card").tolist())
     ids = HashingTokenizer(num_buckets=4096, max_len=8).encode("Block my card")
@@ -58,7 +61,8 @@ def test_tokenizer_is_deterministic_across_processes():
 
 
 def test_custom_task_by_module_attribute(tmp_path, monkeypatch):
-    (tmp_path / "acme_task.py").write_text(textwrap.dedent("""
+    (tmp_path / "acme_task.py").write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         from fedge.core.tasks.digits import DigitsTask
 
@@ -68,11 +72,12 @@ def test_custom_task_by_module_attribute(tmp_path, monkeypatch):
 
         TASK = AcmeDigits()
         NOT_A_TASK = 42
-    """))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     task = get_task("acme_task:TASK")
     assert isinstance(task, Task) and task.name == "acme"
-    with pytest.raises(ValueError, match="not a fedge.core.tasks.Task"):
+    with pytest.raises(ValueError, match=r"not a fedge\.core\.tasks\.Task"):
         get_task("acme_task:NOT_A_TASK")
     with pytest.raises(ValueError, match="cannot load custom task"):
         get_task("acme_task:MISSING")
@@ -112,8 +117,9 @@ def test_dpsgd_trains_a_model_that_was_just_evaluated_and_reports_its_steps():
     train_ds, holdout = split_holdout(task.reference_data())
     model = task.build_model()
     before = evaluate(model, holdout)[1]  # leaves the model in eval mode, as the ClientApp does
-    res = train_dpsgd(model, train_ds, TrainConfig(epochs=3, batch_size=64, lr=3e-3), noise_multiplier=0.5,
-                      max_grad_norm=1.0)
+    res = train_dpsgd(
+        model, train_ds, TrainConfig(epochs=3, batch_size=64, lr=3e-3), noise_multiplier=0.5, max_grad_norm=1.0
+    )
     assert res.steps == 3 * -(-len(train_ds) // 64) and res.sample_rate == 64 / len(train_ds)
     assert evaluate(model, holdout)[1] > max(before, 0.5)
 
@@ -134,8 +140,9 @@ def test_dpsgd_noise_cannot_be_regenerated_from_the_seed_the_coordinator_sends()
     for _ in range(2):
         model = task.build_model()
         model.load_state_dict(start)
-        train_dpsgd(model, data, TrainConfig(epochs=1, batch_size=64, lr=3e-3, seed=7), noise_multiplier=1.0,
-                    max_grad_norm=1.0)
+        train_dpsgd(
+            model, data, TrainConfig(epochs=1, batch_size=64, lr=3e-3, seed=7), noise_multiplier=1.0, max_grad_norm=1.0
+        )
         updates.append(get_arrays(model, ["fc2.bias"])[0])
     assert not np.allclose(updates[0], updates[1])
 
@@ -181,5 +188,10 @@ def test_proximal_term_keeps_a_customer_near_the_global_model():
     assert fedavg == default  # no proximal-mu in the config: plain FedAvg training
     assert prox < 0.6 * fedavg, (prox, fedavg)
     with pytest.raises(ValueError, match="proximal"):
-        train_dpsgd(task.build_model(), split_holdout(task.reference_data())[0], TrainConfig(proximal_mu=0.1),
-                    noise_multiplier=1.0, max_grad_norm=1.0)
+        train_dpsgd(
+            task.build_model(),
+            split_holdout(task.reference_data())[0],
+            TrainConfig(proximal_mu=0.1),
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+        )

@@ -1,5 +1,6 @@
 """The text task's pieces without a federation: the label catalogue, the run's task settings, the LoRA model's
 state (adapters and head only), the base's identity, merging for export, DP-SGD over the adapters."""
+
 import json
 
 import numpy as np
@@ -98,8 +99,13 @@ def test_dpsgd_trains_the_adapters_and_leaves_the_base(task):
     base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora_before = {k: v.clone() for k, v in model.state_dict().items()}
     x = task.encode_texts(["block my card", "what is my balance", "is the network down", "lost card"] * 4)
-    res = train_dpsgd(model, Dataset(x, np.array([0, 1, 2, 0] * 4)), TrainConfig(epochs=1, batch_size=8, lr=1e-2),
-                      noise_multiplier=1.0, max_grad_norm=1.0)
+    res = train_dpsgd(
+        model,
+        Dataset(x, np.array([0, 1, 2, 0] * 4)),
+        TrainConfig(epochs=1, batch_size=8, lr=1e-2),
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )
     assert res.steps == 2
     assert all(torch.equal(p, base_before[n]) for n, p in model.named_parameters() if n in base_before)
     assert any(not torch.equal(v, lora_before[k]) for k, v in model.state_dict().items())
@@ -115,8 +121,8 @@ def test_batcher_pads_requests_of_different_lengths_to_the_longest():
 def test_a_mask_holds_on_the_merged_weights_the_release_ships():
     """Under --prune 2:4 every Linear of the encoder computes with mask * (W + scaling * B @ A): training moves the
     dense low-rank update, yet the merged weights are 2:4 and give the model's own logits."""
-    from fedge.core.tasks.sparsity import check_2of4
     from fedge.core.tasks import Dataset
+    from fedge.core.tasks.sparsity import check_2of4
     from fedge.core.tasks.training import TrainConfig, train
 
     pruned = get_task("text", {"labels": json.dumps(["card", "money", "network"]), "prune": "2:4"})
@@ -129,5 +135,6 @@ def test_a_mask_holds_on_the_merged_weights_the_release_ships():
     linears = [(n, m) for n, m in merged.encoder.named_modules() if isinstance(m, torch.nn.Linear) and "layer." in n]
     assert len(linears) == 6 * 6 and all(check_2of4(m.weight) == 1.0 for _, m in linears)
     with torch.no_grad():
-        np.testing.assert_allclose(merged(torch.from_numpy(x)).numpy(), model.eval()(torch.from_numpy(x)).numpy(),
-                                   atol=1e-4)
+        np.testing.assert_allclose(
+            merged(torch.from_numpy(x)).numpy(), model.eval()(torch.from_numpy(x)).numpy(), atol=1e-4
+        )

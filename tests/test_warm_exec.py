@@ -1,4 +1,5 @@
 """The warm app launcher (fedge.core.warm_exec): a real zygote process forking Flower's own console scripts."""
+
 import json
 import os
 import subprocess
@@ -10,15 +11,21 @@ from fedge.core.warm_exec import ForkingLauncher, _reseed, superexec_command
 
 
 def _zygote(modules: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fedge.core.warm_exec", "--zygote", modules], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedge.core.warm_exec", "--zygote", modules],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_the_zygote_forks_flowers_entry_point_per_request_and_exits_at_eof():
     zygote = _zygote("json,no_such_module_for_fedge")  # a module that fails to import is reported, not fatal
-    requests = [{"argv": ["flwr-clientapp", "--help"], "quiet": False},
-                {"argv": ["flwr-clientapp", "--help"], "quiet": True},
-                {"argv": ["flwr-serverapp", "--help"], "quiet": False}]
+    requests = [
+        {"argv": ["flwr-clientapp", "--help"], "quiet": False},
+        {"argv": ["flwr-clientapp", "--help"], "quiet": True},
+        {"argv": ["flwr-serverapp", "--help"], "quiet": False},
+    ]
     zygote.stdin.write("".join(json.dumps(r) + "\n" for r in requests).encode())  # one write, several lines
     out, err = zygote.communicate(timeout=60)
     assert zygote.returncode == 0, err.decode()

@@ -43,6 +43,7 @@ class ModelUnavailable(EdgeError):
 
 class Overloaded(EdgeError):
     """The model's queue is full, or a request waited past its queue timeout (Triton's queue policy)."""
+
     code_name = "UNAVAILABLE"
 
 
@@ -52,6 +53,7 @@ class TooLarge(EdgeError):
 
 class RegionNotFound(EdgeError):
     """A shared memory region that is not registered (status of one region)."""
+
     code_name = "NOT_FOUND"
 
 
@@ -69,6 +71,7 @@ class Unsupported(EdgeError):
 
 class BundleError(EdgeError, FedgeUserError):
     """A release bundle that must not be installed (bad signature, hash mismatch, unsafe archive, bad manifest)."""
+
     code_name = "FAILED_PRECONDITION"
 
 
@@ -85,8 +88,10 @@ class TLSConfigError(ConfigError):
     """A certificate, key or CA file that TLS cannot use; the message names the file and what is wrong."""
 
 
-MAX_MESSAGE_CHARS = 1024  # an error message's length at most: gRPC's metadata limit (16 KiB) always lets the status through
-QUOTE_CHARS = 80          # a client-supplied name or value quoted in a message, at most
+MAX_MESSAGE_CHARS = (
+    1024  # an error message's length at most: gRPC's metadata limit (16 KiB) always lets the status through
+)
+QUOTE_CHARS = 80  # a client-supplied name or value quoted in a message, at most
 
 
 def quoted(value) -> str:
@@ -102,9 +107,18 @@ def message_of(exc: BaseException) -> str:
 
 
 # Triton's mapping of gRPC status codes to HTTP statuses, plus 413 for a request over the size limit
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "ALREADY_EXISTS": 400, "PERMISSION_DENIED": 403,
-               "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 413, "CANCELLED": 499, "INTERNAL": 500, "UNIMPLEMENTED": 501,
-               "UNAVAILABLE": 503}
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "ALREADY_EXISTS": 400,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 413,
+    "CANCELLED": 499,
+    "INTERNAL": 500,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+}
 
 
 def status_of(exc: BaseException) -> tuple[str, int]:

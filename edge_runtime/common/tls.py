@@ -1,6 +1,7 @@
 """TLS for the edge runtime's gRPC and HTTP endpoints (Triton's ``--grpc-use-ssl``/``--grpc-use-ssl-mutual``) and
 for the clients that dial them. Files are checked up front, so a wrong path, a key that is not the certificate's or an
 encrypted key fails ``fedge edge serve`` at start with the file named, not every client at its first handshake."""
+
 from __future__ import annotations
 
 import ssl
@@ -48,9 +49,9 @@ def _key_pair(cert_path: Path, key_path: Path) -> tuple[bytes, bytes]:
 
 @dataclass(frozen=True)
 class ServerTLS:
-    cert: Path                        # PEM certificate (chain) clients verify, with the names they dial
-    key: Path                         # its unencrypted PEM private key
-    client_ca: Path | None = None     # set: mutual TLS, clients must present a certificate this CA signed
+    cert: Path  # PEM certificate (chain) clients verify, with the names they dial
+    key: Path  # its unencrypted PEM private key
+    client_ca: Path | None = None  # set: mutual TLS, clients must present a certificate this CA signed
 
     def credentials(self) -> grpc.ServerCredentials:
         chain, key = _key_pair(self.cert, self.key)
@@ -73,12 +74,13 @@ class ServerTLS:
         return "TLS, client certificates required" if self.client_ca else "TLS"
 
 
-def channel_credentials(ca: Path | None = None, cert: Path | None = None, key: Path | None = None
-                        ) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.ChannelCredentials:
     """A client's side: ``ca`` verifies the server (None: the system's roots); ``cert``/``key`` answer a server
     that wants client certificates."""
     if (cert is None) != (key is None):
         raise TLSConfigError("a client certificate needs its key and a key its certificate (give both or neither)")
     root = _certificates(ca, "CA certificate")[0] if ca else None
-    chain, private = _key_pair(cert, key) if cert else (None, None)
+    chain, private = _key_pair(cert, key) if cert and key else (None, None)
     return grpc.ssl_channel_credentials(root_certificates=root, private_key=private, certificate_chain=chain)

@@ -6,6 +6,7 @@ sha256 of every other file. A device trusts a bundle only if the signature verif
 pinned and every file hashes to what the manifest says, with no file missing and none extra. The export writes
 bundles with :func:`write_bundle`; devices check them with :func:`verify_bundle` before anything is visible.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,9 +16,10 @@ import os
 import re
 import shutil
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -26,9 +28,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedge.edge_runtime.common.errors import BundleError
 from fedge.edge_runtime.distribution.manifest import FORMAT, MODEL_KINDS, Manifest, TensorDesc
 
-__all__ = ["FORMAT", "MODEL_KINDS", "MANIFEST", "SIGNATURE", "Manifest", "TensorDesc", "write_bundle", "verify_bundle",
-           "generate_keys", "load_private_key", "load_public_key", "TrustedKeys", "pack", "pack_chunks", "unpack",
-           "archive_bytes", "copy_bundle", "sha256_file"]
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "MODEL_KINDS",
+    "SIGNATURE",
+    "Manifest",
+    "TensorDesc",
+    "TrustedKeys",
+    "archive_bytes",
+    "copy_bundle",
+    "generate_keys",
+    "load_private_key",
+    "load_public_key",
+    "pack",
+    "pack_chunks",
+    "sha256_file",
+    "unpack",
+    "verify_bundle",
+    "write_bundle",
+]
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 MAX_ARCHIVE_BYTES = 2 << 30  # the largest bundle archive a device downloads or unpacks
@@ -50,11 +69,13 @@ def generate_keys(out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     priv, pub = out / "release.key", out / "release.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    priv.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     priv.chmod(0o600)
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (out / "trust.pub").write_bytes(pub.read_bytes())
     return priv, pub
 
@@ -70,9 +91,10 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 class TrustedKeys:
     """The release signing keys a device trusts: one, or two while the coordinator rotates its key (a trust file
     holding the old and the new key, so that releases signed by either install during the switch)."""
+
     keys: tuple[Ed25519PublicKey, ...]
 
-    def current(self) -> "TrustedKeys":
+    def current(self) -> TrustedKeys:
         """The keys now: always these (a TrustFile, which follows its file, answers with what it read last)."""
         return self
 
@@ -118,7 +140,13 @@ def write_bundle(directory: Path, manifest: Manifest, signing_key: Ed25519Privat
     return manifest
 
 
-def verify_bundle(directory: Path, trusted: TrustedKeys | Ed25519PublicKey) -> Manifest:
+class Verifier(Protocol):
+    """What checks a signature: TrustedKeys, a TrustFile, one Ed25519PublicKey. Raises InvalidSignature."""
+
+    def verify(self, signature: bytes, data: bytes) -> None: ...
+
+
+def verify_bundle(directory: Path, trusted: Verifier) -> Manifest:
     """Raise BundleError unless the signature and every file hash check out. Returns the manifest."""
     directory = Path(directory)
     try:
@@ -129,15 +157,19 @@ def verify_bundle(directory: Path, trusted: TrustedKeys | Ed25519PublicKey) -> M
     try:
         trusted.verify(sig, data)
     except InvalidSignature:
-        raise BundleError(f"bundle {directory}: signature does not verify against the trusted key"
-                          f"{'s' if len(getattr(trusted, 'keys', ())) > 1 else ''}") from None
+        raise BundleError(
+            f"bundle {directory}: signature does not verify against the trusted key"
+            f"{'s' if len(getattr(trusted, 'keys', ())) > 1 else ''}"
+        ) from None
     try:
         manifest = Manifest.from_json(json.loads(data))
     except json.JSONDecodeError as exc:
         raise BundleError(f"bundle {directory}: manifest is not JSON ({exc})") from None
     present = {p.name for p in directory.iterdir()} - {MANIFEST, SIGNATURE}
     if present != set(manifest.files):
-        raise BundleError(f"bundle {directory}: files {sorted(present ^ set(manifest.files))} are missing or not in the manifest")
+        raise BundleError(
+            f"bundle {directory}: files {sorted(present ^ set(manifest.files))} are missing or not in the manifest"
+        )
     for name, expected in manifest.files.items():
         path = directory / name
         if not path.is_file() or path.is_symlink():
@@ -233,7 +265,9 @@ def unpack(archive: Path | bytes, dest: Path, max_bytes: int = MAX_ARCHIVE_BYTES
                 raise BundleError(f"archive expands beyond {max_bytes} bytes: refused")
         dest.mkdir(parents=True, exist_ok=True)
         for m in members:
-            with tar.extractfile(m) as f, open(dest / m.name, "wb") as out:
+            src_file = tar.extractfile(m)
+            assert src_file is not None, "a regular file (checked above)"
+            with src_file as f, open(dest / m.name, "wb") as out:
                 shutil.copyfileobj(f, out)
                 out.flush()
                 os.fsync(out.fileno())  # on the disk before the install renames it into place

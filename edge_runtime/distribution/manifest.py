@@ -10,6 +10,7 @@ that rewrites a manifest loses nothing.
     >>> m.gate["passed"], m.schema
     (True, 2)
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -18,7 +19,7 @@ from typing import Any
 from fedge.edge_runtime.common.errors import BundleError
 
 FORMAT = "fedge-release/1"  # the bundle's format (files, hashes, signature): unchanged since the first release
-SCHEMA_VERSION = 2          # the manifest's fields: 1 had no "schema" key; 2 adds it
+SCHEMA_VERSION = 2  # the manifest's fields: 1 had no "schema" key; 2 adds it
 MODEL_KINDS = ("fp32", "int8_cpu", "int8_trt")  # model.fp32.onnx, model.int8.cpu.onnx, model.int8.trt.onnx
 
 Section = dict[str, Any]  # a report section (JSON object), as the export stage that made it wrote it
@@ -31,10 +32,10 @@ class TensorDesc:
     shape: tuple[int, ...]
 
     @classmethod
-    def from_json(cls, d: dict) -> "TensorDesc":
+    def from_json(cls, d: dict[str, Any]) -> TensorDesc:
         return cls(str(d["name"]), str(d["datatype"]), tuple(int(s) for s in d["shape"]))
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
@@ -48,19 +49,19 @@ class Manifest:
     task: str
     inputs: tuple[TensorDesc, ...]
     outputs: tuple[TensorDesc, ...]
-    models: dict[str, str]                 # kind -> file name (see MODEL_KINDS)
+    models: dict[str, str]  # kind -> file name (see MODEL_KINDS)
     files: dict[str, str] = field(default_factory=dict)  # file name -> sha256 (filled in by write_bundle)
     labels: tuple[str, ...] = ()
     preprocessing: Section = field(default_factory=dict)
     max_batch_size: int = 64
     schema: int = SCHEMA_VERSION
-    lineage: Section = field(default_factory=dict)      # run, round, checkpoint and its sha256, base model
-    sparsity: Section = field(default_factory=dict)     # pattern and measured zeros of the shipped weights
+    lineage: Section = field(default_factory=dict)  # run, round, checkpoint and its sha256, base model
+    sparsity: Section = field(default_factory=dict)  # pattern and measured zeros of the shipped weights
     calibration: Section = field(default_factory=dict)  # method, tensors, customers
-    gate: Section = field(default_factory=dict)         # the federated accuracy gate's report
+    gate: Section = field(default_factory=dict)  # the federated accuracy gate's report
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes
-    onnx: Section = field(default_factory=dict)         # opset, parity with PyTorch
-    unknown: Section = field(default_factory=dict)      # keys this version does not know: kept verbatim
+    onnx: Section = field(default_factory=dict)  # opset, parity with PyTorch
+    unknown: Section = field(default_factory=dict)  # keys this version does not know: kept verbatim
 
     @property
     def extra(self) -> Section:
@@ -69,20 +70,24 @@ class Manifest:
         return {k: v for k, v in self.to_json().items() if k not in _SERVING}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Manifest":
+    def from_json(cls, d: dict[str, Any]) -> Manifest:
         try:
             if d.get("format") != FORMAT:
                 raise BundleError(f"unsupported bundle format {d.get('format')!r} (expected {FORMAT!r})")
-            m = cls(model=str(d["model"]), task=str(d["task"]),
-                    inputs=tuple(TensorDesc.from_json(t) for t in d["inputs"]),
-                    outputs=tuple(TensorDesc.from_json(t) for t in d["outputs"]),
-                    models={str(k): str(v) for k, v in d["models"].items()},
-                    files={str(k): str(v) for k, v in d.get("files", {}).items()},
-                    labels=tuple(str(x) for x in d.get("labels", ())),
-                    preprocessing=dict(d.get("preprocessing", {})), max_batch_size=int(d.get("max_batch_size", 64)),
-                    schema=int(d.get("schema", 1)),
-                    **{k: dict(d[k]) for k in _SECTIONS if k in d},
-                    unknown={k: v for k, v in d.items() if k not in _KNOWN})
+            m = cls(
+                model=str(d["model"]),
+                task=str(d["task"]),
+                inputs=tuple(TensorDesc.from_json(t) for t in d["inputs"]),
+                outputs=tuple(TensorDesc.from_json(t) for t in d["outputs"]),
+                models={str(k): str(v) for k, v in d["models"].items()},
+                files={str(k): str(v) for k, v in d.get("files", {}).items()},
+                labels=tuple(str(x) for x in d.get("labels", ())),
+                preprocessing=dict(d.get("preprocessing", {})),
+                max_batch_size=int(d.get("max_batch_size", 64)),
+                schema=int(d.get("schema", 1)),
+                **{k: dict(d[k]) for k in _SECTIONS if k in d},
+                unknown={k: v for k, v in d.items() if k not in _KNOWN},
+            )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise BundleError(f"malformed manifest: {exc!r}") from None
         m.check()
@@ -95,21 +100,40 @@ class Manifest:
         if not self.models:
             raise BundleError("manifest lists no model")
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "format": FORMAT, "schema": self.schema, "model": self.model, "task": self.task,
-            "inputs": [t.to_json() for t in self.inputs], "outputs": [t.to_json() for t in self.outputs],
-            "models": self.models, "files": self.files, "labels": list(self.labels),
-            "preprocessing": self.preprocessing, "max_batch_size": self.max_batch_size}
+            "format": FORMAT,
+            "schema": self.schema,
+            "model": self.model,
+            "task": self.task,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+            "models": self.models,
+            "files": self.files,
+            "labels": list(self.labels),
+            "preprocessing": self.preprocessing,
+            "max_batch_size": self.max_batch_size,
+        }
         out |= {k: getattr(self, k) for k in _SECTIONS if getattr(self, k)}
         return out | self.unknown
 
-    def with_files(self, files: dict[str, str]) -> "Manifest":
+    def with_files(self, files: dict[str, str]) -> Manifest:
         return replace(self, files=dict(files))
 
 
 _SECTIONS = ("lineage", "sparsity", "calibration", "gate", "sizes", "onnx")
-_SERVING = {"format", "schema", "model", "task", "inputs", "outputs", "models", "files", "labels", "preprocessing",
-            "max_batch_size"}
+_SERVING = {
+    "format",
+    "schema",
+    "model",
+    "task",
+    "inputs",
+    "outputs",
+    "models",
+    "files",
+    "labels",
+    "preprocessing",
+    "max_batch_size",
+}
 _KNOWN = _SERVING | set(_SECTIONS)
 assert _KNOWN | {"unknown"} == {f.name for f in fields(Manifest)} | {"format"}

@@ -8,28 +8,35 @@ like any install. A fetch the network cuts off resumes where it stopped at the n
 on the disk is not started. Between such changes the puller leaves the repository alone, so a local
 ``fedge edge rollback`` holds until the coordinator's release changes.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import logging
 import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import grpc
 
-from fedge.proto import release_pb2, release_pb2_grpc
-
-from fedge.edge_runtime.distribution.bundle import MAX_ARCHIVE_BYTES, sha256_file, verify_bundle
-from fedge.edge_runtime.common.errors import BundleError, NoSpace
-from fedge.edge_runtime.distribution.repository import (activate, current_version, disk_full_is_no_space, ensure_space, install_bundle, model_dirs,
-                         valid_model_name, versions)
-from fedge.edge_runtime.distribution.throttle import Throttle, chunk_for
+from fedge.edge_runtime.common.errors import BundleError, ConfigError, NoSpace
 from fedge.edge_runtime.common.tls import channel_credentials
+from fedge.edge_runtime.distribution.bundle import MAX_ARCHIVE_BYTES, Verifier, sha256_file, verify_bundle
+from fedge.edge_runtime.distribution.repository import (
+    activate,
+    current_version,
+    disk_full_is_no_space,
+    ensure_space,
+    install_bundle,
+    model_dirs,
+    valid_model_name,
+    versions,
+)
+from fedge.edge_runtime.distribution.throttle import Throttle, chunk_for
+from fedge.proto import release_pb2, release_pb2_grpc
 
 log = logging.getLogger("fedge.edge.pull")
 
@@ -37,16 +44,17 @@ log = logging.getLogger("fedge.edge.pull")
 @dataclass(frozen=True)
 class PullConfig:
     """Where a device pulls releases from and how (``fedge edge serve --pull ...``)."""
-    address: str                    # the coordinator's release service, HOST:PORT
-    repo: Path                      # the model repository releases are installed into
-    trust: Path                     # the trust file: public key(s) of the release signer
-    interval_s: float = 10.0        # between polls
-    max_rate: int = 0               # download limit in bytes/s; 0: none
-    ca: Path | None = None          # CA for a TLS release service; None = plaintext
-    cert: Path | None = None        # this device's client certificate, for a release service that wants one
-    key: Path | None = None         # its private key
-    device_name: str = ""           # how this device names itself to the release service; "": the host name
-    keep_versions: int = 3          # installed versions kept for rollback
+
+    address: str  # the coordinator's release service, HOST:PORT
+    repo: Path  # the model repository releases are installed into
+    trust: Path  # the trust file: public key(s) of the release signer
+    interval_s: float = 10.0  # between polls
+    max_rate: int = 0  # download limit in bytes/s; 0: none
+    ca: Path | None = None  # CA for a TLS release service; None = plaintext
+    cert: Path | None = None  # this device's client certificate, for a release service that wants one
+    key: Path | None = None  # its private key
+    device_name: str = ""  # how this device names itself to the release service; "": the host name
+    keep_versions: int = 3  # installed versions kept for rollback
 
     def __post_init__(self) -> None:
         if not self.address:
@@ -56,8 +64,13 @@ class PullConfig:
 
 
 class ReleasePuller:
-    def __init__(self, cfg: PullConfig, metrics, serving: Callable[[], dict[str, int]] | None = None,
-                 trusted=None) -> None:
+    def __init__(
+        self,
+        cfg: PullConfig,
+        metrics,
+        serving: Callable[[], dict[str, int]] | None = None,
+        trusted: Verifier | None = None,
+    ) -> None:
         """``serving()``: model -> the local version the server runs now (what the coordinator is told); without
         it, what each model's CURRENT names. ``trusted``: the server's TrustFile (default: ``cfg.trust``'s)."""
         self.cfg, self.metrics, self._serving = cfg, metrics, serving
@@ -66,8 +79,9 @@ class ReleasePuller:
         self.trusted = trusted or TrustFile(cfg.trust)
         self.repo = Path(cfg.repo)
         self.device = cfg.device_name or socket.gethostname()
-        self._credentials = channel_credentials(cfg.ca, cfg.cert, cfg.key) if (
-            cfg.ca or cfg.cert) else None  # bad files fail here, at start
+        self._credentials = (
+            channel_credentials(cfg.ca, cfg.cert, cfg.key) if (cfg.ca or cfg.cert) else None
+        )  # bad files fail here, at start
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fedge-puller", daemon=True)
         self._seen: dict[str, int] = {}  # model -> the offered release last acted on (served, installed or refused)
@@ -94,13 +108,21 @@ class ReleasePuller:
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     self.metrics.polls.labels("refused").inc()
-                    log.error("the release service %s refuses this device: %s; still serving what is installed",
-                              self.cfg.address, exc.details())
+                    log.error(
+                        "the release service %s refuses this device: %s; still serving what is installed",
+                        self.cfg.address,
+                        exc.details(),
+                    )
                 else:
                     self.metrics.polls.labels("unreachable").inc()
-                    log.warning("release service %s unreachable: %s%s", self.cfg.address, exc.code(),
-                                "" if self.cfg.cert else " (if it authenticates devices, give this one a"
-                                " certificate: --pull-cert/--pull-key)")
+                    log.warning(
+                        "release service %s unreachable: %s%s",
+                        self.cfg.address,
+                        exc.code(),
+                        ""
+                        if self.cfg.cert
+                        else " (if it authenticates devices, give this one a certificate: --pull-cert/--pull-key)",
+                    )
             except Exception:
                 self.metrics.polls.labels("error").inc()
                 log.exception("pulling releases failed")
@@ -128,8 +150,9 @@ class ReleasePuller:
         current = {c.model: c for c in self.current()}
         with self._channel() as ch:
             stub = release_pb2_grpc.ReleaseServiceStub(ch)
-            releases = stub.ListReleases(release_pb2.ListReleasesRequest(device=self.device, current=list(current.values())),
-                                         timeout=30).releases
+            releases = stub.ListReleases(
+                release_pb2.ListReleasesRequest(device=self.device, current=list(current.values())), timeout=30
+            ).releases
             newest: dict[str, release_pb2.Release] = {}
             for r in releases:
                 if not valid_model_name(r.model):  # a broken or hostile listing: no path is made of it
@@ -148,9 +171,15 @@ class ReleasePuller:
                 if kept is not None:
                     if kept != current_version(self.repo / model):  # else it is loading already
                         activate(self.repo, model, kept)
-                        log.info("release %s v%s is kept here as local version %s: serving it again, no download%s",
-                                 model, r.version, kept, " (the coordinator withdrew the newer release)"
-                                 if r.version < self._seen.get(model, 0) else "")
+                        log.info(
+                            "release %s v%s is kept here as local version %s: serving it again, no download%s",
+                            model,
+                            r.version,
+                            kept,
+                            " (the coordinator withdrew the newer release)"
+                            if r.version < self._seen.get(model, 0)
+                            else "",
+                        )
                         changed.append((model, kept))
                     self._seen[model] = r.version
                     continue
@@ -168,13 +197,18 @@ class ReleasePuller:
             try:
                 verify_bundle(self.repo / model / str(v), self.trusted)
             except BundleError as exc:
-                log.warning("local version %s of release %s v%s is damaged (%s): downloading the release again",
-                            v, model, r.version, exc)
+                log.warning(
+                    "local version %s of release %s v%s is damaged (%s): downloading the release again",
+                    v,
+                    model,
+                    r.version,
+                    exc,
+                )
                 continue
             return v
         return None
 
-    def _refuse(self, r: release_pb2.Release, why: str) -> None:
+    def _refuse(self, r: release_pb2.Release, why: str) -> None:  # returns None: "nothing installed"
         """A release not to be installed (the listing describes it wrongly, or its bundle does not verify): not
         fetched again; said and counted once."""
         if self._seen.get(r.model) != r.version:
@@ -187,10 +221,11 @@ class ReleasePuller:
         stream that runs past it is cut off there, so a broken or hostile service cannot fill the device's disk."""
         expected = r.archive_bytes
         if not 0 < expected <= MAX_ARCHIVE_BYTES:
-            return self._refuse(r, f"announces a {expected}-byte archive (this device takes 1 to"
-                                   f" {MAX_ARCHIVE_BYTES} bytes)")
+            self._refuse(r, f"announces a {expected}-byte archive (this device takes 1 to {MAX_ARCHIVE_BYTES} bytes)")
+            return None
         if not re.fullmatch(r"[0-9a-f]{64}", r.manifest_sha256):
-            return self._refuse(r, f"has the manifest sha256 {r.manifest_sha256[:80]!r}, not 64 hex digits")
+            self._refuse(r, f"has the manifest sha256 {r.manifest_sha256[:80]!r}, not 64 hex digits")
+            return None
         partial = self.repo / f".partial-{r.model}-{r.manifest_sha256[:16]}.tar"  # a cut download, kept
         for stale in self.repo.glob(".partial-*.tar"):  # what is left of an older release's download
             if stale != partial and re.fullmatch(rf"\.partial-{re.escape(r.model)}-[0-9a-f]{{16}}\.tar", stale.name):
@@ -212,16 +247,24 @@ class ReleasePuller:
                 log.error("%s; trying again at every poll", exc)
             return None
 
-    def _download_and_install(self, stub, r: release_pb2.Release, expected: int, partial: Path,
-                              held: int) -> tuple[str, int] | None:
+    def _download_and_install(
+        self, stub, r: release_pb2.Release, expected: int, partial: Path, held: int
+    ) -> tuple[str, int] | None:
         """Fetch the archive into ``partial`` from byte ``held`` on (what a cut download left), then install it.
         A cut keeps what arrived for the next poll; anything else that goes wrong drops it."""
         if held:
             log.info("resuming release %s v%s at byte %d of %d", r.model, r.version, held, expected)
         rate = self.cfg.max_rate
-        call = stub.FetchRelease(release_pb2.FetchReleaseRequest(
-            model=r.model, version=r.version, device=self.device, offset=held,
-            max_chunk_bytes=chunk_for(rate) if rate else 0), timeout=300 + (expected - held) / rate if rate else 300)
+        call = stub.FetchRelease(
+            release_pb2.FetchReleaseRequest(
+                model=r.model,
+                version=r.version,
+                device=self.device,
+                offset=held,
+                max_chunk_bytes=chunk_for(rate) if rate else 0,
+            ),
+            timeout=300 + (expected - held) / rate if rate else 300,
+        )
         throttle = Throttle(rate, self._stop.wait) if rate else None
         started, problem = time.monotonic(), None
         with open(partial, "r+b" if held else "wb") as out:
@@ -250,27 +293,52 @@ class ReleasePuller:
             except grpc.RpcError as exc:  # a cut: what arrived is kept, the next poll resumes after it
                 if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
                     raise
-                log.warning("fetching release %s v%s stopped after byte %d of %d (%s: %s); resuming there at the"
-                            " next poll", r.model, r.version, out.tell(), expected, exc.code(), exc.details())
+                log.warning(
+                    "fetching release %s v%s stopped after byte %d of %d (%s: %s); resuming there at the next poll",
+                    r.model,
+                    r.version,
+                    out.tell(),
+                    expected,
+                    exc.code(),
+                    exc.details(),
+                )
                 return None
             size = out.tell()
         took = time.monotonic() - started
-        log.info("fetched release %s v%s: %d bytes in %.2f s (%.0f kB/s%s)", r.model, r.version, size - held, took,
-                 (size - held) / max(took, 1e-6) / 1e3, f", limit {rate / 1e3:.0f} kB/s" if rate else "")
+        log.info(
+            "fetched release %s v%s: %d bytes in %.2f s (%.0f kB/s%s)",
+            r.model,
+            r.version,
+            size - held,
+            took,
+            (size - held) / max(took, 1e-6) / 1e3,
+            f", limit {rate / 1e3:.0f} kB/s" if rate else "",
+        )
         if problem or size != expected:
             partial.unlink(missing_ok=True)
-            log.warning("fetching release %s v%s: the service streamed %s the %d bytes it announced;"
-                        " dropped, trying again at the next poll", r.model, r.version,
-                        problem or f"{size} bytes, not", expected)
+            log.warning(
+                "fetching release %s v%s: the service streamed %s the %d bytes it announced;"
+                " dropped, trying again at the next poll",
+                r.model,
+                r.version,
+                problem or f"{size} bytes, not",
+                expected,
+            )
             return None
         try:
             name, version = install_bundle(self.repo, partial, self.trusted, self.cfg.keep_versions)
         except BundleError as exc:
             if held:  # pieced together from two downloads: fetch it whole once before calling the release bad
-                log.warning("release %s v%s resumed at byte %d does not verify (%s): fetching it whole at the"
-                            " next poll", r.model, r.version, held, exc)
+                log.warning(
+                    "release %s v%s resumed at byte %d does not verify (%s): fetching it whole at the next poll",
+                    r.model,
+                    r.version,
+                    held,
+                    exc,
+                )
                 return None
-            return self._refuse(r, f"does not install ({exc})")  # not fetched again
+            self._refuse(r, f"does not install ({exc})")  # not fetched again
+            return None
         finally:
             partial.unlink(missing_ok=True)
         self._seen[r.model] = r.version

@@ -6,6 +6,7 @@ unpacked into a staging dir, verified (signature against the pinned key, every f
 renamed into place and made CURRENT. The serving process (fedge.edge_runtime.serving.model_repository)
 notices CURRENT change and swaps the new version in.
 """
+
 from __future__ import annotations
 
 import errno
@@ -18,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fedge.edge_runtime.common.errors import BundleError, InvalidInput, ModelNotFound, NoSpace, quoted
-from fedge.edge_runtime.distribution.bundle import TrustedKeys, copy_bundle, unpack, verify_bundle
+from fedge.edge_runtime.distribution.bundle import Verifier, copy_bundle, unpack, verify_bundle
 
 log = logging.getLogger("fedge.edge")
 CONFIG_PARAMETER = "the config parameter"  # RepositoryModelLoad's, in errors
@@ -33,7 +34,11 @@ def model_dirs(root: Path) -> list[Path]:
 
 
 def versions(model_dir: Path) -> list[int]:
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()) if model_dir.exists() else []
+    return (
+        sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+        if model_dir.exists()
+        else []
+    )
 
 
 def current_version(model_dir: Path) -> int | None:
@@ -69,16 +74,22 @@ MAX_NAME_CHARS = 255  # a model name is a directory name
 def valid_model_name(name: str) -> bool:
     """A model name that is one plain directory name in the repository: no path, not hidden, printable, at most
     MAX_NAME_CHARS characters."""
-    return (0 < len(name) <= MAX_NAME_CHARS and name.isprintable() and not any(c in name for c in "/\\")
-            and not name.startswith("."))
+    return (
+        0 < len(name) <= MAX_NAME_CHARS
+        and name.isprintable()
+        and not any(c in name for c in "/\\")
+        and not name.startswith(".")
+    )
 
 
 def check_model_name(name: str, version: str = "") -> None:
     """InvalidInput for a name that is not a valid model name, or a version that is not a number, whether or not
     anything of that name exists: a request cannot learn what is on the device's disk from the answer."""
     if not valid_model_name(name):
-        raise InvalidInput(f"{quoted(name)} is not a valid model name (one plain directory name: no '/', '\\',"
-                           f" leading '.' or control character, at most {MAX_NAME_CHARS} characters)")
+        raise InvalidInput(
+            f"{quoted(name)} is not a valid model name (one plain directory name: no '/', '\\',"
+            f" leading '.' or control character, at most {MAX_NAME_CHARS} characters)"
+        )
     if version and not (version.isdigit() and version.isascii() and len(version) <= 18):
         raise InvalidInput(f"{quoted(version)} is not a model version (a number)")
 
@@ -91,8 +102,10 @@ def ensure_space(root: Path, needed: int, what: str) -> None:
     """NoSpace unless the disk holding ``root`` has ``needed`` bytes free (and a margin)."""
     free = shutil.disk_usage(root).free
     if free < needed + SPACE_MARGIN:
-        raise NoSpace(f"{what} needs {_mib(needed + SPACE_MARGIN)} free on the disk holding {root}, which has"
-                      f" {_mib(free)}: nothing installed, what is installed keeps serving")
+        raise NoSpace(
+            f"{what} needs {_mib(needed + SPACE_MARGIN)} free on the disk holding {root}, which has"
+            f" {_mib(free)}: nothing installed, what is installed keeps serving"
+        )
 
 
 @contextmanager
@@ -103,11 +116,12 @@ def disk_full_is_no_space(root: Path, what: str):
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        raise NoSpace(f"{what}: the disk holding {root} filled up: nothing installed, what is installed keeps"
-                      " serving") from exc
+        raise NoSpace(
+            f"{what}: the disk holding {root} filled up: nothing installed, what is installed keeps serving"
+        ) from exc
 
 
-def install_bundle(root: Path, source: Path, trusted: TrustedKeys, keep: int = 3) -> tuple[str, int]:
+def install_bundle(root: Path, source: Path, trusted: Verifier, keep: int = 3) -> tuple[str, int]:
     """Verify ``source`` (a bundle dir or tar archive) and install it as the model's next CURRENT version.
     Raises BundleError with nothing changed if anything does not check out, NoSpace if it does not fit."""
     root = Path(root)

@@ -2,12 +2,14 @@
 puller reads the release stream no faster than the limit, asks the service for chunks small enough to pace, and
 turns off gRPC's window growth, so that HTTP/2 flow control holds the sender back too: what crosses the link
 stays within one flow-control window (64 KiB) of the limit."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
 

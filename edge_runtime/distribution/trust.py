@@ -5,14 +5,15 @@ reads the file again when it changes (its size, mtime or inode), at the next bun
 the new key without a restart. A replacement that does not load (no key, another kind of key, a file missing or
 half written) changes nothing: the keys read last stay, and the problem is logged once per version of the file.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 from pathlib import Path
 
-from fedge.edge_runtime.distribution.bundle import TrustedKeys, load_public_key
 from fedge.edge_runtime.common.errors import BundleError
+from fedge.edge_runtime.distribution.bundle import TrustedKeys, load_public_key
 
 log = logging.getLogger("fedge.edge")
 
@@ -48,8 +49,9 @@ class TrustFile:
     def _keep(self, stamp: tuple, why: str) -> TrustedKeys:
         if stamp != self._refused:
             self._refused = stamp
-            log.error("trust file %s: %s; still trusting the %d key(s) read before", self.path, why,
-                      len(self._keys.keys))
+            log.error(
+                "trust file %s: %s; still trusting the %d key(s) read before", self.path, why, len(self._keys.keys)
+            )
         return self._keys
 
     @property

@@ -1,6 +1,7 @@
 """Open Inference Protocol gRPC messages <-> the data plane's InferRequest and InferResult. Framing only: which
 raw_input_contents entry belongs to which input, typed contents, parameters as plain values; every check against
 the model is the data plane's (fedge.edge_runtime.serving.inference)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,14 +30,22 @@ def infer_request(req: pb.ModelInferRequest) -> InferRequest:
     for t in req.inputs:
         params = parameters(t.parameters)
         has_typed = t.HasField("contents") and t.contents.ByteSize() > 0
-        inputs.append(InputTensor(t.name, t.datatype, tuple(t.shape),
-                                  values=_typed(t) if has_typed else None,
-                                  shm=shm_ref(f"input {t.name!r}", params)))
+        inputs.append(
+            InputTensor(
+                t.name,
+                t.datatype,
+                tuple(t.shape),
+                values=_typed(t) if has_typed else None,
+                shm=shm_ref(f"input {t.name!r}", params),
+            )
+        )
     n_raw = sum(i.shm is None for i in inputs)
     if req.raw_input_contents:
         if len(req.raw_input_contents) != n_raw:
-            raise InvalidInput(f"raw_input_contents has {len(req.raw_input_contents)} entries for {n_raw} inputs"
-                               + (" not in shared memory" if n_raw != len(inputs) else ""))
+            raise InvalidInput(
+                f"raw_input_contents has {len(req.raw_input_contents)} entries for {n_raw} inputs"
+                + (" not in shared memory" if n_raw != len(inputs) else "")
+            )
         raw = iter(req.raw_input_contents)
         for i in inputs:
             if i.shm is None:
@@ -47,6 +56,7 @@ def infer_request(req: pb.ModelInferRequest) -> InferRequest:
 
 def _typed(t):
     """The typed contents' decoder: checked against the element count the shape gives, once that is checked."""
+
     def decode(count: int) -> np.ndarray:
         field = CONTENTS_FIELD.get(t.datatype)
         if field is None:
@@ -63,11 +73,13 @@ def _typed(t):
             return np.array(values, dtype=NUMPY[t.datatype])
         except OverflowError:
             raise InvalidInput(f"input {t.name!r}: a value does not fit {t.datatype}") from None
+
     return decode
 
 
-def decode_inputs(req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], max_batch: int,
-                  shm: ShmClient | None = None) -> dict[str, np.ndarray]:
+def decode_inputs(
+    req: pb.ModelInferRequest, expected: tuple[TensorDesc, ...], max_batch: int, shm: ShmClient | None = None
+) -> dict[str, np.ndarray]:
     """A ModelInferRequest's inputs as the model's numpy arrays (framing, then the data plane's checks)."""
     return inference.decode_inputs(infer_request(req).inputs, expected, max_batch, shm)
 
@@ -81,7 +93,9 @@ def infer_response(result: InferResult) -> pb.ModelInferResponse:
         out = resp.outputs.add(name=name, datatype=dt, shape=list(arr.shape))
         placed = result.in_shm.get(name)
         if placed is None:
-            resp.raw_output_contents.append(serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes())
+            resp.raw_output_contents.append(
+                serialize_bytes(arr) if dt == BYTES else np.ascontiguousarray(arr).tobytes()
+            )
             continue
         ref, size = placed
         resp.raw_output_contents.append(b"")

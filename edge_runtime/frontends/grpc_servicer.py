@@ -2,6 +2,7 @@
 messages to and from the data plane's calls, and the one interceptor that answers errors with the status code
 the error table gives (InvalidInput -> INVALID_ARGUMENT, ModelNotFound -> NOT_FOUND, ModelUnavailable ->
 UNAVAILABLE, ...)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -57,8 +58,9 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
                 _access(method, code, started, context)
                 await context.abort(getattr(grpc.StatusCode, code), error_message(method, exc))
 
-        return grpc.unary_unary_rpc_method_handler(wrapped, request_deserializer=handler.request_deserializer,
-                                                   response_serializer=handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
 
 
 def error_message(method: str, exc: Exception) -> str:
@@ -73,8 +75,9 @@ def error_message(method: str, exc: Exception) -> str:
 def _access(method: str, status: str, started: float, context) -> None:
     """The access log, at log_verbose_level >= 1 (as the HTTP endpoint's)."""
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("gRPC %s -> %s in %.2f ms (%s)", method, status, (time.perf_counter() - started) * 1e3,
-                  context.peer())
+        log.debug(
+            "gRPC %s -> %s in %.2f ms (%s)", method, status, (time.perf_counter() - started) * 1e3, context.peer()
+        )
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
@@ -113,8 +116,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self.infer(request, context.peer())
 
     def infer(self, request: pb.ModelInferRequest, peer: str):
-        return self.plane.infer(request.model_name, request.model_version, lambda: infer_request(request),
-                                infer_response, peer)
+        return self.plane.infer(
+            request.model_name, request.model_version, lambda: infer_request(request), infer_response, peer
+        )
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Triton's streaming inference: each request of the stream is answered as soon as it is done (requests
@@ -130,8 +134,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 answers.put_nowait(pb.ModelStreamInferResponse(infer_response=await self.infer(request, peer)))
             except Exception as exc:  # this request fails, the stream goes on
                 code, _ = status_of(exc)
-                answers.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=f"[{code}] {error_message('ModelStreamInfer', exc)}"))
+                answers.put_nowait(
+                    pb.ModelStreamInferResponse(error_message=f"[{code}] {error_message('ModelStreamInfer', exc)}")
+                )
 
         async def read() -> bool:
             """Read and answer requests until the client closes its side (False) or the server stops (True)."""
@@ -164,8 +169,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             while (resp := await answers.get()) is not None:
                 yield resp
             if await reader:  # re-raises a broken request stream
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{SERVER_NAME} is stopping: every request this"
-                                    " stream sent before was answered")
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{SERVER_NAME} is stopping: every request this stream sent before was answered",
+                )
         finally:
             self._stream_readers.discard(reader)
             for task in (reader, *running):
@@ -189,8 +196,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def SystemSharedMemoryStatus(self, request, context):
         resp = pb.SystemSharedMemoryStatusResponse()
         for r in self.plane.shm.status(request.name):
-            resp.regions[r.name].CopyFrom(resp.RegionStatus(name=r.name, key=r.key, offset=r.offset,
-                                                            byte_size=r.byte_size))
+            resp.regions[r.name].CopyFrom(
+                resp.RegionStatus(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+            )
         return resp
 
     async def SystemSharedMemoryRegister(self, request, context):
@@ -221,11 +229,19 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return resp
 
     async def LogSettings(self, request, context):
-        changes = {key: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
-                   for key, v in request.settings.items()}
+        changes = {
+            key: getattr(v, v.WhichOneof("parameter_choice")) if v.WhichOneof("parameter_choice") else None
+            for key, v in request.settings.items()
+        }
         resp = pb.LogSettingsResponse()
         for key, value in self.plane.log_settings(changes).items():
-            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            kind = (
+                "bool_param"
+                if isinstance(value, bool)
+                else "uint32_param"
+                if isinstance(value, int)
+                else "string_param"
+            )
             setattr(resp.settings[key], kind, value)
         return resp
 

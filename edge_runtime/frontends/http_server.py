@@ -7,9 +7,9 @@ compression options send and accept), TLS, and cancellation of requests whose cl
 tolerates are refused as RFC 9112 asks of a server that does not want to be smuggled past: a line folded onto the
 one before (obs-fold), a bare LF, and Content-Length beside Transfer-Encoding. It runs on the gRPC server's event
 loop, so HTTP and gRPC requests are batched together."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import asyncio
 import gzip
 import json
@@ -20,21 +20,24 @@ import ssl
 import threading
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import h11
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 log = logging.getLogger("fedge.edge")
 MAX_HEAD_BYTES = 64 << 10  # request line and headers
 DECODERS = {"gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS), "deflate": lambda: zlib.decompressobj()}
 INFLATING_AT_ONCE = 1  # compressed request bodies inflated at once (one core at most, on a 2-core device); more wait
 READ_BYTES = 64 << 10
-HEAD_END = re.compile(rb"\n\r?\n")          # where h11 ends a request's head
+HEAD_END = re.compile(rb"\n\r?\n")  # where h11 ends a request's head
 LENIENT = re.compile(rb"\r\n[ \t]|(?<!\r)\n")  # a folded line (obs-fold) or a bare LF, which h11 accepts
 
 
@@ -43,8 +46,8 @@ def _headers(request: h11.Request) -> dict[str, str]:
     Transfer-Encoding, which h11 resolves in Transfer-Encoding's favour, is refused (RFC 9112 6.1: the shape of
     request smuggling)."""
     headers: dict[str, str] = {}
-    for name, value in request.headers:
-        name, value = name.decode("latin-1"), value.decode("latin-1")
+    for raw_name, raw_value in request.headers:
+        name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
         headers[name] = f"{headers[name]}, {value}" if name in headers and name != "content-length" else value
     if "transfer-encoding" in headers and "content-length" in headers:
         raise HttpError(400, "a request with both Transfer-Encoding and Content-Length is refused")
@@ -69,12 +72,12 @@ def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
 @dataclass
 class Request:
     method: str
-    path: str                       # percent-decoded, without the query
+    path: str  # percent-decoded, without the query
     query: dict[str, list[str]]
-    headers: dict[str, str]         # lower-case names
+    headers: dict[str, str]  # lower-case names
     body: bytes
-    peer: str                       # as gRPC writes it: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
-    raw_path: str = ""              # as sent, not percent-decoded: routes match on it (an encoded '/' stays in a name)
+    peer: str  # as gRPC writes it: "ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"
+    raw_path: str = ""  # as sent, not percent-decoded: routes match on it (an encoded '/' stays in a name)
 
 
 @dataclass
@@ -84,11 +87,11 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def json(cls, doc, status: int = 200) -> "Response":
+    def json(cls, doc, status: int = 200) -> Response:
         return cls(status, json.dumps(doc).encode(), {"Content-Type": "application/json"})
 
     @classmethod
-    def error(cls, status: int, message: str) -> "Response":
+    def error(cls, status: int, message: str) -> Response:
         """Triton's error body: {"error": "..."} (what tritonclient.http raises with)."""
         return cls.json({"error": message}, status)
 
@@ -107,11 +110,12 @@ class HttpError(Exception):
 @dataclass(frozen=True)
 class HttpLimits:
     """What a client may hold of the server (``fedge edge serve --http-*``)."""
-    header_timeout_s: float = 10.0     # from a request's first byte to the end of its headers (and, on a new
-                                       # connection, from connecting to that first byte)
-    body_idle_s: float = 30.0          # longest silence while a request body arrives
-    keepalive_s: float = 75.0          # an idle keep-alive connection is closed after this long
-    max_connections: int = 1024        # open HTTP connections; one more is answered 503 and closed
+
+    header_timeout_s: float = 10.0  # from a request's first byte to the end of its headers (and, on a new
+    # connection, from connecting to that first byte)
+    body_idle_s: float = 30.0  # longest silence while a request body arrives
+    keepalive_s: float = 75.0  # an idle keep-alive connection is closed after this long
+    max_connections: int = 1024  # open HTTP connections; one more is answered 503 and closed
 
     def __post_init__(self) -> None:
         if min(self.header_timeout_s, self.body_idle_s, self.keepalive_s) <= 0 or self.max_connections < 1:
@@ -119,9 +123,14 @@ class HttpLimits:
 
 
 class HttpServer:
-    def __init__(self, handle: Handler, max_body_bytes: int, tls: ssl.SSLContext | None = None,
-                 limits: HttpLimits = HttpLimits(), inflated_limit: Callable[[dict[str, str]], int] | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        max_body_bytes: int,
+        tls: ssl.SSLContext | None = None,
+        limits: HttpLimits = HttpLimits(),
+        inflated_limit: Callable[[dict[str, str]], int] | None = None,
+    ) -> None:
         """``inflated_limit(headers)``: how far a compressed body with these headers may inflate (default: the body
         limit), so that an application whose bodies are small (JSON) stops a compression bomb there."""
         self._handle, self._max_body, self._tls, self._limits = handle, max_body_bytes, tls, limits
@@ -166,7 +175,9 @@ class HttpServer:
         if len(self._connections) >= self._limits.max_connections:  # refused at once; gRPC is another port
             await _refuse(reader, writer)
             return
-        self._connections.add(task := asyncio.current_task())
+        task = asyncio.current_task()
+        assert task is not None  # a connection handler runs as a task
+        self._connections.add(task)
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         try:
             peer = peer_name(writer.get_extra_info("peername"))
@@ -180,11 +191,16 @@ class HttpServer:
                     return
                 if req is None:
                     return
-                resp = await self._answer(req, reader)
+                resp = await self._answer(req, cast(_Reader, reader))  # the protocol factory makes _Readers
                 if resp is None:
                     return  # the client hung up
-                await _send(conn, writer, _compressed(resp, req.headers.get("accept-encoding", "")),
-                            not self._draining, head_only=req.method == "HEAD")  # a stopping server closes
+                await _send(
+                    conn,
+                    writer,
+                    _compressed(resp, req.headers.get("accept-encoding", "")),
+                    not self._draining,
+                    head_only=req.method == "HEAD",
+                )  # a stopping server closes
                 self._idle(task)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # either side asked to close (Connection: close, HTTP/1.0)
@@ -196,7 +212,7 @@ class HttpServer:
             self._idle(task)
             writer.close()
 
-    async def _answer(self, req: Request, reader: "_Reader") -> Response | None:
+    async def _answer(self, req: Request, reader: _Reader) -> Response | None:
         """The handler's response to ``req``: 500 for a bug (the server keeps serving), None if the client hung up
         while it was computed (the handler is then cancelled, as a gRPC request is)."""
         started = time.perf_counter()
@@ -214,8 +230,14 @@ class HttpServer:
         finally:
             reader.on_hangup = None
         if log.isEnabledFor(logging.DEBUG):  # the access log, at log_verbose_level >= 1
-            log.debug("HTTP %s %s -> %d in %.2f ms (%s)", req.method, req.path, resp.status,
-                      (time.perf_counter() - started) * 1e3, req.peer)
+            log.debug(
+                "HTTP %s %s -> %d in %.2f ms (%s)",
+                req.method,
+                req.path,
+                resp.status,
+                (time.perf_counter() - started) * 1e3,
+                req.peer,
+            )
         return resp
 
     def _idle(self, task: asyncio.Task) -> None:
@@ -239,12 +261,15 @@ class HttpServer:
         head = await self._head(conn, reader, raw)
         if head is None:
             return None
-        self._busy.add(asyncio.current_task())  # a request has come: a stopping server answers it
+        current = asyncio.current_task()
+        assert current is not None
+        self._busy.add(current)  # a request has come: a stopping server answers it
         headers = _headers(head)
         body = await self._body(conn, reader, writer, headers)
         url = urlsplit(head.target.decode("latin-1"))
-        return Request(head.method.decode("latin-1"), unquote(url.path), parse_qs(url.query), headers, body, peer,
-                       url.path)
+        return Request(
+            head.method.decode("latin-1"), unquote(url.path), parse_qs(url.query), headers, body, peer, url.path
+        )
 
     async def _head(self, conn: h11.Connection, reader, raw: bytearray) -> h11.Request | None:
         loop, wait = asyncio.get_running_loop(), self._limits.header_timeout_s
@@ -326,6 +351,7 @@ class _Reader(asyncio.StreamReader):
     """A StreamReader that says when its client hung up, so that the request it was waiting for can be cancelled
     (a queued inference is then dropped, not computed, as one over gRPC is). A client that only half-closes its
     side after a request is taken to have gone, as HTTP/1.1 clients do not do that while they wait."""
+
     hung_up = False
     on_hangup: Callable[[], object] | None = None
 
@@ -363,8 +389,9 @@ def _compressed(resp: Response, accept: str) -> Response:
     return resp
 
 
-async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool,
-                head_only: bool = False) -> None:
+async def _send(
+    conn: h11.Connection, writer: asyncio.StreamWriter, resp: Response, keep_alive: bool, head_only: bool = False
+) -> None:
     """``resp`` framed by h11 (``keep_alive`` False: with Connection: close). ``head_only``: the answer to a HEAD
     request, which has the headers of the body but not the body."""
     try:
@@ -415,9 +442,11 @@ def peer_name(addr) -> str:
 def exposition(registry: CollectorRegistry) -> Handler:
     """``GET /metrics`` for fedge's own HTTP server (the metrics endpoint over TLS): the registry in Prometheus' text
     format, rendered off the event loop."""
+
     async def handle(req: Request) -> Response:
         if req.method not in ("GET", "HEAD") or req.path != "/metrics":
             return Response.error(404, "this endpoint serves GET /metrics only")
         body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, registry)
         return Response(200, body, {"Content-Type": CONTENT_TYPE_LATEST})
+
     return handle

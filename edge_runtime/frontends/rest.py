@@ -2,10 +2,12 @@
 translated into the data plane's call that the gRPC front end makes too, so both protocols share one data plane
 (models, batching, statistics, shared memory, tracing, logging settings). Errors are answered with the HTTP
 status the one error table gives (common.errors.status_of), in Triton's error body {"error": "..."}."""
+
 from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 from urllib.parse import unquote
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -18,30 +20,33 @@ from fedge.proto import grpc_service_pb2 as pb
 
 MODEL = r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
 SHM = r"/v2/(?P<kind>system|cuda)sharedmemory(?:/region/(?P<region>[^/]+))?"
-ROUTES: list[tuple[str, re.Pattern, str]] = [(method, re.compile(path + "$"), handler) for method, path, handler in [
-    ("GET", r"/v2/health/live", "live"),
-    ("GET", r"/v2/health/ready", "ready"),
-    ("GET", r"/v2", "server_metadata"),
-    ("GET", r"/v2/models/stats", "statistics"),
-    ("GET", MODEL, "model_metadata"),
-    ("GET", MODEL + "/ready", "model_ready"),
-    ("GET", MODEL + "/config", "model_config"),
-    ("GET", MODEL + "/stats", "statistics"),
-    ("POST", MODEL + "/infer", "infer"),
-    ("POST", r"/v2/repository/index", "repository_index"),
-    ("POST", r"/v2/repository/models/(?P<model>[^/]+)/load", "load"),
-    ("POST", r"/v2/repository/models/(?P<model>[^/]+)/unload", "unload"),
-    ("GET", r"/v2(?:/models/(?P<model>[^/]+))?/trace/setting", "trace_setting"),
-    ("POST", r"/v2(?:/models/(?P<model>[^/]+))?/trace/setting", "trace_setting"),
-    ("GET", r"/v2/logging", "log_settings"),
-    ("POST", r"/v2/logging", "log_settings"),
-    ("GET", SHM + "/status", "shm_status"),
-    ("POST", SHM + "/register", "shm_register"),
-    ("POST", SHM + "/unregister", "shm_unregister"),
-]]
+ROUTES: list[tuple[str, re.Pattern, str]] = [
+    (method, re.compile(path + "$"), handler)
+    for method, path, handler in [
+        ("GET", r"/v2/health/live", "live"),
+        ("GET", r"/v2/health/ready", "ready"),
+        ("GET", r"/v2", "server_metadata"),
+        ("GET", r"/v2/models/stats", "statistics"),
+        ("GET", MODEL, "model_metadata"),
+        ("GET", MODEL + "/ready", "model_ready"),
+        ("GET", MODEL + "/config", "model_config"),
+        ("GET", MODEL + "/stats", "statistics"),
+        ("POST", MODEL + "/infer", "infer"),
+        ("POST", r"/v2/repository/index", "repository_index"),
+        ("POST", r"/v2/repository/models/(?P<model>[^/]+)/load", "load"),
+        ("POST", r"/v2/repository/models/(?P<model>[^/]+)/unload", "unload"),
+        ("GET", r"/v2(?:/models/(?P<model>[^/]+))?/trace/setting", "trace_setting"),
+        ("POST", r"/v2(?:/models/(?P<model>[^/]+))?/trace/setting", "trace_setting"),
+        ("GET", r"/v2/logging", "log_settings"),
+        ("POST", r"/v2/logging", "log_settings"),
+        ("GET", SHM + "/status", "shm_status"),
+        ("POST", SHM + "/register", "shm_register"),
+        ("POST", SHM + "/unregister", "shm_unregister"),
+    ]
+]
 
 
-DECODING_AT_ONCE = 2          # inference bodies being parsed at once, off the event loop; more wait their turn
+DECODING_AT_ONCE = 2  # inference bodies being parsed at once, off the event loop; more wait their turn
 INLINE_DECODE_BYTES = 64 << 10  # a body up to this size is parsed on the loop (a thread hop would cost more)
 
 
@@ -111,8 +116,9 @@ class RestApi:
                 request, how = parse_infer(*args)
             else:
                 async with self._decoding:
-                    request, how = await asyncio.get_running_loop().run_in_executor(self.plane.executor, parse_infer,
-                                                                                    *args)
+                    request, how = await asyncio.get_running_loop().run_in_executor(
+                        self.plane.executor, parse_infer, *args
+                    )
             form.append(how)
             return request
 
@@ -127,7 +133,9 @@ class RestApi:
         ready = load_json(req.body, "repository index request").get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidInput("ready must be true or false")
-        rows = [message_json(pb.RepositoryIndexResponse.ModelIndex(**row)) for row in self.plane.repository_index(ready)]
+        rows = [
+            message_json(pb.RepositoryIndexResponse.ModelIndex(**row)) for row in self.plane.repository_index(ready)
+        ]
         return Response.json(rows)  # Triton's HTTP answers the bare list
 
     async def load(self, req: Request, model: str) -> Response:
@@ -154,8 +162,9 @@ class RestApi:
                 raise InvalidInput(f"trace setting {key!r} must be a string, a number, a list of them or null")
             changes[key] = [str(v) for v in values]
         settings = self.plane.trace_settings(model, changes)
-        return Response.json({key: list(v) if key == "trace_level" else (v[0] if v else "")
-                              for key, v in settings.items()})
+        return Response.json(
+            {key: list(v) if key == "trace_level" else (v[0] if v else "") for key, v in settings.items()}
+        )
 
     async def log_settings(self, req: Request) -> Response:
         changes = {}
@@ -168,8 +177,12 @@ class RestApi:
     async def shm_status(self, req: Request, kind: str, region: str) -> Response:
         if kind == "cuda":
             return Response.json(self.plane.cuda_shm_status(region))
-        return Response.json([{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
-                              for r in self.plane.shm.status(region)])  # Triton's HTTP: a list
+        return Response.json(
+            [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in self.plane.shm.status(region)
+            ]
+        )  # Triton's HTTP: a list
 
     async def shm_register(self, req: Request, kind: str, region: str) -> Response:
         if not region:
@@ -178,9 +191,11 @@ class RestApi:
         if kind == "cuda":
             self.plane.cuda_shm_register(req.peer)
         key, offset, size = doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
-        if not isinstance(key, str) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                               for v in (offset, size)):
+        if not isinstance(key, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (offset, size)
+        ):
             raise InvalidInput("a register request needs key (string), byte_size and offset (integers >= 0)")
+        assert isinstance(offset, int) and isinstance(size, int)  # checked just above
         self.plane.shm.register(region, key, offset, size, req.peer)
         return Response(200)
 
@@ -196,7 +211,7 @@ def message_json(msg) -> dict:
     """A protobuf message as Triton's HTTP endpoint writes it: proto field names, every scalar field (zeros
     included, as in Triton's statistics), enums by name, 64-bit integers as numbers (protobuf's own JSON mapping,
     json_format, writes them as strings; Triton turns them back into numbers)."""
-    out = {}
+    out: dict[str, Any] = {}
     for fd in msg.DESCRIPTOR.fields:
         value = getattr(msg, fd.name)
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:

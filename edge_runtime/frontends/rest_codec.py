@@ -7,9 +7,11 @@ each input with the parameter ``binary_data_size`` takes that many bytes from wh
 Inputs may also be JSON (``"data"``: a flat or nested list; BYTES as strings). Outputs come back as JSON
 ``"data"``, or binary when the request says ``"binary_data_output": true`` or an output's ``"binary_data"``
 does."""
+
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 
@@ -34,13 +36,16 @@ class OutputForm:
 MAX_JSON_BYTES = 4 << 20  # the JSON part of an inference request, at most: tensors past that travel as binary data
 
 
-def parse_infer(body: bytes, header_length: str | None, model: str, version: str,
-                max_json_bytes: int = MAX_JSON_BYTES) -> tuple[InferRequest, OutputForm]:
+def parse_infer(
+    body: bytes, header_length: str | None, model: str, version: str, max_json_bytes: int = MAX_JSON_BYTES
+) -> tuple[InferRequest, OutputForm]:
     json_part, binary = _split(body, header_length)
     if len(json_part) > max_json_bytes:  # parsing JSON holds the GIL: what it may cost the server is bounded
-        raise TooLarge(f"the request's JSON is {len(json_part)} bytes, over the limit of {max_json_bytes}: send the"
-                       " tensors as binary data (binary_data_size and Inference-Header-Content-Length, what"
-                       " tritonclient.http does by default)")
+        raise TooLarge(
+            f"the request's JSON is {len(json_part)} bytes, over the limit of {max_json_bytes}: send the"
+            " tensors as binary data (binary_data_size and Inference-Header-Content-Length, what"
+            " tritonclient.http does by default)"
+        )
     doc = load_json(json_part, "inference request")
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):
@@ -72,8 +77,9 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     if not header_length.strip().isdigit() or int(header_length) > len(body):
-        raise InvalidInput(f"Inference-Header-Content-Length {header_length[:40]!r} is not a size within the"
-                           f" {len(body)}-byte body")
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {header_length[:40]!r} is not a size within the {len(body)}-byte body"
+        )
     n = int(header_length)
     return body[:n], body[n:]
 
@@ -89,17 +95,28 @@ def _add_input(req: InferRequest, t, binary: bytes, offset: int) -> int:
     params = _object(t.get("parameters"), f"input {name!r} parameters")
     size = params.pop("binary_data_size", None)
     params = check_parameters(params, f"input {name!r}")
-    sources = [s for s, present in (("data", "data" in t), ("binary_data_size", size is not None),
-                                    ("shared memory", "shared_memory_region" in params)) if present]
+    sources = [
+        s
+        for s, present in (
+            ("data", "data" in t),
+            ("binary_data_size", size is not None),
+            ("shared memory", "shared_memory_region" in params),
+        )
+        if present
+    ]
     if len(sources) != 1:
-        raise InvalidInput(f"input {name!r} must carry its data in exactly one way (data, binary_data_size or"
-                           f" shared memory), got {sources or 'none'}")
+        raise InvalidInput(
+            f"input {name!r} must carry its data in exactly one way (data, binary_data_size or"
+            f" shared memory), got {sources or 'none'}"
+        )
     tensor = InputTensor(name, datatype, tuple(shape), shm=shm_ref(f"input {name!r}", params))
     req.inputs.append(tensor)
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset}"
-                               " bytes of binary data left")
+            raise InvalidInput(
+                f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary) - offset}"
+                " bytes of binary data left"
+            )
         tensor.raw = binary[offset : offset + size]
         return offset + size
     if "data" in t:
@@ -117,18 +134,22 @@ def json_tensor(name: str, datatype: str, data) -> bytes:
         return serialize_bytes(np.array(items, dtype=object))
     dtype = NUMPY.get(datatype)
     if dtype is None:
-        raise InvalidInput(f"input {name!r}: datatype {datatype!r} cannot be sent as JSON data"
-                           + (" (send it as binary data)" if datatype == "BF16" else ""))
+        raise InvalidInput(
+            f"input {name!r}: datatype {datatype!r} cannot be sent as JSON data"
+            + (" (send it as binary data)" if datatype == "BF16" else "")
+        )
     try:
         arr = np.asarray(data)
     except ValueError:
         raise InvalidInput(f"input {name!r}: data is not a regular (nested) list") from None
     allowed = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
     if arr.size and arr.dtype.kind not in allowed:
-        raise InvalidInput(f"input {name!r}: {datatype} data must be "
-                           + {"b": "true/false", "iu": "integers", "iuf": "numbers"}[allowed])
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must be "
+            + {"b": "true/false", "iu": "integers", "iuf": "numbers"}[allowed]
+        )
     if arr.size and dtype.kind in "iu":
-        info = np.iinfo(dtype)
+        info = np.iinfo(dtype)  # type: ignore[type-var]  # an integer dtype (kind checked above)
         if int(arr.min()) < info.min or int(arr.max()) > info.max:
             raise InvalidInput(f"input {name!r}: a value does not fit {datatype}")
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
@@ -145,25 +166,29 @@ def _flat(data):
 def render_infer(result: InferResult, form: OutputForm) -> tuple[bytes, int | None]:
     """The response body and, when binary outputs follow the JSON, the JSON's size for the header
     ``Inference-Header-Content-Length``."""
-    doc = {"model_name": result.model, "model_version": result.version, "outputs": []}
+    outputs: list[dict[str, Any]] = []
+    doc: dict[str, Any] = {"model_name": result.model, "model_version": result.version, "outputs": outputs}
     if result.id:
         doc["id"] = result.id
     tail = []
     for name, arr in result.outputs.items():
         datatype = datatype_of(arr)
-        o = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        o: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         placed = result.in_shm.get(name)
         if placed is not None:  # written to the client's region, nothing to send
             ref, size = placed
-            o["parameters"] = {"shared_memory_region": ref.region, "shared_memory_byte_size": size,
-                               **({"shared_memory_offset": ref.offset} if ref.offset else {})}
+            o["parameters"] = {
+                "shared_memory_region": ref.region,
+                "shared_memory_byte_size": size,
+                **({"shared_memory_offset": ref.offset} if ref.offset else {}),
+            }
         elif form.binary(name):
             raw = serialize_bytes(arr) if datatype == BYTES else np.ascontiguousarray(arr).tobytes()
             o["parameters"] = {"binary_data_size": len(raw)}
             tail.append(raw)
         else:
             o["data"] = _json_values(name, arr)
-        doc["outputs"].append(o)
+        outputs.append(o)
     head = json.dumps(doc).encode()
     return (head + b"".join(tail), len(head)) if tail else (head, None)
 
@@ -173,8 +198,7 @@ def _json_values(name: str, arr: np.ndarray) -> list:
         try:
             return [b.decode("utf-8") if isinstance(b, (bytes, bytearray)) else str(b) for b in arr.reshape(-1)]
         except UnicodeDecodeError:
-            raise InvalidInput(f"output {name!r} holds bytes that are not UTF-8; ask for it with"
-                               " binary_data") from None
+            raise InvalidInput(f"output {name!r} holds bytes that are not UTF-8; ask for it with binary_data") from None
     return arr.reshape(-1).tolist()
 
 
@@ -184,16 +208,23 @@ def check_parameters(params: dict, where: str) -> dict:
     for key, value in params.items():
         if key in HTTP_ONLY:
             raise InvalidInput(f"{where}: parameter {key!r} does not belong here")
-        fits = isinstance(value, (bool, float, str)) or (isinstance(value, int) and -INT64_MAX - 1 <= value <= UINT64_MAX)
+        fits = isinstance(value, (bool, float, str)) or (
+            isinstance(value, int) and -INT64_MAX - 1 <= value <= UINT64_MAX
+        )
         if not fits:
-            raise InvalidInput(f"{where}: parameter {key!r} must be a boolean, a 64-bit integer, a number or a"
-                               f" string, got {json.dumps(value)[:60]}")
+            raise InvalidInput(
+                f"{where}: parameter {key!r} must be a boolean, a 64-bit integer, a number or a"
+                f" string, got {json.dumps(value)[:60]}"
+            )
     return params
 
 
 def parameters_json(params) -> dict:
-    return {key: getattr(p, p.WhichOneof("parameter_choice")) for key, p in params.items()
-            if p.WhichOneof("parameter_choice")}
+    return {
+        key: getattr(p, p.WhichOneof("parameter_choice"))
+        for key, p in params.items()
+        if p.WhichOneof("parameter_choice")
+    }
 
 
 def load_json(body: bytes, what: str) -> dict:

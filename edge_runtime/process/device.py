@@ -1,11 +1,13 @@
 """What a device runs once, whatever the number of serving workers: the release puller (it alone fetches and
 verifies bundles), the watch over the model repository (a new version on disk is loaded by every worker), the
 Prometheus endpoint and the systemd notifications (in :func:`fedge.edge_runtime.process.serve.serve`)."""
+
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from fedge.edge_runtime.distribution.puller import ReleasePuller
 from fedge.edge_runtime.distribution.trust import TrustFile
@@ -22,7 +24,7 @@ class DeviceServices:
         self.cfg, self.metrics, self.trust = cfg, metrics, trust
         self.workers: list[ServingWorker] = []
         self._puller: ReleasePuller | None = None
-        self._metrics_http: tuple | None = None
+        self._metrics_http: tuple[Any, ...] | None = None  # prometheus_client's (server, thread)
         self._metrics_https: HttpServer | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -44,6 +46,7 @@ class DeviceServices:
 
     def _watch(self, interval: float = 0.5) -> None:
         """A version installed on disk (by the puller or ``fedge edge install``) is loaded by every worker."""
+
         def loop() -> None:
             while not self._stop.wait(interval):
                 for worker in self.workers:
@@ -67,8 +70,9 @@ class DeviceServices:
         else:
             from prometheus_client import start_http_server
 
-            self._metrics_http = start_http_server(self.cfg.metrics_port, addr=self.cfg.host,
-                                                   registry=self.metrics.registry)
+            self._metrics_http = start_http_server(
+                self.cfg.metrics_port, addr=self.cfg.host, registry=self.metrics.registry
+            )
 
     def stop_pulling(self) -> None:
         if self._puller is not None:

@@ -1,6 +1,7 @@
 """Process limits a server facing its network needs: as many open files as the system lets it have (each client
 connection is one), and a log that says when the limit is hit without writing a traceback per refused
 connection."""
+
 from __future__ import annotations
 
 import asyncio
@@ -44,5 +45,9 @@ class QuietLoopErrors:
             return
         self._last[kind] = now
         unsaid = self._unsaid.pop(kind, 0)
-        log.warning("%s%s%s", context.get("message", "event loop error"), f" ({exc})" if exc else "",
-                    f" (and {unsaid} more like it in the last {self.interval_s:.0f} s)" if unsaid else "")
+        log.warning(
+            "%s%s%s",
+            context.get("message", "event loop error"),
+            f" ({exc})" if exc else "",
+            f" (and {unsaid} more like it in the last {self.interval_s:.0f} s)" if unsaid else "",
+        )

@@ -1,6 +1,7 @@
 """``fedge edge serve``: the edge runtime process. A device's services (:mod:`.device`: release puller, repository
 watch, Prometheus endpoint) around a serving worker (:mod:`.worker`: gRPC and KServe v2 REST on one event loop over
 one data plane, the model repository with its sessions and batchers)."""
+
 from __future__ import annotations
 
 import logging
@@ -31,8 +32,13 @@ class EdgeServer:
         self.trust = TrustFile(cfg.trust)  # followed while serving: a rotated key needs no restart
         self.worker = ServingWorker(cfg, self.metrics, self.trust)
         self.device = DeviceServices(cfg, self.metrics, self.trust)
-        self.repo, self.shm, self.logs, self.tracer, self.cache = (self.worker.repo, self.worker.shm, self.worker.logs,
-                                                                   self.worker.tracer, self.worker.cache)
+        self.repo, self.shm, self.logs, self.tracer, self.cache = (
+            self.worker.repo,
+            self.worker.shm,
+            self.worker.logs,
+            self.worker.tracer,
+            self.worker.cache,
+        )
 
     @property
     def port(self) -> int:
@@ -50,7 +56,7 @@ class EdgeServer:
     def _loop(self):  # the worker's event loop (tests hold it up to check the watchdog)
         return self.worker._loop
 
-    def start(self) -> "EdgeServer":
+    def start(self) -> EdgeServer:
         creds = self.cfg.tls.credentials() if self.cfg.tls else None  # bad files fail here, before anything runs
         https = self.cfg.tls.ssl_context() if self.cfg.tls and self.cfg.http_port else None
         self.device.prepare(serving=lambda: {m.name: m.version for m in self.repo.live()})  # its TLS files too
@@ -92,16 +98,25 @@ def serve(cfg: EdgeConfig) -> int:
         log.info("model %(name)s version %(version)s: %(state)s (%(reason)s)", row)
     live = [f"{m.name} v{m.version}" for m in server.repo.live()]
     systemd = Notifier()
-    systemd.notify("READY=1", f"STATUS=serving {len(live)} model(s){': ' + ', '.join(live) if live else ''}",
-                   f"MAINPID={os.getpid()}")
+    systemd.notify(
+        "READY=1",
+        f"STATUS=serving {len(live)} model(s){': ' + ', '.join(live) if live else ''}",
+        f"MAINPID={os.getpid()}",
+    )
     systemd.keep_alive(server.responsive)
-    print(f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
-          + (f" ({cfg.tls.describe()})" if cfg.tls else "")
-          + (f", HTTP (KServe v2 REST) on {cfg.host}:{server.http_port}" if server.http_port else "")
-          + (f", metrics on :{cfg.metrics_port}/metrics" + (" (TLS)" if cfg.metrics_tls else "") if cfg.metrics_port
-             else "")
-          + (f", pulling releases from {cfg.pull.address}" if cfg.pull else "")
-          + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""), flush=True)
+    print(
+        f"fedge edge runtime: gRPC (KServe v2) on {cfg.host}:{server.port}"
+        + (f" ({cfg.tls.describe()})" if cfg.tls else "")
+        + (f", HTTP (KServe v2 REST) on {cfg.host}:{server.http_port}" if server.http_port else "")
+        + (
+            f", metrics on :{cfg.metrics_port}/metrics" + (" (TLS)" if cfg.metrics_tls else "")
+            if cfg.metrics_port
+            else ""
+        )
+        + (f", pulling releases from {cfg.pull.address}" if cfg.pull else "")
+        + (", client shared memory on (local clients)" if cfg.allow_client_shm else ""),
+        flush=True,
+    )
     done = threading.Event()
 
     def on_signal(signum, _frame) -> None:

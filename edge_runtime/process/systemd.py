@@ -5,13 +5,14 @@ systemd restarts a server that is alive but no longer serves (a hung loop).
 
 The protocol is one datagram per message to the unix socket NOTIFY_SOCKET names ("@..." for the abstract
 namespace); no libsystemd is needed. Without NOTIFY_SOCKET nothing is sent."""
+
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import threading
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger("fedge.edge")
 

@@ -7,6 +7,7 @@ Nothing here is per device: the release puller, the metrics endpoint, systemd an
 Why asyncio: with a thread per request, every request's handler thread must be woken to pick up its result and
 fights the others for the GIL; measured side by side on 2 cores with a tiny model at 64 clients, that cost about
 1.5x the server CPU per request of the event loop (docs/BENCHMARKS.md, the front-end table's note)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -81,34 +82,47 @@ class ServingWorker:
             try:
                 self.http_port = self.call(self._rest.start(self.cfg.host, self.cfg.http_port))
             except OSError as exc:
-                raise AddressUnavailable(f"cannot serve HTTP on {self.cfg.host}:{self.cfg.http_port}: {exc.strerror}"
-                                         ) from exc
+                raise AddressUnavailable(
+                    f"cannot serve HTTP on {self.cfg.host}:{self.cfg.http_port}: {exc.strerror}"
+                ) from exc
         return self
 
     async def _data_plane(self) -> DataPlane:
         """Made on the worker's loop (its events belong there)."""
-        return DataPlane(self.repo, self.metrics, VERSION, self._executor, self.shm, self.logs, self.tracer,
-                         self.cfg.strict_readiness, self.cache)
+        return DataPlane(
+            self.repo,
+            self.metrics,
+            VERSION,
+            self._executor,
+            self.shm,
+            self.logs,
+            self.tracer,
+            self.cfg.strict_readiness,
+            self.cache,
+        )
 
-    async def _start_grpc(self, plane: DataPlane, creds: grpc.ServerCredentials | None
-                          ) -> tuple[grpc.aio.Server, int]:
+    async def _start_grpc(self, plane: DataPlane, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
         server = grpc.aio.server(
             interceptors=[ErrorInterceptor()],
-            options=[("grpc.max_receive_message_length", self.cfg.max_message_bytes),
-                     ("grpc.max_send_message_length", self.cfg.max_message_bytes),
-                     # gRPC sets SO_REUSEPORT by default: a second server on a taken port would silently share
-                     # it (each getting some of the connections) instead of failing to start
-                     ("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.max_receive_message_length", self.cfg.max_message_bytes),
+                ("grpc.max_send_message_length", self.cfg.max_message_bytes),
+                # gRPC sets SO_REUSEPORT by default: a second server on a taken port would silently share
+                # it (each getting some of the connections) instead of failing to start
+                ("grpc.so_reuseport", 0),
+            ],
         )
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-        health_pb2_grpc.add_HealthServicer_to_server(HealthServicer(self.repo, plane.ready, lambda: plane.stopping),
-                                                     server)
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(  # type: ignore[no-untyped-call]
+            HealthServicer(self.repo, plane.ready, lambda: plane.stopping), server
+        )
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
             port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
         except RuntimeError as exc:  # gRPC says only "Failed to bind"
-            raise AddressUnavailable(f"cannot serve gRPC on {self.cfg.host}:{self.cfg.port}: the address is in use"
-                                     " or not available here") from exc
+            raise AddressUnavailable(
+                f"cannot serve gRPC on {self.cfg.host}:{self.cfg.port}: the address is in use or not available here"
+            ) from exc
         await server.start()
         return server, port
 
@@ -142,8 +156,9 @@ class ServingWorker:
         started = time.monotonic()
         plane = self.plane
         assert plane is not None and self._server is not None
-        log.info("stopping: no new requests; waiting up to %.0f s for %d inference(s) in flight", grace,
-                 plane.in_flight)
+        log.info(
+            "stopping: no new requests; waiting up to %.0f s for %d inference(s) in flight", grace, plane.in_flight
+        )
         plane.stop()
         closing = asyncio.gather(self._server.stop(grace), *(s.stop(grace) for s in (self._rest,) if s is not None))
         answered = await plane.quiet(grace)
@@ -152,8 +167,11 @@ class ServingWorker:
         if answered:
             log.info("stopped: every request in flight was answered (%.2f s)", time.monotonic() - started)
         else:
-            log.warning("stopped: the exit timeout of %.0f s passed with %d inference(s) in flight; they were"
-                        " cancelled", grace, left)
+            log.warning(
+                "stopped: the exit timeout of %.0f s passed with %d inference(s) in flight; they were cancelled",
+                grace,
+                left,
+            )
         return answered
 
     def close(self) -> None:

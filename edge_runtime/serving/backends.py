@@ -9,18 +9,18 @@
 ``auto`` picks the first available of tensorrt, onnxruntime-cuda, onnxruntime-cpu. The choice and the
 reason are reported in ModelMetadata and metrics.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from fedge.edge_runtime.common.errors import ConfigError, ModelUnavailable
 from fedge.edge_runtime.distribution.bundle import Manifest
-from fedge.edge_runtime.common.errors import ModelUnavailable
 
 log = logging.getLogger("fedge.edge")
 BACKENDS = ("auto", "tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
@@ -35,9 +35,9 @@ def default_instances(backend: str) -> int:
 
 
 class Backend(Protocol):
-    name: str        # one of BACKENDS except auto
+    name: str  # one of BACKENDS except auto
     model_file: str  # which file of the bundle it runs
-    reason: str      # why this backend and file were chosen
+    reason: str  # why this backend and file were chosen
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -55,33 +55,41 @@ class OrtBackend:
     name: str
     model_file: str
     reason: str
-    session: object
+    session: Any  # onnxruntime.InferenceSession
     # CUDA: one session per batch-size bucket, batches padded up to the nearest. Measured on an H100 with ONNX
     # Runtime 1.31 (docs/gpu/BENCHMARKS.md): a CUDA session re-plans every convolution whenever its input shape
     # changes, also back to a shape it ran before (+179 ms per call with the default exhaustive cuDNN search,
     # +52 ms heuristic, +20 ms without search, which also runs 3-5x slower), so dynamic batching's varying batch
     # sizes would pay that on most batches. A session per fixed shape pays it once, in warm_buckets() at load, before
     # the model is visible (+0.2 ms after a switch).
-    buckets: dict[int, object] = field(default_factory=dict)
+    buckets: dict[int, Any] = field(default_factory=dict)
     output_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     @classmethod
-    def load(cls, path: Path, name: str, reason: str, threads: int = 1, buckets: tuple[int, ...] = ()) -> "OrtBackend":
+    def load(cls, path: Path, name: str, reason: str, threads: int = 1, buckets: tuple[int, ...] = ()) -> OrtBackend:
         ort = import_onnxruntime()
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if name == "onnxruntime-cuda" else ["CPUExecutionProvider"]
+        providers = (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if name == "onnxruntime-cuda"
+            else ["CPUExecutionProvider"]
+        )
         session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
         if session.get_providers()[0] != providers[0]:  # ONNX Runtime falls back to CPU with only a warning
-            raise ModelUnavailable(f"{path.name}: ONNX Runtime could not start {providers[0]} (CUDA or cuDNN"
-                                   f" libraries missing?); the session runs on {session.get_providers()}")
-        per_bucket = {b: session if i == 0 else ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-                      for i, b in enumerate(sorted(buckets))}
+            raise ModelUnavailable(
+                f"{path.name}: ONNX Runtime could not start {providers[0]} (CUDA or cuDNN"
+                f" libraries missing?); the session runs on {session.get_providers()}"
+            )
+        per_bucket = {
+            b: session if i == 0 else ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+            for i, b in enumerate(sorted(buckets))
+        }
         backend = cls(name=name, model_file=path.name, reason=reason, session=session, buckets=per_bucket)
         backend.warm_buckets()
         return backend
@@ -105,8 +113,15 @@ class OrtBackend:
             self.run({name: np.zeros((b, *dims), t) for name, dims, t in specs})
 
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(int8)": np.int8,
+}
 
 
 def import_onnxruntime():
@@ -129,8 +144,10 @@ def onnxruntime_import_problem(exc: ImportError) -> str:
     msg = f"{dist} {version} cannot be imported ({type(exc).__name__}: {str(exc) or 'no message'})"
     ort_minor = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
     if ort_minor < (1, 19) and int(np.__version__.split(".")[0]) >= 2:
-        msg += (f"; {dist} before 1.19 is built against NumPy 1.x and this environment has NumPy {np.__version__}:"
-                " pip install 'numpy<2', or an onnxruntime >= 1.19")
+        msg += (
+            f"; {dist} before 1.19 is built against NumPy 1.x and this environment has NumPy {np.__version__}:"
+            " pip install 'numpy<2', or an onnxruntime >= 1.19"
+        )
     return msg
 
 
@@ -156,9 +173,11 @@ def onnxruntime_conflict() -> str | None:
     if len(installed) < 2:
         return None
     both = " and ".join(f"{d} {v}" for d, v in installed.items())
-    return (f"both {both} are installed: they share the onnxruntime module and the one installed last is the one"
-            " that runs; keep one (on a GPU device: pip uninstall -y onnxruntime onnxruntime-gpu, then install only"
-            " the GPU wheel)")
+    return (
+        f"both {both} are installed: they share the onnxruntime module and the one installed last is the one"
+        " that runs; keep one (on a GPU device: pip uninstall -y onnxruntime onnxruntime-gpu, then install only"
+        " the GPU wheel)"
+    )
 
 
 def cuda_available() -> bool:
@@ -175,12 +194,17 @@ def tensorrt_available() -> tuple[bool, str]:
     return tensorrt_status()
 
 
-def _pick(manifest: Manifest, order: list[str]) -> str | None:
-    return next((manifest.models[k] for k in order if k in manifest.models), None)
+def _pick(manifest: Manifest, order: list[str]) -> str:
+    """The first of ``order``'s model kinds the bundle holds (a manifest lists at least one model)."""
+    found = next((manifest.models[k] for k in order if k in manifest.models), None)
+    if found is None:
+        raise ModelUnavailable(f"the bundle holds none of {order} (it has {sorted(manifest.models)})")
+    return found
 
 
-def load_backend(bundle_dir: Path, manifest: Manifest, preference: str = "auto", threads: int = 1,
-                 engine_cache: Path | None = None) -> Backend:
+def load_backend(
+    bundle_dir: Path, manifest: Manifest, preference: str = "auto", threads: int = 1, engine_cache: Path | None = None
+) -> Backend:
     if preference not in BACKENDS:
         raise ConfigError(f"unknown backend {preference!r}: use one of {BACKENDS}")
     notes = []
@@ -200,9 +224,13 @@ def load_backend(bundle_dir: Path, manifest: Manifest, preference: str = "auto",
         if cuda_available():
             file = _pick(manifest, ["int8_trt", "fp32"])
             try:
-                return OrtBackend.load(bundle_dir / file, "onnxruntime-cuda",
-                                       "; ".join(notes + [f"CUDA provider available: running {file}"]), threads,
-                                       buckets=gpu_buckets(manifest.max_batch_size))
+                return OrtBackend.load(
+                    bundle_dir / file,
+                    "onnxruntime-cuda",
+                    "; ".join(notes + [f"CUDA provider available: running {file}"]),
+                    threads,
+                    buckets=gpu_buckets(manifest.max_batch_size),
+                )
             except ModelUnavailable as exc:
                 if preference == "onnxruntime-cuda":
                     raise
@@ -212,5 +240,9 @@ def load_backend(bundle_dir: Path, manifest: Manifest, preference: str = "auto",
         else:
             notes.append("no CUDAExecutionProvider in this onnxruntime")
     file = _pick(manifest, ["int8_cpu", "fp32"])
-    why = "uint8-activation INT8 runs in integer on CPU" if file == manifest.models.get("int8_cpu") else "no CPU INT8 model in bundle"
+    why = (
+        "uint8-activation INT8 runs in integer on CPU"
+        if file == manifest.models.get("int8_cpu")
+        else "no CPU INT8 model in bundle"
+    )
     return OrtBackend.load(bundle_dir / file, "onnxruntime-cpu", "; ".join(notes + [f"{why}: running {file}"]), threads)

@@ -13,21 +13,22 @@ before any of the next, and each level has its own queue policy (``priority_queu
 
 The gRPC server awaits results on its asyncio loop (:meth:`DynamicBatcher.submit_async`): a finished batch wakes
 the loop once and settles all of its requests there, instead of waking one handler thread per request."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import asyncio
 import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any
 
 import numpy as np
 
-from fedge.edge_runtime.common.errors import Overloaded
+from fedge.edge_runtime.common.errors import ConfigError, Overloaded
 from fedge.edge_runtime.serving.request_queue import RequestQueue
 
 log = logging.getLogger("fedge.edge")
@@ -37,9 +38,10 @@ Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 @dataclass(frozen=True)
 class QueuePolicy:
     """Triton's ``dynamic_batching.default_queue_policy`` (timeout action REJECT)."""
-    max_queue_size: int = 0                 # requests that may wait; one more is refused at once. 0: no limit
-    timeout_us: int = 0                     # a request that waited longer is refused, not computed. 0: no limit
-    allow_timeout_override: bool = False    # a request's own ``timeout`` parameter (us) may shorten timeout_us
+
+    max_queue_size: int = 0  # requests that may wait; one more is refused at once. 0: no limit
+    timeout_us: int = 0  # a request that waited longer is refused, not computed. 0: no limit
+    allow_timeout_override: bool = False  # a request's own ``timeout`` parameter (us) may shorten timeout_us
 
     def __post_init__(self) -> None:
         if self.max_queue_size < 0 or self.timeout_us < 0:
@@ -61,7 +63,7 @@ class BatchingConfig:
     instances: int = 0  # batch workers; 0: the backend's default (backends.default_instances)
     queue: QueuePolicy = QueuePolicy()
     response_cache: bool = False  # answer repeated requests from the server's cache (when it has one)
-    priority_levels: int = 0         # Triton's: 0, every request alike; N: a request's priority 1..N picks its level
+    priority_levels: int = 0  # Triton's: 0, every request alike; N: a request's priority 1..N picks its level
     default_priority_level: int = 0  # the level of a request without a priority (or one outside 1..N)
     priority_queue_policy: tuple[tuple[int, QueuePolicy], ...] = ()  # (level, its policy); others: ``queue``
 
@@ -92,45 +94,57 @@ class _Item:
     enqueued: float
     future: Future | asyncio.Future = field(default_factory=Future)
     loop: asyncio.AbstractEventLoop | None = None  # set: ``future`` belongs to this loop
-    trace: object | None = None                     # a tracing.Trace: told when its batch computed
-    expires: float | None = None                    # perf_counter time past which it is refused, not computed
-    level: int = 0                                  # its priority level (0: the model has none)
+    trace: Any = None  # a tracing.Trace: told when its batch computed
+    expires: float | None = None  # perf_counter time past which it is refused, not computed
+    level: int = 0  # its priority level (0: the model has none)
 
 
 class DynamicBatcher:
-    def __init__(self, run: Run, cfg: BatchingConfig,
-                 on_batch: Callable[[int, list[float], float], None] | None = None, pad_value: int | None = None) -> None:
+    def __init__(
+        self,
+        run: Run,
+        cfg: BatchingConfig,
+        on_batch: Callable[[int, list[float], float], None] | None = None,
+        pad_value: int | None = None,
+    ) -> None:
         """``on_batch(rows, each request's queue time, backend seconds)`` is told of every backend call;
         ``pad_value``: requests whose inputs differ in their last axis (token ids of different lengths) are padded
         on the right with it to the longest, so they share a batch (None: inputs of one shape only)."""
         self._run, self._cfg, self._on_batch, self._pad = run, cfg, on_batch, pad_value
         self._queue: RequestQueue[_Item] = RequestQueue()
-        self._threads = [threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
-                         for i in range(max(cfg.instances, 1))]  # 0 (the backend's default) is resolved by the model
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"fedge-batcher-{i}", daemon=True)
+            for i in range(max(cfg.instances, 1))
+        ]  # 0 (the backend's default) is resolved by the model
         for t in self._threads:
             t.start()
 
     def submit(self, inputs: dict[str, np.ndarray], timeout_us: int = 0, priority: int = 0) -> Future:
-        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter()), timeout_us,
-                             priority)
+        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter()), timeout_us, priority)
 
-    def submit_async(self, inputs: dict[str, np.ndarray], trace=None, timeout_us: int = 0,
-                     priority: int = 0) -> asyncio.Future:
+    def submit_async(
+        self, inputs: dict[str, np.ndarray], trace=None, timeout_us: int = 0, priority: int = 0
+    ) -> asyncio.Future:
         """From a coroutine on the running loop: a future of that loop, settled on it. ``trace`` (a
         tracing.Trace) gets the timestamps of the batch this request runs in; ``timeout_us``: the request's own
         queue timeout (honoured when the queue policy allows overrides); ``priority``: the request's own (1 the
         highest; 0: the model's default level)."""
         loop = asyncio.get_running_loop()
-        return self._enqueue(_Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(),
-                                   loop.create_future(), loop, trace), timeout_us, priority)
+        return self._enqueue(
+            _Item(inputs, len(next(iter(inputs.values()))), time.perf_counter(), loop.create_future(), loop, trace),
+            timeout_us,
+            priority,
+        )
 
     def _enqueue(self, item: _Item, timeout_us: int, priority: int):
         item.level = self._cfg.level(priority)
         policy = self._cfg.policy(item.level)
         if policy.max_queue_size and self._queue.size(item.level) >= policy.max_queue_size:
             where = f"at priority level {item.level}" if item.level else "for the model"
-            raise Overloaded(f"the model's queue is full ({policy.max_queue_size} requests wait {where}, its"
-                             " max_queue_size); retry later")
+            raise Overloaded(
+                f"the model's queue is full ({policy.max_queue_size} requests wait {where}, its"
+                " max_queue_size); retry later"
+            )
         item.expires = policy.deadline(item.enqueued, timeout_us)
         self._queue.put(item, item.level)
         return item.future
@@ -162,8 +176,11 @@ class DynamicBatcher:
             live = [it for it in batch if not it.future.cancelled()]  # gone while the batch gathered
             expired = [it for it in live if it.expires is not None and it.expires < now]
             if expired:  # Triton's timeout action REJECT
-                self._deliver(expired, [None] * len(expired), Overloaded(
-                    "the request waited longer than its queue timeout for the model; retry later"))
+                self._deliver(
+                    expired,
+                    [None] * len(expired),
+                    Overloaded("the request waited longer than its queue timeout for the model; retry later"),
+                )
                 live = [it for it in live if it.expires is None or it.expires >= now]
             if live:
                 self._execute(live, rows if len(live) == len(batch) else sum(it.rows for it in live))
@@ -211,7 +228,7 @@ class DynamicBatcher:
                     offset += it.rows
             failure = None
         except Exception as exc:  # every waiter learns of the failure
-            results, failure = [None] * len(batch), exc
+            results, failure = [{} for _ in batch], exc
         ended = time.perf_counter()
         computed = ended - started
         for it in batch:

@@ -7,22 +7,39 @@ fedge.edge_runtime.common.errors. Failed inferences are counted here, once, whic
 
 Runs on the server's event loop: nothing here blocks it for long (batched inference waits for its batch on the
 loop, unbatched inference and model loading run on ``executor``'s threads)."""
+
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
-from fedge.edge_runtime.common.errors import (EdgeError, InvalidInput, ModelNotFound, RegionNotFound, Unsupported, quoted,
-                                              status_of)
+from fedge.edge_runtime.common.errors import (
+    EdgeError,
+    InvalidInput,
+    ModelNotFound,
+    RegionNotFound,
+    Unsupported,
+    quoted,
+    status_of,
+)
 from fedge.edge_runtime.distribution.repository import check_model_name, valid_model_name, versions
 from fedge.edge_runtime.serving import describe
-from fedge.edge_runtime.serving.inference import (InferRequest, InferResult, Wanted, classify, decode_inputs,
-                                                  request_priority, request_timeout_us, requested_outputs)
+from fedge.edge_runtime.serving.inference import (
+    InferRequest,
+    InferResult,
+    Wanted,
+    classify,
+    decode_inputs,
+    request_priority,
+    request_timeout_us,
+    requested_outputs,
+)
 from fedge.edge_runtime.serving.log_settings import LogSettings
 from fedge.edge_runtime.serving.metrics import Metrics
 from fedge.edge_runtime.serving.model import LoadedModel
@@ -33,17 +50,33 @@ from fedge.edge_runtime.serving.shared_memory import SharedMemory, ShmRef
 from fedge.edge_runtime.serving.tracing import Tracer
 
 SERVER_NAME = "fedge-edge"
-EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics", "logging", "trace",
-              "binary_tensor_data"]  # the last: Triton's binary tensors over HTTP (frontends.rest_codec)
+EXTENSIONS = [
+    "classification",
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "logging",
+    "trace",
+    "binary_tensor_data",
+]  # the last: Triton's binary tensors over HTTP (frontends.rest_codec)
 Encoded = TypeVar("Encoded")
 OTHER = "(other)"  # the metric label of a model name or version that is not installed
 
 
 class DataPlane:
-    def __init__(self, repo: ModelRepository, metrics: Metrics, version: str, executor: Executor,
-                 shm: SharedMemory | None = None, logs: LogSettings | None = None, tracer: Tracer | None = None,
-                 strict_readiness: bool = True, cache: ResponseCache | None = None,
-                 observers: Observers | None = None) -> None:
+    def __init__(
+        self,
+        repo: ModelRepository,
+        metrics: Metrics,
+        version: str,
+        executor: Executor,
+        shm: SharedMemory | None = None,
+        logs: LogSettings | None = None,
+        tracer: Tracer | None = None,
+        strict_readiness: bool = True,
+        cache: ResponseCache | None = None,
+        observers: Observers | None = None,
+    ) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
         self.observers = observers or Observers()  # see each answered request, off the hot path (observers.py)
         self.cache = cache  # --cache-config: answers of repeated requests, for models whose config allows it
@@ -54,7 +87,7 @@ class DataPlane:
         self.tracer = tracer or Tracer()
         self.extensions = EXTENSIONS + (["system_shared_memory"] if self.shm.allowed else [])
         self.stopping = False  # set by stop(): not ready, streams read no further requests
-        self.in_flight = 0     # inferences begun and not yet answered (any protocol)
+        self.in_flight = 0  # inferences begun and not yet answered (any protocol)
         self._quiet = asyncio.Event()  # set once stopping and nothing is in flight
         self._on_stop: list[Callable[[], None]] = []
 
@@ -109,8 +142,14 @@ class DataPlane:
         return [m.stats.to_proto(m.name, str(m.version)) for m in models]
 
     # -- inference ---------------------------------------------------------------------------------------------
-    async def infer(self, model: str, version: str, decode: Callable[[], InferRequest | Awaitable[InferRequest]],
-                    encode: Callable[[InferResult], Encoded], peer: str) -> Encoded:
+    async def infer(
+        self,
+        model: str,
+        version: str,
+        decode: Callable[[], InferRequest | Awaitable[InferRequest]],
+        encode: Callable[[InferResult], Encoded],
+        peer: str,
+    ) -> Encoded:
         """One inference, whichever way it came: ``decode()`` the front end's request, run it, ``encode`` the
         result for the front end. A failure anywhere in that is counted here, by its status, and raised."""
         self.in_flight += 1
@@ -145,30 +184,41 @@ class DataPlane:
                 shm.check(ref, f"output {name!r}")
             inputs = decode_inputs(request.inputs, m.inputs, m.max_batch_size, shm)
             key = self._cache_key(m, inputs, wanted, to_shm)
-            if key is not None:
+            cache = self.cache  # not None where there is a key
+            if key is not None and cache is not None:
                 looked = time.perf_counter()
-                hit = self.cache.get(key)
+                hit = cache.get(key)
                 lookup_s = time.perf_counter() - looked
                 if hit is not None:
                     self._answered(m, time.perf_counter() - started, cache_s=lookup_s)
                     if self.observers:
-                        self.observers.notify(Answered(m.name, m.version, request.id, hit, inputs,
-                                                       time.perf_counter() - started, cached=True))
+                        self.observers.notify(
+                            Answered(
+                                m.name, m.version, request.id, hit, inputs, time.perf_counter() - started, cached=True
+                            )
+                        )
                     return InferResult(m.name, str(m.version), request.id, hit)
             feeds = m.preprocess(inputs)
             decoded = time.perf_counter()
             if trace is not None:
                 trace.mark("QUEUE_START", decoded)
-            outputs = await m.run_async(feeds, self.executor, trace, request_timeout_us(request.parameters),
-                                         request_priority(request.parameters))
+            outputs = await m.run_async(
+                feeds,
+                self.executor,
+                trace,
+                request_timeout_us(request.parameters),
+                request_priority(request.parameters),
+            )
             ran = time.perf_counter()
             raw = outputs = m.postprocess(outputs)
-            outputs = {name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count
-                       else outputs[name] for name, w in wanted.items()}
+            outputs = {
+                name: classify(outputs[name], w.class_count, m.manifest.labels) if w.class_count else outputs[name]
+                for name, w in wanted.items()
+            }
             result = InferResult(m.name, str(m.version), request.id, outputs, shm.write_outputs(outputs, to_shm))
-            if key is not None:
+            if key is not None and cache is not None:
                 stored = time.perf_counter()
-                self.cache.put(key, m.name, outputs)
+                cache.put(key, m.name, outputs)
                 m.stats.cache_miss(lookup_s + time.perf_counter() - stored)
                 self.metrics.cache.labels(m.name, "miss").inc()
         except BaseException:
@@ -189,21 +239,24 @@ class DataPlane:
         OTHER, so that a client sending made-up names cannot grow the metrics (one series per name) without bound."""
         if not valid_model_name(model) or model not in self.repo.names():
             return OTHER, ""
-        if version and not (version.isdigit() and len(version) <= 18
-                            and int(version) in versions(self.repo.root / model)):
+        if version and not (
+            version.isdigit() and len(version) <= 18 and int(version) in versions(self.repo.root / model)
+        ):
             return model, OTHER
         return model, version
 
-    def _cache_key(self, m: LoadedModel, inputs: dict[str, np.ndarray], wanted: dict[str, Wanted],
-                   to_shm: dict[str, ShmRef]) -> bytes | None:
+    def _cache_key(
+        self, m: LoadedModel, inputs: dict[str, np.ndarray], wanted: dict[str, Wanted], to_shm: dict[str, ShmRef]
+    ) -> bytes | None:
         """The request's response-cache key, or None where the cache is not used: no cache, the model's config
         turns it off, or an output goes to shared memory."""
         if self.cache is None or not m.batching.response_cache or to_shm:
             return None
         return request_key(m.name, m.version, inputs, {name: w.class_count for name, w in wanted.items()})
 
-    def _answered(self, m: LoadedModel, total_s: float, input_s: float = 0.0, output_s: float = 0.0,
-                  cache_s: float | None = None) -> None:
+    def _answered(
+        self, m: LoadedModel, total_s: float, input_s: float = 0.0, output_s: float = 0.0, cache_s: float | None = None
+    ) -> None:
         """Statistics and metrics of an answered request (``cache_s``: answered from the cache, in that long)."""
         if cache_s is None:
             m.stats.request(True, total_s, input_s, output_s)
@@ -222,8 +275,10 @@ class DataPlane:
         serving.model_config); ``file:`` parameters are refused: model files come only in signed bundles."""
         files = sorted(k for k in params if k.startswith("file:"))
         if files:
-            raise InvalidInput(f"{SERVER_NAME} loads model files only from signed release bundles (fedge edge"
-                               f" install), not from the request ({files})")
+            raise InvalidInput(
+                f"{SERVER_NAME} loads model files only from signed release bundles (fedge edge"
+                f" install), not from the request ({files})"
+            )
         unknown = sorted(set(params) - {"config"})
         if unknown:
             raise InvalidInput(f"RepositoryModelLoad takes only the config parameter, not {unknown}")

@@ -6,11 +6,13 @@ requested outputs and their parameters. Any violation is InvalidInput saying wha
 The front ends only translate framing: gRPC's ModelInferRequest and the REST JSON + binary body both become an
 :class:`InferRequest` whose tensors carry their data as the protocol sent it (raw little-endian bytes, typed values,
 or a shared-memory place); :func:`decode_inputs` turns them into the numpy arrays the model runs on."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,15 +30,15 @@ class InputTensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
-    raw: bytes | None = None                             # raw little-endian data (BYTES: length-prefixed)
-    values: Callable[[int], np.ndarray] | None = None    # typed values, decoded given the element count
-    shm: ShmRef | None = None                            # in the client's shared memory
+    raw: bytes | None = None  # raw little-endian data (BYTES: length-prefixed)
+    values: Callable[[int], np.ndarray] | None = None  # typed values, decoded given the element count
+    shm: ShmRef | None = None  # in the client's shared memory
 
 
 @dataclass
 class RequestedOutput:
     name: str
-    parameters: dict = field(default_factory=dict)       # classification, shared memory
+    parameters: dict = field(default_factory=dict)  # classification, shared memory
 
 
 @dataclass
@@ -46,7 +48,7 @@ class InferRequest:
     id: str
     inputs: list[InputTensor]
     outputs: list[RequestedOutput] = field(default_factory=list)  # none: every output
-    parameters: dict = field(default_factory=dict)                # timeout, priority (others are ignored)
+    parameters: dict = field(default_factory=dict)  # timeout, priority (others are ignored)
 
 
 @dataclass
@@ -59,14 +61,16 @@ class InferResult:
 
 
 class Wanted(NamedTuple):
-    class_count: int        # Triton's classification extension: the top k classes; 0: the tensor itself
-    shm: ShmRef | None      # where the client wants it written, if in shared memory
+    class_count: int  # Triton's classification extension: the top k classes; 0: the tensor itself
+    shm: ShmRef | None  # where the client wants it written, if in shared memory
 
 
 def _check_shape(t: InputTensor, desc: TensorDesc, max_batch: int) -> tuple[int, ...]:
     shape = tuple(int(s) for s in t.shape)
     if len(shape) != len(desc.shape):
-        raise InvalidInput(f"input {quoted(t.name)}: shape {list(shape)} has rank {len(shape)}, expected {list(desc.shape)}")
+        raise InvalidInput(
+            f"input {quoted(t.name)}: shape {list(shape)} has rank {len(shape)}, expected {list(desc.shape)}"
+        )
     if any(s < 0 for s in shape):
         raise InvalidInput(f"input {quoted(t.name)}: negative dimension in shape {list(shape)}")
     for got, want in zip(shape[1:], desc.shape[1:]):
@@ -75,14 +79,17 @@ def _check_shape(t: InputTensor, desc: TensorDesc, max_batch: int) -> tuple[int,
     if shape[0] < 1:
         raise InvalidInput(f"input {quoted(t.name)}: batch dimension must be >= 1, got {shape[0]}")
     if shape[0] > max_batch:
-        raise InvalidInput(f"input {quoted(t.name)}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch}")
+        raise InvalidInput(
+            f"input {quoted(t.name)}: batch size {shape[0]} exceeds the model's max_batch_size {max_batch}"
+        )
     if math.prod(shape) > MAX_ELEMENTS:
         raise InvalidInput(f"input {quoted(t.name)}: shape {list(shape)} is too large")
     return shape
 
 
-def decode_inputs(inputs: list[InputTensor], expected: tuple[TensorDesc, ...], max_batch: int,
-                  shm: ShmClient | None = None) -> dict[str, np.ndarray]:
+def decode_inputs(
+    inputs: list[InputTensor], expected: tuple[TensorDesc, ...], max_batch: int, shm: ShmClient | None = None
+) -> dict[str, np.ndarray]:
     """The request's inputs as numpy arrays of the model's shapes, or InvalidInput naming the first problem."""
     want = {d.name: d for d in expected}
     names = [t.name for t in inputs]
@@ -124,8 +131,10 @@ def from_raw(name: str, datatype: str, buf: bytes, count: int) -> np.ndarray:
         return deserialize_bytes(buf, count)
     dtype = NUMPY[datatype]
     if len(buf) != count * dtype.itemsize:
-        raise InvalidInput(f"input {quoted(name)}: {len(buf)} bytes of raw data, expected {count * dtype.itemsize}"
-                           f" ({count} x {datatype})")
+        raise InvalidInput(
+            f"input {quoted(name)}: {len(buf)} bytes of raw data, expected {count * dtype.itemsize}"
+            f" ({count} x {datatype})"
+        )
     return np.frombuffer(buf, dtype=dtype)
 
 
@@ -157,8 +166,11 @@ def shm_ref(tensor: str, params: dict) -> ShmRef | None:
         raise InvalidInput(f"{tensor}: shared memory needs both shared_memory_region and shared_memory_byte_size")
     if not isinstance(region, str):
         raise InvalidInput(f"{tensor}: shared_memory_region must be a string")
-    return ShmRef(region, int_param(tensor, "shared_memory_offset", offset) if offset is not None else 0,
-                  int_param(tensor, "shared_memory_byte_size", size))
+    return ShmRef(
+        region,
+        int_param(tensor, "shared_memory_offset", offset) if offset is not None else 0,
+        int_param(tensor, "shared_memory_byte_size", size),
+    )
 
 
 def requested_outputs(outputs: list[RequestedOutput], available: tuple[TensorDesc, ...]) -> dict[str, Wanted]:
@@ -184,6 +196,8 @@ def classify(scores: np.ndarray, k: int, labels: tuple[str, ...]) -> np.ndarray:
     k = min(k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     named = len(labels) == scores.shape[1]
-    rows = [[(f"{row[i]:f}:{i}" + (f":{labels[i]}" if named else "")).encode() for i in idx]
-            for row, idx in zip(scores, top)]
+    rows = [
+        [(f"{row[i]:f}:{i}" + (f":{labels[i]}" if named else "")).encode() for i in idx]
+        for row, idx in zip(scores, top)
+    ]
     return np.array(rows, dtype=object).reshape(len(scores), k)

@@ -2,6 +2,7 @@
 server's INFO, WARNING and ERROR messages on or off, raise the verbose level (Python's DEBUG for the ``fedge``
 loggers) or switch the timestamps to ISO 8601, on a running server. The log destination (``log_file``) is read
 only: the server logs to stderr, wherever its supervisor sends that."""
+
 from __future__ import annotations
 
 import logging
@@ -23,7 +24,7 @@ class LogSettings(logging.Filter):
         self.verbose_level, self.format = 0, "default"
         self.handlers: list[logging.Handler] = []  # the ones it formats and filters (none until installed)
 
-    def install(self) -> "LogSettings":
+    def install(self) -> LogSettings:
         """Take over the root logger's handlers (the server process's stderr)."""
         self.handlers = list(logging.getLogger().handlers)
         for handler in self.handlers:
@@ -60,11 +61,11 @@ class LogSettings(logging.Filter):
                 raise InvalidInput(f"unknown log setting {key!r}; fedge takes {sorted(self.settings())}")
         for key, value in changes.items():
             if key in SWITCHES:
-                self.enabled[key] = value
+                self.enabled[key] = bool(value)
             elif key == "log_verbose_level":
-                self.verbose_level = value
+                self.verbose_level = int(value)
             else:
-                self.format = value
+                self.format = str(value)
         self._apply()
         if announce:
             logging.getLogger("fedge.edge").warning("log settings now %s", self.settings())
@@ -82,5 +83,5 @@ class LogSettings(logging.Filter):
 
 
 def _expect(key: str, value, kind: type) -> None:
-    if type(value) is not kind:  # noqa: E721 (bool is an int; an int is not a bool here)
+    if type(value) is not kind:
         raise InvalidInput(f"{key} must be a {kind.__name__}, got {value!r}")

@@ -1,21 +1,22 @@
 """A loaded model version: manifest + backend + batcher, with the on-device preprocessing the manifest asks
 for (text models take a BYTES tensor and tokenize it here with the manifest's tokenizer parameters)."""
+
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
 from fedge.edge_runtime.serving.backends import Backend, default_instances, load_backend
 from fedge.edge_runtime.serving.batcher import BatchingConfig, DynamicBatcher
-from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
-from fedge.edge_runtime.common.errors import InvalidInput
 from fedge.edge_runtime.serving.statistics import ModelStats
 from fedge.edge_runtime.serving.tokenizer import HashingTokenizer, HFTokenizer, load_tokenizer
 
@@ -35,15 +36,28 @@ class LoadedModel:
     on_batch: Callable[[int, list[float], float], None] | None = None  # (rows, queue times, backend s): metrics
 
     @classmethod
-    def load(cls, name: str, version: int, bundle_dir: Path, manifest: Manifest, backend: str,
-             batching: BatchingConfig, threads: int = 1, on_batch=None, engine_cache: Path | None = None,
-             wrap_backend: Callable[[Backend], Backend] | None = None) -> "LoadedModel":
+    def load(
+        cls,
+        name: str,
+        version: int,
+        bundle_dir: Path,
+        manifest: Manifest,
+        backend: str,
+        batching: BatchingConfig,
+        threads: int = 1,
+        on_batch=None,
+        engine_cache: Path | None = None,
+        wrap_backend: Callable[[Backend], Backend] | None = None,
+    ) -> LoadedModel:
         be = load_backend(bundle_dir, manifest, backend, threads, engine_cache)
         if wrap_backend is not None:
             be = wrap_backend(be)
         tok = manifest.preprocessing.get("tokenizer")
-        batching = dataclasses.replace(batching, max_batch_size=min(batching.max_batch_size, manifest.max_batch_size),
-                                       instances=batching.instances or default_instances(be.name))
+        batching = dataclasses.replace(
+            batching,
+            max_batch_size=min(batching.max_batch_size, manifest.max_batch_size),
+            instances=batching.instances or default_instances(be.name),
+        )
         model = cls(name, version, manifest, be, batching, tokenizer=load_tokenizer(tok, bundle_dir) if tok else None)
         if batching.enabled:
             model.batcher = DynamicBatcher(be.run, batching, model._executed, pad_value=model.pad_value)
@@ -93,8 +107,14 @@ class LoadedModel:
             return self.postprocess(self.batcher.submit(feeds).result(timeout=timeout))
         return self.postprocess(self._run_timed(feeds, time.perf_counter()))
 
-    async def run_async(self, feeds: dict[str, np.ndarray], executor: Executor | None = None,
-                        trace=None, timeout_us: int = 0, priority: int = 0) -> dict[str, np.ndarray]:
+    async def run_async(
+        self,
+        feeds: dict[str, np.ndarray],
+        executor: Executor | None = None,
+        trace=None,
+        timeout_us: int = 0,
+        priority: int = 0,
+    ) -> dict[str, np.ndarray]:
         """The backend outputs for preprocessed ``feeds``, on the server's event loop: a batched request waits for
         its batch there; an unbatched one runs on a thread of ``executor``. (Running a lone request on the loop
         itself was tried: while the loop runs the model it receives nothing, so every request looked lone and
@@ -103,8 +123,9 @@ class LoadedModel:
         ``priority``: the request's own (batched models with priority levels; 1 the highest)."""
         if self.batcher is not None:
             return await self.batcher.submit_async(feeds, trace, timeout_us, priority)
-        return await asyncio.get_running_loop().run_in_executor(executor, self._run_timed, feeds, time.perf_counter(),
-                                                                trace)
+        return await asyncio.get_running_loop().run_in_executor(
+            executor, self._run_timed, feeds, time.perf_counter(), trace
+        )
 
     def _run_timed(self, feeds: dict[str, np.ndarray], submitted: float, trace=None) -> dict[str, np.ndarray]:
         """One unbatched backend call, accounted like a batch of one."""
@@ -135,8 +156,11 @@ class LoadedModel:
         sample = {}
         for d in self.inputs:
             shape = tuple(1 if s < 0 else s for s in d.shape)
-            sample[d.name] = np.full(shape, b"warm up", dtype=object) if d.datatype == "BYTES" else np.zeros(
-                shape, dtype=_np(d.datatype))
+            sample[d.name] = (
+                np.full(shape, b"warm up", dtype=object)
+                if d.datatype == "BYTES"
+                else np.zeros(shape, dtype=_np(d.datatype))
+            )
         self.infer(sample)
 
     def close(self) -> None:

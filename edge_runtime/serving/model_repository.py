@@ -2,18 +2,24 @@
 (fedge.edge_runtime.distribution.repository). When CURRENT changes, the new version is loaded, warmed and swapped in
 atomically; requests already running finish on the old one. If loading fails, the old version keeps serving and
 the failure is reported in the repository index."""
+
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from fedge.edge_runtime.common.errors import ModelNotFound, ModelUnavailable
 from fedge.edge_runtime.distribution.bundle import TrustedKeys, verify_bundle
-from fedge.edge_runtime.distribution.repository import (CONFIG_PARAMETER, check_model_name, current_version,
-                                                       model_dirs, versions)
+from fedge.edge_runtime.distribution.repository import (
+    CONFIG_PARAMETER,
+    check_model_name,
+    current_version,
+    model_dirs,
+    versions,
+)
 from fedge.edge_runtime.distribution.trust import TrustFile
 from fedge.edge_runtime.serving import model_config
 from fedge.edge_runtime.serving.backends import Backend
@@ -26,21 +32,21 @@ log = logging.getLogger("fedge.edge")
 @dataclass(frozen=True)
 class ServingConfig:
     backend: str = "auto"
-    batching: BatchingConfig = BatchingConfig()
-    threads: int = 1            # intra-op threads per backend session
-    keep_versions: int = 3      # installed versions kept for rollback
-    explicit: bool = False      # Triton's --model-control-mode=explicit: only ``load_models`` and loads serve
+    batching: BatchingConfig = BatchingConfig()  # noqa: RUF009 (frozen and shared by design: the default policy)
+    threads: int = 1  # intra-op threads per backend session
+    keep_versions: int = 3  # installed versions kept for rollback
+    explicit: bool = False  # Triton's --model-control-mode=explicit: only ``load_models`` and loads serve
     load_models: tuple[str, ...] = ()  # Triton's --load-model: served once installed; "*": every model at start
     # each loaded Backend passes through this before it serves (tests put a slowed or failing one in its place)
     wrap_backend: Callable[[Backend], Backend] | None = None
 
 
-
 class ModelRepository:
     """The serving process's view: live models, kept in sync with the files by :meth:`refresh`."""
 
-    def __init__(self, root: Path, trusted: TrustedKeys | TrustFile, cfg: ServingConfig, on_batch=None,
-                 on_load=None) -> None:
+    def __init__(
+        self, root: Path, trusted: TrustedKeys | TrustFile, cfg: ServingConfig, on_batch=None, on_load=None
+    ) -> None:
         """``on_batch(model_name)`` returns a (rows, queued_s) callback; ``on_load(model)`` is told of swaps.
         ``trusted``: a TrustFile makes versions refused under the keys it held before get verified again once
         the file changes (a rotated signing key)."""
@@ -70,15 +76,18 @@ class ModelRepository:
             if name in self._unloaded:
                 raise ModelUnavailable(f"model {name!r} is unloaded (RepositoryModelLoad serves it again)")
             if not self._serves(name) and (self.root / name).is_dir():
-                raise ModelUnavailable(f"model {name!r} is not loaded (explicit model control: RepositoryModelLoad"
-                                       " loads it)")
+                raise ModelUnavailable(
+                    f"model {name!r} is not loaded (explicit model control: RepositoryModelLoad loads it)"
+                )
             failed = self._failure(name)
             if failed:
                 raise ModelUnavailable(f"model {name!r} failed to load: {failed}")
             raise ModelNotFound(f"unknown model {name!r}")
         if version and version != str(model.version):
             if version.isdigit() and int(version) in versions(self.root / name):
-                raise ModelUnavailable(f"model {name!r} version {version} is installed but not loaded (serving {model.version})")
+                raise ModelUnavailable(
+                    f"model {name!r} version {version} is installed but not loaded (serving {model.version})"
+                )
             raise ModelNotFound(f"model {name!r} has no version {version!r} (serving {model.version})")
         return model
 
@@ -131,7 +140,7 @@ class ModelRepository:
         if (keys := self.trusted.current()) is not self._trusted_keys:
             self._trusted_keys = keys
             self._failed.clear()  # what the old keys refused (or anything else) gets one more try
-        for name in ([only] if only else self.names()):
+        for name in [only] if only else self.names():
             if not self._serves(name):
                 continue
             want = current_version(self.root / name)
@@ -152,8 +161,13 @@ class ModelRepository:
                 continue
             self._load(name, version)
             if name in self._live:
-                log.warning("model %s: version %s (CURRENT) failed to load; serving kept version %s instead until"
-                            " a new version is installed or the model is rolled back", name, failed, version)
+                log.warning(
+                    "model %s: version %s (CURRENT) failed to load; serving kept version %s instead until"
+                    " a new version is installed or the model is rolled back",
+                    name,
+                    failed,
+                    version,
+                )
                 return
 
     def _load(self, name: str, version: int) -> None:
@@ -164,13 +178,27 @@ class ModelRepository:
             batching, where = self.batching_for(name)
             if where:
                 model_config.check_fits(batching, manifest.max_batch_size, name, where)
-            model = LoadedModel.load(name, version, bundle, manifest, self.cfg.backend, batching,
-                                     self.cfg.threads, self._on_batch(name) if self._on_batch else None,
-                                     engine_cache=self.root / ".engines", wrap_backend=self.cfg.wrap_backend)
+            model = LoadedModel.load(
+                name,
+                version,
+                bundle,
+                manifest,
+                self.cfg.backend,
+                batching,
+                self.cfg.threads,
+                self._on_batch(name) if self._on_batch else None,
+                engine_cache=self.root / ".engines",
+                wrap_backend=self.cfg.wrap_backend,
+            )
         except Exception as exc:
             self._failed[(name, version)] = f"{type(exc).__name__}: {exc}"
-            log.error("model %s version %s failed to load%s: %s", name, version,
-                      ", the version serving keeps serving" if name in self._live else "", exc)
+            log.error(
+                "model %s version %s failed to load%s: %s",
+                name,
+                version,
+                ", the version serving keeps serving" if name in self._live else "",
+                exc,
+            )
             return
         finally:
             self._loading.discard(name)
@@ -204,9 +232,10 @@ class ModelRepository:
         want = current_version(self.root / name)
         if want is not None:
             self._load(name, want)
-        if (name, want) in self._failed or name not in self._live:
+        if want is None or (name, want) in self._failed or name not in self._live:
             self._batching.pop(name, None)
-            raise ModelUnavailable(f"model {name!r} failed to load: {self._failed.get((name, want), self.index())}")
+            why = self._failed.get((name, want), self.index()) if want is not None else "no version installed"
+            raise ModelUnavailable(f"model {name!r} failed to load: {why}")
 
     def batching_for(self, name: str) -> tuple[BatchingConfig, str]:
         """The load's config, else the model's config.json in the repository, else the server's flags; with

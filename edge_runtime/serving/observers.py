@@ -10,6 +10,7 @@ queued without bound.
     >>> observers = Observers([seen.append])
     >>> observers.notify(Answered("digits", 3, "req-1", {"logits": logits}, {"input": x}, total_s=0.002))
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,12 +30,12 @@ class Answered:
 
     model: str
     version: int
-    request_id: str                   # the client's KServe v2 ``id`` ("" if it sent none)
-    outputs: dict[str, np.ndarray]    # the model's outputs before classification (logits), or the cached answer
+    request_id: str  # the client's KServe v2 ``id`` ("" if it sent none)
+    outputs: dict[str, np.ndarray]  # the model's outputs before classification (logits), or the cached answer
     inputs: dict[str, np.ndarray] = field(default_factory=dict)  # the decoded request inputs (text as BYTES)
-    total_s: float = 0.0              # from the request's arrival to its answer
-    compute_s: float = 0.0            # queueing + batching + the backend (0 for a cache hit)
-    cached: bool = False              # answered from the response cache
+    total_s: float = 0.0  # from the request's arrival to its answer
+    compute_s: float = 0.0  # queueing + batching + the backend (0 for a cache hit)
+    cached: bool = False  # answered from the response cache
 
 
 Observer = Callable[[Answered], None]

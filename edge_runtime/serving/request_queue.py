@@ -5,6 +5,7 @@ priority levels has one level (0). Each level's queue is bounded by its own ``ma
 
 Stopping: :meth:`stop` wakes ``n`` workers with None once everything queued before it has been taken, so the
 requests already waiting are computed, not dropped."""
+
 from __future__ import annotations
 
 import queue

@@ -6,20 +6,23 @@ outputs it asks for (with their classification count), so a new model version ne
 entries (they are dropped when it swaps in). Values are the response's tensors, copied; each request still gets
 its own id in the answer. Used from the event loop and told of swaps from the loader thread, hence the lock.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import threading
 from collections import OrderedDict
 
 import numpy as np
 
+from fedge.edge_runtime.common.errors import ConfigError
+
 SCHEME = "local"  # Triton's in-memory cache; the only one fedge has
 
 
 def parse_config(settings: list[str]) -> int:
-    """``--cache-config`` values (Triton's ``local,size=BYTES``, repeatable) -> the cache's size in bytes (0: no cache)."""
+    """``--cache-config`` values (Triton's ``local,size=BYTES``, repeatable) -> the cache's size in bytes (0: no
+    cache)."""
     size = 0
     for s in settings:
         name, _, setting = s.partition(",")

@@ -9,6 +9,7 @@ server read and write a memory object the server's user can open, which no remot
 Reads and writes go through pread/pwrite on a file descriptor, never through a mapping, so a client that shrinks
 its object after registering gets INVALID_ARGUMENT instead of a SIGBUS that would kill the server. Every call
 runs on the server's event loop: a region cannot be closed between a request's lookup and its read or write."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -25,14 +26,15 @@ from fedge.edge_runtime.common.datatypes import BYTES, datatype_of, serialize_by
 from fedge.edge_runtime.common.errors import AlreadyExists, InvalidInput, PermissionDenied, RegionNotFound, TooLarge
 
 log = logging.getLogger("fedge.edge")
-SHM_DIR = Path("/dev/shm")   # where Linux (glibc's shm_open) keeps POSIX shared memory objects
-MAX_REGIONS = 256            # each holds a file descriptor open
+SHM_DIR = Path("/dev/shm")  # where Linux (glibc's shm_open) keeps POSIX shared memory objects
+MAX_REGIONS = 256  # each holds a file descriptor open
 OFF = "client shared memory is off on this server; start it with --allow-client-shm to use shared memory regions"
 
 
 @dataclass(frozen=True)
 class ShmRef:
     """Where one tensor lives: the shared_memory_* parameters of an input or a requested output."""
+
     region: str
     offset: int
     byte_size: int
@@ -42,7 +44,7 @@ class ShmRef:
 class Region:
     name: str
     key: str
-    offset: int      # where the region starts in the shared memory object
+    offset: int  # where the region starts in the shared memory object
     byte_size: int
     fd: int
 
@@ -95,17 +97,22 @@ class SharedMemory:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
-            raise InvalidInput(f"unable to register shared memory region {name!r}: no shared memory object {key!r}"
-                               " on this host") from None
+            raise InvalidInput(
+                f"unable to register shared memory region {name!r}: no shared memory object {key!r} on this host"
+            ) from None
         except OSError as exc:
-            raise InvalidInput(f"unable to open shared memory object {key!r} for region {name!r}: {exc.strerror}") from None
+            raise InvalidInput(
+                f"unable to open shared memory object {key!r} for region {name!r}: {exc.strerror}"
+            ) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidInput(f"shared memory object {key!r} is not a memory object")
             if offset + byte_size > st.st_size:
-                raise InvalidInput(f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is past"
-                                   f" the end of {key!r} ({st.st_size} bytes)")
+                raise InvalidInput(
+                    f"shared memory region {name!r}: offset {offset} + byte_size {byte_size} is past"
+                    f" the end of {key!r} ({st.st_size} bytes)"
+                )
         except BaseException:
             os.close(fd)
             raise
@@ -115,7 +122,7 @@ class SharedMemory:
     def unregister(self, name: str, peer: str) -> None:
         """One region, or every region when ``name`` is empty; an unknown name is not an error (as Triton)."""
         self.permit(peer)
-        for region in ([self._regions.pop(name, None)] if name else self._pop_all()):
+        for region in [self._regions.pop(name, None)] if name else self._pop_all():
             if region is not None:
                 os.close(region.fd)
                 log.info("unregistered shared memory region %s", region.name)
@@ -131,7 +138,7 @@ class SharedMemory:
         for region in self._pop_all():
             os.close(region.fd)
 
-    def client(self, peer: str) -> "ShmClient":
+    def client(self, peer: str) -> ShmClient:
         return ShmClient(self, peer)
 
     # -- tensors -------------------------------------------------------------------------------------------
@@ -142,23 +149,29 @@ class SharedMemory:
         if region is None:
             raise InvalidInput(f"{tensor}: shared memory region {ref.region!r} is not registered")
         if ref.offset < 0 or ref.byte_size < 0 or ref.offset + ref.byte_size > region.byte_size:
-            raise InvalidInput(f"{tensor}: offset {ref.offset} + byte_size {ref.byte_size} is outside shared memory"
-                               f" region {ref.region!r} ({region.byte_size} bytes)")
+            raise InvalidInput(
+                f"{tensor}: offset {ref.offset} + byte_size {ref.byte_size} is outside shared memory"
+                f" region {ref.region!r} ({region.byte_size} bytes)"
+            )
         return region
 
     def read(self, ref: ShmRef, tensor: str, peer: str) -> bytes:
         region = self.check(ref, tensor, peer)
         data = os.pread(region.fd, ref.byte_size, region.offset + ref.offset)
         if len(data) != ref.byte_size:
-            raise InvalidInput(f"{tensor}: shared memory object {region.key!r} is smaller than when region"
-                               f" {ref.region!r} was registered")
+            raise InvalidInput(
+                f"{tensor}: shared memory object {region.key!r} is smaller than when region"
+                f" {ref.region!r} was registered"
+            )
         return data
 
     def write(self, ref: ShmRef, data: bytes, tensor: str, peer: str) -> None:
         region = self.check(ref, tensor, peer)
         if len(data) > ref.byte_size:
-            raise InvalidInput(f"{tensor}: {len(data)} bytes of results do not fit the {ref.byte_size} bytes given"
-                               f" in shared memory region {ref.region!r}")
+            raise InvalidInput(
+                f"{tensor}: {len(data)} bytes of results do not fit the {ref.byte_size} bytes given"
+                f" in shared memory region {ref.region!r}"
+            )
         view, at = memoryview(data), region.offset + ref.offset
         while view:
             n = os.pwrite(region.fd, view, at)
@@ -179,6 +192,7 @@ class SharedMemory:
 @dataclass(frozen=True)
 class ShmClient:
     """The regions as one request's client may use them (its peer is checked on first use, not before)."""
+
     shm: SharedMemory
     peer: str
 

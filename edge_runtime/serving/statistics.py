@@ -2,6 +2,7 @@
 durations of successful and failed requests and of their phases (queue, compute input, infer, output), and per
 batch size how many backend calls ran and how long they took. Updated from the gRPC loop (request phases) and the
 batcher threads (executions), hence the lock; read by ModelStatistics."""
+
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,7 @@ class ModelStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._durations = {p: [0, 0] for p in PHASES}  # phase -> [count, ns]
-        self._batches: dict[int, list[int]] = {}        # batch size -> [executions, ns]
+        self._batches: dict[int, list[int]] = {}  # batch size -> [executions, ns]
         self._inferences = self._executions = 0
         self._last_ms = 0
 
@@ -60,8 +61,13 @@ class ModelStats:
 
     def to_proto(self, name: str, version: str) -> pb.ModelStatistics:
         with self._lock:
-            stats = pb.ModelStatistics(name=name, version=version, last_inference=self._last_ms,
-                                       inference_count=self._inferences, execution_count=self._executions)
+            stats = pb.ModelStatistics(
+                name=name,
+                version=version,
+                last_inference=self._last_ms,
+                inference_count=self._inferences,
+                execution_count=self._executions,
+            )
             for phase, (count, ns) in self._durations.items():
                 getattr(stats.inference_stats, phase).CopyFrom(pb.StatisticDuration(count=count, ns=ns))
             for size, (count, ns) in sorted(self._batches.items()):

@@ -1,23 +1,26 @@
 """TensorRT path: build an engine from the bundle's ``model.int8.trt.onnx`` on the device that will run it, and
 serve it. Written against TensorRT's public Python API (8.6 as in JetPack 6.0, 10.x as in JetPack 6.1+, and 11
-where strong typing is always on) plus cuda-python for device memory. NOT RUN IN CI: TensorRT cannot be installed on the machines fedge is built and
-tested on; there, ``tensorrt_status()`` reports why and the runtime serves ONNX with ONNX Runtime.
+where strong typing is always on) plus cuda-python for device memory. NOT RUN IN CI: TensorRT cannot be installed
+on the machines fedge is built and tested on; there, ``tensorrt_status()`` reports why and the runtime serves ONNX
+with ONNX Runtime.
 
 Engines are tied to the GPU and the TensorRT version, so they are cached under a key of
 (ONNX sha256, TensorRT version, GPU name, compute capability).
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 import hashlib
 import json
 import logging
 import queue
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from fedge.edge_runtime.common.errors import ConfigError, MissingFileError
 from fedge.edge_runtime.distribution.bundle import Manifest, sha256_file
 
 log = logging.getLogger("fedge.edge.tensorrt")
@@ -58,7 +61,11 @@ def device_identity() -> dict:
 
     props = _check(_cudart().cudaGetDeviceProperties(0))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return {"tensorrt": trt.__version__, "gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}"}
+    return {
+        "tensorrt": trt.__version__,
+        "gpu": name.strip("\x00 "),
+        "compute_capability": f"{props.major}.{props.minor}",
+    }
 
 
 def cache_key(onnx_sha256: str, identity: dict) -> str:
@@ -91,7 +98,7 @@ class CompileConfig:
     opt_batch: int = 8
     max_batch: int = 64
     workspace_bytes: int = 1 << 30
-    sparse: bool = False         # set for 2:4-pruned models: TensorRT may then pick sparse tactics
+    sparse: bool = False  # set for 2:4-pruned models: TensorRT may then pick sparse tactics
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -145,8 +152,9 @@ def compile_engine(bundle_dir: Path, manifest: Manifest, cache_dir: Path, cfg: C
     tmp.write_bytes(bytes(serialized))
     tmp.replace(engine_path)
     timing_path.write_bytes(bytes(config.get_timing_cache().serialize()))
-    (cache_dir / f"{key}.json").write_text(json.dumps({**identity, "onnx": onnx_path.name, "sparse": cfg.sparse,
-                                                       "max_batch": cfg.max_batch}, indent=2))
+    (cache_dir / f"{key}.json").write_text(
+        json.dumps({**identity, "onnx": onnx_path.name, "sparse": cfg.sparse, "max_batch": cfg.max_batch}, indent=2)
+    )
     return engine_path
 
 
@@ -155,14 +163,15 @@ class TensorRTBackend:
     """An engine and its execution contexts. A context (and its stream) serves one call at a time, as Triton runs
     one per model instance; concurrent calls (the unbatched server's threads, several batch instances) each lease
     one, made the first time there are that many at once and reused after."""
+
     name: str
     model_file: str
     reason: str
-    engine: object
+    engine: Any  # tensorrt.ICudaEngine
     idle: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)  # (context, stream) not in use
 
     @classmethod
-    def load(cls, bundle_dir: Path, manifest: Manifest, cache_dir: Path | None) -> "TensorRTBackend":
+    def load(cls, bundle_dir: Path, manifest: Manifest, cache_dir: Path | None) -> TensorRTBackend:
         import tensorrt as trt
 
         onnx_path = Path(bundle_dir) / manifest.models["int8_trt"]
@@ -174,7 +183,9 @@ class TensorRTBackend:
         engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if engine is None:  # built by another TensorRT version or for another GPU
             raise RuntimeError(f"engine {engine_path} does not deserialize on this device")
-        backend = cls("tensorrt", engine_path.name, f"TensorRT engine built on this device from {onnx_path.name}", engine)
+        backend = cls(
+            "tensorrt", engine_path.name, f"TensorRT engine built on this device from {onnx_path.name}", engine
+        )
         backend.idle.put(backend._new_context())
         return backend
 
@@ -207,13 +218,17 @@ class TensorRTBackend:
                     context.set_input_shape(name, host.shape)
                     ptr = _check(cudart.cudaMallocAsync(host.nbytes, stream))
                     allocations.append(ptr)
-                    _check(cudart.cudaMemcpyAsync(ptr, host.ctypes.data, host.nbytes,
-                                                  cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream))
+                    _check(
+                        cudart.cudaMemcpyAsync(
+                            ptr, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, stream
+                        )
+                    )
                     context.set_tensor_address(name, ptr)
             for name in names:
                 if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT:
-                    host = np.empty(tuple(context.get_tensor_shape(name)),
-                                    dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
+                    host = np.empty(
+                        tuple(context.get_tensor_shape(name)), dtype=trt.nptype(self.engine.get_tensor_dtype(name))
+                    )
                     ptr = _check(cudart.cudaMallocAsync(host.nbytes, stream))
                     allocations.append(ptr)
                     context.set_tensor_address(name, ptr)
@@ -221,8 +236,11 @@ class TensorRTBackend:
             if not context.execute_async_v3(stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")
             for host, ptr in outputs.values():
-                _check(cudart.cudaMemcpyAsync(host.ctypes.data, ptr, host.nbytes,
-                                              cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
+                _check(
+                    cudart.cudaMemcpyAsync(
+                        host.ctypes.data, ptr, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream
+                    )
+                )
             _check(cudart.cudaStreamSynchronize(stream))
             return {name: host for name, (host, _) in outputs.items()}
         finally:

@@ -11,15 +11,17 @@ tokenizes exactly as training did.
 >>> tok.encode("Block my card!").tolist()
 [..., 0, 0]   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import re
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 _WORD = re.compile(r"[a-z0-9']+")
 PAD_ID = 0
@@ -28,8 +30,8 @@ _RESERVED = 1  # id 0 is padding
 
 @dataclass(frozen=True)
 class HashingTokenizer:
-    num_buckets: int = 8192   # ids in [1, num_buckets); 0 is padding
-    max_len: int = 128        # tokens kept per text (unigrams then bigrams, in reading order)
+    num_buckets: int = 8192  # ids in [1, num_buckets); 0 is padding
+    max_len: int = 128  # tokens kept per text (unigrams then bigrams, in reading order)
     bigrams: bool = True
 
     def __post_init__(self) -> None:
@@ -66,7 +68,7 @@ class HashingTokenizer:
         return {"kind": "hashing-crc32", **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "HashingTokenizer":
+    def from_dict(cls, d: dict) -> HashingTokenizer:
         if d.get("kind", "hashing-crc32") != "hashing-crc32":
             raise ValueError(f"unsupported tokenizer kind {d.get('kind')!r}")
         return cls(num_buckets=int(d["num_buckets"]), max_len=int(d["max_len"]), bigrams=bool(d["bigrams"]))
@@ -84,8 +86,10 @@ class HFTokenizer:
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise RuntimeError(f"this release tokenizes text with Hugging Face tokenizers, which is not installed:"
-                               f" {TOKENIZERS_INSTALL} (12 MB; its hub-client dependencies are not needed)") from None
+            raise RuntimeError(
+                f"this release tokenizes text with Hugging Face tokenizers, which is not installed:"
+                f" {TOKENIZERS_INSTALL} (12 MB; its hub-client dependencies are not needed)"
+            ) from None
         self.max_len, self.pad_id = int(max_len), int(pad_id)
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()

@@ -9,9 +9,9 @@ one, a global one to the server's start value).
 The trace file is chosen when the server starts, never over the network (Triton refuses it too since 24.05: a
 client must not pick where the server writes). ``log_frequency`` 0 writes all traces at shutdown; N writes every
 N traces to ``FILE.0``, ``FILE.1``, ... as they are collected (and the rest at shutdown to the next index)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import itertools
 import json
 import logging
@@ -19,8 +19,9 @@ import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.common.errors import ConfigError, InvalidInput
 
 log = logging.getLogger("fedge.edge")
 LEVELS = ("OFF", "TIMESTAMPS")
@@ -32,9 +33,9 @@ _CONFIG = {"level": "trace_level", "rate": "trace_rate", "count": "trace_count",
 @dataclass(frozen=True)
 class TraceSettings:
     level: tuple[str, ...] = ("OFF",)
-    rate: int = 1000           # trace one request in this many
-    count: int = -1            # traces still to collect; -1: no limit
-    log_frequency: int = 0     # write every N traces; 0: at shutdown
+    rate: int = 1000  # trace one request in this many
+    count: int = -1  # traces still to collect; -1: no limit
+    log_frequency: int = 0  # write every N traces; 0: at shutdown
 
     @property
     def on(self) -> bool:
@@ -65,13 +66,16 @@ def _setting(key: str, values: list[str]) -> object:
 def parse_config(entries: list[str]) -> tuple[Path | None, TraceSettings]:
     """Triton's ``--trace-config`` flags: ``rate=N``, ``level=OFF|TIMESTAMPS`` (repeatable), ``count=N``,
     ``mode=triton``, ``triton,file=PATH``, ``triton,log-frequency=N``."""
-    file, changes, levels = None, {}, []
+    file: Path | None = None
+    changes: dict[str, Any] = {}
+    levels: list[str] = []
     for entry in entries:
         mode, _, setting = entry.rpartition(",")
         name, eq, value = setting.partition("=")
         if mode not in ("", "triton") or not eq:
-            raise ConfigError(f"--trace-config {entry!r}: expected [triton,]SETTING=VALUE (the opentelemetry mode"
-                             " is not supported)")
+            raise ConfigError(
+                f"--trace-config {entry!r}: expected [triton,]SETTING=VALUE (the opentelemetry mode is not supported)"
+            )
         try:
             if name == "file":
                 file = Path(value)
@@ -83,7 +87,9 @@ def parse_config(entries: list[str]) -> tuple[Path | None, TraceSettings]:
             elif name in _CONFIG:
                 changes[_FIELDS[_CONFIG[name]]] = _setting(_CONFIG[name], [value])
             else:
-                raise InvalidInput(f"unknown setting {name!r}; fedge takes file, level, rate, count, log-frequency, mode")
+                raise InvalidInput(
+                    f"unknown setting {name!r}; fedge takes file, level, rate, count, log-frequency, mode"
+                )
         except InvalidInput as exc:
             raise ConfigError(f"--trace-config {entry!r}: {exc}") from None
     if levels:
@@ -100,6 +106,7 @@ def parse_config(entries: list[str]) -> tuple[Path | None, TraceSettings]:
 @dataclass
 class Trace:
     """One traced request's timestamps: (name, ns) in the order they happened."""
+
     id: int
     model_name: str
     model_version: int
@@ -112,13 +119,22 @@ class Trace:
 
     def compute(self, start: float, input_end: float, output_start: float, end: float) -> None:
         """The backend call this request ran in (a batch's, shared by all of its requests)."""
-        for name, t in (("COMPUTE_START", start), ("COMPUTE_INPUT_END", input_end),
-                        ("COMPUTE_OUTPUT_START", output_start), ("COMPUTE_END", end)):
+        for name, t in (
+            ("COMPUTE_START", start),
+            ("COMPUTE_INPUT_END", input_end),
+            ("COMPUTE_OUTPUT_START", output_start),
+            ("COMPUTE_END", end),
+        ):
             self.mark(name, t)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "model_name": self.model_name, "model_version": self.model_version,
-                "request_id": self.request_id, "timestamps": [{"name": n, "ns": ns} for n, ns in self.timestamps]}
+        return {
+            "id": self.id,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "request_id": self.request_id,
+            "timestamps": [{"name": n, "ns": ns} for n, ns in self.timestamps],
+        }
 
 
 class Tracer:
@@ -127,10 +143,10 @@ class Tracer:
 
     def __init__(self, file: Path | None = None, settings: TraceSettings = TraceSettings()) -> None:
         self.file = Path(file) if file else None
-        self._start = settings          # what an emptied global setting returns to
+        self._start = settings  # what an emptied global setting returns to
         self._global = settings
-        self._models: dict[str, dict[str, object]] = {}  # model -> its own settings (TraceSettings field -> value)
-        self._seen: dict[str, int] = {}                  # requests per model (or "" for the global scope) counted
+        self._models: dict[str, dict[str, Any]] = {}  # model -> its own settings (TraceSettings field -> value)
+        self._seen: dict[str, int] = {}  # requests per model (or "" for the global scope) counted
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._done: list[Trace] = []
@@ -143,17 +159,24 @@ class Tracer:
 
     def settings(self, model: str = "") -> dict[str, list[str]]:
         s = self.effective(model)
-        return {"trace_file": [str(self.file)] if self.file else [], "trace_level": list(s.level),
-                "trace_rate": [str(s.rate)], "trace_count": [str(s.count)], "log_frequency": [str(s.log_frequency)],
-                "trace_mode": ["triton"]}
+        return {
+            "trace_file": [str(self.file)] if self.file else [],
+            "trace_level": list(s.level),
+            "trace_rate": [str(s.rate)],
+            "trace_count": [str(s.count)],
+            "log_frequency": [str(s.log_frequency)],
+            "trace_mode": ["triton"],
+        }
 
     def update(self, changes: dict[str, list[str]], model: str = "") -> None:
         """All of ``changes`` or none; an empty list clears that setting."""
-        parsed: dict[str, object | None] = {}
+        parsed: dict[str, Any] = {}
         for key, values in changes.items():
             if key == "trace_file":
-                raise InvalidInput("trace_file cannot be changed over the network (the server would write where a"
-                                   " client says); start the server with --trace-config triton,file=PATH")
+                raise InvalidInput(
+                    "trace_file cannot be changed over the network (the server would write where a"
+                    " client says); start the server with --trace-config triton,file=PATH"
+                )
             if key == "trace_mode":
                 if values not in ([], ["triton"]):
                     raise InvalidInput(f"trace_mode {values} is not supported (only triton)")
@@ -172,8 +195,10 @@ class Tracer:
                 else:
                     glob = replace(glob, **{name: getattr(self._start, name) if value is None else value})
             if "TIMESTAMPS" in replace(glob, **own).level and self.file is None:
-                raise InvalidInput("tracing needs a trace file, and this server was started without one: start it"
-                                   " with --trace-config triton,file=PATH")
+                raise InvalidInput(
+                    "tracing needs a trace file, and this server was started without one: start it"
+                    " with --trace-config triton,file=PATH"
+                )
             if own:
                 self._models[model] = own
             else:  # nothing of its own left: the model follows the global settings and counter again

@@ -1,30 +1,41 @@
 """A minimal Open Inference Protocol client over fedge's own stubs (``fedge edge predict``); any KServe v2
 client (tritonclient.grpc) works the same way."""
+
 from __future__ import annotations
 
 import grpc
 import numpy as np
 
+from fedge.edge_runtime.common.datatypes import BYTES, NUMPY, datatype_of, deserialize_bytes, serialize_bytes
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
-
-from fedge.edge_runtime.common.datatypes import BYTES, datatype_of, deserialize_bytes, NUMPY, serialize_bytes
 
 
 class EdgeClient:
     def __init__(self, url: str, max_message_bytes: int = 64 << 20, tls: grpc.ChannelCredentials | None = None) -> None:
         """``tls``: credentials from ``common.tls.channel_credentials`` for a TLS server; None: plaintext."""
-        options = [("grpc.max_send_message_length", max_message_bytes),
-                   ("grpc.max_receive_message_length", max_message_bytes)]
-        self.channel = (grpc.secure_channel(url, tls, options=options) if tls is not None
-                        else grpc.insecure_channel(url, options=options))
+        options = [
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_receive_message_length", max_message_bytes),
+        ]
+        self.channel = (
+            grpc.secure_channel(url, tls, options=options)
+            if tls is not None
+            else grpc.insecure_channel(url, options=options)
+        )
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
 
     def metadata(self, model: str) -> pb.ModelMetadataResponse:
         return self.stub.ModelMetadata(pb.ModelMetadataRequest(name=model))
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30,
-              outputs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        version: str = "",
+        timeout: float = 30,
+        outputs: dict[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
         """``outputs``: output name -> top-k classes to return for it (Triton's classification extension; 0: the
         tensor itself); None: every output."""
         return decode_outputs(self.stub.ModelInfer(infer_request(model, inputs, version, outputs), timeout=timeout))
@@ -33,8 +44,9 @@ class EdgeClient:
         self.channel.close()
 
 
-def infer_request(model: str, inputs: dict[str, np.ndarray], version: str = "",
-                  outputs: dict[str, int] | None = None) -> pb.ModelInferRequest:
+def infer_request(
+    model: str, inputs: dict[str, np.ndarray], version: str = "", outputs: dict[str, int] | None = None
+) -> pb.ModelInferRequest:
     """A ModelInferRequest with raw input contents (as tritonclient.grpc sends them); ``outputs`` as for
     :meth:`EdgeClient.infer`."""
     req = pb.ModelInferRequest(model_name=model, model_version=version)

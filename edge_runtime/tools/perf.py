@@ -7,9 +7,9 @@ statistics extension (so client-side overhead can be told from the server's).
 The request is built once and sent as is, over gRPC (``HOST:PORT``) or the REST endpoint with binary tensors
 (``http://``, ``https://``, one keep-alive connection per client). Inputs come from ``--npy``/``--text`` or are
 made from the model's metadata (uniform random numbers, a sample sentence for BYTES)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import http.client
 import json
 import ssl
@@ -22,12 +22,12 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 
+from fedge.edge_runtime.common.datatypes import BYTES, NUMPY
+from fedge.edge_runtime.common.errors import FedgeUserError
+from fedge.edge_runtime.tools.grpc_client import infer_request
+from fedge.edge_runtime.tools.rest_client import error_message, infer_body, model_path
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
-
-from fedge.edge_runtime.tools.grpc_client import infer_request
-from fedge.edge_runtime.common.datatypes import BYTES, NUMPY
-from fedge.edge_runtime.tools.rest_client import error_message, infer_body, model_path
 
 SAMPLE_TEXT = b"where is my order, it was due yesterday"
 
@@ -39,6 +39,7 @@ class PerfError(FedgeUserError):
 @dataclass
 class Level:
     """One concurrency level's measurement window."""
+
     concurrency: int
     seconds: float
     requests: int
@@ -52,22 +53,34 @@ class Level:
     def summary(self) -> dict:
         lat = np.array(self.latencies_ms) if self.latencies_ms else np.array([np.nan])
         p = lambda q: round(float(np.percentile(lat, q)), 3)
-        return {"concurrency": self.concurrency, "requests_per_s": round(self.requests / self.seconds, 1),
-                "inferences_per_s": round(self.requests * self.rows / self.seconds, 1), "requests": self.requests,
-                "failures": self.failures, "p50_ms": p(50), "p90_ms": p(90), "p95_ms": p(95), "p99_ms": p(99),
-                "server_queue_us": self.server_queue_us, "server_compute_us": self.server_compute_us,
-                **({"first_failure": self.first_failure} if self.failures else {})}
+        return {
+            "concurrency": self.concurrency,
+            "requests_per_s": round(self.requests / self.seconds, 1),
+            "inferences_per_s": round(self.requests * self.rows / self.seconds, 1),
+            "requests": self.requests,
+            "failures": self.failures,
+            "p50_ms": p(50),
+            "p90_ms": p(90),
+            "p95_ms": p(95),
+            "p99_ms": p(99),
+            "server_queue_us": self.server_queue_us,
+            "server_compute_us": self.server_compute_us,
+            **({"first_failure": self.first_failure} if self.failures else {}),
+        }
 
 
-def make_inputs(meta: pb.ModelMetadataResponse, batch: int, npy: np.ndarray | None = None,
-                texts: list[str] | None = None) -> dict[str, np.ndarray]:
+def make_inputs(
+    meta: pb.ModelMetadataResponse, batch: int, npy: np.ndarray | None = None, texts: list[str] | None = None
+) -> dict[str, np.ndarray]:
     """The request's tensors: ``npy`` or ``texts`` for a one-input model, else made from the metadata with the
     batch dimension (-1) set to ``batch``."""
     if npy is not None or texts:
         if len(meta.inputs) != 1:
-            raise PerfError(f"--npy/--text give one input; model {meta.name!r} has {len(meta.inputs)}:"
-                            f" {[i.name for i in meta.inputs]}")
-        arr = npy if npy is not None else np.array([[t.encode()] for t in texts], dtype=object)
+            raise PerfError(
+                f"--npy/--text give one input; model {meta.name!r} has {len(meta.inputs)}:"
+                f" {[i.name for i in meta.inputs]}"
+            )
+        arr = npy if npy is not None else np.array([[t.encode()] for t in texts or []], dtype=np.object_)
         return {meta.inputs[0].name: arr}
     rng, out = np.random.default_rng(0), {}
     for t in meta.inputs:
@@ -113,9 +126,10 @@ class HttpTarget:
         self.ssl = ssl_context or (ssl.create_default_context() if self.https else None)
 
     def _connection(self, timeout: float = 30) -> http.client.HTTPConnection:
+        host = self.host or "localhost"
         if self.https:
-            return http.client.HTTPSConnection(self.host, self.port or 443, timeout=timeout, context=self.ssl)
-        return http.client.HTTPConnection(self.host, self.port or 80, timeout=timeout)
+            return http.client.HTTPSConnection(host, self.port or 443, timeout=timeout, context=self.ssl)
+        return http.client.HTTPConnection(host, self.port or 80, timeout=timeout)
 
     def _get(self, path: str, message):
         conn = self._connection()
@@ -153,6 +167,7 @@ class HttpTarget:
                 raise
             if resp.status != 200:
                 raise RuntimeError(f"HTTP {resp.status}: {error_message(data)}")
+
         return send
 
     def close(self) -> None:
@@ -176,8 +191,16 @@ def _served(stats: pb.ModelStatisticsResponse) -> tuple[int, int, int]:
     return n, queue, compute
 
 
-def measure(target, model: str, version: str, inputs: dict[str, np.ndarray], concurrency: int, seconds: float,
-            warmup: float, timeout: float = 30) -> Level:
+def measure(
+    target,
+    model: str,
+    version: str,
+    inputs: dict[str, np.ndarray],
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    timeout: float = 30,
+) -> Level:
     """``concurrency`` client threads, each sending the request again as soon as its answer came, for
     ``warmup`` + ``seconds``; what completed inside the window counts."""
     lock, stop = threading.Lock(), threading.Event()
@@ -207,8 +230,10 @@ def measure(target, model: str, version: str, inputs: dict[str, np.ndarray], con
                 time.sleep(0.01)  # a refusing server is not hammered in a tight loop
 
     before = _server_side(target, model, version)
-    threads = [threading.Thread(target=client, args=(target.sender(model, version, inputs, timeout),), daemon=True)
-               for _ in range(concurrency)]
+    threads = [
+        threading.Thread(target=client, args=(target.sender(model, version, inputs, timeout),), daemon=True)
+        for _ in range(concurrency)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -221,8 +246,17 @@ def measure(target, model: str, version: str, inputs: dict[str, np.ndarray], con
         queue_us = round((after[1] - before[1]) / served / 1e3, 1)
         compute_us = round((after[2] - before[2]) / served / 1e3, 1)
     rows = len(next(iter(inputs.values())))
-    return Level(concurrency, seconds, len(latencies), rows, len(failures), failures[0] if failures else "",
-                 latencies, queue_us, compute_us)
+    return Level(
+        concurrency,
+        seconds,
+        len(latencies),
+        rows,
+        len(failures),
+        failures[0] if failures else "",
+        latencies,
+        queue_us,
+        compute_us,
+    )
 
 
 def _server_side(target, model: str, version: str) -> tuple[int, int, int] | None:
@@ -234,9 +268,17 @@ def _server_side(target, model: str, version: str) -> tuple[int, int, int] | Non
 
 
 def table(levels: list[dict]) -> str:
-    cols = [("concurrency", "clients"), ("requests_per_s", "req/s"), ("inferences_per_s", "infer/s"),
-            ("p50_ms", "p50 ms"), ("p90_ms", "p90 ms"), ("p99_ms", "p99 ms"), ("failures", "failed"),
-            ("server_queue_us", "server queue us"), ("server_compute_us", "server compute us")]
+    cols = [
+        ("concurrency", "clients"),
+        ("requests_per_s", "req/s"),
+        ("inferences_per_s", "infer/s"),
+        ("p50_ms", "p50 ms"),
+        ("p90_ms", "p90 ms"),
+        ("p99_ms", "p99 ms"),
+        ("failures", "failed"),
+        ("server_queue_us", "server queue us"),
+        ("server_compute_us", "server compute us"),
+    ]
     rows = [[head for _, head in cols]] + [["-" if r[k] is None else str(r[k]) for k, _ in cols] for r in levels]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in rows)

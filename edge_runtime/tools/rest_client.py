@@ -1,9 +1,9 @@
 """``fedge edge predict`` over the KServe v2 REST endpoint (``http://`` and ``https://`` URLs), with the standard
 library only; the same calls as tools.grpc_client's EdgeClient. Tensors travel as tritonclient.http sends
 them: a JSON header, then the binary data (``Inference-Header-Content-Length``)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import http.client
 import json
 import ssl
@@ -14,10 +14,10 @@ from urllib.parse import quote
 import numpy as np
 from google.protobuf import json_format
 
-from fedge.proto import grpc_service_pb2 as pb
-
-from fedge.edge_runtime.tools.grpc_client import raw_bytes
 from fedge.edge_runtime.common.datatypes import BYTES, NUMPY, datatype_of, deserialize_bytes
+from fedge.edge_runtime.common.errors import FedgeUserError
+from fedge.edge_runtime.tools.grpc_client import raw_bytes
+from fedge.proto import grpc_service_pb2 as pb
 
 
 class RestError(FedgeUserError):
@@ -40,8 +40,14 @@ class RestClient:
         _, body = self._call("GET", model_path(model))
         return json_format.ParseDict(json.loads(body), pb.ModelMetadataResponse(), ignore_unknown_fields=True)
 
-    def infer(self, model: str, inputs: dict[str, np.ndarray], version: str = "", timeout: float = 30,
-              outputs: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        model: str,
+        inputs: dict[str, np.ndarray],
+        version: str = "",
+        timeout: float = 30,
+        outputs: dict[str, int] | None = None,
+    ) -> dict[str, np.ndarray]:
         """``outputs``: output name -> top-k classes (0: the tensor itself); None: every output."""
         body, headers = infer_body(inputs, outputs)
         headers, body = self._call("POST", model_path(model, version) + "/infer", body, headers, timeout)
@@ -50,8 +56,9 @@ class RestClient:
     def close(self) -> None:
         pass  # one connection per call
 
-    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
-              timeout: float = 30) -> tuple[dict, bytes]:
+    def _call(
+        self, method: str, path: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30
+    ) -> tuple[dict, bytes]:
         req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
         try:
             with urllib.request.urlopen(req, timeout=timeout, context=self.ssl) as resp:
@@ -71,17 +78,29 @@ def infer_body(inputs: dict[str, np.ndarray], outputs: dict[str, int] | None = N
     """An inference request's body and headers as tritonclient.http sends them: the JSON header, then the binary
     tensors; ``outputs`` as for :meth:`RestClient.infer`."""
     raws = [raw_bytes(arr) for arr in inputs.values()]
-    doc: dict = {"inputs": [{"name": name, "datatype": datatype_of(arr), "shape": list(arr.shape),
-                             "parameters": {"binary_data_size": len(raw)}}
-                            for (name, arr), raw in zip(inputs.items(), raws)]}
+    doc: dict = {
+        "inputs": [
+            {
+                "name": name,
+                "datatype": datatype_of(arr),
+                "shape": list(arr.shape),
+                "parameters": {"binary_data_size": len(raw)},
+            }
+            for (name, arr), raw in zip(inputs.items(), raws)
+        ]
+    }
     if outputs:
-        doc["outputs"] = [{"name": name, "parameters": {"binary_data": True, **({"classification": k} if k else {})}}
-                          for name, k in outputs.items()]
+        doc["outputs"] = [
+            {"name": name, "parameters": {"binary_data": True, **({"classification": k} if k else {})}}
+            for name, k in outputs.items()
+        ]
     else:
         doc["parameters"] = {"binary_data_output": True}
     head = json.dumps(doc).encode()
-    return head + b"".join(raws), {"Inference-Header-Content-Length": str(len(head)),
-                                   "Content-Type": "application/octet-stream"}
+    return head + b"".join(raws), {
+        "Inference-Header-Content-Length": str(len(head)),
+        "Content-Type": "application/octet-stream",
+    }
 
 
 def error_message(body: bytes) -> str:

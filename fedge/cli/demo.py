@@ -4,14 +4,18 @@ digits split non-IID across 3 customers -> CA + certificates -> coordinator (TLS
 daemons (one with a privacy limit) -> a federated run with SecAgg+ and DP-SGD at ε <= 8 -> round table with ε,
 centralized baseline, plot, the customer's ledger -> INT8 export -> edge serving over gRPC.
 """
+
 from __future__ import annotations
 
 import contextlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from rich.console import Console
+
+from fedge.core.tasks.intent import IntentTask
 
 CUSTOMERS = ("acme-bank", "globex-telecom", "initech-insurance")
 
@@ -21,21 +25,22 @@ class DemoConfig:
     out: Path = Path("demo-out")
     rounds: int = 6
     secagg: bool = True
-    dp_sgd_epsilon: float = 8.0   # 0: no DP-SGD (non-private run)
+    dp_sgd_epsilon: float = 8.0  # 0: no DP-SGD (non-private run)
     prune: str = "2:4"
     recovery_rounds: int = 1
-    alpha: float = 0.5   # Dirichlet non-IID across customers
+    alpha: float = 0.5  # Dirichlet non-IID across customers
     seed: int = 0
-    task: str = "text"   # text: intent classification on a pretrained encoder (fedge.cli.demo_text); or digits
+    task: str = "text"  # text: intent classification on a pretrained encoder (fedge.cli.demo_text); or digits
 
-    def with_prune(self, prune: str, recovery_rounds: int) -> "DemoConfig":
+    def with_prune(self, prune: str, recovery_rounds: int) -> DemoConfig:
         import dataclasses
 
         return dataclasses.replace(self, prune=prune, recovery_rounds=recovery_rounds)
 
 
-def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "digits",
-                        names: tuple[str, ...] = CUSTOMERS) -> list[Path]:
+def write_customer_data(
+    out: Path, alpha: float, seed: int, task_name: str = "digits", names: tuple[str, ...] = CUSTOMERS
+) -> list[Path]:
     """The task's shipped reference data split non-IID (Dirichlet ``alpha`` over labels) into one private data
     file per customer: .npz for digits, text,label CSV for intent."""
     import csv
@@ -49,7 +54,7 @@ def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "di
     out = Path(out) / "data"
     out.mkdir(parents=True, exist_ok=True)
     if task_name == "intent":
-        texts, labels = task.reference_texts()
+        texts, labels = cast(IntentTask, task).reference_texts()
         y = np.array([task.labels.index(lab) for lab in labels])
     else:
         ref = task.reference_data()
@@ -70,14 +75,13 @@ def write_customer_data(out: Path, alpha: float, seed: int, task_name: str = "di
 
 
 def run_demo(cfg: DemoConfig) -> int:
-    from fedge.server.runs import plot
-    from fedge.server.run_config import RunConfig
-
-    from fedge.core.baseline import centralized_accuracy
-    from fedge.cli.cluster import LocalFederation
-    from fedge.core.tasks import get_task
-
     import sys
+
+    from fedge.cli.cluster import LocalFederation
+    from fedge.core.baseline import centralized_accuracy
+    from fedge.core.tasks import get_task
+    from fedge.server.run_config import RunConfig
+    from fedge.server.runs import plot
 
     if cfg.task == "text":
         from fedge.cli.demo_text import run_text_demo
@@ -91,19 +95,30 @@ def run_demo(cfg: DemoConfig) -> int:
     for f in files:
         console.print(f"customer data: {f}")
     with LocalFederation(out) as fed:
-        fed.start_coordinator()
-        console.print(f"coordinator (Flower SuperLink, TLS + SuperNode auth) on {fed.address}, pid {fed.coordinator.pid}")
+        coordinator = fed.start_coordinator()
+        console.print(f"coordinator (Flower SuperLink, TLS + SuperNode auth) on {fed.address}, pid {coordinator.pid}")
         for name, f in zip(CUSTOMERS, files):
             budget = ["--max-epsilon", "20"] if name == CUSTOMERS[0] and cfg.dp_sgd_epsilon > 0 else []
             proc = fed.start_client(name, f, "digits", extra=budget)
-            console.print(f"client daemon {name} (Flower SuperNode), pid {proc.pid}"
-                          + (" with its own privacy limit ε <= 20 at δ = 1e-5" if budget else ""))
-        run_cfg = RunConfig(task="digits", num_rounds=cfg.rounds, min_clients=len(CUSTOMERS), secagg=cfg.secagg,
-                            seed=cfg.seed, round_timeout=120, **(DPSGD_DEMO | {"dp_sgd_epsilon": cfg.dp_sgd_epsilon}
-                                                                  if cfg.dp_sgd_epsilon > 0 else {}))
+            console.print(
+                f"client daemon {name} (Flower SuperNode), pid {proc.pid}"
+                + (" with its own privacy limit ε <= 20 at δ = 1e-5" if budget else "")
+            )
+        dp: dict[str, Any] = DPSGD_DEMO | {"dp_sgd_epsilon": cfg.dp_sgd_epsilon} if cfg.dp_sgd_epsilon > 0 else {}
+        run_cfg = RunConfig(
+            task="digits",
+            num_rounds=cfg.rounds,
+            min_clients=len(CUSTOMERS),
+            secagg=cfg.secagg,
+            seed=cfg.seed,
+            round_timeout=120,
+            **dp,
+        )
         if cfg.dp_sgd_epsilon > 0:
-            console.print(f"DP-SGD (Opacus) in every customer's training, noise set by each customer for ε <="
-                          f" {cfg.dp_sgd_epsilon:g} over {cfg.rounds} rounds (δ = 1e-5); SecAgg+ {'on' if cfg.secagg else 'off'}")
+            console.print(
+                f"DP-SGD (Opacus) in every customer's training, noise set by each customer for ε <="
+                f" {cfg.dp_sgd_epsilon:g} over {cfg.rounds} rounds (δ = 1e-5); SecAgg+ {'on' if cfg.secagg else 'off'}"
+            )
         code, registry, run_id = run_and_report(console, fed, run_cfg, out)
         if code != 0:
             return code
@@ -111,8 +126,10 @@ def run_demo(cfg: DemoConfig) -> int:
         central = centralized_accuracy(task, files, epochs=cfg.rounds * task.defaults.local_epochs, seed=cfg.seed)
         final = registry.rounds(run_id)[-1].accuracy
         png = plot(registry, run_id, out / "run.png", baseline=central)
-        console.print(f"federated accuracy (union of the customers' holdouts) after {cfg.rounds} rounds: "
-                      f"[bold]{final:.4f}[/bold]; centralized, non-private, on the same split: {central:.4f}")
+        console.print(
+            f"federated accuracy (union of the customers' holdouts) after {cfg.rounds} rounds: "
+            f"[bold]{final:.4f}[/bold]; centralized, non-private, on the same split: {central:.4f}"
+        )
         console.print(f"plot: {png}")
         if cfg.dp_sgd_epsilon > 0:
             privacy_stage(console, fed, registry, run_id)
@@ -142,11 +159,15 @@ def privacy_stage(console, fed, registry, run_id: int) -> None:
 
     last = registry.rounds(run_id)[-1].privacy
     per = ", ".join(f"{k} {v:.3f}" for k, v in sorted(last.get("customers", {}).items()))
-    console.print(f"ε spent (δ = {last.get('delta')}, {last.get('accountant')}): [bold]{last.get('epsilon'):.3f}[/bold]"
-                  f" at most; per customer: {per}")
+    console.print(
+        f"ε spent (δ = {last.get('delta')}, {last.get('accountant')}): [bold]{last.get('epsilon'):.3f}[/bold]"
+        f" at most; per customer: {per}"
+    )
     doc = Ledger(fed.root / "clients" / CUSTOMERS[0]).document()
-    console.print(f"{CUSTOMERS[0]}'s own ledger (hash chain verified): total ε {doc['total_epsilon']:.3f} of its limit 20"
-                  f" over {len(doc['runs'])} run(s) -- `fedge client ledger --state {fed.root / 'clients' / CUSTOMERS[0]}`")
+    console.print(
+        f"{CUSTOMERS[0]}'s own ledger (hash chain verified): total ε {doc['total_epsilon']:.3f} of its limit 20"
+        f" over {len(doc['runs'])} run(s) -- `fedge client ledger --state {fed.root / 'clients' / CUSTOMERS[0]}`"
+    )
 
 
 def export_stage(console, fed, run_id: int, cfg: DemoConfig):
@@ -156,12 +177,17 @@ def export_stage(console, fed, run_id: int, cfg: DemoConfig):
 
     console.rule("export: prune, federated calibration, INT8, federated gate, signed bundle")
     generate_keys(fed.state / "keys")
-    release = export_release(fed.state, ExportConfig(run=run_id, out=fed.root / "release", prune=cfg.prune,
-                                                     recovery_rounds=cfg.recovery_rounds),
-                             say=console.print, progress=ConsoleProgress())
+    release = export_release(
+        fed.state,
+        ExportConfig(run=run_id, out=fed.root / "release", prune=cfg.prune, recovery_rounds=cfg.recovery_rounds),
+        say=console.print,
+        progress=ConsoleProgress(),
+    )
     g = release.gate
-    console.print(f"INT8 model is {release.int8_size_ratio:.2f}x the FP32 size; gate: FP32 {g['fp32_accuracy']:.4f},"
-                  f" INT8 {g['int8_accuracy']:.4f} (drop {g['accuracy_drop']:+.4f}), top-1 agreement {g['top1_agreement']:.4f}")
+    console.print(
+        f"INT8 model is {release.int8_size_ratio:.2f}x the FP32 size; gate: FP32 {g['fp32_accuracy']:.4f},"
+        f" INT8 {g['int8_accuracy']:.4f} (drop {g['accuracy_drop']:+.4f}), top-1 agreement {g['top1_agreement']:.4f}"
+    )
     return fed.root / "release"
 
 
@@ -181,9 +207,11 @@ def served(console, fed, bundle, what: str):
     try:
         client = EdgeClient(server.url)
         meta = client.metadata(name)
-        console.print(f"edge server pid {server.pid} on {server.url}: {name} v{version} on"
-                      f" {meta.properties['backend']} ({meta.properties['backend_reason']});"
-                      f" input {[(t.name, t.datatype) for t in meta.inputs]}")
+        console.print(
+            f"edge server pid {server.pid} on {server.url}: {name} v{version} on"
+            f" {meta.properties['backend']} ({meta.properties['backend_reason']});"
+            f" input {[(t.name, t.datatype) for t in meta.inputs]}"
+        )
         yield server, client, name
         client.close()
     finally:
@@ -200,7 +228,10 @@ def edge_stage(console, fed, bundle, files) -> None:
         pred = [int(v.decode()) if isinstance(v, bytes) else int(v) for v in out["label"].reshape(-1)]
         console.print(f"predictions over gRPC for 8 of {files[0].stem}'s holdout digits: {pred}")
         console.print(f"true labels:                                       {y.tolist()}")
-        console.print(f"the same over KServe v2 REST (http://{server.http_url}, JSON): {_labels_over_http(server.http_url, name, x)}")
+        console.print(
+            f"the same over KServe v2 REST (http://{server.http_url}, JSON):"
+            f" {_labels_over_http(server.http_url, name, x)}"
+        )
 
 
 def _labels_over_http(url: str, model: str, x) -> list[int]:
@@ -208,7 +239,9 @@ def _labels_over_http(url: str, model: str, x) -> list[int]:
     import json
     import urllib.request
 
-    doc = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
-           "outputs": [{"name": "label"}]}
+    doc = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
+        "outputs": [{"name": "label"}],
+    }
     with urllib.request.urlopen(f"http://{url}/v2/models/{model}/infer", json.dumps(doc).encode(), timeout=30) as resp:
         return [int(v) for v in json.loads(resp.read())["outputs"][0]["data"]]

@@ -6,6 +6,7 @@ that fine-tunes the pretrained all-MiniLM-L6-v2 with LoRA under SecAgg+ (only ad
 export with federated calibration and gate -> edge serving: typed sentences, tokenized on the device, over gRPC
 and REST.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,9 +18,14 @@ from rich.console import Console
 
 from fedge.cli.demo import CUSTOMERS, DemoConfig, export_stage, run_and_report, served
 
-SENTENCES = ("I think someone stole my credit card", "how much money is left in my savings account",
-             "the internet has been down all morning in my street", "I want to end my contract",
-             "can you send 40 euros to my brother", "roaming charges in Italy?")
+SENTENCES = (
+    "I think someone stole my credit card",
+    "how much money is left in my savings account",
+    "the internet has been down all morning in my street",
+    "I want to end my contract",
+    "can you send 40 euros to my brother",
+    "roaming charges in Italy?",
+)
 
 
 def write_fewshot_data(out: Path, per_label: int, alpha: float, seed: int) -> list[Path]:
@@ -32,8 +38,12 @@ def write_fewshot_data(out: Path, per_label: int, alpha: float, seed: int) -> li
 
     texts, labels = IntentTask().reference_texts()
     rng = np.random.default_rng(seed)
-    chosen = np.concatenate([rng.permutation([i for i, lab in enumerate(labels) if lab == name])[:per_label]
-                             for name in sorted(set(labels))])
+    chosen = np.concatenate(
+        [
+            rng.permutation([i for i, lab in enumerate(labels) if lab == name])[:per_label]
+            for name in sorted(set(labels))
+        ]
+    )
     y = np.array([sorted(set(labels)).index(labels[i]) for i in chosen])
     (out / "data").mkdir(parents=True, exist_ok=True)
     files = []
@@ -62,23 +72,36 @@ def run_text_demo(cfg: DemoConfig) -> int:
     for f in files:
         console.print(f"customer data: {f} ({sum(1 for _ in open(f, encoding='utf-8')) - 1} labelled utterances)")
     with LocalFederation(out) as fed:
-        fed.start_coordinator()
-        console.print(f"coordinator (Flower SuperLink, TLS + SuperNode auth) on {fed.address}, pid {fed.coordinator.pid}")
+        coordinator = fed.start_coordinator()
+        console.print(f"coordinator (Flower SuperLink, TLS + SuperNode auth) on {fed.address}, pid {coordinator.pid}")
         for name, f in zip(CUSTOMERS, files):
             proc = fed.start_client(name, f, "text", extra=["--audit-log", str(out / f"egress-{name}.jsonl")])
             console.print(f"client daemon {name} (Flower SuperNode), pid {proc.pid}")
-        run_cfg = RunConfig(task="text", num_rounds=cfg.rounds, min_clients=len(CUSTOMERS), secagg=cfg.secagg,
-                            seed=cfg.seed, round_timeout=180)
-        console.print(f"run: LoRA r={run_cfg.lora_r} on {run_cfg.lora_targets} + head, SecAgg+"
-                      f" {'on' if cfg.secagg else 'off'}, {cfg.rounds} rounds; the frozen base never travels")
+        run_cfg = RunConfig(
+            task="text",
+            num_rounds=cfg.rounds,
+            min_clients=len(CUSTOMERS),
+            secagg=cfg.secagg,
+            seed=cfg.seed,
+            round_timeout=180,
+        )
+        console.print(
+            f"run: LoRA r={run_cfg.lora_r} on {run_cfg.lora_targets} + head, SecAgg+"
+            f" {'on' if cfg.secagg else 'off'}, {cfg.rounds} rounds; the frozen base never travels"
+        )
         code, registry, run_id = run_and_report(console, fed, run_cfg, out)
         if code != 0:
             return code
         last = registry.rounds(run_id)[-1]
-        sent = {c: m.get("sent_bytes") for c, m in last.client_metrics.items()} if isinstance(
-            last.client_metrics, dict) else {}
-        console.print(f"federated accuracy (union of the customers' holdouts): [bold]{last.accuracy:.4f}[/bold];"
-                      f" bytes each customer sent in the last round: {sent}")
+        sent = (
+            {c: m.get("sent_bytes") for c, m in last.client_metrics.items()}
+            if isinstance(last.client_metrics, dict)
+            else {}
+        )
+        console.print(
+            f"federated accuracy (union of the customers' holdouts): [bold]{last.accuracy:.4f}[/bold];"
+            f" bytes each customer sent in the last round: {sent}"
+        )
         console.print(f"plot: {plot(registry, run_id, out / 'run.png')}")
         bundle = export_stage(console, fed, run_id, cfg.with_prune("none", 0))
         text_edge_stage(console, fed, bundle)
@@ -93,7 +116,9 @@ def text_edge_stage(console, fed, bundle) -> None:
         got = client.infer(name, {"text": texts})["label"].reshape(-1)
         for sentence, label in zip(SENTENCES, got):
             console.print(f"  gRPC  {sentence!r:55} -> [bold]{label.decode()}[/bold]")
-        console.print(f"  REST  {SENTENCES[0]!r:55} -> [bold]{_label_over_http(server.http_url, name, SENTENCES[0])}[/bold]")
+        console.print(
+            f"  REST  {SENTENCES[0]!r:55} -> [bold]{_label_over_http(server.http_url, name, SENTENCES[0])}[/bold]"
+        )
 
 
 def _label_over_http(url: str, model: str, sentence: str) -> str:
@@ -101,7 +126,9 @@ def _label_over_http(url: str, model: str, sentence: str) -> str:
     import json
     import urllib.request
 
-    doc = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}],
-           "outputs": [{"name": "label"}]}
+    doc = {
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1, 1], "data": [sentence]}],
+        "outputs": [{"name": "label"}],
+    }
     with urllib.request.urlopen(f"http://{url}/v2/models/{model}/infer", json.dumps(doc).encode(), timeout=30) as resp:
         return json.loads(resp.read())["outputs"][0]["data"][0]

@@ -1,8 +1,10 @@
 """``fedge export`` and ``fedge release``: signed releases from the operator's side."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import NotFoundError
 from pathlib import Path
+
+from fedge.edge_runtime.common.errors import NotFoundError
 
 
 def add_parser(sub, state_default: str) -> None:
@@ -13,8 +15,13 @@ def add_parser(sub, state_default: str) -> None:
     p.add_argument("--recovery-rounds", type=int, default=0)
     p.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
-    p.add_argument("--reference-rows", type=int, default=128, help="holdout rows each customer also evaluates by the"
-                   " ONNX specification (onnx.reference), to flag INT8 answers that depend on the CPU (0: none)")
+    p.add_argument(
+        "--reference-rows",
+        type=int,
+        default=128,
+        help="holdout rows each customer also evaluates by the"
+        " ONNX specification (onnx.reference), to flag INT8 answers that depend on the CPU (0: none)",
+    )
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--key", help="release signing key (default: STATE/keys/release.key)")
     p.add_argument("--state", default=state_default)
@@ -48,10 +55,17 @@ def cmd_export(a) -> int:
     from fedge.export.pipeline import ExportConfig, export_release
     from fedge.server.runs import ConsoleProgress
 
-    cfg = ExportConfig(run=a.run, out=Path(a.out), round=a.round, prune=a.prune, recovery_rounds=a.recovery_rounds,
-                       calibration=a.calibration, max_accuracy_drop=a.max_accuracy_drop,
-                       reference_rows=a.reference_rows,
-                       key=Path(a.key) if a.key else None)
+    cfg = ExportConfig(
+        run=a.run,
+        out=Path(a.out),
+        round=a.round,
+        prune=a.prune,
+        recovery_rounds=a.recovery_rounds,
+        calibration=a.calibration,
+        max_accuracy_drop=a.max_accuracy_drop,
+        reference_rows=a.reference_rows,
+        key=Path(a.key) if a.key else None,
+    )
     release = export_release(Path(a.state), cfg, say=Console(stderr=True).print, progress=ConsoleProgress())
     if a.json:
         print(json.dumps(release.to_json(), indent=2))
@@ -61,9 +75,8 @@ def cmd_export(a) -> int:
 def cmd_release_list(a) -> int:
     import json
 
-    from fedge.server.runs import open_registry
-
     from fedge.server.fleet import fleet
+    from fedge.server.runs import open_registry
 
     registry = open_registry(Path(a.state))
     serving: dict[int, int] = {}
@@ -77,9 +90,11 @@ def cmd_release_list(a) -> int:
     for r in [] if a.json else rel:
         g = r["summary"].get("gate")
         accuracy = f", FP32 {g['fp32_accuracy']:.4f} INT8 {g['int8_accuracy']:.4f}" if g else ""
-        print(f"release {r['id']}: run {r['run_id']} round {r['round']}, {r['path']}{accuracy}, manifest sha256"
-              f" {r['manifest_sha256'][:16]}, serving on {r['devices']} device(s)"
-              + (f", WITHDRAWN ({r['withdrawn_reason']})" if r["withdrawn"] else ""))
+        print(
+            f"release {r['id']}: run {r['run_id']} round {r['round']}, {r['path']}{accuracy}, manifest sha256"
+            f" {r['manifest_sha256'][:16]}, serving on {r['devices']} device(s)"
+            + (f", WITHDRAWN ({r['withdrawn_reason']})" if r["withdrawn"] else "")
+        )
     return 0
 
 
@@ -91,10 +106,15 @@ def cmd_release_withdraw(a) -> int:
     registry.withdraw_release(a.release, a.reason)
     releases = registry.releases()
     model = release_model(next(r for r in releases if r["id"] == a.release))
-    now = offered(releases).get(model)
-    print(f"withdrew release {a.release} ({model}): the release service no longer offers it; " + (
-        f"devices move to release {now} at their next poll (no download where they still keep it)" if now else
-        f"no release of {model} is offered now: devices keep serving what they have"))
+    now = offered(releases).get(model) if model else None
+    print(
+        f"withdrew release {a.release} ({model}): the release service no longer offers it; "
+        + (
+            f"devices move to release {now} at their next poll (no download where they still keep it)"
+            if now
+            else f"no release of {model} is offered now: devices keep serving what they have"
+        )
+    )
     return 0
 
 

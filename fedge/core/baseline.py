@@ -1,4 +1,5 @@
 """Centralized training on the same split the customers hold: the reference a federated run is judged against."""
+
 from __future__ import annotations
 
 from pathlib import Path

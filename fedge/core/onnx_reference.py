@@ -6,6 +6,7 @@ compares the customers' runtime with it on a bounded sample.
 onnx 1.23's reference evaluator has no DequantizeLinear for opset 17 (the release models' opset): the default
 domain's import is raised to 19 in memory, which leaves every operator the export writes with the same meaning
 (QuantizeLinear/DequantizeLinear 19 add float8 types and keep the int8 semantics)."""
+
 from __future__ import annotations
 
 import numpy as np

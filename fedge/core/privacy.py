@@ -11,16 +11,19 @@ Two mechanisms are accounted:
 bound, numerical error included) and the RDP accountant's. Noise for a target ε is calibrated with PRV, which
 asks about 5% less noise than RDP for the same guarantee at fedge's DP-SGD settings.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-ACCOUNTANT = "prv"             # what calibrates noise for a target ε
+from fedge.edge_runtime.common.errors import ConfigError
+
+ACCOUNTANT = "prv"  # what calibrates noise for a target ε
 NOISE_CACHE = "dp-noise-cache.json"  # in a customer's state dir: noise multipliers already calibrated
-PRV_MAX_EPSILON = 100.0        # past this (RDP bound) PRV's grid gets slow and no budget is that large: RDP only
+PRV_MAX_EPSILON = 100.0  # past this (RDP bound) PRV's grid gets slow and no budget is that large: RDP only
 
 
 def update_norm(new, old) -> float:
@@ -34,7 +37,7 @@ def accountant_name() -> str:
     return f"opacus {metadata.version('opacus')} PRVAccountant (RDPAccountant where tighter)"
 
 
-def merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+def merged(history: Sequence[Sequence[float]]) -> list[tuple[float, float, int]]:
     """Segments with the same (sigma, sample rate) as one: composition does not depend on order, and PRV's cost
     grows with the number of segments (one per round otherwise)."""
     steps: dict[tuple[float, float], int] = {}
@@ -44,7 +47,7 @@ def merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, 
     return [(sigma, q, n) for (sigma, q), n in steps.items()]
 
 
-def epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
+def epsilon(history: Sequence[Sequence[float]], delta: float) -> float:
     """ε at ``delta`` after the Gaussian-mechanism segments in ``history`` (sigma, sample rate, steps)."""
     import warnings
 
@@ -72,8 +75,9 @@ def epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
             return bound
 
 
-def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                      cache: Path | None = None) -> float:
+def noise_for_epsilon(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, cache: Path | None = None
+) -> float:
     """The noise multiplier that spends ``target_epsilon`` over ``steps`` steps at ``sample_rate``.
 
     The search runs the accountant a few dozen times (about 2.4 s on a small CPU), and Flower starts a fresh
@@ -98,8 +102,15 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
-        sigma = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                           steps=steps, accountant=ACCOUNTANT))
+        sigma = float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=ACCOUNTANT,
+            )
+        )
     if cache is not None:
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
         try:
@@ -113,13 +124,15 @@ def noise_for_epsilon(target_epsilon: float, delta: float, sample_rate: float, s
 @dataclass(frozen=True)
 class DPSGDConfig:
     """What a run asks of each customer's local training (fit config keys ``dp-sgd-*``)."""
-    noise: float = 0.0          # noise multiplier; 0 with epsilon > 0: derive it from the budget
-    clip: float = 1.0           # per-sample gradient L2 bound
-    epsilon: float = 0.0        # target ε for the whole planned run (alternative to noise)
+
+    noise: float = 0.0  # noise multiplier; 0 with epsilon > 0: derive it from the budget
+    clip: float = 1.0  # per-sample gradient L2 bound
+    epsilon: float = 0.0  # target ε for the whole planned run (alternative to noise)
     delta: float = 1e-5
 
-    def noise_multiplier(self, sample_rate: float, steps_per_round: int, planned_rounds: int,
-                         cache: Path | None = None) -> float:
+    def noise_multiplier(
+        self, sample_rate: float, steps_per_round: int, planned_rounds: int, cache: Path | None = None
+    ) -> float:
         if self.noise > 0:
             return self.noise
         if self.epsilon <= 0:

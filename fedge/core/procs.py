@@ -1,8 +1,8 @@
 """Child-process plumbing shared by the coordinator, the client daemon, the demo and the tests:
 free ports, an environment that finds this install's Flower executables, start/stop by PID."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import os
 import signal
 import socket
@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -44,13 +46,21 @@ def fedge_env(flwr_home: Path | None = None, **extra: str) -> dict[str, str]:
     return env
 
 
-def spawn(cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None,
-          new_session: bool = True) -> subprocess.Popen:
+def spawn(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None, new_session: bool = True
+) -> subprocess.Popen:
     """Start ``cmd`` with output to a log, by default in its own process group (stopped with all its children)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab", buffering=0)
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                            start_new_session=new_session, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=cwd,
+        start_new_session=new_session,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def pid_alive(pid: int) -> bool:
@@ -69,6 +79,7 @@ def pid_alive(pid: int) -> bool:
 
 def stop_pid(pid: int, timeout: float = 10.0, group: bool = True) -> None:
     """SIGTERM (the process group when ``group``), then SIGINT, then SIGKILL, each bounded by ``timeout``."""
+
     def send(sig: int) -> None:
         try:
             if group:

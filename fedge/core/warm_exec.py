@@ -20,6 +20,7 @@ The child reseeds numpy's and torch's global generators (``random`` reseeds itse
 processes do not share random streams; fedge's DP noise is drawn from the OS's CSPRNG in any case.
 ``FEDGE_WARM_APPS=0`` turns all of this off (Flower's cold start per message).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -58,7 +59,7 @@ class _SubprocessStandIn:
 
 def patch_subprocess(module_name: str, stand_in: _SubprocessStandIn) -> None:
     # by module name: ``import a.b.c as m`` can bind a function that package ``a.b`` exports under the same name
-    importlib.import_module(module_name).subprocess = stand_in
+    setattr(importlib.import_module(module_name), "subprocess", stand_in)  # noqa: B010 (a module attribute mypy does not know)
 
 
 class SuperExecStarter(_SubprocessStandIn):
@@ -67,7 +68,7 @@ class SuperExecStarter(_SubprocessStandIn):
     def __init__(self, modules: list[str]) -> None:
         self._modules = modules
 
-    def Popen(self, command, *args, **kwargs):  # noqa: N802 (the name Flower calls)
+    def Popen(self, command, *args, **kwargs):
         return subprocess.Popen(superexec_command(list(command), self._modules), *args, **kwargs)
 
 
@@ -81,10 +82,11 @@ class ForkingLauncher(_SubprocessStandIn):
         self._start_zygote()
 
     def _start_zygote(self) -> None:
-        self._zygote = subprocess.Popen([sys.executable, "-m", "fedge.core.warm_exec", "--zygote", ",".join(self._modules)],
-                                        stdin=subprocess.PIPE)
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "fedge.core.warm_exec", "--zygote", ",".join(self._modules)], stdin=subprocess.PIPE
+        )
 
-    def Popen(self, args, stdout=None, stderr=None, **kwargs):  # noqa: N802 (the name Flower calls)
+    def Popen(self, args, stdout=None, stderr=None, **kwargs):
         if args and args[0] in WARM_COMMANDS and self._send(list(args), quiet=stdout == subprocess.DEVNULL):
             return None  # Flower's executor does not keep the handle
         return subprocess.Popen(args, stdout=stdout, stderr=stderr, **kwargs)
@@ -95,16 +97,18 @@ class ForkingLauncher(_SubprocessStandIn):
             log.warning("fedge: warm app launcher exited (code %s); restarting it, this launch starts cold", code)
             self._start_zygote()
             return False
+        stdin = self._zygote.stdin
+        assert stdin is not None  # started with stdin=PIPE
         try:
-            self._zygote.stdin.write((json.dumps({"argv": argv, "quiet": quiet}) + "\n").encode())
-            self._zygote.stdin.flush()
+            stdin.write((json.dumps({"argv": argv, "quiet": quiet}) + "\n").encode())
+            stdin.flush()
             return True
         except OSError as exc:  # it died between the check and the write
             log.warning("fedge: warm app launcher unreachable (%s); this launch starts cold", exc)
             return False
 
     def close(self) -> None:
-        if self._zygote is not None and self._zygote.poll() is None:
+        if self._zygote is not None and self._zygote.poll() is None and self._zygote.stdin is not None:
             self._zygote.stdin.close()  # EOF: the zygote exits; running children finish on their own
 
 
@@ -133,7 +137,7 @@ def _warm_up(modules: list[str]) -> dict:
     for name in modules:
         try:
             importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001 - reported, and the child imports it again itself
+        except Exception as exc:
             log.warning("fedge: warm app launcher could not pre-import %s: %s", name, exc)
     return {command: _entry_point(command) for command in WARM_COMMANDS}
 
@@ -163,7 +167,7 @@ def _run_child(entry, argv: list[str], quiet: bool) -> None:
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # noqa: BLE001 - a crash ends this child only
+    except BaseException:
         traceback.print_exc()
     finally:
         try:

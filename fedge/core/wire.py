@@ -2,36 +2,47 @@
 sides: the keys of the fit config the coordinator sends each round, of the metrics each customer sends back, and
 the records that carry export jobs (federated calibration, the accuracy gate) and their answers, and the typed
 failures a round records (kind and node as fields, never parsed back out of a message)."""
+
 from __future__ import annotations
 
 from enum import Enum
 
 from fedge.core.tasks.base import TaskKey  # part of the wire contract, defined beside the tasks
 
-__all__ = ["JOB_RECORD", "JOB_RESULT_RECORD", "JobKind", "JobKey", "TaskKey", "FitKey", "MetricKey", "FailureKind",
-           "Failure"]
+__all__ = [
+    "JOB_RECORD",
+    "JOB_RESULT_RECORD",
+    "Failure",
+    "FailureKind",
+    "FitKey",
+    "JobKey",
+    "JobKind",
+    "MetricKey",
+    "TaskKey",
+]
 
-JOB_RECORD = "fedge-job"                # ConfigRecord of a QUERY message: one export job for a customer
+JOB_RECORD = "fedge-job"  # ConfigRecord of a QUERY message: one export job for a customer
 JOB_RESULT_RECORD = "fedge-job-result"  # ConfigRecord of its answer
 
 
 class JobKind:
     CALIBRATE_MINMAX = "calibrate-minmax"  # per-tensor activation ranges on the customer's training data
-    CALIBRATE_HIST = "calibrate-hist"      # per-tensor histograms over edges the coordinator chose
-    GATE = "gate"                          # FP32 and INT8 accuracy and agreement on the customer's holdout
+    CALIBRATE_HIST = "calibrate-hist"  # per-tensor histograms over edges the coordinator chose
+    GATE = "gate"  # FP32 and INT8 accuracy and agreement on the customer's holdout
 
 
 class JobKey:
     """Keys of the job record and of its answer."""
-    KIND = "kind"          # a JobKind
+
+    KIND = "kind"  # a JobKind
     TASK = "task"
-    MODEL = "model"        # the ONNX model to calibrate (bytes)
-    EDGES = "edges"        # calibrate-hist: histogram edges per tensor, JSON
+    MODEL = "model"  # the ONNX model to calibrate (bytes)
+    EDGES = "edges"  # calibrate-hist: histogram edges per tensor, JSON
     ABSOLUTE = "absolute"  # calibrate-hist: histograms of |x|
-    KINDS = "kinds"        # gate: the model variants sent, JSON list; each as model_of(kind)
+    KINDS = "kinds"  # gate: the model variants sent, JSON list; each as model_of(kind)
     REFERENCE_ROWS = "reference-rows"  # gate: holdout rows to also evaluate by the ONNX specification (onnx.reference)
     CUSTOMER = "customer"  # in the answer: who answered
-    RESULT = "result"      # in the answer: the job's statistics, JSON
+    RESULT = "result"  # in the answer: the job's statistics, JSON
 
     @staticmethod
     def model_of(kind: str) -> str:
@@ -40,11 +51,12 @@ class JobKey:
 
 class FitKey:
     """Keys of the fit (and evaluate) config the coordinator sends each round."""
+
     TASK = "task"
     ROUND = "round"
-    FREEZE = "freeze"                        # comma-separated parameter-name patterns that stay frozen
+    FREEZE = "freeze"  # comma-separated parameter-name patterns that stay frozen
     SEED = "seed"
-    HOLD_SPARSITY = "hold-sparsity"          # recovery after pruning: zeros stay zeros
+    HOLD_SPARSITY = "hold-sparsity"  # recovery after pruning: zeros stay zeros
     LOCAL_EPOCHS = "local-epochs"
     BATCH_SIZE = "batch-size"
     LR = "lr"
@@ -63,29 +75,30 @@ class FitKey:
 
 class MetricKey:
     """Keys of the metrics a customer sends back with its update or its evaluation."""
+
     CUSTOMER = "customer"
     TRAIN_LOSS = "train_loss"
-    EVAL_LOSS = "eval_loss"          # the incoming model on the holdout (the previous round's accuracy)
+    EVAL_LOSS = "eval_loss"  # the incoming model on the holdout (the previous round's accuracy)
     EVAL_ACCURACY = "eval_accuracy"
     EVAL_EXAMPLES = "eval_examples"
     EVAL_PREFIX = "eval_"
-    ACCURACY = "accuracy"            # the final model's evaluate exchange
-    REFUSED = "refused"              # why the customer's privacy guard refused the round (nothing trained)
+    ACCURACY = "accuracy"  # the final model's evaluate exchange
+    REFUSED = "refused"  # why the customer's privacy guard refused the round (nothing trained)
     DP_MECHANISM = "dp_mechanism"
     DP_EPSILON = "dp_epsilon"
     DP_DELTA = "dp_delta"
     DP_NOISE = "dp_noise"
-    SENT_BYTES = "sent_bytes"        # bytes of the arrays the customer sent back (before SecAgg+ masking)
+    SENT_BYTES = "sent_bytes"  # bytes of the arrays the customer sent back (before SecAgg+ masking)
 
 
 class FailureKind(str, Enum):
     """What went wrong for one customer in a round, as a typed field (a failure's text is for people)."""
 
-    NO_REPLY = "no-reply"    # no reply within the round's timeout
-    ERROR = "error"          # the customer's app raised: Flower's error reply (its DataError, BaseModelError, ...)
-    STATUS = "status"        # a reply whose status is not OK
+    NO_REPLY = "no-reply"  # no reply within the round's timeout
+    ERROR = "error"  # the customer's app raised: Flower's error reply (its DataError, BaseModelError, ...)
+    STATUS = "status"  # a reply whose status is not OK
     NO_UPDATE = "no-update"  # sampled, answered nothing: SecAgg+ leaves such a node out without an error
-    ROUND = "round"          # the round itself: an attempt that halted or fell short (no node to blame)
+    ROUND = "round"  # the round itself: an attempt that halted or fell short (no node to blame)
 
 
 class Failure(str):
@@ -99,7 +112,7 @@ class Failure(str):
     detail: str
     stage: str
 
-    def __new__(cls, kind: FailureKind, node: int | None, detail: str, stage: str = "fit") -> "Failure":
+    def __new__(cls, kind: FailureKind, node: int | None, detail: str, stage: str = "fit") -> Failure:
         text = detail if node is None or kind is FailureKind.NO_UPDATE else f"node {node}: {detail}"
         self = super().__new__(cls, f"evaluate: {text}" if stage == "evaluate" else text)
         self.kind, self.node, self.detail, self.stage = kind, node, detail, stage
@@ -108,7 +121,7 @@ class Failure(str):
     def __reduce__(self):  # pickles (and copies) as a Failure, not as the bare text
         return (Failure, (self.kind, self.node, self.detail, self.stage))
 
-    def same_as(self, other: "Failure") -> bool:
+    def same_as(self, other: Failure) -> bool:
         """The same error seen twice (by the strategy and by the grid): same text, and the same node where both
         know it."""
         return self.detail == other.detail and (self.node is None or other.node is None or self.node == other.node)

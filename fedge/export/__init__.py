@@ -1,1 +1,2 @@
-"""From global model to signed edge release: prune -> recover -> ONNX -> federated INT8 calibration -> gate -> bundle."""
+"""From global model to signed edge release: prune -> recover -> ONNX -> federated INT8 calibration -> gate ->
+bundle."""

@@ -2,6 +2,7 @@
 on bin edges the coordinator fixed first) and turning the merged statistics into ranges with ONNX Runtime's own
 calibration math. Clients compute their statistics with ONNX Runtime's calibrator (client/jobs.py); no input
 ever leaves a customer."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,14 +38,25 @@ def merge_histograms(parts: list[dict[str, list[int]]]) -> dict[str, np.ndarray]
     return {n: np.sum([np.asarray(p[n], dtype=np.int64) for p in parts], axis=0) for n in sorted(names)}
 
 
-def ranges_from_histograms(hists: dict[str, np.ndarray], edges: dict[str, np.ndarray],
-                           ranges: dict[str, tuple[float, float]], method: str, percentile: float = 99.999,
-                           num_quantized_bins: int = 128) -> dict[str, tuple[float, float]]:
+def ranges_from_histograms(
+    hists: dict[str, np.ndarray],
+    edges: dict[str, np.ndarray],
+    ranges: dict[str, tuple[float, float]],
+    method: str,
+    percentile: float = 99.999,
+    num_quantized_bins: int = 128,
+) -> dict[str, tuple[float, float]]:
     """Thresholds from merged histograms, computed by ONNX Runtime's HistogramCollector (entropy or percentile)."""
     from onnxruntime.quantization.calibrate import HistogramCollector
 
-    collector = HistogramCollector(method=method, symmetric=True, num_bins=len(next(iter(edges.values()))) - 1,
-                                   num_quantized_bins=num_quantized_bins, percentile=percentile, scenario="same")
+    collector = HistogramCollector(
+        method=method,
+        symmetric=True,
+        num_bins=len(next(iter(edges.values()))) - 1,
+        num_quantized_bins=num_quantized_bins,
+        percentile=percentile,
+        scenario="same",
+    )
     collector.histogram_dict = {
         n: (hists[n].astype(np.int64), edges[n], np.float32(ranges[n][0]), np.float32(ranges[n][1])) for n in hists
     }
@@ -60,8 +72,11 @@ def write_cache(path, ranges: dict[str, tuple[float, float]], method: str):
     """The calibration cache quantize_static reads instead of calibrating itself."""
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}[method]
+    cm = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     data = {n: (np.array(lo, dtype=np.float32), np.array(hi, dtype=np.float32)) for n, (lo, hi) in ranges.items()}
     if cm != CalibrationMethod.MinMax:  # TensorsData takes 2-tuples only for MinMax
         from onnxruntime.quantization.calibrate import TensorData

@@ -1,13 +1,14 @@
 """Running an export job on the federation from the operator's side: write the request, submit a Flower run
 of fedge's app with ``job`` set, wait for the ServerApp's result file (bounded)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import FedgeUserError
 import json
 import shutil
 import time
 from pathlib import Path
 
+from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.fab import write_app, write_overrides
 from fedge.server.flwr_cli import FlowerCLI
 from fedge.server.run_config import RunConfig
@@ -17,8 +18,16 @@ class JobFailed(FedgeUserError, RuntimeError):
     pass
 
 
-def run_job(state: Path, job_dir: Path, kind: str, task: str, config: dict, files: dict[str, Path],
-            min_clients: int, timeout: float = 180.0) -> dict:
+def run_job(
+    state: Path,
+    job_dir: Path,
+    kind: str,
+    task: str,
+    config: dict,
+    files: dict[str, Path],
+    min_clients: int,
+    timeout: float = 180.0,
+) -> dict:
     state, job_dir = Path(state).resolve(), Path(job_dir).resolve()
     job_dir.mkdir(parents=True, exist_ok=True)
     (job_dir / "result.json").unlink(missing_ok=True)
@@ -27,8 +36,17 @@ def run_job(state: Path, job_dir: Path, kind: str, task: str, config: dict, file
         shutil.copyfile(path, job_dir / f"{key}.bin")
         names[key] = f"{key}.bin"
     (job_dir / "request.json").write_text(json.dumps({"config": config, "files": names}))
-    cfg = RunConfig(task=task, num_rounds=1, min_clients=min_clients, secagg=False, state_dir=str(state), job=kind,
-                    job_dir=str(job_dir), round_timeout=timeout, wait_clients_timeout=timeout)
+    cfg = RunConfig(
+        task=task,
+        num_rounds=1,
+        min_clients=min_clients,
+        secagg=False,
+        state_dir=str(state),
+        job=kind,
+        job_dir=str(job_dir),
+        round_timeout=timeout,
+        wait_clients_timeout=timeout,
+    )
     cli = FlowerCLI(state)
     flower_id = cli.run(write_app(state / "app"), write_overrides(job_dir / "config.toml", cfg))
     deadline = time.monotonic() + 2 * timeout + 60

@@ -1,8 +1,10 @@
 """Stage: PyTorch model -> single-file FP32 ONNX (opset 17, dynamic batch axis), checked with onnx.checker and
 against PyTorch on seeded inputs."""
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ class Parity:
     top1_agreement: float
 
 
-def to_onnx(model, sample: np.ndarray, path: Path, dynamic_axes: list[int] = (0,)) -> Path:
+def to_onnx(model, sample: np.ndarray, path: Path, dynamic_axes: Sequence[int] = (0,)) -> Path:
     """Export ``model`` for inputs shaped like ``sample`` (N, ...) with dynamic axes (default: the batch axis)."""
     import onnx
     import torch
@@ -33,10 +35,16 @@ def to_onnx(model, sample: np.ndarray, path: Path, dynamic_axes: list[int] = (0,
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(model, (torch.from_numpy(sample),), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_axes={INPUT: {i: AXIS_NAMES.get(i, f"dim{i}") for i in dynamic_axes},
-                                        OUTPUT: {0: "batch"}})
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(sample),),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {i: AXIS_NAMES.get(i, f"dim{i}") for i in dynamic_axes}, OUTPUT: {0: "batch"}},
+        )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     return path
 

@@ -5,10 +5,12 @@ pruned, exported and fused, pre-processed, quantized, gated). A task names its f
     >>> profile_of(get_task("text")).gated
     ('int8_cpu', 'int8_trt')
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -25,8 +27,8 @@ class ExportProfile:
 
     name: ClassVar[str] = "cnn"
     gated: ClassVar[tuple[str, ...]] = ("int8_cpu",)  # INT8 variants whose accuracy drop can refuse a release
-    skip_symbolic_shape: ClassVar[bool] = False       # ONNX Runtime's symbolic shape inference fails on the graph
-    mask_in_model: ClassVar[bool] = False             # pruning is a mask the model holds (not zeros in its weights)
+    skip_symbolic_shape: ClassVar[bool] = False  # ONNX Runtime's symbolic shape inference fails on the graph
+    mask_in_model: ClassVar[bool] = False  # pruning is a mask the model holds (not zeros in its weights)
 
     def prune(self, model: Any, spec: str) -> None:
         """Stage 1 on the loaded model: magnitude pruning of its stored weights."""
@@ -59,8 +61,8 @@ class TransformerProfile(ExportProfile):
 
     name = "transformer"
     gated = ("int8_cpu", "int8_trt")  # the TensorRT form too: its symmetric activations are the riskier quantization
-    skip_symbolic_shape = True        # an exported BERT fails it on its position-ids slice
-    mask_in_model = True              # the trained arrays are adapters and head; the mask lives in the model
+    skip_symbolic_shape = True  # an exported BERT fails it on its position-ids slice
+    mask_in_model = True  # the trained arrays are adapters and head; the mask lives in the model
 
     def prune(self, model: Any, spec: str) -> None:
         """Nothing to zero in the stored arrays: the mask is held by the model (``stages.masked``)."""
@@ -70,13 +72,16 @@ class TransformerProfile(ExportProfile):
         return task.sample_inputs(), [i for i, n in enumerate(task.input_spec().shape) if n < 0]
 
     def after_onnx(self, task: Task, model: Any, fp32: Path, sample: np.ndarray, say: Say) -> None:
+        from fedge.core.tasks.text import TextTask
         from fedge.export.onnx_export import check_parity
         from fedge.export.transformer import encoder_shape, fuse, fused_operators
 
+        assert isinstance(task, TextTask), f"the transformer profile exports text tasks, not {task.name!r}"
         fused = fuse(fp32, fp32.with_name(FUSED_FP32), *encoder_shape(task.base / "config.json"))
         parity = check_parity(model, fused, sample)
-        say(f"[bold]fused[/bold] for ONNX Runtime: {fused_operators(fused)}, parity max|diff|"
-            f" {parity.max_abs_diff:.2e}")
+        say(
+            f"[bold]fused[/bold] for ONNX Runtime: {fused_operators(fused)}, parity max|diff| {parity.max_abs_diff:.2e}"
+        )
 
     def serving_fp32(self, fp32: Path) -> Path:
         return fp32.with_name(FUSED_FP32)
@@ -89,8 +94,10 @@ class TransformerProfile(ExportProfile):
 
     def reference_rows(self, rows: int, say: Say) -> int:
         if rows:  # onnx.reference cannot run the exported encoder (and would take minutes per row on 22 M weights)
-            say("[bold]reference[/bold]: not evaluated for a transformer (the CPU variant's 7-bit weights hold the"
-                " cross-CPU rule, fedge.export.quantize)")
+            say(
+                "[bold]reference[/bold]: not evaluated for a transformer (the CPU variant's 7-bit weights hold the"
+                " cross-CPU rule, fedge.export.quantize)"
+            )
         return 0
 
 

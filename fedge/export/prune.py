@@ -2,9 +2,11 @@
 and Conv (the pattern TensorRT's sparse kernels use on Ampere/Orin; conv groups run along input channels in
 KRSC order), ``unstructured:P`` zeroes the fraction P of smallest |w|, ``none`` does nothing. The pruning
 re-parametrisation is removed before export, so the weights themselves carry the zeros."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -20,11 +22,16 @@ class SparsityReport:
     pattern: str
     parameters: int
     zeros: int
-    layers: dict[str, float]     # prunable weight -> fraction of zeros
+    layers: dict[str, float]  # prunable weight -> fraction of zeros
 
     def to_json(self) -> dict:
-        return {"pattern": self.pattern, "parameters": self.parameters, "zeros": self.zeros,
-                "fraction": self.zeros / max(self.parameters, 1), "layers": self.layers}
+        return {
+            "pattern": self.pattern,
+            "parameters": self.parameters,
+            "zeros": self.zeros,
+            "fraction": self.zeros / max(self.parameters, 1),
+            "layers": self.layers,
+        }
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -38,10 +45,10 @@ def prune_model(model: nn.Module, cfg: PruneConfig) -> dict[str, torch.Tensor]:
         return masks
     for name, module in prunable(model):
         if cfg.method == "2:4":
-            tprune.custom_from_mask(module, "weight", mask_2of4(module.weight))
+            tprune.custom_from_mask(module, "weight", mask_2of4(cast(torch.Tensor, module.weight)))
         else:
             tprune.l1_unstructured(module, "weight", amount=cfg.amount)
-        masks[f"{name}.weight"] = module.weight_mask.detach().clone()
+        masks[f"{name}.weight"] = cast(torch.Tensor, module.weight_mask).detach().clone()
         tprune.remove(module, "weight")
     return masks
 

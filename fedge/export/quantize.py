@@ -10,6 +10,7 @@ same ranges:
   7-bit weights every CPU (x86 with and without VNNI, arm64) computes what the ONNX specification says, so the
   federated gate measures the answers every device gives (measured: docs/BENCHMARKS.md, "INT8 on every CPU").
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from fedge.edge_runtime.common.errors import ConfigError
-
 from fedge.export.calibration import write_cache
 
 
@@ -45,8 +45,13 @@ def preprocess(fp32: Path, out: Path, skip_symbolic_shape: bool = False) -> Path
     return out
 
 
-def quantize_variants(pre: Path, ranges: dict[str, tuple[float, float]], out_dir: Path, cfg: QuantizeConfig,
-                      quantizer: Quantizer | None = None) -> dict[str, Path]:
+def quantize_variants(
+    pre: Path,
+    ranges: dict[str, tuple[float, float]],
+    out_dir: Path,
+    cfg: QuantizeConfig,
+    quantizer: Quantizer | None = None,
+) -> dict[str, Path]:
     """Both INT8 files of ``pre`` from the merged ``ranges``, by ``quantizer`` (default: the CNN family's)."""
     cache = out_dir / "calibration-cache.json"
     cm = write_cache(cache, ranges, cfg.method)
@@ -59,14 +64,32 @@ def quantize_cnn(pre: Path, cache: Path, method: Any, out_dir: Path) -> dict[str
     """The CNN family's two INT8 files: QDQ on every quantizable operator, per-channel weights."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                  calibrate_method=method, calibration_cache_path=str(cache))
+    common = dict(
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        calibration_cache_path=str(cache),
+    )
     trt = out_dir / "model.int8.trt.onnx"
-    quantize_static(str(pre), str(trt), None, activation_type=QuantType.QInt8,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}, **common)
+    quantize_static(
+        str(pre),
+        str(trt),
+        None,
+        activation_type=QuantType.QInt8,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+        **common,
+    )
     cpu = out_dir / "model.int8.cpu.onnx"
-    quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8, reduce_range=True,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True}, **common)
+    quantize_static(
+        str(pre),
+        str(cpu),
+        None,
+        activation_type=QuantType.QUInt8,
+        reduce_range=True,
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        **common,
+    )
     return {"int8_trt": trt, "int8_cpu": cpu}
 
 

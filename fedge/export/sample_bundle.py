@@ -1,6 +1,7 @@
 """Signed release bundles written with the same ``write_bundle`` as a real export, without running a federation:
 an untrained task model (FP32 only), and the digits model trained on the shipped data and quantized as the export
 quantizes (FP32 + both INT8 variants). For tests and benchmarks."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,15 +9,20 @@ from pathlib import Path
 
 import torch
 
-from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, load_private_key, write_bundle
 from fedge.core.tasks import get_task
-
+from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, load_private_key, write_bundle
 from fedge.export.onnx_export import to_onnx
 from fedge.export.profiles import profile_of
 
 
-def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model_name: str | None = None,
-                     seed: int = 0, max_batch_size: int = 64) -> Path:
+def untrained_bundle(
+    out: Path,
+    key_path: Path,
+    task_name: str = "digits",
+    model_name: str | None = None,
+    seed: int = 0,
+    max_batch_size: int = 64,
+) -> Path:
     task = get_task(task_name)
     torch.manual_seed(seed)
     model = task.export_module(task.build_model())
@@ -28,8 +34,15 @@ def untrained_bundle(out: Path, key_path: Path, task_name: str = "digits", model
     return sign_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
 
 
-def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | None = None, seed: int = 0,
-                max_batch_size: int = 64, models: dict[str, str] | None = None) -> Path:
+def sign_bundle(
+    out: Path,
+    key_path: Path,
+    task_name: str,
+    model_name: str | None = None,
+    seed: int = 0,
+    max_batch_size: int = 64,
+    models: dict[str, str] | None = None,
+) -> Path:
     """Sign ``out`` as a bundle of the task's model: ``models`` (kind -> file in ``out``, by default only
     ``model.fp32.onnx``) with the task's input and logits output."""
     task = get_task(task_name)
@@ -37,11 +50,14 @@ def sign_bundle(out: Path, key_path: Path, task_name: str, model_name: str | Non
     for name, path in task.bundle_files().items():
         shutil.copyfile(path, Path(out) / name)
     manifest = Manifest(
-        model=model_name or task_name, task=task_name,
+        model=model_name or task_name,
+        task=task_name,
         inputs=(TensorDesc("input", spec.datatype, tuple(spec.shape)),),
         outputs=(TensorDesc("logits", "FP32", (-1, task.num_classes)),),
-        models=models or {"fp32": "model.fp32.onnx"}, labels=tuple(task.labels),
-        preprocessing=task.preprocessing(), max_batch_size=max_batch_size,
+        models=models or {"fp32": "model.fp32.onnx"},
+        labels=tuple(task.labels),
+        preprocessing=task.preprocessing(),
+        max_batch_size=max_batch_size,
         lineage={"run": 0, "round": 0, "seed": seed},
     )
     write_bundle(out, manifest, load_private_key(key_path))
@@ -66,12 +82,13 @@ def trained_digits(work: Path, epochs: int = 6) -> tuple[dict[str, Path], Path, 
     work.mkdir(parents=True, exist_ok=True)
     fp32 = to_onnx(model, train_ds.x[:2], work / "model.fp32.onnx")
     pre = preprocess(fp32, work / "pre.onnx")
-    ranges = merge_minmax([{k: tuple(v) for k, v in calibration_minmax(pre.read_bytes(), train_ds.x).items()}])
+    ranges = merge_minmax([{k: (v[0], v[1]) for k, v in calibration_minmax(pre.read_bytes(), train_ds.x).items()}])
     return {"fp32": fp32, **quantize_variants(pre, ranges, work, QuantizeConfig())}, pre, ranges
 
 
-def trained_digits_bundle(out: Path, key_path: Path, model_name: str = "digits",
-                          kinds: tuple[str, ...] = ("fp32", "int8_cpu", "int8_trt")) -> Path:
+def trained_digits_bundle(
+    out: Path, key_path: Path, model_name: str = "digits", kinds: tuple[str, ...] = ("fp32", "int8_cpu", "int8_trt")
+) -> Path:
     """A signed bundle of :func:`trained_digits`' ``kinds`` (a CPU device serves INT8 CPU where it is present)."""
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)

@@ -4,22 +4,24 @@ leaves an artifact to inspect (and a failed export shows how far it got):
     checkpoint --prune--> pruned.safetensors --recover--> recovered checkpoint --onnx--> model.fp32.onnx
     --calibrate--> calibration.json --quantize--> model.int8.{cpu,trt}.onnx --gate--> gate.json --sign--> bundle
 """
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
+from fedge.core.tasks import Task
 from fedge.core.wire import JobKey, JobKind
 from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, write_bundle
 from fedge.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms, uses_abs
 from fedge.export.federated import run_job
 from fedge.export.gate import GateFailed, GateReport, aggregate_gate
 from fedge.export.onnx_export import check_parity, to_onnx
-from fedge.export.prune import PruneConfig, SparsityReport, sparsity
 from fedge.export.profiles import profile_of
+from fedge.export.prune import PruneConfig, SparsityReport, sparsity
 from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.registry import Registry, RoundRecord
@@ -34,17 +36,26 @@ CALIBRATION_SAMPLES_MAX = 256  # per customer (client.jobs)
 @dataclass(frozen=True)
 class Source:
     """What an export starts from: a completed round of a run, its checkpoint, its task and its run config."""
+
     state: Path
     registry: Registry
     run: int
     round: RoundRecord
-    task: object                      # fedge.core.tasks.Task
+    task: Task
     run_config: RunConfig
 
     def job(self, kind: str, work: Path, config: dict, files: dict[str, Path], timeout: float) -> dict:
         """One export job on the run's customers (federated calibration, the gate): only statistics come back."""
-        return run_job(self.state, work / kind, kind, self.task.name, {**self.run_config.task_settings(), **config},
-                       files, self.run_config.min_clients, timeout)
+        return run_job(
+            self.state,
+            work / kind,
+            kind,
+            self.task.name,
+            {**self.run_config.task_settings(), **config},
+            files,
+            self.run_config.min_clients,
+            timeout,
+        )
 
 
 def load_model(task, checkpoint: Path):
@@ -63,8 +74,12 @@ def masked(src: Source, spec: str) -> Source:
     builds its model with the mask held on the merged encoder weights (fedge.core.tasks.lora_model.hold_mask)."""
     import dataclasses
 
-    return dataclasses.replace(src, task=dataclasses.replace(src.task, prune=spec),
-                               run_config=src.run_config.with_(prune=spec))
+    from fedge.core.tasks.text import TextTask
+
+    assert isinstance(src.task, TextTask), "a mask held in the model is the text task's"
+    return dataclasses.replace(
+        src, task=dataclasses.replace(src.task, prune=spec), run_config=src.run_config.with_(prune=spec)
+    )
 
 
 def prune(task, checkpoint: Path, spec: str, out: Path) -> Path:
@@ -76,14 +91,20 @@ def prune(task, checkpoint: Path, spec: str, out: Path) -> Path:
     return out
 
 
-def recover(src: Source, pruned: Path, spec: str, rounds: int, progress: RunProgress, say: Say) -> tuple[Path, int | None]:
+def recover(
+    src: Source, pruned: Path, spec: str, rounds: int, progress: RunProgress, say: Say
+) -> tuple[Path, int | None]:
     """Stage 2: federated recovery rounds from the pruned weights with the mask held (zeros stay zeros) -> the
-    recovery run's last checkpoint and that run's id (the pruned weights themselves when there is nothing to recover)."""
+    recovery run's last checkpoint and that run's id (the pruned weights themselves when there is nothing to
+    recover)."""
     if PruneConfig.parse(spec).method == "none" or rounds == 0:
         return pruned, None
     say(f"[bold]recovery[/bold]: {rounds} federated round(s) with the {spec} mask held")
-    outcome = launch(src.state, src.run_config.with_(num_rounds=rounds, start_round=0, init=str(pruned),
-                                                     hold_sparsity=True, fedge_run_id=0), progress=progress)
+    outcome = launch(
+        src.state,
+        src.run_config.with_(num_rounds=rounds, start_round=0, init=str(pruned), hold_sparsity=True, fedge_run_id=0),
+        progress=progress,
+    )
     if not outcome.ok:
         raise RunFailed(f"recovery run {outcome.run_id} failed: {outcome.reason}")
     last = src.registry.last_round(outcome.run_id)
@@ -115,13 +136,26 @@ def calibrate(src: Source, fp32: Path, method: str, bins: int, timeout: float, o
     ranges = merge_minmax([{k: tuple(v) for k, v in r.items()} for r in mm["results"].values()])
     if method != "minmax":
         edges = histogram_edges(ranges, bins, method)
-        hist = src.job(JobKind.CALIBRATE_HIST, work, {JobKey.EDGES: json.dumps({k: v.tolist() for k, v in edges.items()}),
-                                                      JobKey.ABSOLUTE: uses_abs(method)}, {JobKey.MODEL: pre}, timeout)
+        hist = src.job(
+            JobKind.CALIBRATE_HIST,
+            work,
+            {JobKey.EDGES: json.dumps({k: v.tolist() for k, v in edges.items()}), JobKey.ABSOLUTE: uses_abs(method)},
+            {JobKey.MODEL: pre},
+            timeout,
+        )
         ranges = ranges_from_histograms(merge_histograms(list(hist["results"].values())), edges, ranges, method)
     say(f"[bold]calibration[/bold] {method}: {len(ranges)} tensors from {len(mm['results'])} customers")
-    out.write_text(json.dumps({"method": method, "model": pre.name, "customers": sorted(mm["results"]),
-                               "profile": profile.name,
-                               "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()}}))
+    out.write_text(
+        json.dumps(
+            {
+                "method": method,
+                "model": pre.name,
+                "customers": sorted(mm["results"]),
+                "profile": profile.name,
+                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in ranges.items()},
+            }
+        )
+    )
     return out
 
 
@@ -131,37 +165,50 @@ def quantize(calibration: Path, fp32: Path, bundle: Path) -> dict[str, Path]:
     doc = json.loads(calibration.read_text())
     ranges = {k: (lo, hi) for k, (lo, hi) in doc["ranges"].items()}
     profile = profile_of(doc.get("profile", "cnn"))
-    variants = quantize_variants(calibration.parent / doc["model"], ranges, bundle, QuantizeConfig(doc["method"]),
-                                 profile.quantizer)
+    variants = quantize_variants(
+        calibration.parent / doc["model"], ranges, bundle, QuantizeConfig(doc["method"]), profile.quantizer
+    )
     shutil.copyfile(profile.serving_fp32(fp32), bundle / "model.fp32.onnx")
     return {"fp32": bundle / "model.fp32.onnx", **variants}
 
 
-def gate(src: Source, models: dict[str, Path], max_drop: float, reference_rows: int, timeout: float, out: Path,
-         say: Say) -> GateReport:
+def gate(
+    src: Source, models: dict[str, Path], max_drop: float, reference_rows: int, timeout: float, out: Path, say: Say
+) -> GateReport:
     """Stage 6: the federated accuracy gate: every customer evaluates FP32 and both INT8 variants on its holdout
     (and the INT8 ones by the ONNX specification on its first ``reference_rows`` rows) -> gate.json; raises
     GateFailed (with the per-customer figures) if INT8 loses more than ``max_drop``; a release whose INT8 answers
     depend on the CPU is said so, with the numbers, and marked in the report."""
     profile = profile_of(src.task)
     reference_rows = profile.reference_rows(reference_rows, say)
-    g = src.job(JobKind.GATE, out.parent, {JobKey.KINDS: json.dumps(list(GATE_VARIANTS)),
-                                           JobKey.REFERENCE_ROWS: reference_rows},
-                {JobKey.model_of(k): models[k] for k in GATE_VARIANTS}, timeout)
+    g = src.job(
+        JobKind.GATE,
+        out.parent,
+        {JobKey.KINDS: json.dumps(list(GATE_VARIANTS)), JobKey.REFERENCE_ROWS: reference_rows},
+        {JobKey.model_of(k): models[k] for k in GATE_VARIANTS},
+        timeout,
+    )
     report = aggregate_gate(g["results"], max_drop, gated=profile.gated)
     out.write_text(json.dumps(report.to_json(), indent=2))
-    say(f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
+    say(
+        f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
         f" drop {report.accuracy_drop:+.4f} (max {max_drop}), top-1 agreement {report.agreement:.4f}; "
-        + ", ".join(f"{k} {v['accuracy']:.4f} ({v['drop']:+.4f}{', gated' if k in report.gated else ''})"
-                    for k, v in report.variants.items()))
+        + ", ".join(
+            f"{k} {v['accuracy']:.4f} ({v['drop']:+.4f}{', gated' if k in report.gated else ''})"
+            for k, v in report.variants.items()
+        )
+    )
     say_reference(report, say)
     if not report.passed:
-        per = ", ".join(f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}"
-                        for c, v in report.per_customer.items())
+        per = ", ".join(
+            f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}" for c, v in report.per_customer.items()
+        )
         worst = max(report.gated, key=lambda k: report.variants[k]["drop"]) if report.gated else report.candidate
         drop = report.variants.get(worst, {}).get("drop", report.accuracy_drop)
-        raise GateFailed(f"INT8 ({worst}) accuracy drop {drop:.4f} exceeds --max-accuracy-drop "
-                         f"{max_drop} (per customer {per}); release refused")
+        raise GateFailed(
+            f"INT8 ({worst}) accuracy drop {drop:.4f} exceeds --max-accuracy-drop "
+            f"{max_drop} (per customer {per}); release refused"
+        )
     return report
 
 
@@ -173,33 +220,58 @@ def say_reference(report: GateReport, say: Say) -> None:
     if errors:
         say(f"[bold]reference[/bold]: not evaluated by {', '.join(errors)} ({next(iter(errors.values()))})")
     if report.cpu_dependent:
-        cpus = ", ".join(f"{c}: {v['agreement']:.4f} on {v['cpu']}" for c, v in ref["per_customer"].items()
-                         if v.get("agreement") is not None)
-        say(f"[bold yellow]CPU-dependent INT8[/bold yellow]: {report.candidate} agrees with the ONNX specification"
+        cpus = ", ".join(
+            f"{c}: {v['agreement']:.4f} on {v['cpu']}"
+            for c, v in ref["per_customer"].items()
+            if v.get("agreement") is not None
+        )
+        say(
+            f"[bold yellow]CPU-dependent INT8[/bold yellow]: {report.candidate} agrees with the ONNX specification"
             f" on {ref['agreement']:.4f} of {ref['rows']} rows (max logit difference {ref['max_abs_diff']:.3g};"
-            f" {cpus}): devices on other CPUs will not all give the answers this gate measured")
+            f" {cpus}): devices on other CPUs will not all give the answers this gate measured"
+        )
     elif ref["rows"]:
-        say(f"[bold]reference[/bold]: {report.candidate} gives the ONNX specification's answers on all {ref['rows']}"
-            f" rows checked (max logit difference {ref['max_abs_diff']:.3g})")
+        say(
+            f"[bold]reference[/bold]: {report.candidate} gives the ONNX specification's answers on all {ref['rows']}"
+            f" rows checked (max logit difference {ref['max_abs_diff']:.3g})"
+        )
 
 
-def sign(src: Source, bundle: Path, lineage: dict, calibration: Path, report: GateReport, pruned: SparsityReport,
-         parity: float, max_batch_size: int, signing_key) -> Manifest:
+def sign(
+    src: Source,
+    bundle: Path,
+    lineage: dict,
+    calibration: Path,
+    report: GateReport,
+    pruned: SparsityReport,
+    parity: float,
+    max_batch_size: int,
+    signing_key,
+) -> Manifest:
     """Stage 7: the manifest (what the device serves and how it was made) signed into the bundle -> the manifest."""
     task, spec = src.task, src.task.input_spec()
     cal = json.loads(calibration.read_text())
     for name, path in task.bundle_files().items():  # e.g. the tokenizer the device tokenizes with
         shutil.copyfile(path, bundle / name)
     manifest = Manifest(
-        model=task.name, task=task.name,
+        model=task.name,
+        task=task.name,
         inputs=(TensorDesc("input", spec.datatype, tuple(spec.shape)),),
         outputs=(TensorDesc("logits", "FP32", (-1, task.num_classes)),),
         models={"fp32": "model.fp32.onnx", "int8_cpu": "model.int8.cpu.onnx", "int8_trt": "model.int8.trt.onnx"},
-        labels=tuple(task.labels), preprocessing=task.preprocessing(), max_batch_size=max_batch_size,
-        lineage=lineage, sparsity=pruned.to_json(),
-        calibration={"method": cal["method"], "tensors": len(cal["ranges"]), "customers": cal["customers"],
-                     "samples_per_customer_max": CALIBRATION_SAMPLES_MAX},
-        gate=report.to_json(), sizes={p.name: p.stat().st_size for p in bundle.iterdir()},
+        labels=tuple(task.labels),
+        preprocessing=task.preprocessing(),
+        max_batch_size=max_batch_size,
+        lineage=lineage,
+        sparsity=pruned.to_json(),
+        calibration={
+            "method": cal["method"],
+            "tensors": len(cal["ranges"]),
+            "customers": cal["customers"],
+            "samples_per_customer_max": CALIBRATION_SAMPLES_MAX,
+        },
+        gate=report.to_json(),
+        sizes={p.name: p.stat().st_size for p in bundle.iterdir()},
         onnx={"opset": 17, "parity_max_abs_diff": parity},
     )
     return write_bundle(bundle, manifest, signing_key)

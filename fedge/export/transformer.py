@@ -12,6 +12,7 @@
   fused contrib ops and stay in float kernels); the unfused QDQ graph gets ONNX Runtime's own fusions at load.
 The encoder's word-embedding table (a Gather) stays FP32 in both INT8 files.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,20 +51,46 @@ def quantize_transformer(pre: Path, cache: Path, method, out_dir: Path) -> dict[
     """The two INT8 QDQ files of an encoder from the calibration cache ``cache`` (ranges of ``pre``'s tensors)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    common = dict(quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8, calibrate_method=method,
-                  calibration_cache_path=str(cache))
+    common = dict(
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        calibration_cache_path=str(cache),
+    )
     trt = out_dir / "model.int8.trt.onnx"
-    quantize_static(str(pre), str(trt), None, activation_type=QuantType.QInt8, op_types_to_quantize=QUANTIZED_OPS,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "DedicatedQDQPair": True, "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS},
-                    **common)
+    quantize_static(
+        str(pre),
+        str(trt),
+        None,
+        activation_type=QuantType.QInt8,
+        op_types_to_quantize=QUANTIZED_OPS,
+        extra_options={
+            "ActivationSymmetric": True,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+            "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS,
+        },
+        **common,
+    )
     cpu = out_dir / "model.int8.cpu.onnx"
-    quantize_static(str(pre), str(cpu), None, activation_type=QuantType.QUInt8, reduce_range=True,
-                    op_types_to_quantize=QUANTIZED_OPS + ["Gather"],  # + the embedding tables, stored in int8
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False,
-                                   "DedicatedQDQPair": True,
-                                   "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS + ["Gather"]},
-                    **common)
+    quantize_static(
+        str(pre),
+        str(cpu),
+        None,
+        activation_type=QuantType.QUInt8,
+        reduce_range=True,
+        op_types_to_quantize=QUANTIZED_OPS + ["Gather"],  # + the embedding tables, stored in int8
+        extra_options={
+            "ActivationSymmetric": False,
+            "WeightSymmetric": True,
+            "QuantizeBias": False,
+            "DedicatedQDQPair": True,
+            "OpTypesToExcludeOutputQuantization": QUANTIZED_OPS + ["Gather"],
+        },
+        **common,
+    )
     for path in (trt, cpu):
         float_inputs_elsewhere(path)
     gather_then_dequantize(cpu)
@@ -94,8 +121,10 @@ def gather_then_dequantize(path: Path) -> Path:
         gather.input[0], dq.input[0] = dq.input[0], rows
         dq.output[0], gather.output[0] = gather.output[0], rows
         graph.node.remove(dq)
-        graph.node.insert(list(graph.node).index(gather) + 1, helper.make_node(
-            "DequantizeLinear", list(dq.input), list(dq.output), name=dq.name))
+        graph.node.insert(
+            list(graph.node).index(gather) + 1,
+            helper.make_node("DequantizeLinear", list(dq.input), list(dq.output), name=dq.name),
+        )
     drop_unread(graph)
     onnx.save(model, str(path))
     return path
@@ -156,7 +185,9 @@ def qdq_structure(path: Path) -> dict:
             dq_fed |= {c.op_type for c in consumers.get(n.output[0], [])}
         if n.op_type == "QuantizeLinear" and len(n.input) > 2:  # activations (weights are stored quantized)
             activation_types.add(zero_points.get(n.input[2]))
-    return {"quantize": sum(n.op_type == "QuantizeLinear" for n in graph.node),
-            "dequantize": sum(n.op_type == "DequantizeLinear" for n in graph.node),
-            "dequantized_into": sorted(dq_fed),
-            "activation_types": sorted(t for t in activation_types if t is not None)}  # onnx: 2 uint8, 3 int8
+    return {
+        "quantize": sum(n.op_type == "QuantizeLinear" for n in graph.node),
+        "dequantize": sum(n.op_type == "DequantizeLinear" for n in graph.node),
+        "dequantized_into": sorted(dq_fed),
+        "activation_types": sorted(t for t in activation_types if t is not None),
+    }  # onnx: 2 uint8, 3 int8

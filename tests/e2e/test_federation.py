@@ -1,5 +1,6 @@
 """End to end with real processes on 127.0.0.1: a Flower SuperLink (coordinator) and SuperNodes (client
 daemons), TLS and SuperNode authentication on, free ports, everything stopped by PID."""
+
 import json
 
 import pytest
@@ -16,8 +17,12 @@ NAMES = ("acme", "globex", "initech")
 def hook_switches(out) -> dict[str, str]:
     """Every environment switch that once (FEDGE_*) or in tests (FEDGE_TEST_*) records or alters updates. A
     production daemon ignores all of them: only the test-only plugin (tests/plugins/client_mods) reads them."""
-    return {"FEDGE_RECORD_UPDATES": str(out), "FEDGE_TEST_RECORD": str(out), "FEDGE_FAULT_INJECT": "nan",
-            "FEDGE_TEST_FAULT": "nan"}
+    return {
+        "FEDGE_RECORD_UPDATES": str(out),
+        "FEDGE_TEST_RECORD": str(out),
+        "FEDGE_FAULT_INJECT": "nan",
+        "FEDGE_TEST_FAULT": "nan",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +31,41 @@ def federation(tmp_path_factory, digits_customers):
     fed.start_coordinator()
     (fed.root / "recorded").mkdir()
     for name, data in zip(NAMES, digits_customers):
-        fed.start_client(name, data, "digits", extra=["--audit-log", str(fed.root / f"audit-{name}.jsonl")],
-                         env=hook_switches(fed.root / "recorded"))
+        fed.start_client(
+            name,
+            data,
+            "digits",
+            extra=["--audit-log", str(fed.root / f"audit-{name}.jsonl")],
+            env=hook_switches(fed.root / "recorded"),
+        )
     yield fed
     fed.stop_all()
 
 
 def test_three_client_secagg_run_completes_with_registry_rows(federation):
-    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "2", "--min-clients", "3",
-                    "--state", str(federation.state), "--json")
+    out = run_fedge(
+        "run",
+        "launch",
+        "--task",
+        "digits",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--state",
+        str(federation.state),
+        "--json",
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(out.stdout)
     assert doc["status"] == "completed" and doc["config"]["secagg"] is True
     # the task's training defaults are recorded as the values customers trained with, not as "-1: the task's"
     assert {k: doc["config"][k] for k in ("local_epochs", "batch_size", "lr", "proximal_mu")} == {
-        "local_epochs": 2, "batch_size": 32, "lr": 3e-3, "proximal_mu": 0.0}
+        "local_epochs": 2,
+        "batch_size": 32,
+        "lr": 3e-3,
+        "proximal_mu": 0.0,
+    }
     assert [r["round"] for r in doc["rounds"]] == [1, 2]
     for r in doc["rounds"]:
         assert r["clients"] == sorted(NAMES)
@@ -57,14 +82,26 @@ def test_three_client_secagg_run_completes_with_registry_rows(federation):
 def test_clients_send_only_model_shaped_arrays_and_scalar_metrics(federation):
     audit = {n: federation.root / f"audit-{n}.jsonl" for n in NAMES}
     before = {n: len(p.read_text().splitlines()) if p.exists() else 0 for n, p in audit.items()}
-    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "1", "--min-clients", "3", "--no-secagg",
-                    "--state", str(federation.state), "--json")
+    out = run_fedge(
+        "run",
+        "launch",
+        "--task",
+        "digits",
+        "--rounds",
+        "1",
+        "--min-clients",
+        "3",
+        "--no-secagg",
+        "--state",
+        str(federation.state),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     model = get_task("digits").build_model()
     shapes = {tuple(v.shape) for v in model.state_dict().values()}
     scalar = {"int", "float", "str", "bool"}
     for name, path in audit.items():
-        entries = [json.loads(line) for line in path.read_text().splitlines()[before[name]:]]
+        entries = [json.loads(line) for line in path.read_text().splitlines()[before[name] :]]
         assert {e["type"] for e in entries} == {"train", "evaluate"}
         for e in entries:
             arrays = [a for rec in e["arrays"].values() for a in rec.values()]
@@ -82,9 +119,23 @@ def test_export_makes_a_signed_int8_release_gated_on_customer_data(federation, t
 
     generate_keys(federation.state / "keys")
     # run 1 trained only 2 rounds: one recovery round after 2:4 pruning, and a gate bound fitting such a model
-    out = run_fedge("export", "1", "--prune", "2:4", "--recovery-rounds", "1", "--calibration", "entropy",
-                    "--max-accuracy-drop", "0.03", "--state", str(federation.state),
-                    "--out", str(tmp_path / "release"), "--json")
+    out = run_fedge(
+        "export",
+        "1",
+        "--prune",
+        "2:4",
+        "--recovery-rounds",
+        "1",
+        "--calibration",
+        "entropy",
+        "--max-accuracy-drop",
+        "0.03",
+        "--state",
+        str(federation.state),
+        "--out",
+        str(tmp_path / "release"),
+        "--json",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.loads(out.stdout)
     gate = summary["gate"]

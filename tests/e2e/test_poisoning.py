@@ -2,22 +2,38 @@
 scaled 10x (the test-only fault mod, tests/plugins/client_mods). Plain FedAvg degrades; screening updates with
 --max-update-norm (set from the honest updates' norms the registry records) keeps the run within 2 points of
 the clean one. (Median/trimmed-mean/Krum and NaN screening against the same attacks: tests/test_privacy.py.)"""
+
 import json
 
 import pytest
 
-from tests.plugins import client_mods_env
 from fedge.cli.cluster import LocalFederation
 from fedge.cli.demo import write_customer_data
 from tests.conftest import run_fedge
+from tests.plugins import client_mods_env
 
 pytestmark = pytest.mark.e2e
 HONEST = ("acme", "globex", "initech")
 
 
 def _run(fed, *flags) -> dict:
-    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "2", "--min-clients", "3", "--no-secagg",
-                    "--local-epochs", "1", *flags, "--state", str(fed.state), "--json")
+    out = run_fedge(
+        "run",
+        "launch",
+        "--task",
+        "digits",
+        "--rounds",
+        "2",
+        "--min-clients",
+        "3",
+        "--no-secagg",
+        "--local-epochs",
+        "1",
+        *flags,
+        "--state",
+        str(fed.state),
+        "--json",
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return json.loads(out.stdout)
 

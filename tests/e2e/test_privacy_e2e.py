@@ -2,6 +2,7 @@
 one customer with a tiny budget (--max-epsilon 3.5). Central DP sigma = 2: its rounds cost ε 2.003, 2.953,
 3.719 (cumulative, δ = 1e-5), so that customer trains rounds 1-2 of run 1 and refuses round 3 and every round
 after; the refusal reaches the operator, the ledger survives a restart and an edited ledger stops the daemon."""
+
 import json
 import re
 import time
@@ -29,8 +30,26 @@ def fed(tmp_path_factory, digits_customers):
 
 
 def _launch(fed, rounds: int) -> dict:
-    out = run_fedge("run", "launch", "--task", "digits", "--rounds", str(rounds), "--min-clients", "2", "--no-secagg",
-                    "--dp-noise", "2.0", "--dp-clip", "1.0", "--local-epochs", "1", "--state", str(fed.state), "--json")
+    out = run_fedge(
+        "run",
+        "launch",
+        "--task",
+        "digits",
+        "--rounds",
+        str(rounds),
+        "--min-clients",
+        "2",
+        "--no-secagg",
+        "--dp-noise",
+        "2.0",
+        "--dp-clip",
+        "1.0",
+        "--local-epochs",
+        "1",
+        "--state",
+        str(fed.state),
+        "--json",
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout)
 
@@ -66,7 +85,10 @@ def test_budget_is_enforced_reported_and_survives_restarts(fed):
     acme_state = fed.root / "clients" / "acme"
     ledger = json.loads(run_fedge("client", "ledger", "--state", str(acme_state), "--json").stdout)
     assert ledger["total_epsilon"] == pytest.approx(epsilon([(2.0, 1.0, 2)], 1e-5))
-    assert [len(r["rounds"]) for r in ledger["runs"]] == [2, 0] and [len(r["refused"]) for r in ledger["runs"]] == [1, 1]
+    assert [len(r["rounds"]) for r in ledger["runs"]] == [2, 0] and [len(r["refused"]) for r in ledger["runs"]] == [
+        1,
+        1,
+    ]
 
     # the ledger survives a daemon restart ...
     log = fed.root / "logs" / "client-acme.out"

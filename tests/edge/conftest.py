@@ -7,9 +7,9 @@ import grpc
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.distribution.bundle import generate_keys
 from fedge.cli.cluster import EdgeServerProcess, fedge_cmd
 from fedge.core.procs import fedge_env
+from fedge.edge_runtime.distribution.bundle import generate_keys
 from tests.edge.bundles import make_bundle
 
 
@@ -59,8 +59,9 @@ def intent_bundle(tmp_path_factory, keys):
 
 def fedge(*args: str, timeout: float = 120, python: str | None = None) -> subprocess.CompletedProcess:
     """``fedge ARGS`` as a process, with ``python`` (a device's interpreter) or this one."""
-    return subprocess.run(fedge_cmd(*args, python=python), capture_output=True, text=True, timeout=timeout,
-                          env=fedge_env())
+    return subprocess.run(
+        fedge_cmd(*args, python=python), capture_output=True, text=True, timeout=timeout, env=fedge_env()
+    )
 
 
 def edge_cli(server, *args: str, **kw) -> subprocess.CompletedProcess:
@@ -82,8 +83,10 @@ def device_python() -> str:
         if os.environ.get("FEDGE_REQUIRE_DEVICE_PYTHON"):
             pytest.fail(f"no device interpreter at {python}: run `make test` (it builds .venv-device)")
         pytest.skip("no Python 3.10 device install (.venv-device): `make test` builds one where Python 3.10 exists")
-    probe = ("import sys, importlib.util; print(sys.version_info[:2] >= (3, 10),"
-             " [m for m in ('torch', 'flwr', 'sklearn', 'opacus') if importlib.util.find_spec(m)])")
+    probe = (
+        "import sys, importlib.util; print(sys.version_info[:2] >= (3, 10),"
+        " [m for m in ('torch', 'flwr', 'sklearn', 'opacus') if importlib.util.find_spec(m)])"
+    )
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "True []", f"{python} is not a device install (Python >= 3.10, no training stack): {out}"
     return python
@@ -109,15 +112,16 @@ def serving(root: Path, keys, bundles, *flags: str, python: str | None = None):
 def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, delay_s: float = 0.3):
     """An edge server in this process (gRPC and HTTP on free ports) serving ``bundle`` (the digits model), whose
     batched backend call is slowed to ``delay_s``: a stand-in for a heavy model, as digits answers in microseconds.
-    One batch worker (``--instances 1``), so that one call keeps the model busy. ``config``: the model's config.json. Yields (server, the rows of each backend call); a fixture's generator."""
+    One batch worker (``--instances 1``), so that one call keeps the model busy. ``config``: the model's
+    config.json. Yields (server, the rows of each backend call); a fixture's generator."""
     import time
 
-    from fedge.edge_runtime.serving.batcher import BatchingConfig
+    from fedge.core.procs import free_port
     from fedge.edge_runtime.distribution.bundle import load_public_key
     from fedge.edge_runtime.distribution.repository import install_bundle
-    from fedge.edge_runtime.serving.model_repository import ServingConfig
     from fedge.edge_runtime.process.serve import EdgeConfig, EdgeServer
-    from fedge.core.procs import free_port
+    from fedge.edge_runtime.serving.batcher import BatchingConfig
+    from fedge.edge_runtime.serving.model_repository import ServingConfig
 
     install_bundle(root / "repo", bundle, load_public_key(keys[1]))
     if config is not None:
@@ -136,8 +140,17 @@ def slowed_server(root: Path, keys, bundle: Path, config: dict | None = None, de
             return self.inner.run(feeds)
 
     serving = ServingConfig(batching=BatchingConfig(instances=1), wrap_backend=SlowBackend)
-    server = EdgeServer(EdgeConfig(repo=root / "repo", trust=keys[1], host="127.0.0.1", port=0, metrics_port=0,
-                                   http_port=free_port(), serving=serving)).start()
+    server = EdgeServer(
+        EdgeConfig(
+            repo=root / "repo",
+            trust=keys[1],
+            host="127.0.0.1",
+            port=0,
+            metrics_port=0,
+            http_port=free_port(),
+            serving=serving,
+        )
+    ).start()
     computed.clear()  # the warm-up's call
     yield server, computed
     server.stop()
@@ -158,8 +171,9 @@ def digits_request(timeout_us: int = 0):
 
 def triton_script(module: str, *args: str) -> dict:
     """Run one of the tritonclient scripts (own process: tritonclient's protos clash with fedge's); its JSON."""
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120,
-                         env=fedge_env())
+    out = subprocess.run(
+        [sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=120, env=fedge_env()
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -5,8 +5,8 @@ import time
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.serving.batcher import BatchingConfig, DynamicBatcher, QueuePolicy
 from fedge.edge_runtime.common.errors import Overloaded
+from fedge.edge_runtime.serving.batcher import BatchingConfig, DynamicBatcher, QueuePolicy
 
 
 def test_concurrent_requests_are_coalesced_and_split_back_in_order():
@@ -89,7 +89,9 @@ def test_gpu_buckets_pad_odd_batches_and_return_only_the_real_rows(tmp_path, key
     seen = []
     for size, sess in be.buckets.items():
         real = sess.run
-        sess.run = lambda names, feeds, size=size, real=real: seen.append((size, len(feeds["input"]))) or real(names, feeds)
+        sess.run = lambda names, feeds, size=size, real=real: (
+            seen.append((size, len(feeds["input"]))) or real(names, feeds)
+        )
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     out = be.run({"input": x})["logits"]
     assert seen == [(16, 16)] and out.shape == (5, 10)
@@ -171,7 +173,7 @@ def test_requests_cancelled_while_queued_are_not_computed():
         release.set()
         return await blocker, [await queued[i] for i in (1, 3)]
 
-    first, kept = asyncio.run(main())
+    _first, kept = asyncio.run(main())
     b.close()
     assert calls == [[0.0], [2.0, 4.0]]
     assert [k["x"][0, 0] for k in kept] == [2.0, 4.0]
@@ -198,7 +200,7 @@ def test_each_call_is_accounted_before_its_requests_are_answered_and_accounting_
     assert len(seen) == 3
 
 
-def _blocked_batcher(policy: QueuePolicy = QueuePolicy(), **config):
+def _blocked_batcher(policy: QueuePolicy = QueuePolicy(), **config):  # noqa: B008 (frozen: one shared default is fine)
     """A batcher whose backend holds each call until ``release`` is set; ``started`` is set once it is busy.
     ``config``: more BatchingConfig fields."""
     release, started, calls = threading.Event(), threading.Event(), []
@@ -227,12 +229,15 @@ def test_a_full_queue_refuses_at_once_and_serves_what_it_holds():
     assert calls == [[0.0], [1.0, 2.0], [4.0]]
 
 
-@pytest.mark.parametrize("policy, request_us, refused", [
-    (QueuePolicy(timeout_us=50_000), 0, True),                                 # the model's timeout
-    (QueuePolicy(timeout_us=10_000_000, allow_timeout_override=True), 50_000, True),  # the request's, shorter
-    (QueuePolicy(), 50_000, False),                                            # overrides not allowed: ignored
-    (QueuePolicy(timeout_us=10_000_000), 0, False),                            # long enough
-])
+@pytest.mark.parametrize(
+    "policy, request_us, refused",
+    [
+        (QueuePolicy(timeout_us=50_000), 0, True),  # the model's timeout
+        (QueuePolicy(timeout_us=10_000_000, allow_timeout_override=True), 50_000, True),  # the request's, shorter
+        (QueuePolicy(), 50_000, False),  # overrides not allowed: ignored
+        (QueuePolicy(timeout_us=10_000_000), 0, False),  # long enough
+    ],
+)
 def test_a_request_that_waited_past_its_timeout_is_refused_not_computed(policy, request_us, refused):
     b, release, started, calls = _blocked_batcher(policy)
     busy = b.submit({"x": np.zeros((1, 1))})
@@ -277,9 +282,12 @@ def test_without_priority_levels_a_priority_changes_nothing():
 
 
 def test_each_priority_level_has_its_own_queue_policy():
-    b, release, started, calls = _blocked_batcher(QueuePolicy(max_queue_size=2), priority_levels=2,
-                                                  default_priority_level=2,
-                                                  priority_queue_policy=((1, QueuePolicy(max_queue_size=1)),))
+    b, release, started, calls = _blocked_batcher(
+        QueuePolicy(max_queue_size=2),
+        priority_levels=2,
+        default_priority_level=2,
+        priority_queue_policy=((1, QueuePolicy(max_queue_size=1)),),
+    )
     busy = b.submit({"x": np.zeros((1, 1))})
     assert started.wait(5)
     urgent = b.submit({"x": np.full((1, 1), 1)}, priority=1)
@@ -294,13 +302,16 @@ def test_each_priority_level_has_its_own_queue_policy():
     assert calls == [[0.0], [1.0, 3.0, 4.0]]  # one batch takes the levels in order, as Triton's does
 
 
-@pytest.mark.parametrize("config", [
-    dict(priority_levels=-1),
-    dict(priority_levels=2),                                   # no default level
-    dict(priority_levels=2, default_priority_level=3),
-    dict(default_priority_level=1),                            # no levels
-    dict(priority_levels=2, default_priority_level=1, priority_queue_policy=((3, QueuePolicy()),)),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(priority_levels=-1),
+        dict(priority_levels=2),  # no default level
+        dict(priority_levels=2, default_priority_level=3),
+        dict(default_priority_level=1),  # no levels
+        dict(priority_levels=2, default_priority_level=1, priority_queue_policy=((3, QueuePolicy()),)),
+    ],
+)
 def test_inconsistent_priority_settings_are_refused(config):
     with pytest.raises(ValueError, match="batching config"):
         BatchingConfig(**config)
@@ -316,8 +327,12 @@ def test_a_request_that_did_not_fit_a_batch_does_not_hold_back_a_higher_priority
         gate.acquire(timeout=5)
         return inputs
 
-    b = DynamicBatcher(run, BatchingConfig(max_batch_size=4, max_queue_delay_us=0, instances=1, priority_levels=2,
-                                           default_priority_level=2))
+    b = DynamicBatcher(
+        run,
+        BatchingConfig(
+            max_batch_size=4, max_queue_delay_us=0, instances=1, priority_levels=2, default_priority_level=2
+        ),
+    )
     rows = lambda value, n: {"x": np.full((n, 1), value, np.float32)}
     futures = [b.submit(rows(0, 1))]
     deadline = time.monotonic() + 5

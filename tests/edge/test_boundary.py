@@ -1,4 +1,5 @@
 """The edge runtime installs and runs on small devices: it must never import the training stack."""
+
 import subprocess
 import sys
 
@@ -6,7 +7,8 @@ import sys
 def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
     code = (
         "import sys, fedge.edge_runtime.process.serve, fedge.edge_runtime.distribution.repository,"
-        " fedge.edge_runtime.distribution.puller, fedge.edge_runtime.serving.tensorrt_engine, fedge.edge_runtime.tools.perf;"
+        " fedge.edge_runtime.distribution.puller, fedge.edge_runtime.serving.tensorrt_engine,"
+        " fedge.edge_runtime.tools.perf;"
         "from fedge.cli import main;"
         f"main(['edge', 'models', '--repo', {str(tmp_path)!r}]);"
         "print(sorted({'torch', 'flwr', 'sklearn', 'opacus', 'transformers', 'peft', 'tokenizers'} & set(sys.modules)))"
@@ -16,8 +18,9 @@ def test_edge_runtime_and_edge_cli_never_import_torch_or_flwr(tmp_path):
 
 
 def test_edge_dependencies_are_the_base_install():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     doc = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     names = {d.split(">")[0].split("=")[0].split("<")[0].strip() for d in doc["project"]["dependencies"]}

@@ -2,6 +2,7 @@
 busy model are dropped, not computed, and counted as CANCELLED. Over the wire against a server in this process,
 whose batched backend call is slowed to 300 ms (a stand-in for a heavy model; the digits model answers in
 microseconds)."""
+
 import socket
 import time
 
@@ -41,7 +42,9 @@ def test_requests_whose_deadline_passed_in_the_queue_are_not_computed(slow_serve
 
 def test_an_http_client_that_hangs_up_is_not_computed_for(slow_server):
     server, computed = slow_server
-    body = ('{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": %s}]}' % ([0.0] * 64)).encode()
+    body = (
+        '{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": %s}]}' % ([0.0] * 64)
+    ).encode()
     raw = f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)

@@ -1,4 +1,5 @@
 """The edge runtime as a real process on 127.0.0.1, spoken to over the wire."""
+
 import json
 import subprocess
 import threading
@@ -9,11 +10,11 @@ import grpc
 import numpy as np
 import pytest
 
+from fedge.edge_runtime.frontends.grpc_servicer import STREAM_IN_FLIGHT
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from fedge.proto import health_pb2, health_pb2_grpc
 from tests.edge.bundles import reference_logits
-from fedge.edge_runtime.frontends.grpc_servicer import STREAM_IN_FLIGHT
 from tests.edge.conftest import edge_cli, triton_script
 
 
@@ -41,11 +42,13 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     # model configuration, read the way Triton's own example clients read it (image_client.py's parse_model)
     digits, intent = r["config"]["digits"], r["config"]["intent"]
     assert digits["max_batch_size"] == 64 and digits["backend"] == "onnxruntime"
-    assert digits["input"] == [{"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": ["1", "8", "8"]}]
+    assert digits["input"] == [
+        {"name": "input", "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": ["1", "8", "8"]}
+    ]
     assert digits["output"][0] == {"name": "logits", "data_type": "TYPE_FP32", "dims": ["10"]}
     assert digits["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
     assert digits["instance_group"][0]["kind"] == "KIND_CPU"
-    assert digits["instance_group"][0]["count"] == 2   # Triton's default for a CPU model: two batch workers
+    assert digits["instance_group"][0]["count"] == 2  # Triton's default for a CPU model: two batch workers
     assert intent["input"] == [{"name": "text", "data_type": "TYPE_STRING", "dims": ["1"]}]
     assert {"name": "label", "data_type": "TYPE_STRING", "dims": ["1"]} in intent["output"]
 
@@ -66,17 +69,22 @@ def test_tritonclient_works_unchanged(edge_server, digits_bundle, tmp_path):
     by_id = {a["id"]: a for a in answers if "id" in a}
     assert sorted(by_id) == ["d0", "d1", "d2", "d3", "d4", "text"]
     for i in range(5):
-        np.testing.assert_allclose(np.array(by_id[f"d{i}"]["output"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol)
+        np.testing.assert_allclose(
+            np.array(by_id[f"d{i}"]["output"]), reference_logits(digits_bundle, x), rtol=tol, atol=tol
+        )
     assert len(by_id["text"]["output"]) == 2
     errors = sorted(a["error"] for a in answers if "error" in a)
     assert len(errors) == 2
-    assert errors == ["[INVALID_ARGUMENT] input 'input': datatype FP64, expected FP32",
-                      "[NOT_FOUND] unknown model 'no_such_model'"]
+    assert errors == [
+        "[INVALID_ARGUMENT] input 'input': datatype FP64, expected FP32",
+        "[NOT_FOUND] unknown model 'no_such_model'",
+    ]
 
     # statistics: the stream's 5 good digits requests (3 rows each) and its 1 bad one are counted
     def digits_stats(stats):
         (s,) = [m for m in stats if m["name"] == "digits"]
         return s
+
     before, after = digits_stats(r["stats"]["before"]), digits_stats(r["stats"]["after"])
     inf = lambda s, phase: int(s.get("inference_stats", {}).get(phase, {}).get("count", 0))
     assert inf(after, "success") - inf(before, "success") == 5
@@ -99,26 +107,48 @@ def _req(model="digits", shape=(1, 1, 8, 8), datatype="FP32", raw=None, name="in
     return req
 
 
-@pytest.mark.parametrize("req, code, message", [
-    (_req(datatype="FP64", raw=np.zeros((1, 1, 8, 8)).tobytes()), "INVALID_ARGUMENT", "datatype FP64, expected FP32"),
-    (_req(shape=(1, 8, 8)), "INVALID_ARGUMENT", "expected [-1, 1, 8, 8]"),
-    (_req(shape=(1, 1, 8, 8), raw=b"\x00" * 10), "INVALID_ARGUMENT", "10 bytes of raw data, expected 256"),
-    (_req(shape=(-1, 1, 8, 8), raw=b""), "INVALID_ARGUMENT", "negative dimension"),
-    (_req(name="pixels"), "INVALID_ARGUMENT", "expected inputs ['input']"),
-    (_req(shape=(65, 1, 8, 8)), "INVALID_ARGUMENT", "exceeds the model's max_batch_size 64"),
-    (_req(model="nope"), "NOT_FOUND", "unknown model 'nope'"),
-    (_req(model_version="7"), "NOT_FOUND", "has no version '7'"),
-    (_req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\xff\xff\x00\x00abc"),
-     "INVALID_ARGUMENT", "declares 65535 bytes"),
-    (_req(classify=("label", pb.InferParameter(int64_param=3))), "INVALID_ARGUMENT",
-     "output 'label': classification needs a [batch, classes] numeric output"),
-    (_req(classify=("logits", pb.InferParameter(int64_param=0))), "INVALID_ARGUMENT",
-     "classification must be an int64 >= 1"),
-    (_req(classify=("logits", pb.InferParameter(string_param="3"))), "INVALID_ARGUMENT",
-     "classification must be an int64 >= 1"),
-    (_req(parameters={"priority": pb.InferParameter(string_param="high")}), "INVALID_ARGUMENT",
-     "the request: priority must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "req, code, message",
+    [
+        (
+            _req(datatype="FP64", raw=np.zeros((1, 1, 8, 8)).tobytes()),
+            "INVALID_ARGUMENT",
+            "datatype FP64, expected FP32",
+        ),
+        (_req(shape=(1, 8, 8)), "INVALID_ARGUMENT", "expected [-1, 1, 8, 8]"),
+        (_req(shape=(1, 1, 8, 8), raw=b"\x00" * 10), "INVALID_ARGUMENT", "10 bytes of raw data, expected 256"),
+        (_req(shape=(-1, 1, 8, 8), raw=b""), "INVALID_ARGUMENT", "negative dimension"),
+        (_req(name="pixels"), "INVALID_ARGUMENT", "expected inputs ['input']"),
+        (_req(shape=(65, 1, 8, 8)), "INVALID_ARGUMENT", "exceeds the model's max_batch_size 64"),
+        (_req(model="nope"), "NOT_FOUND", "unknown model 'nope'"),
+        (_req(model_version="7"), "NOT_FOUND", "has no version '7'"),
+        (
+            _req(model="intent", name="text", datatype="BYTES", shape=(1, 1), raw=b"\xff\xff\x00\x00abc"),
+            "INVALID_ARGUMENT",
+            "declares 65535 bytes",
+        ),
+        (
+            _req(classify=("label", pb.InferParameter(int64_param=3))),
+            "INVALID_ARGUMENT",
+            "output 'label': classification needs a [batch, classes] numeric output",
+        ),
+        (
+            _req(classify=("logits", pb.InferParameter(int64_param=0))),
+            "INVALID_ARGUMENT",
+            "classification must be an int64 >= 1",
+        ),
+        (
+            _req(classify=("logits", pb.InferParameter(string_param="3"))),
+            "INVALID_ARGUMENT",
+            "classification must be an int64 >= 1",
+        ),
+        (
+            _req(parameters={"priority": pb.InferParameter(string_param="high")}),
+            "INVALID_ARGUMENT",
+            "the request: priority must be an integer >= 0",
+        ),
+    ],
+)
 def test_bad_requests_get_the_right_status_and_server_stays_ready(stub, req, code, message):
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(req, timeout=10)
@@ -135,7 +165,10 @@ def test_typed_contents_and_mixed_contents(stub):
     req.raw_input_contents.append(np.zeros(64, np.float32).tobytes())
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(req)
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "both raw_input_contents and typed" in err.value.details()
+    assert (
+        err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        and "both raw_input_contents and typed" in err.value.details()
+    )
 
 
 def test_client_shared_memory_is_off_unless_the_server_allows_it(stub, tmp_path):
@@ -146,10 +179,12 @@ def test_client_shared_memory_is_off_unless_the_server_allows_it(stub, tmp_path)
     t.parameters["shared_memory_region"].string_param = "r"
     t.parameters["shared_memory_byte_size"].int64_param = 256
     del req.raw_input_contents[:]
-    calls = [lambda: stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="r", key="/r", byte_size=1)),
-             lambda: stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest()),
-             lambda: stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="g", byte_size=1)),
-             lambda: stub.ModelInfer(req)]
+    calls = [
+        lambda: stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(name="r", key="/r", byte_size=1)),
+        lambda: stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest()),
+        lambda: stub.CudaSharedMemoryRegister(pb.CudaSharedMemoryRegisterRequest(name="g", byte_size=1)),
+        lambda: stub.ModelInfer(req),
+    ]
     for call in calls:
         with pytest.raises(grpc.RpcError) as err:
             call()
@@ -190,8 +225,14 @@ def test_health_metadata_and_metrics(edge_server, stub):
     with grpc.insecure_channel(edge_server.url) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
-        assert health.Check(health_pb2.HealthCheckRequest(service="digits")).status == health_pb2.HealthCheckResponse.SERVING
-        assert health.Check(health_pb2.HealthCheckRequest(service="x")).status == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service="digits")).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service="x")).status
+            == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        )
     from fedge.edge_runtime.serving.backends import cuda_available
 
     expected = "onnxruntime-cuda" if cuda_available() else "onnxruntime-cpu"  # what `auto` picks without TensorRT
@@ -200,7 +241,9 @@ def test_health_metadata_and_metrics(edge_server, stub):
     stub.ModelInfer(_req())
     body = urllib.request.urlopen(f"http://127.0.0.1:{edge_server.metrics_port}/metrics", timeout=10).read().decode()
     assert 'fedge_edge_requests_total{model="digits",status="OK",version="1"}' in body
-    assert f'fedge_edge_backend_info{{backend="{expected}",file="model.fp32.onnx",model="digits",version="1"}} 1.0' in body
+    assert (
+        f'fedge_edge_backend_info{{backend="{expected}",file="model.fp32.onnx",model="digits",version="1"}} 1.0' in body
+    )
     assert "fedge_edge_batch_size_bucket" in body
     # scraped state: readiness, the serving version, an empty queue, and the process's own memory and CPU
     assert "fedge_edge_server_ready 1.0" in body and 'fedge_edge_model_ready{model="digits",version="1"} 1.0' in body
@@ -227,8 +270,16 @@ def test_hot_reload_under_load_has_zero_failures_and_switches_version(edge_serve
     for t in threads:
         t.start()
     time.sleep(0.5)
-    out = edge_cli(edge_server, "edge", "install", str(new), "--repo", str(edge_server.log.parent / "repo"),
-                   "--trust", str(keys[1]))
+    out = edge_cli(
+        edge_server,
+        "edge",
+        "install",
+        str(new),
+        "--repo",
+        str(edge_server.log.parent / "repo"),
+        "--trust",
+        str(keys[1]),
+    )
     assert out.returncode == 0, out.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
@@ -240,8 +291,12 @@ def test_hot_reload_under_load_has_zero_failures_and_switches_version(edge_serve
     assert failures == []
     assert versions[0] == "1" and versions[-1] == "2" and len(versions) > 50
     resp = stub.ModelInfer(_req(raw=x.tobytes()))
-    np.testing.assert_allclose(np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(1, 10),
-                               reference_logits(new, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.frombuffer(resp.raw_output_contents[0], np.float32).reshape(1, 10),
+        reference_logits(new, x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server, stub, keys, digits_bundle, tmp_path):
@@ -251,8 +306,16 @@ def test_tampered_bundle_is_refused_while_old_version_keeps_serving(edge_server,
     bad = tmp_path / "bad"
     shutil.copytree(digits_bundle, bad)
     (bad / "model.fp32.onnx").write_bytes(b"not onnx")
-    out = edge_cli(edge_server, "edge", "install", str(bad), "--repo", str(edge_server.log.parent / "repo"),
-                   "--trust", str(keys[1]))
+    out = edge_cli(
+        edge_server,
+        "edge",
+        "install",
+        str(bad),
+        "--repo",
+        str(edge_server.log.parent / "repo"),
+        "--trust",
+        str(keys[1]),
+    )
     assert out.returncode != 0 and "does not match its sha256" in out.stderr
     time.sleep(1.0)
     assert stub.ModelInfer(_req()).model_version == before
@@ -285,6 +348,7 @@ def test_unloaded_model_is_unavailable_until_loaded_again(edge_server, stub):
 def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load(edge_server, stub):
     """Triton's load_model(name, config=JSON): max_batch_size, dynamic batching and instance count per model;
     the repository's config.json does the same for every load; model files never come from a request."""
+
     def load(**params):
         req = pb.RepositoryModelLoadRequest(model_name="digits")
         for key, value in params.items():
@@ -303,10 +367,21 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
     config_file = edge_server.repo / "digits" / "config.json"
     try:
         # as get_model_config's JSON writes it: 64-bit integers as strings, kind included
-        load(config=json.dumps({"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_microseconds": "100"},
-                                "instance_group": [{"count": 2, "kind": "KIND_CPU"}]}))
+        load(
+            config=json.dumps(
+                {
+                    "max_batch_size": 4,
+                    "dynamic_batching": {"max_queue_delay_microseconds": "100"},
+                    "instance_group": [{"count": 2, "kind": "KIND_CPU"}],
+                }
+            )
+        )
         c = config()
-        assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (4, 100, 2)
+        assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (
+            4,
+            100,
+            2,
+        )
         assert list(batch(4).outputs[0].shape) == [4, 10]
         with pytest.raises(grpc.RpcError) as err:
             batch(5)
@@ -336,13 +411,15 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
         # the last config has no dynamic_batching: served without batching, as Triton does
         assert not config().HasField("dynamic_batching") and config().max_batch_size == 8
 
-        bad = {"not JSON": ({"config": "{max_batch_size: 4"}, "not JSON"),
-               "an input": ({"config": json.dumps({"input": []})}, "not ['input'] (inputs, outputs and model files"),
-               "zero": ({"config": json.dumps({"max_batch_size": 0})}, "max_batch_size must be an integer >= 1"),
-               "past the release": ({"config": json.dumps({"max_batch_size": 65})}, "exceeds the 64 that model"),
-               "another model": ({"config": json.dumps({"name": "intent"})}, "names model 'intent', not 'digits'"),
-               "a file": ({"file:1/model.onnx": b"\x08\x01"}, "only from signed release bundles"),
-               "a stray parameter": ({"colour": "red"}, "takes only the config parameter")}
+        bad = {
+            "not JSON": ({"config": "{max_batch_size: 4"}, "not JSON"),
+            "an input": ({"config": json.dumps({"input": []})}, "not ['input'] (inputs, outputs and model files"),
+            "zero": ({"config": json.dumps({"max_batch_size": 0})}, "max_batch_size must be an integer >= 1"),
+            "past the release": ({"config": json.dumps({"max_batch_size": 65})}, "exceeds the 64 that model"),
+            "another model": ({"config": json.dumps({"name": "intent"})}, "names model 'intent', not 'digits'"),
+            "a file": ({"file:1/model.onnx": b"\x08\x01"}, "only from signed release bundles"),
+            "a stray parameter": ({"colour": "red"}, "takes only the config parameter"),
+        }
         for what, (params, message) in bad.items():
             with pytest.raises(grpc.RpcError) as err:
                 load(**params)
@@ -363,7 +440,11 @@ def test_a_load_with_a_model_config_sets_the_models_batching_until_the_next_load
         config_file.unlink(missing_ok=True)
         load()
     c = config()
-    assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (64, 500, 2)
+    assert (c.max_batch_size, c.dynamic_batching.max_queue_delay_microseconds, c.instance_group[0].count) == (
+        64,
+        500,
+        2,
+    )
 
 
 def test_log_settings_change_what_a_running_server_logs(edge_server, stub):
@@ -373,28 +454,44 @@ def test_log_settings_change_what_a_running_server_logs(edge_server, stub):
     def settings(**changes):
         req = pb.LogSettingsRequest()
         for key, value in changes.items():
-            kind = "bool_param" if isinstance(value, bool) else "uint32_param" if isinstance(value, int) else "string_param"
+            kind = (
+                "bool_param"
+                if isinstance(value, bool)
+                else "uint32_param"
+                if isinstance(value, int)
+                else "string_param"
+            )
             setattr(req.settings[key], kind, value)
         resp = stub.LogSettings(req, timeout=10)
         return {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.settings.items()}
 
     def logged_by_a_reload() -> str:
         before = len(edge_server.log.read_text())
-        stub.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60)  # logs "serving intent"
+        stub.RepositoryModelLoad(
+            pb.RepositoryModelLoadRequest(model_name="intent"), timeout=60
+        )  # logs "serving intent"
         time.sleep(0.3)
         return edge_server.log.read_text()[before:]
 
-    assert settings() == {"log_file": "", "log_info": True, "log_warning": True, "log_error": True,
-                          "log_verbose_level": 0, "log_format": "default"}
+    assert settings() == {
+        "log_file": "",
+        "log_info": True,
+        "log_warning": True,
+        "log_error": True,
+        "log_verbose_level": 0,
+        "log_format": "default",
+    }
     try:
         assert settings(log_info=False)["log_info"] is False
         assert "serving intent" not in logged_by_a_reload()
         assert settings(log_info=True, log_format="ISO8601")["log_format"] == "ISO8601"
         assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ INFO fedge.edge: serving intent", logged_by_a_reload())
-        bad = {"log_verbose_level": ({"log_verbose_level": "2"}, "must be a int"),
-               "log_file": ({"log_file": "/tmp/x.log"}, "log_file cannot be changed"),
-               "unknown": ({"log_colour": True}, "unknown log setting 'log_colour'"),
-               "format": ({"log_info": False, "log_format": "xml"}, "log_format must be one of")}
+        bad = {
+            "log_verbose_level": ({"log_verbose_level": "2"}, "must be a int"),
+            "log_file": ({"log_file": "/tmp/x.log"}, "log_file cannot be changed"),
+            "unknown": ({"log_colour": True}, "unknown log setting 'log_colour'"),
+            "format": ({"log_info": False, "log_format": "xml"}, "log_format must be one of"),
+        }
         for what, (changes, message) in bad.items():
             with pytest.raises(grpc.RpcError) as err:
                 settings(**changes)
@@ -408,35 +505,76 @@ def test_a_port_in_use_is_refused_not_shared(edge_server, keys, tmp_path):
     """gRPC turns on SO_REUSEPORT by default: a second server on the same port would start and silently take
     some of the connections. fedge's refuses to start, saying why."""
     try:
-        out = edge_cli(edge_server, "edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]),
-                       "--host", "127.0.0.1", "--port", str(edge_server.port), "--metrics-port", "0",
-                       "--http-port", "0", timeout=60)
+        out = edge_cli(
+            edge_server,
+            "edge",
+            "serve",
+            "--repo",
+            str(tmp_path / "repo"),
+            "--trust",
+            str(keys[1]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(edge_server.port),
+            "--metrics-port",
+            "0",
+            "--http-port",
+            "0",
+            timeout=60,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail("a second server started on a port already in use")
-    assert out.returncode == 2 and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr
+    assert (
+        out.returncode == 2
+        and f"cannot serve gRPC on 127.0.0.1:{edge_server.port}: the address is in use" in out.stderr
+    )
 
 
 def test_fedge_edge_predict_text_npy_and_errors(edge_server, stub, tmp_path):
     x = np.random.default_rng(2).random((2, 1, 8, 8), dtype=np.float32)
     np.save(tmp_path / "x.npy", x)
-    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "digits",
-                   "--npy", str(tmp_path / "x.npy"))
+    out = edge_cli(
+        edge_server, "edge", "predict", "--url", edge_server.url, "--model", "digits", "--npy", str(tmp_path / "x.npy")
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     served = stub.ModelInfer(_req(shape=(2, 1, 8, 8), raw=x.tobytes()))  # whichever version the server runs now
     logits = np.frombuffer(served.raw_output_contents[0], np.float32).reshape(2, 10)
     np.testing.assert_allclose(np.array(got["logits"]), logits, rtol=1e-5, atol=1e-5)
     assert got["label"] == [[str(int(i))] for i in logits.argmax(1)]
-    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "intent",
-                   "--text", "I lost my card", "--text", "how much data is left")
+    out = edge_cli(
+        edge_server,
+        "edge",
+        "predict",
+        "--url",
+        edge_server.url,
+        "--model",
+        "intent",
+        "--text",
+        "I lost my card",
+        "--text",
+        "how much data is left",
+    )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert np.array(got["logits"]).shape == (2, 12) and len(got["label"]) == 2
     from fedge.core.tasks import get_task
 
     assert all(row[0] in get_task("intent").labels for row in got["label"])
-    out = edge_cli(edge_server, "edge", "predict", "--url", edge_server.url, "--model", "intent",
-                   "--text", "I lost my card", "--top", "2")
+    out = edge_cli(
+        edge_server,
+        "edge",
+        "predict",
+        "--url",
+        edge_server.url,
+        "--model",
+        "intent",
+        "--text",
+        "I lost my card",
+        "--top",
+        "2",
+    )
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)["logits"]  # only the asked output, its 2 best classes
     scores = [float(t.split(":")[0]) for t in row]
@@ -483,17 +621,32 @@ def test_log_flags_set_what_the_server_starts_with(tmp_path, keys, digits_bundle
 
     repo = tmp_path / "repo"
     assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
-    server = EdgeProcess(repo, keys[1], tmp_path / "server.log", "--log-verbose", "1", "--log-format", "ISO8601",
-                         "--log-warning", "false")
+    server = EdgeProcess(
+        repo,
+        keys[1],
+        tmp_path / "server.log",
+        "--log-verbose",
+        "1",
+        "--log-format",
+        "ISO8601",
+        "--log-warning",
+        "false",
+    )
     try:
         with grpc.insecure_channel(server.url) as ch:
             resp = pb_grpc.GRPCInferenceServiceStub(ch).LogSettings(pb.LogSettingsRequest(), timeout=10)
         got = {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in resp.settings.items()}
-        assert (got["log_verbose_level"], got["log_format"], got["log_warning"], got["log_info"]) == (1, "ISO8601", False, True)
+        assert (got["log_verbose_level"], got["log_format"], got["log_warning"], got["log_info"]) == (
+            1,
+            "ISO8601",
+            False,
+            True,
+        )
         assert urllib.request.urlopen(f"http://{server.http_url}/v2/health/live", timeout=10).status == 200
         time.sleep(0.3)
-        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ DEBUG fedge.edge: HTTP GET /v2/health/live -> 200",
-                         server.log.read_text()), server.log.read_text()[-2000:]
+        assert re.search(
+            r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ DEBUG fedge.edge: HTTP GET /v2/health/live -> 200", server.log.read_text()
+        ), server.log.read_text()[-2000:]
     finally:
         server.stop()
     out = fedge("edge", "serve", "--repo", str(repo), "--trust", str(keys[1]), "--log-verbose", "-1", timeout=60)

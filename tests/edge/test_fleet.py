@@ -1,6 +1,7 @@
 """Fleet management over the wire: a real coordinator (release service with mutual TLS) and a real edge server
 pulling from it. The operator sees what the device serves, withdraws a bad release (the device goes back to the
 one before without downloading it again), and revokes the device (refused, still serving, then restored)."""
+
 import json
 import urllib.request
 
@@ -32,9 +33,18 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
     try:
         r1 = _publish(fed, make_bundle(tmp_path / "r1", keys[0], "digits", seed=0))
         _cli("certs", "issue", "camera-7", "--certs", str(fed.certs), "--client", "--out", str(tmp_path))
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed),
-                           "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key", str(tmp_path / "camera-7.key"),
-                           "--device-name", "what-it-claims")
+        edge = EdgeProcess(
+            tmp_path / "repo",
+            keys[1],
+            tmp_path / "edge.log",
+            *pull_flags(fed),
+            "--pull-cert",
+            str(tmp_path / "camera-7.pem"),
+            "--pull-key",
+            str(tmp_path / "camera-7.key"),
+            "--device-name",
+            "what-it-claims",
+        )
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
         req.raw_input_contents.append(np.zeros((1, 1, 8, 8), np.float32).tobytes())
@@ -50,6 +60,7 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
                 def reported():
                     devices = json.loads(_cli("coordinator", "devices", "--json", *state))
                     return devices if devices and [c["release"] for c in devices[0]["current"]] == [release] else None
+
                 return _wait_for(reported, what=f"the device reports release {release}")
 
             _wait_for(lambda: serving("1"), what="release 1 served")
@@ -70,7 +81,7 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
             assert d["current"][0]["local_version"] == 1 and d["current"][0]["state"] == "up to date"
             listing = _cli("release", "list", *state)
             assert f"release {r2}: " in listing and "WITHDRAWN (misroutes refunds)" in listing, listing
-            assert f"serving on 1 device(s)" in listing.splitlines()[0], listing
+            assert "serving on 1 device(s)" in listing.splitlines()[0], listing
 
             _cli("release", "restore", str(r2), *state)
             _wait_for(lambda: serving("2"), what="on release 2 again once it is restored")
@@ -81,7 +92,9 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
 
             def refused_polls():
                 text = urllib.request.urlopen(metrics, timeout=5).read().decode()
-                line = [x for x in text.splitlines() if x.startswith('fedge_edge_release_polls_total{outcome="refused"}')]
+                line = [
+                    x for x in text.splitlines() if x.startswith('fedge_edge_release_polls_total{outcome="refused"}')
+                ]
                 return float(line[0].split()[-1]) if line else 0.0
 
             _wait_for(lambda: refused_polls() >= 1, what="the revoked device refused")
@@ -89,7 +102,10 @@ def test_the_operator_sees_withdraws_and_revokes_over_the_release_service(tmp_pa
             _wait_for(lambda: refused_polls() >= 3, what="polls after release 3 was published")
             assert serving("2") and not (tmp_path / "repo" / "digits" / "3").exists()  # keeps serving, gets nothing new
             assert "refuses this device: device 'camera-7' was revoked by the operator" in log.read_text()
-            assert "reported stolen" in log.read_text() and "refused revoked device camera-7" in coordinator_log.read_text()
+            assert (
+                "reported stolen" in log.read_text()
+                and "refused revoked device camera-7" in coordinator_log.read_text()
+            )
             [d] = json.loads(_cli("coordinator", "devices", "--json", *state))
             assert d["revoked_reason"] == "reported stolen" and "REVOKED" in _cli("coordinator", "devices", *state)
             assert d["last_seen"] > d["revoked"], d  # its refused polls show: the operator sees it still calling

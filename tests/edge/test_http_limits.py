@@ -2,6 +2,7 @@
 that never finish and bodies that stall are answered 408 and closed, past the connection limit a new connection
 is answered 503 while gRPC goes on answering, a JSON body past its limit is 413 saying to send binary tensors, a
 compression bomb stops at the message limit, and the process raised its open-files limit."""
+
 import gzip
 import json
 import socket
@@ -14,8 +15,18 @@ from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from tests.edge.conftest import serving
 
-LIMITS = ("--http-header-timeout", "1", "--http-body-timeout", "1", "--http-keepalive-timeout", "30",
-          "--http-max-connections", "4", "--max-message-bytes", str(8 << 20))
+LIMITS = (
+    "--http-header-timeout",
+    "1",
+    "--http-body-timeout",
+    "1",
+    "--http-keepalive-timeout",
+    "30",
+    "--http-max-connections",
+    "4",
+    "--max-message-bytes",
+    str(8 << 20),
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +52,11 @@ def _grpc_live(server) -> bool:
         return pb_grpc.GRPCInferenceServiceStub(ch).ServerLive(pb.ServerLiveRequest(), timeout=5).live
 
 
-@pytest.mark.parametrize("sent", [b"POST /v2/mod", b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"],
-                         ids=["half-request-line", "headers-never-end"])
+@pytest.mark.parametrize(
+    "sent",
+    [b"POST /v2/mod", b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n"],
+    ids=["half-request-line", "headers-never-end"],
+)
 def test_headers_that_never_finish_are_answered_408_and_closed(limited, sent):
     with socket.create_connection(("127.0.0.1", limited.http_port)) as s:
         s.sendall(sent)
@@ -90,8 +104,13 @@ def _post(port: int, body: bytes, *headers: str) -> tuple[int, dict]:
 
 
 def test_json_past_its_limit_is_413_saying_to_send_binary_tensors(limited):
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                   "data": [0.5] * 64, "pad": "x" * (5 << 20)}]}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64, "pad": "x" * (5 << 20)}
+            ]
+        }
+    ).encode()
     status, doc = _post(limited.http_port, body)
     assert status == 413 and "binary" in doc["error"], doc
 

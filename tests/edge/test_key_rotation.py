@@ -1,4 +1,5 @@
 """Rotating the release signing key on a device that keeps serving: `fedge edge serve` follows its --trust file."""
+
 import os
 import time
 
@@ -60,8 +61,10 @@ def test_a_running_server_takes_a_new_signing_key_from_its_trust_file_without_a_
             assert "releases now verify against its 2 key(s)" in server.log.read_text()
 
             _replace(trust, b"half a file")  # a bad replacement changes nothing
-            _wait(lambda: "still trusting the 2 key(s) read before" in server.log.read_text(),
-                  "a bad trust file was not reported")
+            _wait(
+                lambda: "still trusting the 2 key(s) read before" in server.log.read_text(),
+                "a bad trust file was not reported",
+            )
             v3 = make_bundle(tmp_path / "v3", new_priv, "digits", seed=2)  # verified with the keys it kept
             assert fedge("edge", "install", str(v3), "--repo", str(repo), "--trust", str(both)).returncode == 0
             _wait(lambda: _served_version(stub) == "3", "version 3 never served")
@@ -106,8 +109,10 @@ def test_the_coordinator_rotates_its_key_and_retires_the_old_one_only_once_the_f
             first = status()["current"]
             out = fedge("keys", "rotate", *state)
             assert out.returncode == 0 and "trust.pub" in out.stdout, out.stderr
-            _wait(lambda: [m["release"] for d in status()["devices"] for m in d["models"]] == [1],
-                  "the device never reported release 1")
+            _wait(
+                lambda: [m["release"] for d in status()["devices"] for m in d["models"]] == [1],
+                "the device never reported release 1",
+            )
             # the offered release and the device's are signed with the old key: retiring it is refused
             out = fedge("keys", "retire", *state)
             assert out.returncode == 2

@@ -2,6 +2,7 @@
 the others are installed, listed as unloaded, and served once a client loads them, until it unloads them. A
 model that is not served does not make the server unready, and a new version installed while it is unloaded
 waits for the next load."""
+
 import grpc
 import pytest
 
@@ -22,13 +23,15 @@ def _index(stub) -> dict[tuple[str, str], tuple[str, str]]:
     return {(m.name, m.version): (m.state, m.reason) for m in models}
 
 
-def test_explicit_model_control_serves_what_was_asked_and_what_clients_load(tmp_path, keys, digits_bundle,
-                                                                             intent_bundle):
+def test_explicit_model_control_serves_what_was_asked_and_what_clients_load(
+    tmp_path, keys, digits_bundle, intent_bundle
+):
     repo = tmp_path / "repo"
     for bundle in (digits_bundle, intent_bundle):
         assert fedge("edge", "install", str(bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
-    server = EdgeProcess(repo, keys[1], tmp_path / "server.log", "--model-control-mode", "explicit",
-                         "--load-model", "digits")
+    server = EdgeProcess(
+        repo, keys[1], tmp_path / "server.log", "--model-control-mode", "explicit", "--load-model", "digits"
+    )
     try:
         with grpc.insecure_channel(server.url) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
@@ -61,29 +64,50 @@ def test_explicit_model_control_serves_what_was_asked_and_what_clients_load(tmp_
 
 
 def test_load_model_without_explicit_control_is_refused(tmp_path, keys):
-    out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", "--http-port", "0", "--load-model", "digits", timeout=60)
+    out = fedge(
+        "edge",
+        "serve",
+        "--repo",
+        str(tmp_path / "repo"),
+        "--trust",
+        str(keys[1]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+        "--load-model",
+        "digits",
+        timeout=60,
+    )
     assert out.returncode == 2 and "--load-model goes with --model-control-mode explicit" in out.stderr
 
 
 @pytest.mark.parametrize("load_model, intent_served", [("intent", True), ("*", False)])
-def test_a_model_installed_while_serving_is_served_only_if_it_was_asked_for(tmp_path, keys, digits_bundle,
-                                                                          intent_bundle, load_model, intent_served):
+def test_a_model_installed_while_serving_is_served_only_if_it_was_asked_for(
+    tmp_path, keys, digits_bundle, intent_bundle, load_model, intent_served
+):
     """--load-model NAME serves NAME whenever it is installed; '*' means the models installed at start, as in
     Triton."""
     import time
 
     repo = tmp_path / "repo"
     assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
-    server = EdgeProcess(repo, keys[1], tmp_path / "server.log", "--model-control-mode", "explicit",
-                         "--load-model", load_model)
+    server = EdgeProcess(
+        repo, keys[1], tmp_path / "server.log", "--model-control-mode", "explicit", "--load-model", load_model
+    )
     try:
         with grpc.insecure_channel(server.url) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             ready = lambda name: stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=10).ready
             assert ready("digits") is (load_model == "*")
-            assert fedge("edge", "install", str(intent_bundle), "--repo", str(repo),
-                         "--trust", str(keys[1])).returncode == 0
+            assert (
+                fedge("edge", "install", str(intent_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode
+                == 0
+            )
             deadline = time.monotonic() + (30 if intent_served else 1.5)
             while not ready("intent") and time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -1,6 +1,7 @@
 """The data plane's observer seam: each answered request (model, version, the client's request id, the outputs
 before classification, the inputs, timings) reaches every observer, on the observers' own thread, so a slow or
 failing observer delays no answer; when observers fall behind, requests are dropped from observation and counted."""
+
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,7 @@ def test_observers_see_each_answer_and_never_hold_it_up(tmp_path, keys, digits_b
     try:
         server.plane.observers.add(seen.append)
         server.plane.observers.add(lambda a: release.wait(5))  # a slow observer ...
-        server.plane.observers.add(lambda a: 1 / 0)            # ... and a broken one
+        server.plane.observers.add(lambda a: 1 / 0)  # ... and a broken one
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             req = digits_request()

@@ -1,6 +1,7 @@
 """One offer policy decides what each device is offered: the release service lists and lets it fetch exactly
 that, and the fleet view measures each device against it. A policy that holds one device back (a rollout's
 control group) keeps it on the previous release everywhere."""
+
 from __future__ import annotations
 
 import shutil
@@ -61,7 +62,7 @@ def two_releases(tmp_path, keys):
 
 
 def test_the_service_lists_and_fetches_per_device(two_releases) -> None:
-    state, registry = two_releases
+    state, _registry = two_releases
     servicer = release_service.ReleaseServicer(state, policy=HoldBack("control-1"))
 
     def listed(device: str) -> list[int]:
@@ -73,16 +74,21 @@ def test_the_service_lists_and_fetches_per_device(two_releases) -> None:
     with pytest.raises(grpc.RpcError):
         list(servicer.FetchRelease(release_pb2.FetchReleaseRequest(device="control-1", model="digits", version=2), ctx))
     assert ctx.aborted[0] == grpc.StatusCode.NOT_FOUND
-    chunks = servicer.FetchRelease(release_pb2.FetchReleaseRequest(device="canary-1", model="digits", version=2),
-                                   Context())
+    chunks = servicer.FetchRelease(
+        release_pb2.FetchReleaseRequest(device="canary-1", model="digits", version=2), Context()
+    )
     assert sum(len(c.data) for c in chunks) > 0
 
 
 def test_the_fleet_view_measures_each_device_against_its_own_offer(two_releases) -> None:
     _, registry = two_releases
     for name in ("canary-1", "control-1"):
-        registry.record_device(name, False, "ipv4:127.0.0.1:5", [
-            {"model": "digits", "manifest_sha256": "x", "local_version": 1, "release": 1}])
+        registry.record_device(
+            name,
+            False,
+            "ipv4:127.0.0.1:5",
+            [{"model": "digits", "manifest_sha256": "x", "local_version": 1, "release": 1}],
+        )
     states = {d["name"]: d["current"][0]["state"] for d in fleet(registry, HoldBack("control-1"))}
     assert states == {"canary-1": "behind", "control-1": "up to date"}
     assert offered(registry.releases()) == {"digits": 2}

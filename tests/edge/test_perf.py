@@ -1,5 +1,6 @@
 """`fedge edge perf` (Triton's perf_analyzer for fedge) against a real server process, over gRPC and HTTP: what
 it reports must agree with what the server says it served."""
+
 import json
 
 import numpy as np
@@ -35,8 +36,16 @@ def test_perf_over_grpc_counts_what_the_server_served(edge_server, stub):
 
 def test_perf_over_http_with_text_rows_and_a_table(edge_server, stub):
     before = _served(stub, "intent")
-    out = _perf(f"http://{edge_server.http_url}", "intent", "--concurrency", "2", "--text", "reset my password",
-                "--text", "where is my parcel")
+    out = _perf(
+        f"http://{edge_server.http_url}",
+        "intent",
+        "--concurrency",
+        "2",
+        "--text",
+        "reset my password",
+        "--text",
+        "where is my parcel",
+    )
     assert out.returncode == 0, out.stderr
     head, columns, row = out.stdout.strip().splitlines()
     assert "2 row(s) per request" in head and columns.split()[:3] == ["clients", "req/s", "infer/s"]

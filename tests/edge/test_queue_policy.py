@@ -2,6 +2,7 @@
 overflow at once and the requests that waited too long, UNAVAILABLE over gRPC and 503 over HTTP, and keeps
 answering the others. Against a server in this process whose batched backend call is slowed to 600 ms (a stand-in
 for a heavy model; the digits model answers in microseconds)."""
+
 import json
 import time
 import urllib.error
@@ -10,8 +11,8 @@ import urllib.request
 import grpc
 import pytest
 
-from fedge.edge_runtime.serving.batcher import BatchingConfig, QueuePolicy
 from fedge.edge_runtime.common.errors import InvalidInput
+from fedge.edge_runtime.serving.batcher import BatchingConfig, QueuePolicy
 from fedge.edge_runtime.serving.model_config import parse
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
@@ -39,7 +40,11 @@ def test_overflow_is_refused_at_once_and_late_requests_are_not_computed(slow_ser
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
         policy = stub.ModelConfig(pb.ModelConfigRequest(name="digits")).config.dynamic_batching.default_queue_policy
-        assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (2, 150_000, True)
+        assert (policy.max_queue_size, policy.default_timeout_microseconds, policy.allow_timeout_override) == (
+            2,
+            150_000,
+            True,
+        )
 
         busy = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)  # the model is busy with it for 600 ms
@@ -58,7 +63,7 @@ def test_overflow_is_refused_at_once_and_late_requests_are_not_computed(slow_ser
 
         busy = stub.ModelInfer.future(digits_request(), timeout=10)
         time.sleep(0.05)
-        patient = stub.ModelInfer.future(digits_request(), timeout=10)          # no timeout of its own: 150 ms
+        patient = stub.ModelInfer.future(digits_request(), timeout=10)  # no timeout of its own: 150 ms
         hasty = stub.ModelInfer.future(digits_request(timeout_us=20_000), timeout=10)  # its own, shorter
         assert [_outcome(busy), _outcome(patient), _outcome(hasty)] == ["OK", "UNAVAILABLE", "UNAVAILABLE"]
         assert stub.ModelInfer(digits_request(), timeout=10).outputs  # an idle model answers as ever
@@ -84,20 +89,29 @@ def test_overflow_over_http_is_503(slow_server):
             _outcome(f)
 
 
-@pytest.mark.parametrize("policy, words", [
-    ({"timeout_action": "DELAY"}, "REJECT"),
-    ({"max_queue_size": -1}, "max_queue_size must be an integer >= 0"),
-    ({"allow_timeout_override": "yes"}, "true or false"),
-    ({"priority_levels": 2}, "takes only"),
-])
+@pytest.mark.parametrize(
+    "policy, words",
+    [
+        ({"timeout_action": "DELAY"}, "REJECT"),
+        ({"max_queue_size": -1}, "max_queue_size must be an integer >= 0"),
+        ({"allow_timeout_override": "yes"}, "true or false"),
+        ({"priority_levels": 2}, "takes only"),
+    ],
+)
 def test_queue_policies_fedge_cannot_honour_are_refused(policy, words):
     with pytest.raises(InvalidInput, match=words):
         parse(json.dumps({"dynamic_batching": {"default_queue_policy": policy}}), "digits", BatchingConfig(), "config")
 
 
-PRIORITY_CONFIG = {"max_batch_size": 1, "dynamic_batching": {
-    "max_queue_delay_microseconds": 0, "priority_levels": 2, "default_priority_level": 2,
-    "priority_queue_policy": {"1": {"max_queue_size": 4}}}}
+PRIORITY_CONFIG = {
+    "max_batch_size": 1,
+    "dynamic_batching": {
+        "max_queue_delay_microseconds": 0,
+        "priority_levels": 2,
+        "default_priority_level": 2,
+        "priority_queue_policy": {"1": {"max_queue_size": 4}},
+    },
+}
 
 
 @pytest.fixture
@@ -117,12 +131,17 @@ def test_requests_with_a_higher_priority_overtake_the_queue_over_grpc_and_http(p
         def record(_):
             with lock:
                 done.append(tag)
+
         return record
 
     urgent = digits_request()
     urgent.parameters["priority"].uint64_param = 1
-    body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}],
-                       "parameters": {"priority": 1}}).encode()
+    body = json.dumps(
+        {
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}],
+            "parameters": {"priority": 1},
+        }
+    ).encode()
     url = f"http://127.0.0.1:{server.http_port}/v2/models/digits/infer"
 
     def over_http():
@@ -153,14 +172,26 @@ def test_requests_with_a_higher_priority_overtake_the_queue_over_grpc_and_http(p
     assert computed == [1] * 5
 
 
-@pytest.mark.parametrize("batching, words", [
-    ({"default_priority_level": 1}, "need priority_levels >= 1"),
-    ({"priority_levels": 2}, r"default_priority_level must be in \[1, 2\]"),
-    ({"priority_levels": 2, "default_priority_level": 3}, r"must be in \[1, 2\]"),
-    ({"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"3": {}}}, "not a priority level"),
-    ({"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"1": {"timeout_action": "DELAY"}}},
-     "priority_queue_policy.1.timeout_action"),
-])
+@pytest.mark.parametrize(
+    "batching, words",
+    [
+        ({"default_priority_level": 1}, "need priority_levels >= 1"),
+        ({"priority_levels": 2}, r"default_priority_level must be in \[1, 2\]"),
+        ({"priority_levels": 2, "default_priority_level": 3}, r"must be in \[1, 2\]"),
+        (
+            {"priority_levels": 2, "default_priority_level": 1, "priority_queue_policy": {"3": {}}},
+            "not a priority level",
+        ),
+        (
+            {
+                "priority_levels": 2,
+                "default_priority_level": 1,
+                "priority_queue_policy": {"1": {"timeout_action": "DELAY"}},
+            },
+            "priority_queue_policy.1.timeout_action",
+        ),
+    ],
+)
 def test_priority_settings_that_do_not_fit_are_refused_with_the_reason(batching, words):
     with pytest.raises(InvalidInput, match=words):
         parse(json.dumps({"dynamic_batching": batching}), "digits", BatchingConfig(), "config")
@@ -168,10 +199,21 @@ def test_priority_settings_that_do_not_fit_are_refused_with_the_reason(batching,
 
 def test_a_priority_level_policy_leaves_out_what_it_does_not_set():
     """As in Triton: a level's own policy is whole; the default policy does not fill its gaps."""
-    got = parse(json.dumps({"dynamic_batching": {
-        "default_queue_policy": {"max_queue_size": 3, "default_timeout_microseconds": 500},
-        "priority_levels": "3", "default_priority_level": 2,  # Triton's JSON writes uint64 as strings
-        "priority_queue_policy": {"1": {"max_queue_size": 9}}}}), "d", BatchingConfig(), "c")
+    got = parse(
+        json.dumps(
+            {
+                "dynamic_batching": {
+                    "default_queue_policy": {"max_queue_size": 3, "default_timeout_microseconds": 500},
+                    "priority_levels": "3",
+                    "default_priority_level": 2,  # Triton's JSON writes uint64 as strings
+                    "priority_queue_policy": {"1": {"max_queue_size": 9}},
+                }
+            }
+        ),
+        "d",
+        BatchingConfig(),
+        "c",
+    )
     assert (got.priority_levels, got.default_priority_level) == (3, 2)
     assert got.policy(1) == QueuePolicy(max_queue_size=9)
     assert got.policy(2) == got.policy(3) == QueuePolicy(max_queue_size=3, timeout_us=500)

@@ -1,6 +1,7 @@
 """Triton's strict readiness against real `fedge edge serve` processes: while a model that should serve does not
 (its only version fails verification on load), the server is not ready over gRPC, HTTP and grpc.health.v1, yet
 serves the models it has; `--strict-readiness=false` makes it ready whenever it answers."""
+
 import time
 import urllib.error
 import urllib.request
@@ -15,8 +16,9 @@ from tests.edge.conftest import EdgeProcess, digits_request, fedge
 
 
 @pytest.mark.parametrize("strict", [True, False])
-def test_a_model_that_cannot_load_makes_the_server_unready_unless_told_otherwise(strict, tmp_path, keys,
-                                                                                 digits_bundle, intent_bundle):
+def test_a_model_that_cannot_load_makes_the_server_unready_unless_told_otherwise(
+    strict, tmp_path, keys, digits_bundle, intent_bundle
+):
     repo = tmp_path / "repo"
     for bundle in (digits_bundle, intent_bundle):
         assert fedge("edge", "install", str(bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
@@ -28,7 +30,9 @@ def test_a_model_that_cannot_load_makes_the_server_unready_unless_told_otherwise
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready is not strict
             health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
-            assert health == (health_pb2.HealthCheckResponse.NOT_SERVING if strict else health_pb2.HealthCheckResponse.SERVING)
+            assert health == (
+                health_pb2.HealthCheckResponse.NOT_SERVING if strict else health_pb2.HealthCheckResponse.SERVING
+            )
             assert not stub.ModelReady(pb.ModelReadyRequest(name="intent"), timeout=10).ready
             assert stub.ModelInfer(digits_request(), timeout=10).outputs  # what can serve, serves
         try:
@@ -62,8 +66,10 @@ def test_an_onnxruntime_that_cannot_be_imported_is_named_with_what_to_do(tmp_pat
         server.stop()
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     said = err.value.details()
-    assert f"onnxruntime {metadata.version('onnxruntime')} cannot be imported (ModuleNotFoundError: import of" \
-           " onnxruntime halted" in said, said
+    assert (
+        f"onnxruntime {metadata.version('onnxruntime')} cannot be imported (ModuleNotFoundError: import of"
+        " onnxruntime halted" in said
+    ), said
 
 
 def test_an_onnxruntime_built_for_numpy_1_beside_numpy_2_says_to_install_numpy_below_2(monkeypatch):
@@ -81,8 +87,10 @@ def test_an_onnxruntime_built_for_numpy_1_beside_numpy_2_says_to_install_numpy_b
     monkeypatch.setattr(metadata, "version", version)
     monkeypatch.setattr(backends.np, "__version__", "2.2.6")
     said = backends.onnxruntime_import_problem(ImportError())
-    assert said.startswith("onnxruntime 1.17.3 cannot be imported (ImportError: no message); ") and \
-        "NumPy 1.x and this environment has NumPy 2.2.6: pip install 'numpy<2'" in said
+    assert (
+        said.startswith("onnxruntime 1.17.3 cannot be imported (ImportError: no message); ")
+        and "NumPy 1.x and this environment has NumPy 2.2.6: pip install 'numpy<2'" in said
+    )
     installed["onnxruntime"] = "1.19.0"  # built for NumPy 2: the error is something else, no advice
     assert "numpy" not in backends.onnxruntime_import_problem(ImportError("libcudart.so.12")).lower()
     monkeypatch.setattr(backends.np, "__version__", "1.26.4")
@@ -111,8 +119,10 @@ def test_both_onnxruntime_packages_installed_is_warned_at_start(tmp_path, keys, 
     finally:
         server.stop()
     log = (tmp_path / "server.log").read_text()
-    assert f"WARNING fedge.edge: both onnxruntime {metadata.version('onnxruntime')} and onnxruntime-gpu 1.17.0 are" \
-           " installed: they share the onnxruntime module" in log, log
+    assert (
+        f"WARNING fedge.edge: both onnxruntime {metadata.version('onnxruntime')} and onnxruntime-gpu 1.17.0 are"
+        " installed: they share the onnxruntime module" in log
+    ), log
 
 
 def test_a_start_whose_current_version_is_damaged_serves_the_newest_kept_version(tmp_path, keys, digits_bundle):
@@ -144,5 +154,7 @@ def test_a_start_whose_current_version_is_damaged_serves_the_newest_kept_version
             assert stub.ModelInfer(digits_request(), timeout=10).model_version == "3"
     finally:
         server.stop()
-    assert "model digits: version 2 (CURRENT) failed to load; serving kept version 1 instead" in \
-        (tmp_path / "server.log").read_text()
+    assert (
+        "model digits: version 2 (CURRENT) failed to load; serving kept version 1 instead"
+        in (tmp_path / "server.log").read_text()
+    )

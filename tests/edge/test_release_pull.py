@@ -1,17 +1,18 @@
 """Over-the-air updates: a real coordinator serves its registry's releases over TLS; a real edge server started
 with --pull installs each new one verified, keeps serving through the swap, and refuses a tampered one."""
+
 import re
 import shutil
 import time
-from pathlib import Path
 import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.distribution.bundle import archive_bytes, pack, sha256_file
 from fedge.cli.cluster import LocalFederation
+from fedge.edge_runtime.distribution.bundle import archive_bytes, pack, sha256_file
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 from fedge.proto import release_pb2, release_pb2_grpc
@@ -70,8 +71,15 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
     fed, _ = _offering_release_1(tmp_path, keys)
     edge = None
     try:
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed), "--device-name",
-                           "shelf-cam", python=python)
+        edge = EdgeProcess(
+            tmp_path / "repo",
+            keys[1],
+            tmp_path / "edge.log",
+            *pull_flags(fed),
+            "--device-name",
+            "shelf-cam",
+            python=python,
+        )
         x = np.random.default_rng(0).random((2, 1, 8, 8), dtype=np.float32)
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[2, 1, 8, 8])
@@ -107,8 +115,13 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
             (bad / "model.fp32.onnx").write_bytes((bad / "model.fp32.onnx").read_bytes()[:-7] + b"tamper!")
             _publish(fed, bad)
             metrics = f"http://127.0.0.1:{edge.metrics_port}/metrics"
-            _wait_for(lambda: 'fedge_edge_installs_total{outcome="refused"} 1.0' in
-                      urllib.request.urlopen(metrics, timeout=5).read().decode(), what="tampered release refused")
+            _wait_for(
+                lambda: (
+                    'fedge_edge_installs_total{outcome="refused"} 1.0'
+                    in urllib.request.urlopen(metrics, timeout=5).read().decode()
+                ),
+                what="tampered release refused",
+            )
             assert serving("2")
             assert sorted(p.name for p in (tmp_path / "repo" / "digits").iterdir() if p.name.isdigit()) == ["1", "2"]
         assert "does not match its sha256" in (tmp_path / "edge2.log").read_text()
@@ -118,7 +131,9 @@ def test_edge_pulls_new_releases_from_the_coordinator_and_refuses_tampered_ones(
         fed.stop_all()
 
 
-def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_certificate_its_ca_signed(tmp_path, keys):
+def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_certificate_its_ca_signed(
+    tmp_path, keys
+):
     from fedge.server.certs import init_certs
 
     fed = LocalFederation(tmp_path / "fed", release_client_auth=True)
@@ -130,30 +145,68 @@ def test_a_release_service_that_authenticates_devices_serves_only_those_with_a_c
         out = fedge("certs", "issue", "camera-7", "--certs", str(fed.certs), "--client", "--out", str(tmp_path))
         assert out.returncode == 0, out.stderr
         init_certs(tmp_path / "other-ca")  # a CA the coordinator does not know
-        out = fedge("certs", "issue", "stranger", "--certs", str(tmp_path / "other-ca"), "--client", "--out", str(tmp_path))
+        out = fedge(
+            "certs", "issue", "stranger", "--certs", str(tmp_path / "other-ca"), "--client", "--out", str(tmp_path)
+        )
         assert out.returncode == 0, out.stderr
 
         def device(name: str, *flags: str) -> Path:
-            edges.append(EdgeProcess(tmp_path / name, keys[1], tmp_path / f"{name}.log", "--pull", fed.release_address,
-                                     "--pull-ca", ca, "--pull-interval", "0.5", *flags))
+            edges.append(
+                EdgeProcess(
+                    tmp_path / name,
+                    keys[1],
+                    tmp_path / f"{name}.log",
+                    "--pull",
+                    fed.release_address,
+                    "--pull-ca",
+                    ca,
+                    "--pull-interval",
+                    "0.5",
+                    *flags,
+                )
+            )
             return tmp_path / name / "digits"
 
         anonymous = device("anonymous")
-        stranger = device("stranger", "--pull-cert", str(tmp_path / "stranger.pem"),
-                          "--pull-key", str(tmp_path / "stranger.key"))
-        camera = device("camera", "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key", str(tmp_path / "camera-7.key"))
+        stranger = device(
+            "stranger", "--pull-cert", str(tmp_path / "stranger.pem"), "--pull-key", str(tmp_path / "stranger.key")
+        )
+        camera = device(
+            "camera", "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key", str(tmp_path / "camera-7.key")
+        )
         _wait_for(lambda: (camera / "CURRENT").exists(), what="the certified device installs release 1")
         for name in ("anonymous", "stranger"):  # both polled at least twice meanwhile, and were turned away
-            _wait_for(lambda: (tmp_path / f"{name}.log").read_text().count("unreachable") >= 2, what=f"{name} polls")
+            log = tmp_path / f"{name}.log"
+            _wait_for(lambda log=log: log.read_text().count("unreachable") >= 2, what=f"{name} polls")
         assert not anonymous.exists() and not stranger.exists()
         assert "give this one a certificate: --pull-cert/--pull-key" in (tmp_path / "anonymous.log").read_text()
         coordinator_log = (fed.root / "logs" / "coordinator.out").read_text()
         assert "streaming release digits v1" in coordinator_log and "to camera-7 (" in coordinator_log, coordinator_log
 
         # a certificate without its key (or a key that is not the certificate's) stops the device at start
-        bad = fedge("edge", "serve", "--repo", str(tmp_path / "x"), "--trust", str(keys[1]), "--pull", fed.release_address,
-                    "--pull-ca", ca, "--pull-cert", str(tmp_path / "camera-7.pem"), "--pull-key",
-                    str(tmp_path / "stranger.key"), "--port", "0", "--http-port", "0", "--metrics-port", "0", timeout=60)
+        bad = fedge(
+            "edge",
+            "serve",
+            "--repo",
+            str(tmp_path / "x"),
+            "--trust",
+            str(keys[1]),
+            "--pull",
+            fed.release_address,
+            "--pull-ca",
+            ca,
+            "--pull-cert",
+            str(tmp_path / "camera-7.pem"),
+            "--pull-key",
+            str(tmp_path / "stranger.key"),
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            timeout=60,
+        )
         assert bad.returncode == 2 and "does not belong to the certificate" in bad.stderr, bad.stderr
     finally:
         for edge in edges:
@@ -226,8 +279,9 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
     edge = None
     try:
         _publish(fed, heavy_bundle(tmp_path / "r1", keys[0]))
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log",
-                           *pull_flags(fed, f"127.0.0.1:{proxy.port}"))
+        edge = EdgeProcess(
+            tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed, f"127.0.0.1:{proxy.port}")
+        )
         _wait_installed(tmp_path / "edge.log", what="release 1 installed after the cut")
         log = (tmp_path / "edge.log").read_text()
         stopped = re.search(r"fetching release digits v1 stopped after byte (\d+) of (\d+) ", log)
@@ -241,8 +295,11 @@ def test_a_download_cut_off_midway_resumes_where_it_stopped_at_the_next_poll(tmp
 
         with grpc.secure_channel(fed.release_address, channel_credentials(fed.certs / "ca.crt")) as ch:
             with pytest.raises(grpc.RpcError) as err:  # an offset past the archive's end
-                list(release_pb2_grpc.ReleaseServiceStub(ch).FetchRelease(
-                    release_pb2.FetchReleaseRequest(model="digits", version=1, offset=int(stopped[2])), timeout=10))
+                list(
+                    release_pb2_grpc.ReleaseServiceStub(ch).FetchRelease(
+                        release_pb2.FetchReleaseRequest(model="digits", version=1, offset=int(stopped[2])), timeout=10
+                    )
+                )
         assert err.value.code() == grpc.StatusCode.OUT_OF_RANGE
         assert f"is a {stopped[2]}-byte archive" in err.value.details()
     finally:
@@ -269,21 +326,28 @@ class LyingReleaseService(release_pb2_grpc.ReleaseServiceServicer):
 
     def ListReleases(self, request, context):
         self.reports.append({c.model: c.local_version for c in request.current})
-        return release_pb2.ListReleasesResponse(releases=[release_pb2.Release(
-            model="digits", version=1, manifest_sha256=self.manifest_sha256,
-            archive_bytes=len(self.archive))])
+        return release_pb2.ListReleasesResponse(
+            releases=[
+                release_pb2.Release(
+                    model="digits", version=1, manifest_sha256=self.manifest_sha256, archive_bytes=len(self.archive)
+                )
+            ]
+        )
 
     resumes = False  # honours the request's offset (a service that does not sends the whole archive)
 
     def FetchRelease(self, request, context):
         self.fetches += 1
-        data = self.archive if self.honest else (self.archive + bytes(self.extra) if self.extra > 0
-                                                 else self.archive[:self.extra])
+        data = (
+            self.archive
+            if self.honest
+            else (self.archive + bytes(self.extra) if self.extra > 0 else self.archive[: self.extra])
+        )
         start = request.offset if self.resumes else 0
         self.sent.append(0)
         for i in range(start, len(data), 1 << 20):
-            yield release_pb2.ReleaseChunk(data=data[i:i + (1 << 20)], offset=start if i == start else 0)
-            self.sent[-1] += len(data[i:i + (1 << 20)])
+            yield release_pb2.ReleaseChunk(data=data[i : i + (1 << 20)], offset=start if i == start else 0)
+            self.sent[-1] += len(data[i : i + (1 << 20)])
 
 
 def _serve_releases(service: release_pb2_grpc.ReleaseServiceServicer) -> tuple[grpc.Server, int]:
@@ -304,8 +368,9 @@ def test_a_download_longer_or_shorter_than_announced_is_dropped_and_nothing_inst
     bundle = make_bundle(tmp_path / "r1", keys[0], "digits", seed=0)
     service = LyingReleaseService(bundle, extra)
     server, port = _serve_releases(service)
-    edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}",
-                       "--pull-interval", "0.3")
+    edge = EdgeProcess(
+        tmp_path / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.3"
+    )
     try:
         _wait_for(lambda: service.fetches >= 2, what="two fetches")
         log = (tmp_path / "edge.log").read_text()
@@ -355,8 +420,9 @@ def _small_disk(path: Path, size: str) -> None:
     import subprocess
 
     path.mkdir(parents=True)
-    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if out.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root): {out.stderr.strip()}")
 
@@ -366,6 +432,7 @@ def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_r
     it, says once how much room it needs, keeps serving what it has, and installs it at a later poll once there is
     room. `fedge edge install` refuses it the same way."""
     import subprocess
+
     from tests.edge.bundles import heavy_bundle
     from tests.edge.conftest import digits_request
 
@@ -379,7 +446,9 @@ def test_a_release_that_does_not_fit_on_the_disk_is_not_fetched_until_there_is_r
         service = LyingReleaseService(heavy_bundle(tmp_path / "r2", keys[0]), 0)  # 4.5 MB, honest
         service.honest = True
         server, port = _serve_releases(service)
-        edge = EdgeProcess(repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.2")
+        edge = EdgeProcess(
+            repo, keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}", "--pull-interval", "0.2"
+        )
         log = tmp_path / "edge.log"
         said = "free on the disk holding"
         _wait_for(lambda: said in log.read_text(), what="the device saying it has no room")
@@ -469,9 +538,12 @@ class HostileListing(release_pb2_grpc.ReleaseServiceServicer):
     fetches = 0
 
     def ListReleases(self, request, context):
-        return release_pb2.ListReleasesResponse(releases=[
-            release_pb2.Release(model="../escape", version=1, manifest_sha256="0" * 64, archive_bytes=1000),
-            release_pb2.Release(model="digits", version=1, manifest_sha256="../../escape", archive_bytes=1000)])
+        return release_pb2.ListReleasesResponse(
+            releases=[
+                release_pb2.Release(model="../escape", version=1, manifest_sha256="0" * 64, archive_bytes=1000),
+                release_pb2.Release(model="digits", version=1, manifest_sha256="../../escape", archive_bytes=1000),
+            ]
+        )
 
     def FetchRelease(self, request, context):
         self.fetches += 1
@@ -482,8 +554,15 @@ def test_a_listing_naming_paths_is_refused_and_nothing_is_written_outside_the_re
     service = HostileListing()
     server, port = _serve_releases(service)
     (tmp_path / "device").mkdir()
-    edge = EdgeProcess(tmp_path / "device" / "repo", keys[1], tmp_path / "edge.log", "--pull", f"127.0.0.1:{port}",
-                       "--pull-interval", "0.2")
+    edge = EdgeProcess(
+        tmp_path / "device" / "repo",
+        keys[1],
+        tmp_path / "edge.log",
+        "--pull",
+        f"127.0.0.1:{port}",
+        "--pull-interval",
+        "0.2",
+    )
     try:
         _wait_for(lambda: (tmp_path / "edge.log").read_text().count(": refused") >= 2, what="both releases refused")
         time.sleep(1)  # several polls more
@@ -498,8 +577,9 @@ def test_a_listing_naming_paths_is_refused_and_nothing_is_written_outside_the_re
         server.stop(0)
     assert service.fetches == 0
     assert sorted(p.name for p in (tmp_path / "device").iterdir()) == ["repo"]
-    assert not [p for p in (tmp_path / "device" / "repo").iterdir() if p.name != ".engines"], \
-        list((tmp_path / "device" / "repo").iterdir())
+    assert not [p for p in (tmp_path / "device" / "repo").iterdir() if p.name != ".engines"], list(
+        (tmp_path / "device" / "repo").iterdir()
+    )
 
 
 def test_a_rate_limited_device_downloads_no_faster_than_its_limit(tmp_path, keys):
@@ -509,16 +589,19 @@ def test_a_rate_limited_device_downloads_no_faster_than_its_limit(tmp_path, keys
     fed, bundle = _offering_release_1(tmp_path, keys)
     edge = None
     try:
-        edge = EdgeProcess(tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed), "--pull-max-rate",
-                           "64k")
+        edge = EdgeProcess(
+            tmp_path / "repo", keys[1], tmp_path / "edge.log", *pull_flags(fed), "--pull-max-rate", "64k"
+        )
         req = pb.ModelInferRequest(model_name="digits")
         req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
         req.raw_input_contents.append(np.zeros((1, 1, 8, 8), np.float32).tobytes())
         with grpc.insecure_channel(edge.url) as ch:
             stub = pb_grpc.GRPCInferenceServiceStub(ch)
             _wait_for(lambda: _serves(stub, req, "1"), what="release 1 pulled at 64 kB/s and served")
-        m = re.search(r"fetched release digits v1: (\d+) bytes in ([\d.]+) s \((\d+) kB/s, limit 64 kB/s\)",
-                      (tmp_path / "edge.log").read_text())
+        m = re.search(
+            r"fetched release digits v1: (\d+) bytes in ([\d.]+) s \((\d+) kB/s, limit 64 kB/s\)",
+            (tmp_path / "edge.log").read_text(),
+        )
         assert m, (tmp_path / "edge.log").read_text()[-2000:]
         size, took = int(m.group(1)), float(m.group(2))
         assert size == archive_bytes(bundle) and took >= (size - 65536) / 64_000, (size, took)

@@ -1,5 +1,6 @@
 """Triton's system shared memory extension against a real ``fedge edge serve --allow-client-shm=true``: tritonclient
 unchanged for the happy path, raw gRPC for every way a region or a tensor in it can be wrong."""
+
 import json
 import os
 from pathlib import Path
@@ -8,8 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
-from fedge.edge_runtime.serving.shared_memory import SHM_DIR, is_local_peer
 from fedge.core.procs import pid_alive
+from fedge.edge_runtime.serving.shared_memory import SHM_DIR, is_local_peer
 from fedge.proto import grpc_service_pb2 as pb
 from tests.edge.bundles import reference_logits
 from tests.edge.conftest import serving, triton_script
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm (POSIX
 
 @pytest.fixture(scope="module")
 def shm_server(tmp_path_factory, keys, digits_bundle, intent_bundle):
-    yield from serving(tmp_path_factory.mktemp("edge-shm"), keys, (digits_bundle, intent_bundle), "--allow-client-shm=true")
+    yield from serving(
+        tmp_path_factory.mktemp("edge-shm"), keys, (digits_bundle, intent_bundle), "--allow-client-shm=true"
+    )
 
 
 @pytest.fixture
@@ -68,9 +71,14 @@ def test_tritonclient_shared_memory_works_unchanged(shm_server, stub, digits_bun
     text = np.array([[b"I lost my credit card yesterday"], [b"how much data have I used this month"]], dtype=object)
     from fedge.edge_runtime.common.datatypes import serialize_bytes
 
-    wire = stub.ModelInfer(pb.ModelInferRequest(
-        model_name="intent", inputs=[pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2, 1])],
-        outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="label")], raw_input_contents=[serialize_bytes(text)]))
+    wire = stub.ModelInfer(
+        pb.ModelInferRequest(
+            model_name="intent",
+            inputs=[pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[2, 1])],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name="label")],
+            raw_input_contents=[serialize_bytes(text)],
+        )
+    )
     from fedge.edge_runtime.common.datatypes import deserialize_bytes
 
     assert r["intent_labels"] == [v.decode() for v in deserialize_bytes(wire.raw_output_contents[0], 2)]
@@ -79,8 +87,14 @@ def test_tritonclient_shared_memory_works_unchanged(shm_server, stub, digits_bun
     e = r["errors"]
     assert e["cuda_register"][0] == "StatusCode.UNIMPLEMENTED" and "system shared memory" in e["cuda_register"][1]
     assert e["twice"][0] == "StatusCode.ALREADY_EXISTS"
-    assert e["output_too_small"][0] == "StatusCode.INVALID_ARGUMENT" and "do not fit the 16 bytes" in e["output_too_small"][1]
-    assert e["unregistered"][0] == "StatusCode.INVALID_ARGUMENT" and "'digits_in' is not registered" in e["unregistered"][1]
+    assert (
+        e["output_too_small"][0] == "StatusCode.INVALID_ARGUMENT"
+        and "do not fit the 16 bytes" in e["output_too_small"][1]
+    )
+    assert (
+        e["unregistered"][0] == "StatusCode.INVALID_ARGUMENT"
+        and "'digits_in' is not registered" in e["unregistered"][1]
+    )
     assert r["status_after_one"] == ["digits_out", "text_in"]
     assert r["status_after_all"] == {}
 
@@ -102,14 +116,15 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
 
 def test_bad_regions_and_tensors_are_refused_and_the_server_stays_up(shm_server, stub, shm_object, tmp_path):
     def register(name, key, size, offset=0):
-        return stub.SystemSharedMemoryRegister(pb.SystemSharedMemoryRegisterRequest(
-            name=name, key=key, offset=offset, byte_size=size))
+        return stub.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name=name, key=key, offset=offset, byte_size=size)
+        )
 
     key, path = shm_object(1024)
     inv = grpc.StatusCode.INVALID_ARGUMENT
     # keys that are not POSIX shared memory names, or name no object here, or reach outside /dev/shm
     for bad in ("/../../etc/passwd", "/a/b", "..", "/"):
-        code, msg = _code(lambda: register("r", bad, 16))
+        code, msg = _code(lambda bad=bad: register("r", bad, 16))
         assert code == inv and "is not a POSIX shared memory name" in msg, (bad, msg)
     assert "no shared memory object" in _code(lambda: register("r", "/fedge_no_such_object", 16))[1]
     link = SHM_DIR / f"fedge_pytest_link_{os.getpid()}"
@@ -126,33 +141,62 @@ def test_bad_regions_and_tensors_are_refused_and_the_server_stays_up(shm_server,
 
     register("r", key, 512, offset=256)
     assert _code(lambda: register("r", key, 16))[0] == grpc.StatusCode.ALREADY_EXISTS
-    assert _code(lambda: stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="nope")))[0] == \
-        grpc.StatusCode.NOT_FOUND
+    assert (
+        _code(lambda: stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest(name="nope")))[0]
+        == grpc.StatusCode.NOT_FOUND
+    )
 
     def infer(*inputs, raw=(), outputs=()):
-        return stub.ModelInfer(pb.ModelInferRequest(model_name="digits", inputs=list(inputs), outputs=list(outputs),
-                                                    raw_input_contents=list(raw)))
+        return stub.ModelInfer(
+            pb.ModelInferRequest(
+                model_name="digits", inputs=list(inputs), outputs=list(outputs), raw_input_contents=list(raw)
+            )
+        )
 
     x = np.random.default_rng(2).random((1, 1, 8, 8), dtype=np.float32)
     with open(path, "r+b") as f:  # the region starts 256 bytes into the object; the tensor 32 bytes into the region
         f.seek(256 + 32)
         f.write(x.tobytes())
     good = infer(_shm_input("r", 256, offset=32))
-    wire = infer(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 1, 8, 8]), raw=[x.tobytes()])
+    wire = infer(
+        pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 1, 8, 8]), raw=[x.tobytes()]
+    )
     assert good.raw_output_contents[0] == wire.raw_output_contents[0]
 
     cases = {
         "wrong byte size": (lambda: infer(_shm_input("r", 200)), "200 bytes of raw data, expected 256"),
         "past the region": (lambda: infer(_shm_input("r", 256, offset=300)), "outside shared memory region 'r'"),
-        "half the parameters": (lambda: infer(pb.ModelInferRequest.InferInputTensor(
-            name="input", datatype="FP32", shape=[1, 1, 8, 8], parameters={
-                "shared_memory_region": pb.InferParameter(string_param="r")})), "needs both"),
-        "raw data too": (lambda: infer(_shm_input("r", 256), raw=[x.tobytes()]), "raw_input_contents has 1 entries for 0"),
+        "half the parameters": (
+            lambda: infer(
+                pb.ModelInferRequest.InferInputTensor(
+                    name="input",
+                    datatype="FP32",
+                    shape=[1, 1, 8, 8],
+                    parameters={"shared_memory_region": pb.InferParameter(string_param="r")},
+                )
+            ),
+            "needs both",
+        ),
+        "raw data too": (
+            lambda: infer(_shm_input("r", 256), raw=[x.tobytes()]),
+            "raw_input_contents has 1 entries for 0",
+        ),
         "unknown region": (lambda: infer(_shm_input("nope", 256)), "'nope' is not registered"),
-        "output region too small": (lambda: infer(_shm_input("r", 256), outputs=[
-            pb.ModelInferRequest.InferRequestedOutputTensor(name="logits", parameters={
-                "shared_memory_region": pb.InferParameter(string_param="r"),
-                "shared_memory_byte_size": pb.InferParameter(int64_param=8)})]), "do not fit the 8 bytes"),
+        "output region too small": (
+            lambda: infer(
+                _shm_input("r", 256),
+                outputs=[
+                    pb.ModelInferRequest.InferRequestedOutputTensor(
+                        name="logits",
+                        parameters={
+                            "shared_memory_region": pb.InferParameter(string_param="r"),
+                            "shared_memory_byte_size": pb.InferParameter(int64_param=8),
+                        },
+                    )
+                ],
+            ),
+            "do not fit the 8 bytes",
+        ),
     }
     for what, (call, message) in cases.items():
         code, details = _code(call)
@@ -165,14 +209,28 @@ def test_bad_regions_and_tensors_are_refused_and_the_server_stays_up(shm_server,
     assert stub.ServerReady(pb.ServerReadyRequest()).ready and pid_alive(shm_server.proc.pid)
     stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest())
     assert not stub.SystemSharedMemoryStatus(pb.SystemSharedMemoryStatusRequest()).regions
-    assert infer(pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 1, 8, 8]),
-                 raw=[x.tobytes()]).raw_output_contents[0] == wire.raw_output_contents[0]
+    assert (
+        infer(
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 1, 8, 8]), raw=[x.tobytes()]
+        ).raw_output_contents[0]
+        == wire.raw_output_contents[0]
+    )
 
 
-@pytest.mark.parametrize("peer, local", [
-    ("ipv4:127.0.0.1:50000", True), ("ipv4:127.8.9.1:1", True), ("ipv6:[::1]:50000", True),
-    ("ipv6:[::ffff:127.0.0.1]:5", True), ("unix:/run/fedge.sock", True), ("ipv4:10.1.2.3:50000", False),
-    ("ipv6:[2001:db8::1]:443", False), ("ipv4:192.168.0.7:8001", False), ("garbage", False)])
+@pytest.mark.parametrize(
+    "peer, local",
+    [
+        ("ipv4:127.0.0.1:50000", True),
+        ("ipv4:127.8.9.1:1", True),
+        ("ipv6:[::1]:50000", True),
+        ("ipv6:[::ffff:127.0.0.1]:5", True),
+        ("unix:/run/fedge.sock", True),
+        ("ipv4:10.1.2.3:50000", False),
+        ("ipv6:[2001:db8::1]:443", False),
+        ("ipv4:192.168.0.7:8001", False),
+        ("garbage", False),
+    ],
+)
 def test_only_clients_on_this_host_count_as_local(peer, local):
     assert is_local_peer(peer) is local
 
@@ -223,21 +281,37 @@ def test_shared_memory_over_http_as_tritonclient_http_uses_it(shm_server, shm_ob
         body = resp.read()
         return resp.status, json.loads(body) if body else None
 
-    assert call("POST", "/v2/systemsharedmemory/region/io/register",
-                {"key": key, "offset": 0, "byte_size": x.nbytes + 80}) == (200, None)
+    assert call(
+        "POST", "/v2/systemsharedmemory/region/io/register", {"key": key, "offset": 0, "byte_size": x.nbytes + 80}
+    ) == (200, None)
     status, regions = call("GET", "/v2/systemsharedmemory/status")
     assert status == 200 and regions == [{"name": "io", "key": key, "offset": 0, "byte_size": x.nbytes + 80}]
     region = {"shared_memory_region": "io"}
-    status, resp = call("POST", "/v2/models/digits/infer", {
-        "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 1, 8, 8],
-                    "parameters": {**region, "shared_memory_byte_size": x.nbytes}}],
-        "outputs": [{"name": "logits", "parameters": {**region, "shared_memory_byte_size": 80,
-                                                      "shared_memory_offset": x.nbytes}},
-                    {"name": "label"}]})
+    status, resp = call(
+        "POST",
+        "/v2/models/digits/infer",
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [2, 1, 8, 8],
+                    "parameters": {**region, "shared_memory_byte_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {
+                    "name": "logits",
+                    "parameters": {**region, "shared_memory_byte_size": 80, "shared_memory_offset": x.nbytes},
+                },
+                {"name": "label"},
+            ],
+        },
+    )
     assert status == 200, resp
     logits, label = resp["outputs"]
     assert "data" not in logits and logits["parameters"]["shared_memory_byte_size"] == 80
-    written = np.frombuffer(path.read_bytes()[x.nbytes:], dtype=np.float32).reshape(2, 10)
+    written = np.frombuffer(path.read_bytes()[x.nbytes :], dtype=np.float32).reshape(2, 10)
     expected = reference_logits(digits_bundle, x)
     np.testing.assert_allclose(written, expected, rtol=1e-5, atol=1e-6)
     labels = json.loads((digits_bundle / "manifest.json").read_text())["labels"]

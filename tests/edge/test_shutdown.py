@@ -3,6 +3,7 @@ flight answered (queued ones included, over gRPC, HTTP and streams), then exit 0
 most; a second signal exits at once. A real server process serving a heavy stand-in model (each request of 64
 rows is one backend call of about a quarter second, and they cannot share a batch; one batch worker, so the calls
 queue), stopped by PID."""
+
 import http.client
 import json
 import os
@@ -54,8 +55,10 @@ class Load:
         self._channel = grpc.insecure_channel(server.url)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         kinds = ["grpc", "http", "stream", "grpc", "http", "grpc"]
-        self._threads = [threading.Thread(target=self._one, args=(server, kind, f"{kind}{i}", x), daemon=True)
-                         for i, (kind, x) in enumerate(zip(kinds, batches))]
+        self._threads = [
+            threading.Thread(target=self._one, args=(server, kind, f"{kind}{i}", x), daemon=True)
+            for i, (kind, x) in enumerate(zip(kinds, batches))
+        ]
         for t in self._threads:
             t.start()
 
@@ -69,7 +72,7 @@ class Load:
                 self._stream(name, x)
                 return
             self.outcomes[name] = ("ok", got, time.monotonic())
-        except Exception as exc:  # noqa: BLE001 - the test looks at what failed
+        except Exception as exc:
             self.outcomes[name] = ("error", exc, time.monotonic())
 
     def _stream(self, name: str, x: np.ndarray) -> None:
@@ -138,8 +141,10 @@ def test_sigterm_answers_every_request_in_flight_refuses_new_ones_and_exits_0(tm
     finally:
         next(gen, None)  # stop_pid; the server must be gone
 
-    print(f"one call {one_call:.2f} s; exited {exited:.2f} s after SIGTERM; outcomes "
-          + ", ".join(f"{k}: {v[0]} at +{v[2] - stopped_at:.2f} s" for k, v in sorted(load.outcomes.items())))
+    print(
+        f"one call {one_call:.2f} s; exited {exited:.2f} s after SIGTERM; outcomes "
+        + ", ".join(f"{k}: {v[0]} at +{v[2] - stopped_at:.2f} s" for k, v in sorted(load.outcomes.items()))
+    )
     assert still_running, "the server was gone 0.3 s after SIGTERM: nothing was in flight, the test proves nothing"
     assert refused[0] == grpc.StatusCode.UNAVAILABLE and refused[1] == "ConnectionRefusedError", refused
     assert watched == [health_pb2.HealthCheckResponse.NOT_SERVING]

@@ -2,6 +2,7 @@
 server process given NOTIFY_SOCKET and WATCHDOG_USEC, as systemd starts it, says READY=1 once it serves, pings
 the watchdog while its event loop answers and not while it hangs, and says STOPPING=1 when told to stop. A unix
 datagram socket in the test stands in for systemd."""
+
 import socket
 import time
 
@@ -34,8 +35,12 @@ def test_systemd_hears_ready_watchdog_pings_and_stopping(tmp_path, keys, digits_
     repo = tmp_path / "repo"
     assert fedge("edge", "install", str(digits_bundle), "--repo", str(repo), "--trust", str(keys[1])).returncode == 0
     sock = _systemd(tmp_path / "notify")
-    server = EdgeProcess(repo, keys[1], tmp_path / "server.log",
-                         env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"})
+    server = EdgeProcess(
+        repo,
+        keys[1],
+        tmp_path / "server.log",
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "400000"},
+    )
     try:
         ready, before = _next(sock, "READY=1")
         assert before == []  # nothing before READY
@@ -66,12 +71,15 @@ def test_a_hung_event_loop_gets_no_watchdog_ping(tmp_path, keys, digits_bundle):
         next(gen, None)
 
 
-@pytest.mark.parametrize("env, address, watchdog_s", [
-    ({}, "", None),
-    ({"NOTIFY_SOCKET": "@fedge/notify"}, "\0fedge/notify", None),           # the abstract namespace
-    ({"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "30000000"}, "/run/n", 30.0),
-    ({"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, "/run/n", None),  # not ours
-])
+@pytest.mark.parametrize(
+    "env, address, watchdog_s",
+    [
+        ({}, "", None),
+        ({"NOTIFY_SOCKET": "@fedge/notify"}, "\0fedge/notify", None),  # the abstract namespace
+        ({"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "30000000"}, "/run/n", 30.0),
+        ({"NOTIFY_SOCKET": "/run/n", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}, "/run/n", None),  # not ours
+    ],
+)
 def test_the_notify_environment_is_read_as_systemd_writes_it(env, address, watchdog_s):
     n = Notifier(env)
     assert (n.address, n.watchdog_s) == (address, watchdog_s)
@@ -92,6 +100,7 @@ def test_the_shipped_unit_file_is_one_systemd_accepts(tmp_path):
     assert "Type=notify" in unit and "WatchdogSec=" in unit
     fedge_bin = Path(sys.executable).parent / "fedge"
     (tmp_path / "fedge-edge.service").write_text(unit.replace("/opt/fedge/venv/bin/fedge", str(fedge_bin)))
-    out = subprocess.run([analyze, "verify", str(tmp_path / "fedge-edge.service")], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(
+        [analyze, "verify", str(tmp_path / "fedge-edge.service")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr

@@ -2,6 +2,7 @@
 be installed here; the real engine test is tests/export's `tensorrt` test). The stand-in keeps the part of
 TensorRT's contract that matters here: an execution context holds one call's input shapes and tensor addresses,
 so two calls sharing one at the same time corrupt each other."""
+
 import ctypes
 import sys
 import threading
@@ -12,12 +13,14 @@ import numpy as np
 
 from fedge.edge_runtime.serving import tensorrt_engine
 
-FAKE_TRT = types.SimpleNamespace(TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"),
-                                 nptype=lambda dtype: np.float32)
+FAKE_TRT = types.SimpleNamespace(
+    TensorIOMode=types.SimpleNamespace(INPUT="in", OUTPUT="out"), nptype=lambda dtype: np.float32
+)
 
 
 class FakeCudart:
     """Device memory is host memory here: pointers are addresses of numpy buffers, copies are memmove."""
+
     cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
 
     def __init__(self) -> None:
@@ -132,26 +135,39 @@ def fake_tensorrt(version: str, calls: list) -> types.SimpleNamespace:
     major = int(version.split(".")[0])
     kinds = {"EXPLICIT_BATCH": 0, **({"STRONGLY_TYPED": 5} if major >= 10 else {})}
     builder_flags = {"SPARSE_WEIGHTS": "sparse", **({"INT8": "int8"} if major < 11 else {})}
-    net = types.SimpleNamespace(num_inputs=1, get_input=lambda i: types.SimpleNamespace(name="input", shape=(-1, 1, 8, 8)))
+    net = types.SimpleNamespace(
+        num_inputs=1, get_input=lambda i: types.SimpleNamespace(name="input", shape=(-1, 1, 8, 8))
+    )
     cache = types.SimpleNamespace(serialize=lambda: b"timing")
-    config = types.SimpleNamespace(set_memory_pool_limit=lambda pool, size: None,
-                                   set_flag=lambda flag: calls.append(("flag", flag)),
-                                   add_optimization_profile=lambda p: None, create_timing_cache=lambda raw: cache,
-                                   set_timing_cache=lambda c, ignore_mismatch: None, get_timing_cache=lambda: cache)
+    config = types.SimpleNamespace(
+        set_memory_pool_limit=lambda pool, size: None,
+        set_flag=lambda flag: calls.append(("flag", flag)),
+        add_optimization_profile=lambda p: None,
+        create_timing_cache=lambda raw: cache,
+        set_timing_cache=lambda c, ignore_mismatch: None,
+        get_timing_cache=lambda: cache,
+    )
     profile = types.SimpleNamespace(set_shape=lambda name, lo, opt, hi: calls.append(("shape", name, lo, opt, hi)))
 
     def create_network(flags):
         calls.append(("network", flags))
         return net
 
-    builder = types.SimpleNamespace(create_network=create_network, create_builder_config=lambda: config,
-                                    create_optimization_profile=lambda: profile,
-                                    build_serialized_network=lambda n, c: b"plan")
+    builder = types.SimpleNamespace(
+        create_network=create_network,
+        create_builder_config=lambda: config,
+        create_optimization_profile=lambda: profile,
+        build_serialized_network=lambda n, c: b"plan",
+    )
     return types.SimpleNamespace(
-        __version__=version, Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
-        Builder=lambda logger: builder, OnnxParser=lambda n, logger: types.SimpleNamespace(parse=lambda raw: True),
-        NetworkDefinitionCreationFlag=types.SimpleNamespace(**kinds), BuilderFlag=types.SimpleNamespace(**builder_flags),
-        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"))
+        __version__=version,
+        Logger=type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None}),
+        Builder=lambda logger: builder,
+        OnnxParser=lambda n, logger: types.SimpleNamespace(parse=lambda raw: True),
+        NetworkDefinitionCreationFlag=types.SimpleNamespace(**kinds),
+        BuilderFlag=types.SimpleNamespace(**builder_flags),
+        MemoryPoolType=types.SimpleNamespace(WORKSPACE="workspace"),
+    )
 
 
 def test_compile_builds_a_qdq_network_as_each_tensorrt_version_needs(monkeypatch, tmp_path):
@@ -160,16 +176,26 @@ def test_compile_builds_a_qdq_network_as_each_tensorrt_version_needs(monkeypatch
     from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc
 
     (tmp_path / "model.int8.trt.onnx").write_bytes(b"onnx")
-    manifest = Manifest("digits", "digits", (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),
-                        (TensorDesc("logits", "FP32", (-1, 10)),), {"int8_trt": "model.int8.trt.onnx"}, {})
+    manifest = Manifest(
+        "digits",
+        "digits",
+        (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),
+        (TensorDesc("logits", "FP32", (-1, 10)),),
+        {"int8_trt": "model.int8.trt.onnx"},
+        {},
+    )
     expected = {"8.6.2": (1 << 0, ["int8"]), "10.3.0": (1 << 5, []), "11.0.0": (0, [])}
     for version, (flags, precision) in expected.items():
         calls = []
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, calls))
-        monkeypatch.setattr(tensorrt_engine, "device_identity",
-                            lambda: {"tensorrt": version, "gpu": "Orin", "compute_capability": "8.7"})
-        engine = tensorrt_engine.compile_engine(tmp_path, manifest, tmp_path / "engines" / version,
-                                                tensorrt_engine.CompileConfig(max_batch=16, sparse=True))
+        monkeypatch.setattr(
+            tensorrt_engine,
+            "device_identity",
+            lambda version=version: {"tensorrt": version, "gpu": "Orin", "compute_capability": "8.7"},
+        )
+        engine = tensorrt_engine.compile_engine(
+            tmp_path, manifest, tmp_path / "engines" / version, tensorrt_engine.CompileConfig(max_batch=16, sparse=True)
+        )
         assert engine.read_bytes() == b"plan", version
         assert ("network", flags) in calls, (version, calls)
         assert sorted(c[1] for c in calls if c[0] == "flag") == sorted(["sparse", *precision]), version

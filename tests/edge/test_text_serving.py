@@ -1,6 +1,7 @@
 """A text release on the device: the bundle ships the base's tokenizer.json, the edge tokenizes BYTES texts with
 Hugging Face ``tokenizers`` (no torch, transformers or peft there: the device install has none of them), pads each
 batch to its longest row, and the dynamic batcher coalesces requests of different lengths."""
+
 import json
 
 import numpy as np
@@ -12,11 +13,24 @@ from tests.edge.conftest import device_python, serving, triton_script
 
 pytest.importorskip("transformers")
 
-MIXED = ["hi", "block my card", "I lost my credit card yesterday at the station and need a new one",
-         "how much data have I used this month?", "roaming", "Ça coûte 20 € ?", "",
-         "my internet connection keeps dropping every evening since the storm last week, please help",
-         "cancel", "send 40 euros to my brother", "🙂", "what is my balance", "upgrade my phone please",
-         "is there an outage", "new PIN", "x " * 300]
+MIXED = [
+    "hi",
+    "block my card",
+    "I lost my credit card yesterday at the station and need a new one",
+    "how much data have I used this month?",
+    "roaming",
+    "Ça coûte 20 € ?",
+    "",
+    "my internet connection keeps dropping every evening since the storm last week, please help",
+    "cancel",
+    "send 40 euros to my brother",
+    "🙂",
+    "what is my balance",
+    "upgrade my phone please",
+    "is there an outage",
+    "new PIN",
+    "x " * 300,
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +47,7 @@ def test_device_tokenizer_gives_transformers_ids_on_the_shipped_data(text_bundle
     task = TextTask()
     texts = IntentTask().reference_texts()[0] + MIXED
     for i in range(0, len(texts), 37):  # batches of different longest rows
-        chunk = texts[i:i + 37]
+        chunk = texts[i : i + 37]
         np.testing.assert_array_equal(device.encode_batch(chunk), task.encode_texts(chunk))
     assert device.encode_batch(["x " * 300]).shape == (1, 128)  # truncated to the model's maximum length
 

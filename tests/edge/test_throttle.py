@@ -1,11 +1,14 @@
 """The download rate limit's arithmetic (fedge edge serve --pull-max-rate); over the wire: test_release_pull.py."""
+
 import pytest
 
 from fedge.edge_runtime.distribution.throttle import Throttle, chunk_for, parse_rate
 
 
-@pytest.mark.parametrize("text, rate", [("500000", 500_000), ("500k", 500_000), ("2M", 2_000_000),
-                                        ("1.5M", 1_500_000), ("64kB/s", 64_000), ("1G", 10**9)])
+@pytest.mark.parametrize(
+    "text, rate",
+    [("500000", 500_000), ("500k", 500_000), ("2M", 2_000_000), ("1.5M", 1_500_000), ("64kB/s", 64_000), ("1G", 10**9)],
+)
 def test_rates_read_in_si_units(text, rate):
     assert parse_rate(text) == rate
 
@@ -25,8 +28,8 @@ def test_the_throttle_waits_until_the_average_is_back_under_the_rate():
         return False
 
     t = Throttle(1000, wait, clock=lambda: now[0])
-    assert t.spend(500) and waited == [0.5]       # 500 bytes at once: half a second's worth
-    now[0] += 2.0                                  # then slow reads: credit, no wait
+    assert t.spend(500) and waited == [0.5]  # 500 bytes at once: half a second's worth
+    now[0] += 2.0  # then slow reads: credit, no wait
     assert t.spend(1000) and waited == [0.5]
     assert t.spend(2000) and waited == [0.5, 1.0]  # 3.5 kB in 2.5 s at 1 kB/s: a second more
     assert t.bytes == 3500

@@ -1,5 +1,7 @@
-"""TLS on the edge runtime's gRPC and HTTP endpoints: server-only and mutual, driven over the wire by tritonclient.grpc and
-`fedge edge predict`, with certificates from `fedge certs init` / `fedge certs issue`; bad files refused at start."""
+"""TLS on the edge runtime's gRPC and HTTP endpoints: server-only and mutual, driven over the wire by
+tritonclient.grpc and `fedge edge predict`, with certificates from `fedge certs init` / `fedge certs issue`; bad
+files refused at start."""
+
 import http.client
 import json
 import ssl
@@ -15,11 +17,13 @@ from tests.edge.conftest import fedge, serving, triton_script
 def pki(tmp_path_factory):
     """A CA with an edge server certificate and a client certificate, and a second CA's client certificate."""
     root = tmp_path_factory.mktemp("pki")
-    for args in (("certs", "init", "--out", str(root / "ca")),
-                 ("certs", "issue", "edge-1", "--certs", str(root / "ca"), "--hosts", "edge-1.local"),
-                 ("certs", "issue", "camera-7", "--certs", str(root / "ca"), "--client"),
-                 ("certs", "init", "--out", str(root / "other")),
-                 ("certs", "issue", "stranger", "--certs", str(root / "other"), "--client")):
+    for args in (
+        ("certs", "init", "--out", str(root / "ca")),
+        ("certs", "issue", "edge-1", "--certs", str(root / "ca"), "--hosts", "edge-1.local"),
+        ("certs", "issue", "camera-7", "--certs", str(root / "ca"), "--client"),
+        ("certs", "init", "--out", str(root / "other")),
+        ("certs", "issue", "stranger", "--certs", str(root / "other"), "--client"),
+    ):
         out = fedge(*args)
         assert out.returncode == 0, out.stderr
     return root
@@ -43,8 +47,9 @@ def tls_server(tmp_path_factory, keys, digits_bundle, pki):
 
 @pytest.fixture(scope="module")
 def metrics_tls_server(tmp_path_factory, keys, digits_bundle, pki):
-    yield from serving(tmp_path_factory.mktemp("mtls-metrics"), keys, (digits_bundle,), *_tls_flags(pki, mutual=True),
-                       "--metrics-tls")
+    yield from serving(
+        tmp_path_factory.mktemp("mtls-metrics"), keys, (digits_bundle,), *_tls_flags(pki, mutual=True), "--metrics-tls"
+    )
 
 
 @pytest.fixture
@@ -56,9 +61,16 @@ def x_npy(tmp_path):
 
 def test_tritonclient_over_mutual_tls_only_with_a_certificate_from_the_ca(mutual_server, pki, x_npy):
     ca = pki / "ca"
-    r = triton_script("tests.edge.triton_tls_check", mutual_server.url, str(x_npy), str(ca / "ca.crt"),
-                      str(ca / "camera-7.pem"), str(ca / "camera-7.key"), str(pki / "other" / "stranger.pem"),
-                      str(pki / "other" / "stranger.key"))
+    r = triton_script(
+        "tests.edge.triton_tls_check",
+        mutual_server.url,
+        str(x_npy),
+        str(ca / "ca.crt"),
+        str(ca / "camera-7.pem"),
+        str(ca / "camera-7.key"),
+        str(pki / "other" / "stranger.pem"),
+        str(pki / "other" / "stranger.key"),
+    )
     assert r["mutual"]["live"] is True and np.array(r["mutual"]["logits"]).shape == (2, 10)
     for refused in ("no_client_cert", "stranger", "plaintext"):
         assert r[refused].get("error") == "StatusCode.UNAVAILABLE", (refused, r[refused])
@@ -69,8 +81,17 @@ def test_fedge_edge_predict_over_tls(tls_server, mutual_server, pki, x_npy):
     base = ("edge", "predict", "--model", "digits", "--npy", str(x_npy))
     one_way = fedge(*base, "--url", tls_server.url, "--tls-ca", str(ca / "ca.crt"))
     assert one_way.returncode == 0, one_way.stderr
-    mutual = fedge(*base, "--url", mutual_server.url, "--tls-ca", str(ca / "ca.crt"),
-                   "--tls-cert", str(ca / "camera-7.pem"), "--tls-key", str(ca / "camera-7.key"))
+    mutual = fedge(
+        *base,
+        "--url",
+        mutual_server.url,
+        "--tls-ca",
+        str(ca / "ca.crt"),
+        "--tls-cert",
+        str(ca / "camera-7.pem"),
+        "--tls-key",
+        str(ca / "camera-7.key"),
+    )
     assert mutual.returncode == 0, mutual.stderr
     # the same model (same bundle) behind both servers gives the same answer
     np.testing.assert_allclose(json.loads(one_way.stdout)["logits"], json.loads(mutual.stdout)["logits"], rtol=1e-6)
@@ -80,8 +101,9 @@ def test_fedge_edge_predict_over_tls(tls_server, mutual_server, pki, x_npy):
     assert wrong_ca.returncode == 2 and "UNAVAILABLE" in wrong_ca.stderr
 
 
-@pytest.mark.parametrize("case", ["key_of_another_cert", "missing_key", "not_a_certificate", "key_without_cert",
-                                  "metrics_tls_without_tls"])
+@pytest.mark.parametrize(
+    "case", ["key_of_another_cert", "missing_key", "not_a_certificate", "key_without_cert", "metrics_tls_without_tls"]
+)
 def test_serve_refuses_unusable_tls_files_at_start(case, pki, keys, tmp_path):
     ca = pki / "ca"
     (tmp_path / "junk.pem").write_text("hello\n")
@@ -99,8 +121,24 @@ def test_serve_refuses_unusable_tls_files_at_start(case, pki, keys, tmp_path):
         "key_without_cert": "TLS needs --tls-cert and --tls-key together",
         "metrics_tls_without_tls": "--metrics-tls serves the metrics endpoint with the server's certificate",
     }[case]
-    out = fedge("edge", "serve", "--repo", str(tmp_path / "repo"), "--trust", str(keys[1]), "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", "--http-port", "0", *flags, timeout=60)
+    out = fedge(
+        "edge",
+        "serve",
+        "--repo",
+        str(tmp_path / "repo"),
+        "--trust",
+        str(keys[1]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--http-port",
+        "0",
+        *flags,
+        timeout=60,
+    )
     assert out.returncode == 2 and expected in out.stderr, out.stderr
 
 
@@ -113,14 +151,19 @@ def test_issued_certificates_name_what_they_are_for(pki):
     ca = x509.load_pem_x509_certificate((pki / "ca" / "ca.crt").read_bytes())
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "edge-1.local" in san.get_values_for_type(x509.DNSName)
-    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
-    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
+    assert list(client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
     client.verify_directly_issued_by(ca)
     assert oct((pki / "ca" / "camera-7.key").stat().st_mode & 0o777) == "0o600"
 
 
-def _https_ready(port: int, ca: Path, cert: Path | None = None, key: Path | None = None,
-                 path: str = "/v2/health/ready") -> int:
+def _https_ready(
+    port: int, ca: Path, cert: Path | None = None, key: Path | None = None, path: str = "/v2/health/ready"
+) -> int:
     ctx = ssl.create_default_context(cafile=str(ca))
     if cert:
         ctx.load_cert_chain(cert, key)
@@ -146,12 +189,35 @@ def test_the_http_endpoint_uses_the_same_tls(tls_server, mutual_server, pki):
         plain.getresponse()
     plain.close()
     assert _https_ready(tls_server.http_port, ca / "ca.crt") == 200  # and the server is still there
-    out = fedge("edge", "predict", "--url", f"https://127.0.0.1:{mutual_server.http_port}", "--model", "digits",
-                "--text", "x", "--tls-ca", str(ca / "ca.crt"), "--tls-cert", str(ca / "camera-7.pem"),
-                "--tls-key", str(ca / "camera-7.key"))
+    out = fedge(
+        "edge",
+        "predict",
+        "--url",
+        f"https://127.0.0.1:{mutual_server.http_port}",
+        "--model",
+        "digits",
+        "--text",
+        "x",
+        "--tls-ca",
+        str(ca / "ca.crt"),
+        "--tls-cert",
+        str(ca / "camera-7.pem"),
+        "--tls-key",
+        str(ca / "camera-7.key"),
+    )
     assert out.returncode == 2 and "expected FP32" in out.stderr  # reached the model over mutual TLS: a text
-    out = fedge("edge", "predict", "--url", f"https://127.0.0.1:{mutual_server.http_port}", "--model", "digits",
-                "--text", "x", "--tls-ca", str(ca / "ca.crt"))  # ... which is refused without a certificate
+    out = fedge(
+        "edge",
+        "predict",
+        "--url",
+        f"https://127.0.0.1:{mutual_server.http_port}",
+        "--model",
+        "digits",
+        "--text",
+        "x",
+        "--tls-ca",
+        str(ca / "ca.crt"),
+    )  # ... which is refused without a certificate
     assert out.returncode == 2 and "fedge edge predict: UNAVAILABLE: no answer from https://" in out.stderr
 
 

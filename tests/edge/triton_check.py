@@ -1,5 +1,6 @@
 """Runs in its own process (tritonclient bundles protos of the same names as fedge's, so the two cannot share a
 process): drives a fedge edge server with tritonclient.grpc exactly as a Triton user would."""
+
 import json
 import queue
 import sys
@@ -10,8 +11,12 @@ import tritonclient.grpc as grpcclient
 
 def main(url: str, x_path: str) -> None:
     c = grpcclient.InferenceServerClient(url=url)
-    report = {"live": c.is_server_live(), "ready": c.is_server_ready(),
-              "digits_ready": c.is_model_ready("digits"), "intent_ready": c.is_model_ready("intent")}
+    report = {
+        "live": c.is_server_live(),
+        "ready": c.is_server_ready(),
+        "digits_ready": c.is_model_ready("digits"),
+        "intent_ready": c.is_model_ready("intent"),
+    }
     meta = c.get_model_metadata("digits", as_json=True)
     report["digits_inputs"] = meta["inputs"]
     report["platform"] = meta["platform"]
@@ -64,9 +69,17 @@ def stream(c, inp, tin) -> list:
             out.append({"error": str(error)})
         else:
             r = result.get_response()
-            out.append({"id": r.id, "version": r.model_version,
-                        "output": (result.as_numpy("logits") if r.model_name == "digits" else
-                                   np.char.decode(result.as_numpy("label").astype(bytes))).tolist()})
+            out.append(
+                {
+                    "id": r.id,
+                    "version": r.model_version,
+                    "output": (
+                        result.as_numpy("logits")
+                        if r.model_name == "digits"
+                        else np.char.decode(result.as_numpy("label").astype(bytes))
+                    ).tolist(),
+                }
+            )
     c.stop_stream()
     return out
 

@@ -1,6 +1,7 @@
 """Runs in its own process (tritonclient's protos clash with fedge's): 16 clients send texts of mixed lengths to
 a text model at once over tritonclient.grpc, as a Triton user would; prints each answer and the server's
 statistics as JSON."""
+
 import json
 import sys
 import threading
@@ -33,9 +34,16 @@ def main(url: str, model: str, texts_path: str) -> None:
     c = grpcclient.InferenceServerClient(url=url)
     meta = c.get_model_metadata(model, as_json=True)
     stats = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
-    print(json.dumps({"answers": [answers[i] for i in range(len(texts))], "inputs": meta["inputs"],
-                      "inference_count": int(stats["inference_count"]),
-                      "execution_count": int(stats["execution_count"])}))
+    print(
+        json.dumps(
+            {
+                "answers": [answers[i] for i in range(len(texts))],
+                "inputs": meta["inputs"],
+                "inference_count": int(stats["inference_count"]),
+                "execution_count": int(stats["execution_count"]),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

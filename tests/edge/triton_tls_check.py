@@ -1,5 +1,6 @@
 """Runs in its own process (tritonclient's protos clash with fedge's): tritonclient.grpc against a TLS edge server,
 once with each given set of credentials, reporting what worked and the error of what did not."""
+
 import json
 import sys
 
@@ -21,13 +22,18 @@ def attempt(url: str, x: np.ndarray, **tls) -> dict:
 
 def main(url: str, x_path: str, ca: str, cert: str, key: str, stranger_cert: str, stranger_key: str) -> None:
     x = np.load(x_path)
-    print(json.dumps({
-        "mutual": attempt(url, x, ssl=True, root_certificates=ca, certificate_chain=cert, private_key=key),
-        "no_client_cert": attempt(url, x, ssl=True, root_certificates=ca),
-        "stranger": attempt(url, x, ssl=True, root_certificates=ca, certificate_chain=stranger_cert,
-                            private_key=stranger_key),
-        "plaintext": attempt(url, x),
-    }))
+    print(
+        json.dumps(
+            {
+                "mutual": attempt(url, x, ssl=True, root_certificates=ca, certificate_chain=cert, private_key=key),
+                "no_client_cert": attempt(url, x, ssl=True, root_certificates=ca),
+                "stranger": attempt(
+                    url, x, ssl=True, root_certificates=ca, certificate_chain=stranger_cert, private_key=stranger_key
+                ),
+                "plaintext": attempt(url, x),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Runs in its own process (tritonclient's protos clash with fedge's): Triton's trace extension driven with
 tritonclient.grpc (get_trace_settings / update_trace_settings) against a fedge edge server started with
 --trace-config triton,file=... level=TIMESTAMPS rate=2; prints what it saw as JSON."""
+
 import json
 import sys
 
@@ -24,15 +25,18 @@ def flat(settings: dict) -> dict:
 
 def main(url: str) -> None:
     c = grpcclient.InferenceServerClient(url=url)
-    report = {"extensions": c.get_server_metadata(as_json=True)["extensions"],
-              "global": flat(c.get_trace_settings(as_json=True))}
+    report = {
+        "extensions": c.get_server_metadata(as_json=True)["extensions"],
+        "global": flat(c.get_trace_settings(as_json=True)),
+    }
     x = np.zeros((1, 1, 8, 8), dtype=np.float32)
     image = grpcclient.InferInput("input", list(x.shape), "FP32")
     image.set_data_from_numpy(x)
     for i in range(10):
         c.infer("digits", [image], request_id=f"d{i}")
-    report["intent_set"] = flat(c.update_trace_settings("intent", {"trace_rate": "1", "trace_count": "3"},
-                                                   as_json=True))
+    report["intent_set"] = flat(
+        c.update_trace_settings("intent", {"trace_rate": "1", "trace_count": "3"}, as_json=True)
+    )
     text = np.array([[b"I lost my card"]], dtype=object)
     words = grpcclient.InferInput("text", list(text.shape), "BYTES")
     words.set_data_from_numpy(text)

@@ -1,4 +1,5 @@
 """Export stages without a federation: pruning, calibration merging, the two INT8 encodings, the gate."""
+
 import json
 
 import numpy as np
@@ -28,8 +29,12 @@ def trained(tmp_path_factory):
     model = task.build_model()
     train(model, train_ds, TrainConfig(epochs=6, batch_size=32, lr=3e-3))
     prune_model(model, PruneConfig.parse("2:4"))
-    train(model, train_ds, TrainConfig(epochs=2, batch_size=32, lr=1e-3),
-          masks={n: (p != 0).float() for n, p in model.named_parameters() if p.dim() > 1})
+    train(
+        model,
+        train_ds,
+        TrainConfig(epochs=2, batch_size=32, lr=1e-3),
+        masks={n: (p != 0).float() for n, p in model.named_parameters() if p.dim() > 1},
+    )
     out = tmp_path_factory.mktemp("export")
     fp32 = to_onnx(model, train_ds.x[:2], out / "model.fp32.onnx")
     pre = preprocess(fp32, out / "pre.onnx")
@@ -87,8 +92,8 @@ def test_trt_model_encodes_tensorrt_explicit_quantization_rules(trained):
         w, scale, zp = (inits.get(x) for x in dq.input[:3])
         w = inits[dq.input[0]] if dq.input[0] in inits else None
         assert w is not None and w.dtype == np.int8 and w.min() >= -127 and w.max() <= 127  # restricted range
-        assert scale.ndim == 1 and scale.shape[0] == w.shape[0]                              # per output channel
-        assert zp.dtype == np.int8 and not zp.any()                                          # symmetric
+        assert scale.ndim == 1 and scale.shape[0] == w.shape[0]  # per output channel
+        assert zp.dtype == np.int8 and not zp.any()  # symmetric
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         assert axis == 0
         if len(node.input) > 2:  # bias stays float, as TensorRT expects
@@ -105,7 +110,7 @@ def test_cpu_model_uses_uint8_activations_and_agrees_with_fp32(trained):
     act_zps = [inits[q.input[2]] for q in m.graph.node if q.op_type == "QuantizeLinear"]
     assert act_zps and all(z.dtype == np.uint8 for z in act_zps)
     x, y = trained["holdout"].x, trained["holdout"].y
-    run = lambda p: ort.InferenceSession(str(p)).run(None, {"input": x})[0].argmax(1)  # noqa: E731
+    run = lambda p: ort.InferenceSession(str(p)).run(None, {"input": x})[0].argmax(1)
     fp32, int8 = run(trained["fp32"]), run(trained["int8_cpu"])
     assert (fp32 == int8).mean() >= 0.99
     assert (fp32 == y).mean() - (int8 == y).mean() <= 0.01
@@ -129,8 +134,10 @@ def test_customer_job_replies_carry_statistics_not_inputs(trained):
 
 
 def test_gate_that_must_fail_fails():
-    results = {"a": {"examples": 100, "accuracy": {"fp32": 0.95, "int8_cpu": 0.90}, "agreement": {"int8_cpu": 0.93}},
-               "b": {"examples": 300, "accuracy": {"fp32": 0.97, "int8_cpu": 0.96}, "agreement": {"int8_cpu": 0.98}}}
+    results = {
+        "a": {"examples": 100, "accuracy": {"fp32": 0.95, "int8_cpu": 0.90}, "agreement": {"int8_cpu": 0.93}},
+        "b": {"examples": 300, "accuracy": {"fp32": 0.97, "int8_cpu": 0.96}, "agreement": {"int8_cpu": 0.98}},
+    }
     report = aggregate_gate(results, max_drop=0.01)
     assert report.fp32_accuracy == pytest.approx(0.965) and report.int8_accuracy == pytest.approx(0.945)
     assert report.accuracy_drop == pytest.approx(0.02) and not report.passed
@@ -150,9 +157,14 @@ def test_tensorrt_engine_builds_and_matches_onnxruntime(trained, tmp_path):
     from fedge.edge_runtime.serving.tensorrt_engine import CompileConfig, TensorRTBackend, compile_engine
 
     d = trained["int8_trt"].parent
-    manifest = Manifest("digits", "digits", (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),
-                        (TensorDesc("logits", "FP32", (-1, 10)),), {"int8_trt": trained["int8_trt"].name},
-                        {trained["int8_trt"].name: ""})
+    manifest = Manifest(
+        "digits",
+        "digits",
+        (TensorDesc("input", "FP32", (-1, 1, 8, 8)),),
+        (TensorDesc("logits", "FP32", (-1, 10)),),
+        {"int8_trt": trained["int8_trt"].name},
+        {trained["int8_trt"].name: ""},
+    )
     engine = compile_engine(d, manifest, tmp_path, CompileConfig(max_batch=64, sparse=True))
     assert engine.exists()
     backend = TensorRTBackend.load(d, manifest, tmp_path)
@@ -181,11 +193,11 @@ def test_the_int8_release_serves_on_a_device_install(trained, tmp_path):
     import grpc
     import onnxruntime as ort
 
-    from fedge.edge_runtime.distribution.bundle import generate_keys
     from fedge.cli.cluster import EdgeServerProcess
+    from fedge.edge_runtime.distribution.bundle import generate_keys
+    from fedge.export.sample_bundle import sign_bundle
     from fedge.proto import grpc_service_pb2 as pb
     from fedge.proto import grpc_service_pb2_grpc as pb_grpc
-    from fedge.export.sample_bundle import sign_bundle
     from tests.edge.conftest import device_python, fedge
 
     python = device_python()
@@ -198,8 +210,9 @@ def test_the_int8_release_serves_on_a_device_install(trained, tmp_path):
     sign_bundle(bundle, priv, "digits", models={kind: path.name for kind, path in models.items()})
     out = fedge("edge", "install", str(bundle), "--repo", str(tmp_path / "repo"), "--trust", str(pub), python=python)
     assert out.returncode == 0, out.stderr
-    server = EdgeServerProcess(tmp_path / "repo", pub, tmp_path / "edge.log", "--backend", "onnxruntime-cpu",
-                               python=python)
+    server = EdgeServerProcess(
+        tmp_path / "repo", pub, tmp_path / "edge.log", "--backend", "onnxruntime-cpu", python=python
+    )
     try:
         x = trained["holdout"].x[:64]
         with grpc.insecure_channel(server.url) as ch:

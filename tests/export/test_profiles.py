@@ -1,5 +1,6 @@
 """Export profiles are objects, one per model family: each task's family is found by its name once, and the stages
 ask the object (no name tests across the stages)."""
+
 from __future__ import annotations
 
 import re
@@ -34,8 +35,12 @@ def test_the_families_differ_where_the_export_does() -> None:
 
 
 def test_no_stage_tests_a_profile_by_name() -> None:
-    named = [f"{p.relative_to(ROOT)}:{i}" for folder in ("fedge", "server", "client", "bench")
-             for p in (ROOT / folder).rglob("*.py") if p.name != "profiles.py"
-             for i, line in enumerate(p.read_text().splitlines(), 1)
-             if re.search(r"""(profile\s*[!=]=|[!=]=\s*["']transformer["'])""", line)]
+    named = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for folder in ("fedge", "server", "client", "bench")
+        for p in (ROOT / folder).rglob("*.py")
+        if p.name != "profiles.py"
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if re.search(r"""(profile\s*[!=]=|[!=]=\s*["']transformer["'])""", line)
+    ]
     assert named == []

@@ -1,4 +1,5 @@
 """Test-only plugins loaded into the processes that tests start, never part of the product."""
+
 from __future__ import annotations
 
 import os

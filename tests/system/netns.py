@@ -3,6 +3,7 @@
 One namespace for the coordinator holds a bridge with the coordinator's address; each client gets its own
 namespace and a veth pair whose other end is plugged into that bridge. Nothing is routed to or from the host.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,10 +38,11 @@ def unavailable() -> str | None:
 @dataclass
 class Network:
     """10.231.0.1 is the coordinator; clients get 10.231.0.10, .11, ..."""
+
     tag: str = field(default_factory=lambda: str(os.getpid() % 100000))
     subnet: str = "10.231.0"
     namespaces: list[str] = field(default_factory=list)
-    links: dict[str, str] = field(default_factory=dict)   # client name -> its veth end on the bridge
+    links: dict[str, str] = field(default_factory=dict)  # client name -> its veth end on the bridge
 
     @property
     def coordinator_ns(self) -> str:
@@ -55,7 +57,7 @@ class Network:
         self.namespaces.append(name)
         ip("-n", name, "link", "set", "lo", "up")
 
-    def start(self) -> "Network":
+    def start(self) -> Network:
         ns = self.coordinator_ns
         self._add_ns(ns)
         ip("-n", ns, "link", "add", "br0", "type", "bridge")

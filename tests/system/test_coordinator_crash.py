@@ -2,6 +2,7 @@
 ServerApp) is SIGKILLed in the middle of round 3 of 5 and restarted; `fedge run resume` finishes the run.
 One customer's SuperNode gives up reconnecting while the coordinator is down (--connect-retries 2): its daemon
 must start a new one, which rejoins."""
+
 import json
 import time
 
@@ -21,8 +22,9 @@ def test_killed_coordinator_resumes_from_last_completed_round(tmp_path, digits_c
         fed.start_coordinator()
         for name, data in zip(NAMES, digits_customers):
             fed.start_client(name, data, "digits", extra=["--connect-retries", "2"] if name == "initech" else [])
-        launch = start_launch(fed.state, tmp_path / "launch.out", "--task", "digits", "--rounds", "5",
-                              "--min-clients", "3", "--no-secagg")
+        launch = start_launch(
+            fed.state, tmp_path / "launch.out", "--task", "digits", "--rounds", "5", "--min-clients", "3", "--no-secagg"
+        )
         wait_rounds(fed.state, 1, 2)  # round 3 is under way
         fed.kill_coordinator()
         assert wait_exit(launch, 120) != 0  # the operator's launch reports the lost coordinator
@@ -48,5 +50,8 @@ def test_killed_coordinator_resumes_from_last_completed_round(tmp_path, digits_c
             assert doc["rounds"][rnd - 1]["checkpoint_sha256"] == sha == sha256_file(path)
         assert all(r["clients"] == sorted(NAMES) for r in doc["rounds"])  # every daemon came back by itself
         assert doc["rounds"][-1]["accuracy"] > doc["rounds"][0]["accuracy"]
-    report["coordinator_crash"] = {"rounds_kept": [k[0] for k in kept], "redone_from": len(kept) + 1,
-                                   "flower_runs": len(doc["flower_runs"])}
+    report["coordinator_crash"] = {
+        "rounds_kept": [k[0] for k in kept],
+        "redone_from": len(kept) + 1,
+        "flower_runs": len(doc["flower_runs"]),
+    }

@@ -1,5 +1,6 @@
 """Edge fuzz: property-based ModelInfer requests (hypothesis) against a real `fedge edge serve` process. Every
 reply is OK or one of the documented error codes, and the server stays ready and correct throughout."""
+
 import json
 
 import grpc
@@ -13,20 +14,49 @@ from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.system
-DOCUMENTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
-              grpc.StatusCode.RESOURCE_EXHAUSTED}
-DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32",
-             "FP64", "BYTES", "BF16", "", "fp32", "STRING"]
+DOCUMENTED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+DATATYPES = [
+    "BOOL",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "FP16",
+    "FP32",
+    "FP64",
+    "BYTES",
+    "BF16",
+    "",
+    "fp32",
+    "STRING",
+]
 DIMS = st.one_of(st.sampled_from([-1, 0, 1, 2, 8, 64, 65, 2**31, 2**62, -(2**40)]), st.integers(-3, 70))
-TYPED = ["bool_contents", "int_contents", "int64_contents", "uint_contents", "uint64_contents", "fp32_contents",
-         "fp64_contents", "bytes_contents"]
+TYPED = [
+    "bool_contents",
+    "int_contents",
+    "int64_contents",
+    "uint_contents",
+    "uint64_contents",
+    "fp32_contents",
+    "fp64_contents",
+    "bytes_contents",
+]
 
 
 def _bytes_tensor(items: list[bytes], corrupt: int | None) -> bytes:
     out = b"".join(len(b).to_bytes(4, "little") + b for b in items)
     if corrupt is not None and out:
         pos = corrupt % len(out)
-        out = out[:pos] + bytes([out[pos] ^ 0xFF]) + out[pos + 1:]
+        out = out[:pos] + bytes([out[pos] ^ 0xFF]) + out[pos + 1 :]
     return out
 
 
@@ -45,8 +75,14 @@ def mutated_valid(draw):
         req.inputs.add(name="input", datatype="FP32", shape=[n, 1, 8, 8])
         req.raw_input_contents.append(draw(st.binary(min_size=n * 256, max_size=n * 256)))
     t = req.inputs[0]
-    for m in draw(st.lists(st.sampled_from(["dtype", "shape", "truncate", "extend", "corrupt", "param", "typed",
-                                            "extra", "version", "outputs"]), max_size=3)):
+    for m in draw(
+        st.lists(
+            st.sampled_from(
+                ["dtype", "shape", "truncate", "extend", "corrupt", "param", "typed", "extra", "version", "outputs"]
+            ),
+            max_size=3,
+        )
+    ):
         if m == "dtype":
             t.datatype = draw(st.sampled_from(DATATYPES))
         elif m == "shape":
@@ -75,9 +111,11 @@ def mutated_valid(draw):
 
 @st.composite
 def random_requests(draw):
-    req = pb.ModelInferRequest(model_name=draw(st.sampled_from(["digits", "intent", "", "nope", "digits/1", "ü" * 3])),
-                               model_version=draw(st.sampled_from(["", "1", "2", "0", "-1", "x"])),
-                               id=draw(st.text(max_size=8)))
+    req = pb.ModelInferRequest(
+        model_name=draw(st.sampled_from(["digits", "intent", "", "nope", "digits/1", "ü" * 3])),
+        model_version=draw(st.sampled_from(["", "1", "2", "0", "-1", "x"])),
+        id=draw(st.text(max_size=8)),
+    )
     for key in draw(st.lists(st.text(min_size=1, max_size=6), max_size=2)):
         req.parameters[key].string_param = draw(st.text(max_size=6))
     n_inputs = draw(st.integers(0, 3))
@@ -94,8 +132,9 @@ def random_requests(draw):
             if kind == "exact" and dtype == "FP32" and all(0 <= s <= 64 for s in shape):
                 raw = np.zeros([s for s in shape], np.float32).tobytes()
             elif kind == "bytes":
-                raw = _bytes_tensor(draw(st.lists(st.binary(max_size=40), max_size=4)),
-                                    draw(st.one_of(st.none(), st.integers(0, 1000))))
+                raw = _bytes_tensor(
+                    draw(st.lists(st.binary(max_size=40), max_size=4)), draw(st.one_of(st.none(), st.integers(0, 1000)))
+                )
             else:
                 raw = draw(st.binary(max_size=600))
             req.raw_input_contents.append(raw)
@@ -120,8 +159,9 @@ def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(
     with grpc.insecure_channel(edge_server.url) as ch:
         stub = pb_grpc.GRPCInferenceServiceStub(ch)
 
-        @settings(max_examples=2000, deadline=None, database=None, derandomize=True,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=2000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+        )
         @given(st.one_of(mutated_valid(), mutated_valid(), random_requests()))
         def check(req):
             counts["cases"] += 1
@@ -145,9 +185,11 @@ def test_fuzzed_requests_get_ok_or_a_documented_code_and_the_server_stays_ready(
 
 # -- the same over the KServe v2 REST endpoint --------------------------------------------------------------------
 HTTP_DOCUMENTED = {200, 400, 404, 405, 413, 503}
-JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-                    max_leaves=12)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 def _typed_values(t) -> list | None:
@@ -165,9 +207,31 @@ def http_requests(draw) -> tuple[str, str, dict, bytes]:
     or random routes."""
     kind = draw(st.sampled_from(["translated", "translated", "translated", "json", "route"]))
     if kind == "route":
-        path = "/" + "/".join(draw(st.lists(st.sampled_from(["v2", "models", "digits", "intent", "versions", "1", "x",
-                                                             "infer", "ready", "stats", "config", "..", "%00", "ü"]),
-                                            max_size=6)))
+        path = "/" + "/".join(
+            draw(
+                st.lists(
+                    st.sampled_from(
+                        [
+                            "v2",
+                            "models",
+                            "digits",
+                            "intent",
+                            "versions",
+                            "1",
+                            "x",
+                            "infer",
+                            "ready",
+                            "stats",
+                            "config",
+                            "..",
+                            "%00",
+                            "ü",
+                        ]
+                    ),
+                    max_size=6,
+                )
+            )
+        )
         return draw(st.sampled_from(["GET", "POST", "PUT", "HEAD"])), path, {}, b""
     if kind == "json":
         body = json.dumps(draw(JSON)).encode()
@@ -200,10 +264,14 @@ def http_requests(draw) -> tuple[str, str, dict, bytes]:
         headers["Inference-Header-Content-Length"] = draw(st.sampled_from(["-1", "x", "0", str(len(body) + 5), "1e3"]))
     elif mutation == "garbage":
         pos = draw(st.integers(0, max(len(head) - 1, 0)))
-        body = body[:pos] + draw(st.binary(min_size=1, max_size=4)) + body[pos + 1:]
+        body = body[:pos] + draw(st.binary(min_size=1, max_size=4)) + body[pos + 1 :]
     name = req.model_name or "digits"
-    return "POST", f"/v2/models/{name}" + (f"/versions/{req.model_version}" if req.model_version else "") + "/infer", \
-        headers, body
+    return (
+        "POST",
+        f"/v2/models/{name}" + (f"/versions/{req.model_version}" if req.model_version else "") + "/infer",
+        headers,
+        body,
+    )
 
 
 def test_fuzzed_http_requests_get_a_documented_status_and_the_server_stays_ready(edge_server, report):
@@ -213,7 +281,9 @@ def test_fuzzed_http_requests_get_a_documented_status_and_the_server_stays_ready
     counts: dict = {"cases": 0, "statuses": {}}
     conn = http.client.HTTPConnection("127.0.0.1", edge_server.http_port, timeout=20)
 
-    @settings(max_examples=1000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=1000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(http_requests())
     def check(case):
         method, path, headers, body = case
@@ -232,4 +302,7 @@ def test_fuzzed_http_requests_get_a_documented_status_and_the_server_stays_ready
     conn.close()
     assert edge_server.proc.poll() is None
     assert counts["statuses"].get(200, 0) > 50 and counts["statuses"].get(400, 0) > 100  # deep paths were reached
-    report["edge_fuzz_http"] = {"cases": counts["cases"], "statuses": {str(k): v for k, v in counts["statuses"].items()}}
+    report["edge_fuzz_http"] = {
+        "cases": counts["cases"],
+        "statuses": {str(k): v for k, v in counts["statuses"].items()},
+    }

@@ -1,6 +1,7 @@
 """Edge soak: 32 concurrent clients (8 of them over HTTP) for 60+ seconds against a real `fedge edge serve` while
-three new versions are installed and one tampered bundle is offered: zero failed requests, the tampered bundle refused, every new
-version served, and resident memory after warm-up growing less than 10%."""
+three new versions are installed and one tampered bundle is offered: zero failed requests, the tampered bundle
+refused, every new version served, and resident memory after warm-up growing less than 10%."""
+
 import http.client
 import json
 import shutil
@@ -43,9 +44,19 @@ def test_soak_with_installs_and_a_tampered_bundle(tmp_path, keys, digits_bundle,
     served, failures, versions = [0] * CLIENTS, [], set()
     stop, lock = threading.Event(), threading.Lock()
 
-    head = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                   "parameters": {"binary_data_size": x.nbytes}}],
-                       "parameters": {"binary_data_output": True}}).encode()
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [1, 1, 8, 8],
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     http_failures = []
 
     def http_client(i: int) -> None:
@@ -53,8 +64,12 @@ def test_soak_with_installs_and_a_tampered_bundle(tmp_path, keys, digits_bundle,
         conn = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
         while not stop.is_set() and sum(served) < MAX_REQUESTS:
             try:
-                conn.request("POST", "/v2/models/digits/infer", head + x.tobytes(),
-                             {"Inference-Header-Content-Length": str(len(head))})
+                conn.request(
+                    "POST",
+                    "/v2/models/digits/infer",
+                    head + x.tobytes(),
+                    {"Inference-Header-Content-Length": str(len(head))},
+                )
                 resp = conn.getresponse()
                 body = resp.read()
             except (OSError, http.client.HTTPException) as exc:
@@ -116,11 +131,18 @@ def test_soak_with_installs_and_a_tampered_bundle(tmp_path, keys, digits_bundle,
         stop_pid(server.proc.pid)
     growth = rss_end / rss_warm - 1
     failures += http_failures
-    report["edge_soak"] = {"clients": CLIENTS, "http_clients": HTTP_CLIENTS, "seconds": round(elapsed, 1),
-                           "requests": sum(served), "http_requests": sum(served[:HTTP_CLIENTS]),
-                           "failed": len(failures), "versions_served": sorted(versions),
-                           "rss_warm_mib": round(rss_warm / 2**20, 1), "rss_end_mib": round(rss_end / 2**20, 1),
-                           "rss_growth": round(growth, 4)}
+    report["edge_soak"] = {
+        "clients": CLIENTS,
+        "http_clients": HTTP_CLIENTS,
+        "seconds": round(elapsed, 1),
+        "requests": sum(served),
+        "http_requests": sum(served[:HTTP_CLIENTS]),
+        "failed": len(failures),
+        "versions_served": sorted(versions),
+        "rss_warm_mib": round(rss_warm / 2**20, 1),
+        "rss_end_mib": round(rss_end / 2**20, 1),
+        "rss_growth": round(growth, 4),
+    }
     assert failures == [], failures[:5]
     assert refused.returncode != 0 and "does not match its sha256" in refused.stderr
     assert versions == {"1", "2", "3", "4"}  # the tampered bundle never became a version

@@ -6,6 +6,7 @@ docs/RELIABILITY.md.
 Attack classes (each from 127.0.0.1, bounded in count and time): slow clients (half request lines trickled a byte
 at a time, bodies that stall), compression bombs, deep and huge JSON, path tricks on model names, oversized gRPC
 metadata, and request-smuggling shapes (each must be answered 400 and the connection closed)."""
+
 import gzip
 import json
 import multiprocessing
@@ -28,16 +29,23 @@ PHASE_S = 3.0
 X = np.zeros((1, 1, 8, 8), np.float32)
 SMUGGLING = {
     "te_substring": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-    "te_list": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-    "cl_and_te": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_list": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked,"
+    b" identity\r\n\r\n0\r\n\r\n",
+    "cl_and_te": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding:"
+    b" chunked\r\n\r\n0\r\n\r\n",
     "space_before_colon": b"GET /v2/health/ready HTTP/1.1\r\nHost : x\r\n\r\n",
     "obs_fold": b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
     "bare_lf_in_value": b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-A: a\nX-B: b\r\n\r\n",
     "negative_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\n",
-    "hex_prefix_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
-    "underscore_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0_2\r\n{}\r\n0\r\n\r\n",
-    "long_chunk_line": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"x" * 70_000,
-    "non_ascii_length": "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
+    "hex_prefix_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:"
+    b" chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n",
+    "underscore_chunk": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:"
+    b" chunked\r\n\r\n0_2\r\n{}\r\n0\r\n\r\n",
+    "long_chunk_line": b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;"
+    + b"x" * 70_000,
+    "non_ascii_length": "POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\n{}".encode(
+        "latin-1"
+    ),
 }
 
 
@@ -64,8 +72,9 @@ class WellBehaved:
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(self.server.url))
         req = pb.ModelInferRequest(model_name="digits", raw_input_contents=[X.tobytes()])
         req.inputs.add(name="input", datatype="FP32", shape=[1, 1, 8, 8])
-        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8],
-                                       "data": X.ravel().tolist()}]})
+        body = json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}]}
+        )
         conn = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=30)
         while not self.stop.is_set():
             for kind in ("grpc", "http"):
@@ -79,7 +88,7 @@ class WellBehaved:
                         resp.read()
                         if resp.status != 200:
                             raise RuntimeError(f"HTTP {resp.status}")
-                except Exception as exc:  # noqa: BLE001 - the test counts what failed
+                except Exception as exc:
                     self.failures.append(f"{kind}: {type(exc).__name__}: {exc}"[:200])
                     conn = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=30)
                     continue
@@ -89,8 +98,11 @@ class WellBehaved:
         out = {"failures": len(self.failures)}
         for kind, xs in self.samples.items():
             xs = sorted(xs)
-            out[kind] = {"requests": len(xs), "p50_ms": round(statistics.median(xs) * 1e3, 3) if xs else None,
-                         "p99_ms": round(xs[int(0.99 * (len(xs) - 1))] * 1e3, 3) if xs else None}
+            out[kind] = {
+                "requests": len(xs),
+                "p50_ms": round(statistics.median(xs) * 1e3, 3) if xs else None,
+                "p99_ms": round(xs[int(0.99 * (len(xs) - 1))] * 1e3, 3) if xs else None,
+            }
         return out
 
 
@@ -109,6 +121,7 @@ def _slowloris(port: int, n: int, stop: threading.Event) -> list[socket.socket]:
                 except OSError:
                     pass
             stop.wait(0.5)
+
     threading.Thread(target=trickle, daemon=True).start()
     return socks
 
@@ -117,7 +130,9 @@ def _stalled_bodies(port: int, n: int) -> list[socket.socket]:
     socks = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port))
-        s.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"{" * (256 << 10))
+        s.sendall(
+            b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n" + b"{" * (256 << 10)
+        )
         socks.append(s)
     return socks
 
@@ -136,7 +151,7 @@ def _repeat(fn, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             fn()
-        except Exception:  # noqa: BLE001 - the attacker does not care
+        except Exception:
             pass
 
 
@@ -167,23 +182,38 @@ def _attack(name: str, port: int, grpc_url: str) -> tuple[threading.Event, list]
             raw = post % len(body) + b"\r\n" + body
             threading.Thread(target=_repeat, args=(lambda raw=raw: _send(port, raw), stop), daemon=True).start()
     elif name == "path_tricks":
-        paths = [b"/v2/repository/models/../unload", b"/v2/repository/models/..%2F..%2Fetc/unload",
-                 b"/v2/models/digits%2Fconfig", b"/v2/models/%2E%2E/infer"]
+        paths = [
+            b"/v2/repository/models/../unload",
+            b"/v2/repository/models/..%2F..%2Fetc/unload",
+            b"/v2/models/digits%2Fconfig",
+            b"/v2/models/%2E%2E/infer",
+        ]
         raws = [b"POST " + p + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}" for p in paths]
         threading.Thread(target=_repeat, args=(lambda: [_send(port, r) for r in raws], stop), daemon=True).start()
     elif name == "oversized_grpc_metadata":
         stub = pb_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_url))
         big = (("x-junk", "y" * 60_000),)
-        threading.Thread(target=_repeat, args=(lambda: stub.ServerReady(pb.ServerReadyRequest(), metadata=big,
-                                                                        timeout=5), stop), daemon=True).start()
+        threading.Thread(
+            target=_repeat,
+            args=(lambda: stub.ServerReady(pb.ServerReadyRequest(), metadata=big, timeout=5), stop),
+            daemon=True,
+        ).start()
     elif name == "smuggling_shapes":
-        threading.Thread(target=_repeat, args=(lambda: [_send(port, r, 1.0) for r in SMUGGLING.values()], stop),
-                         daemon=True).start()
+        threading.Thread(
+            target=_repeat, args=(lambda: [_send(port, r, 1.0) for r in SMUGGLING.values()], stop), daemon=True
+        ).start()
     return stop, held
 
 
-CLASSES = ["slowloris", "stalled_bodies", "compression_bombs", "deep_and_huge_json", "path_tricks",
-           "oversized_grpc_metadata", "smuggling_shapes"]
+CLASSES = [
+    "slowloris",
+    "stalled_bodies",
+    "compression_bombs",
+    "deep_and_huge_json",
+    "path_tricks",
+    "oversized_grpc_metadata",
+    "smuggling_shapes",
+]
 
 
 def test_a_well_behaved_client_is_served_through_every_attack_class(tmp_path, keys, digits_bundle, report):
@@ -209,7 +239,9 @@ def test_a_well_behaved_client_is_served_through_every_attack_class(tmp_path, ke
                 if name == "stalled_bodies":
                     figures[name]["rss_mb_over_idle"] = round((proc.memory_info().rss - rss_idle) / 2**20, 1)
                 if name == "slowloris":
-                    figures[name]["rss_mb_over_idle_200_stalled"] = round((proc.memory_info().rss - rss_idle) / 2**20, 1)
+                    figures[name]["rss_mb_over_idle_200_stalled"] = round(
+                        (proc.memory_info().rss - rss_idle) / 2**20, 1
+                    )
             finally:
                 stop.set()
                 attack.join(30)

@@ -3,6 +3,7 @@ serve`: requests built from valid ones and mutated at the byte level (bytes inse
 spaces, colons, NULs and non-ASCII in the request line and headers; framing headers doubled or contradicted; chunk
 sizes mangled). Every answer is a documented status (never 500) or a closed connection, the server stays ready,
 and its log holds no traceback."""
+
 import socket
 
 import pytest
@@ -17,12 +18,35 @@ VALID = [
     b"GET /v2/models/digits HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\n\r\n",
     b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY,
     b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n" % len(BODY)
-    + BODY + b"\r\n0\r\n\r\n",
+    + BODY
+    + b"\r\n0\r\n\r\n",
     b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
 ]
-NASTY = [b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b"\x00", b"\xff", b"\xc3\xa9", b"-", b"0x", b";", b",",
-         b"Transfer-Encoding: chunked\r\n", b"Content-Length: 5\r\n", b"Content-Length: -1\r\n", b" obs-fold\r\n",
-         b"Expect: 100-continue\r\n", b"Content-Encoding: gzip\r\n", b"HTTP/1.0", b"HTTP/2.0", b"%2F", b"../"]
+NASTY = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b"\t",
+    b":",
+    b"\x00",
+    b"\xff",
+    b"\xc3\xa9",
+    b"-",
+    b"0x",
+    b";",
+    b",",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Content-Length: 5\r\n",
+    b"Content-Length: -1\r\n",
+    b" obs-fold\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Content-Encoding: gzip\r\n",
+    b"HTTP/1.0",
+    b"HTTP/2.0",
+    b"%2F",
+    b"../",
+]
 
 
 @st.composite
@@ -35,9 +59,9 @@ def raw_requests(draw) -> bytes:
         if action == "insert":
             raw[pos:pos] = piece
         elif action == "drop":
-            del raw[pos:pos + draw(st.integers(1, 8))]
+            del raw[pos : pos + draw(st.integers(1, 8))]
         else:
-            raw[pos:pos + len(piece)] = piece
+            raw[pos : pos + len(piece)] = piece
     return bytes(raw)
 
 
@@ -54,7 +78,7 @@ def _exchange(port: int, raw: bytes) -> int | None:
         except OSError:
             pass
     if data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n"):  # the interim answer to Expect: 100-continue
-        data = data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+        data = data[len(b"HTTP/1.1 100 Continue\r\n\r\n") :]
     if not data:
         return None
     assert data.startswith(b"HTTP/1.1 "), data[:100]
@@ -64,8 +88,9 @@ def _exchange(port: int, raw: bytes) -> int | None:
 def test_byte_level_fuzz_of_the_http_parser(edge_server, report):
     counts: dict = {"cases": 0, "statuses": {}}
 
-    @settings(max_examples=2000, deadline=None, database=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=2000, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck)
+    )
     @given(raw_requests())
     def check(raw):
         counts["cases"] += 1

@@ -4,6 +4,7 @@ An unregistered key, a plaintext client, a client trusting another CA, and Fleet
 or forged SuperNode signature are all refused; each refusal is written to the coordinator's own log; then a
 round runs and only the two legitimate customers take part (nothing the refused ones sent was aggregated).
 """
+
 import datetime
 import json
 import re
@@ -56,10 +57,15 @@ def test_unregistered_key_is_refused_and_logged(federation, digits_customers):
 def test_plaintext_client_is_refused_and_logged(federation, digits_customers):
     log = refused_client(federation, "plaintext", digits_customers[0], insecure=True)
     # the TLS server either closes or resets the plaintext HTTP/2 handshake, depending on timing
-    assert ("refused by the coordinator: Server disconnected without sending a response" in log
-            or "refused by the coordinator: [Errno 104] Connection reset by peer" in log), log
-    assert re.search(r"refused a TLS connection from 127\.0\.0\.1:\d+: handshake failed \(SSLError: "
-                     r"(HTTP_REQUEST|WRONG_VERSION_NUMBER)", coordinator_log(federation)), coordinator_log(federation)
+    assert (
+        "refused by the coordinator: Server disconnected without sending a response" in log
+        or "refused by the coordinator: [Errno 104] Connection reset by peer" in log
+    ), log
+    assert re.search(
+        r"refused a TLS connection from 127\.0\.0\.1:\d+: handshake failed \(SSLError: "
+        r"(HTTP_REQUEST|WRONG_VERSION_NUMBER)",
+        coordinator_log(federation),
+    ), coordinator_log(federation)
 
 
 def test_client_trusting_another_ca_is_refused_and_logged(federation, digits_customers, tmp_path):
@@ -70,8 +76,11 @@ def test_client_trusting_another_ca_is_refused_and_logged(federation, digits_cus
     bundle = init_certs(tmp_path / "other-ca", clients=1).client_dir("client-0")
     log = refused_client(federation, "foreign", digits_customers[0], certs=bundle)
     assert "refused by the coordinator" in log and "CERTIFICATE_VERIFY_FAILED" in log, log
-    assert re.search(r"refused a TLS connection from 127\.0\.0\.1:\d+: handshake failed \(SSLError: "
-                     r"TLSV1_ALERT_\w+", coordinator_log(federation)), coordinator_log(federation)
+    assert re.search(
+        r"refused a TLS connection from 127\.0\.0\.1:\d+: handshake failed \(SSLError: "
+        r"TLSV1_ALERT_\w+",
+        coordinator_log(federation),
+    ), coordinator_log(federation)
 
 
 class SignedHeaders:
@@ -88,11 +97,14 @@ class SignedHeaders:
         from flwr.supercore.primitives.asymmetric import sign_message
 
         stamp = (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=self.age)).isoformat()
-        add_headers(context.request, {
-            FLEET_HTTP_PUBLIC_KEY_HEADER: b64encode(self.claimed).decode("ascii"),
-            TIMESTAMP_HEADER: stamp,
-            FLEET_HTTP_SIGNATURE_HEADER: b64encode(sign_message(self.key, stamp.encode("ascii"))).decode("ascii"),
-        })
+        add_headers(
+            context.request,
+            {
+                FLEET_HTTP_PUBLIC_KEY_HEADER: b64encode(self.claimed).decode("ascii"),
+                TIMESTAMP_HEADER: stamp,
+                FLEET_HTTP_SIGNATURE_HEADER: b64encode(sign_message(self.key, stamp.encode("ascii"))).decode("ascii"),
+            },
+        )
         return call_next(context)
 
 
@@ -111,8 +123,12 @@ def test_stale_or_forged_signatures_are_refused(federation, case):
     signer = ec.generate_private_key(ec.SECP384R1()) if case == "forged" else owner
     age = 600 if case == "stale" else 0
     refusals = coordinator_log(federation).count('/v1/fleet/activate-node HTTP/1.1" 401')
-    client = FleetHttpClient.from_server_address(federation.address, False, (federation.certs / "ca.crt").read_bytes(),
-                                                 interceptors=[SignedHeaders(claimed, signer, age)])
+    client = FleetHttpClient.from_server_address(
+        federation.address,
+        False,
+        (federation.certs / "ca.crt").read_bytes(),
+        interceptors=[SignedHeaders(claimed, signer, age)],
+    )
     with client:
         request = ActivateNodeRequest(public_key=claimed, heartbeat_interval=10)
         if case == "fresh":
@@ -127,8 +143,20 @@ def test_stale_or_forged_signatures_are_refused(federation, case):
 
 
 def test_only_legitimate_customers_reach_aggregation(federation, report):
-    out = run_fedge("run", "launch", "--task", "digits", "--rounds", "1", "--min-clients", "2", "--no-secagg",
-                    "--state", str(federation.state), "--json")
+    out = run_fedge(
+        "run",
+        "launch",
+        "--task",
+        "digits",
+        "--rounds",
+        "1",
+        "--min-clients",
+        "2",
+        "--no-secagg",
+        "--state",
+        str(federation.state),
+        "--json",
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     (rnd,) = json.loads(out.stdout)["rounds"]
     assert rnd["clients"] == sorted(LEGIT) and set(rnd["client_metrics"]) == set(LEGIT)
@@ -138,7 +166,9 @@ def test_only_legitimate_customers_reach_aggregation(federation, report):
     log = coordinator_log(federation)
     report["security"] = {
         "round_clients": rnd["clients"],
-        "coordinator_log": {"tls_handshakes_refused": log.count("refused a TLS connection"),
-                            "unregistered_key_refused": log.count("No SuperNode found with the given public key"),
-                            "signature_401": log.count('/v1/fleet/activate-node HTTP/1.1" 401')},
+        "coordinator_log": {
+            "tls_handshakes_refused": log.count("refused a TLS connection"),
+            "unregistered_key_refused": log.count("No SuperNode found with the given public key"),
+            "signature_401": log.count('/v1/fleet/activate-node HTTP/1.1" 401'),
+        },
     }

@@ -2,17 +2,18 @@
 ``get_task("intent")``, ``get_task("text")`` or ``get_task("my_pkg.my_mod:MY_TASK")`` for a customer's own model;
 ``get_task(name, settings)`` with a run's task settings (fedge.core.wire.TaskKey: its label catalogue, its base
 model's identity, its LoRA settings)."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import dataclasses
 import importlib
 import json
 
 from fedge.core.tasks.base import Task, TaskKey, TensorSpec, TrainDefaults
 from fedge.core.tasks.data import DataError, Dataset, split_holdout
+from fedge.edge_runtime.common.errors import ConfigError
 
-__all__ = ["Task", "TensorSpec", "TrainDefaults", "DataError", "Dataset", "split_holdout", "get_task", "BUILTIN"]
+__all__ = ["BUILTIN", "DataError", "Dataset", "Task", "TensorSpec", "TrainDefaults", "get_task", "split_holdout"]
 
 BUILTIN = ("digits", "intent", "text")
 
@@ -28,12 +29,16 @@ def get_task(name: str, settings: dict | None = None, base_dir: str = "") -> Tas
         task = dataclasses.replace(task, labels=labels)
     if name == "text":
         from fedge.core.tasks.encoder import LoraSettings, check_base
+        from fedge.core.tasks.text import TextTask
 
+        assert isinstance(task, TextTask)
         lora = task.lora
         targets = str(settings.get(TaskKey.LORA_TARGETS, ",".join(lora.targets)))
-        lora = LoraSettings(r=int(settings.get(TaskKey.LORA_R, lora.r)),
-                            alpha=int(settings.get(TaskKey.LORA_ALPHA, lora.alpha)),
-                            targets=tuple(t.strip() for t in targets.split(",") if t.strip()))
+        lora = LoraSettings(
+            r=int(settings.get(TaskKey.LORA_R, lora.r)),
+            alpha=int(settings.get(TaskKey.LORA_ALPHA, lora.alpha)),
+            targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
+        )
         task = dataclasses.replace(task, base_dir=base_dir, lora=lora, prune=str(settings.get(TaskKey.PRUNE, "")))
         check_base(task.base, str(settings.get(TaskKey.BASE_SHA256, "")))
     return task
@@ -52,12 +57,15 @@ def parse_labels(text: str) -> tuple[str, ...]:
 def _builtin_or_custom(name: str) -> Task:
     if name == "text":
         from fedge.core.tasks.text import TextTask
+
         return TextTask()
     if name == "digits":
         from fedge.core.tasks.digits import DigitsTask
+
         return DigitsTask()
     if name == "intent":
         from fedge.core.tasks.intent import IntentTask
+
         return IntentTask()
     if ":" in name:
         module_name, _, attr = name.partition(":")

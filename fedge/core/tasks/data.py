@@ -1,14 +1,16 @@
 """Loading and validating a customer's private data files. Bad data fails here, naming file and row,
 before any training starts."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from fedge.edge_runtime.common.errors import ConfigError
 
 
 class DataError(ConfigError):
@@ -28,14 +30,14 @@ class Dataset:
     def __len__(self) -> int:
         return len(self.y)
 
-    def take(self, idx: np.ndarray) -> "Dataset":
+    def take(self, idx: np.ndarray) -> Dataset:
         return Dataset(self.x[idx], self.y[idx])
 
 
 def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Deterministic (train, holdout) split: the same file always gives the same holdout."""
     order = np.random.default_rng(seed).permutation(len(ds))
-    n_hold = max(1, int(round(len(ds) * fraction))) if len(ds) > 1 else 0
+    n_hold = max(1, round(len(ds) * fraction)) if len(ds) > 1 else 0
     return ds.take(np.sort(order[n_hold:])), ds.take(np.sort(order[:n_hold]))
 
 

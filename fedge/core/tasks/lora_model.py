@@ -1,10 +1,12 @@
 """The ``text`` task's torch modules: a (peft) encoder with LoRA adapters and a linear head over the mean-pooled
 output, whose ``state_dict`` holds the trainable arrays only, and the merged form the export writes to ONNX.
 Built by fedge.core.tasks.encoder.build_classifier; imported only where torch is."""
+
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -64,14 +66,14 @@ class TextClassifier(PooledClassifier):
     def merged(self) -> PooledClassifier:
         """A plain module (ids -> logits) with the adapters merged into the base's weights: what is exported."""
         clone = copy.deepcopy(self)
-        encoder = clone.encoder.merge_and_unload()
+        encoder = cast(Any, clone.encoder).merge_and_unload()  # a peft model
         with torch.no_grad():
             for name, mask in self.masks.items():  # W + scaling * B @ A under the mask: what training computed
                 encoder.get_submodule(name).weight.mul_(mask)
         return PooledClassifier(encoder, clone.head, self.pad_id)
 
 
-def hold_mask(model: TextClassifier, cfg) -> dict[str, "torch.Tensor"]:
+def hold_mask(model: TextClassifier, cfg) -> dict[str, torch.Tensor]:
     """Train and export ``model`` under a sparsity mask (a fedge.core.tasks.sparsity.PruneConfig) on every Linear
     of its encoder, computed from the frozen base's weights (so every party derives the same mask from its own copy):
     a LoRA-adapted layer computes with ``mask * (W + scaling * B @ A)``, the merged weight the release ships; a

@@ -1,13 +1,16 @@
 """Splitting public data across virtual customers: IID or Dirichlet non-IID over labels."""
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import numpy as np
 
 from fedge.core.tasks.data import Dataset
+from fedge.edge_runtime.common.errors import ConfigError
 
 
-def dirichlet_partition(y: np.ndarray, num_parts: int, alpha: float, seed: int = 0, min_size: int = 2) -> list[np.ndarray]:
+def dirichlet_partition(
+    y: np.ndarray, num_parts: int, alpha: float, seed: int = 0, min_size: int = 2
+) -> list[np.ndarray]:
     """Index arrays, one per part. For each class, its samples are divided among parts in proportions drawn
     from Dirichlet(alpha): small alpha -> each customer sees few classes; large alpha -> close to IID.
     Redraws (bounded) until every part holds at least ``min_size`` samples."""

@@ -6,9 +6,9 @@ token ids here with transformers' tokenizer; the release ships the base's ``toke
 tokenizes the same way with the ``tokenizers`` package (fedge.edge_runtime.serving.tokenizer). Without
 ``--labels`` the catalogue is the shipped intent catalogue, whose public data the demo and ``fedge simulate`` use.
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
@@ -20,14 +20,19 @@ from fedge.core.tasks.base import Task, TensorSpec, TrainDefaults
 from fedge.core.tasks.data import Dataset, label_ids, read_text_records
 from fedge.core.tasks.encoder import LoraSettings, build_classifier, load_tokenizer, resolve_base_dir
 from fedge.core.tasks.intent import INTENT_LABELS
+from fedge.edge_runtime.common.errors import ConfigError
 
 MAX_LEN = 128
 TOKENIZER_FILE = "tokenizer.json"
 # what the export traces the model with and checks parity on: no labels needed, only varied lengths
 SAMPLE_TEXTS = (
-    "hello", "I would like to talk to someone about my account please",
-    "Ça coûte 20 € ?", "my order never arrived and nobody answers the phone, what should I do now?",
-    "cancel", "is the service down in my area right now", "where can I find the invoice for last month",
+    "hello",
+    "I would like to talk to someone about my account please",
+    "Ça coûte 20 € ?",
+    "my order never arrived and nobody answers the phone, what should I do now?",
+    "cancel",
+    "is the service down in my area right now",
+    "where can I find the invoice for last month",
     "thanks!",
 )
 
@@ -38,10 +43,10 @@ class TextTask(Task):
     labels: tuple[str, ...] = INTENT_LABELS
     # LoRA + head over a pretrained base learns from few examples fast: a few epochs per round at a high rate
     defaults: TrainDefaults = field(default_factory=lambda: TrainDefaults(local_epochs=4, batch_size=16, lr=3e-3))
-    base_dir: str = ""                # "" = the default base (fedge.core.tasks.encoder.default_base_dir)
+    base_dir: str = ""  # "" = the default base (fedge.core.tasks.encoder.default_base_dir)
     lora: LoraSettings = field(default_factory=LoraSettings)
     max_len: int = MAX_LEN
-    prune: str = ""                   # train and export under this sparsity mask on the encoder (tasks.sparsity)
+    prune: str = ""  # train and export under this sparsity mask on the encoder (tasks.sparsity)
 
     @cached_property
     def base(self) -> Path:
@@ -58,8 +63,8 @@ class TextTask(Task):
     def build_model(self):
         model = build_classifier(self.base, self.num_classes, self.lora, self.pad_id)
         if self.prune:
-            from fedge.core.tasks.sparsity import PruneConfig
             from fedge.core.tasks.lora_model import hold_mask
+            from fedge.core.tasks.sparsity import PruneConfig
 
             hold_mask(model, PruneConfig.parse(self.prune))
         return model
@@ -71,8 +76,9 @@ class TextTask(Task):
         """Texts -> (N, longest row) int64 ids, truncated to ``max_len`` and right-padded with the pad id."""
         if not texts:
             return np.zeros((0, 1), dtype=np.int64)
-        enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_len, padding="longest",
-                             return_attention_mask=False)
+        enc = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_len, padding="longest", return_attention_mask=False
+        )
         return np.asarray(enc["input_ids"], dtype=np.int64)
 
     def load_data(self, path: Path) -> Dataset:
@@ -82,8 +88,10 @@ class TextTask(Task):
 
     def reference_data(self) -> Dataset:
         if tuple(self.labels) != INTENT_LABELS:
-            raise ConfigError("the text task ships public data for the intent catalogue only; with your own --labels"
-                             " give each customer its data file")
+            raise ConfigError(
+                "the text task ships public data for the intent catalogue only; with your own --labels"
+                " give each customer its data file"
+            )
         ref = resources.files("fedge") / "data" / "intent.csv"
         with resources.as_file(ref) as p:
             return self.load_data(p)
@@ -100,9 +108,15 @@ class TextTask(Task):
         return TensorSpec("input", "INT64", (-1, -1))
 
     def preprocessing(self) -> dict:
-        return {"tokenizer": {"kind": "hf-tokenizers", "file": TOKENIZER_FILE, "max_len": self.max_len,
-                              "pad_id": self.pad_id},
-                "raw_input": {"name": "text", "datatype": "BYTES"}}
+        return {
+            "tokenizer": {
+                "kind": "hf-tokenizers",
+                "file": TOKENIZER_FILE,
+                "max_len": self.max_len,
+                "pad_id": self.pad_id,
+            },
+            "raw_input": {"name": "text", "datatype": "BYTES"},
+        }
 
     def bundle_files(self) -> dict[str, Path]:
         return {TOKENIZER_FILE: self.base / TOKENIZER_FILE}

@@ -3,9 +3,9 @@
 Model weights travel as a list of numpy arrays in ``state_dict`` order, restricted to the *exchanged* names:
 everything except the parameters frozen by ``--freeze`` patterns (which stay at their initial values).
 """
+
 from __future__ import annotations
 
-from fedge.edge_runtime.common.errors import ConfigError
 import fnmatch
 from dataclasses import dataclass
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from fedge.core.tasks.data import Dataset
+from fedge.edge_runtime.common.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,9 @@ def _batches(ds: Dataset, batch_size: int, rng: np.random.Generator | None):
         yield torch.from_numpy(ds.x[idx]), torch.from_numpy(ds.y[idx])
 
 
-def train(model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ...] = (), masks: dict | None = None) -> float:
+def train(
+    model: nn.Module, ds: Dataset, cfg: TrainConfig, freeze: tuple[str, ...] = (), masks: dict | None = None
+) -> float:
     """Train in place; returns the mean training loss of the last epoch. ``masks`` (name -> 0/1 tensor) hold
     pruned weights at zero (used by the export's recovery rounds)."""
     torch.manual_seed(cfg.seed)
@@ -141,8 +144,15 @@ def dpsgd_plan(n: int, batch_size: int, epochs: int) -> tuple[float, int]:
     return q, epochs * max(1, -(-n // batch_size))
 
 
-def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplier: float, max_grad_norm: float,
-                freeze: tuple[str, ...] = (), masks: dict | None = None) -> DPSGDResult:
+def train_dpsgd(
+    model: nn.Module,
+    ds: Dataset,
+    cfg: TrainConfig,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    freeze: tuple[str, ...] = (),
+    masks: dict | None = None,
+) -> DPSGDResult:
     """Sample-level DP-SGD with Opacus: Poisson-sampled batches, per-sample gradients clipped to
     ``max_grad_norm``, Gaussian noise of ``noise_multiplier * max_grad_norm``. Trains ``model`` in place."""
     import secrets
@@ -155,7 +165,7 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     params = trainable_parameters(model, freeze)
     if cfg.proximal_mu > 0:
         raise ConfigError("DP-SGD trains on the data loss alone: a FedProx proximal term would be dropped")
-    q, steps = dpsgd_plan(len(ds), cfg.batch_size, cfg.epochs)
+    q, _steps = dpsgd_plan(len(ds), cfg.batch_size, cfg.epochs)
     if not params or cfg.epochs == 0 or len(ds) == 0:
         return DPSGDResult(float("nan"), noise_multiplier, q, 0)
     # The noise and the Poisson sampling must be secret: seeded from cfg.seed (which the coordinator sends) they
@@ -164,17 +174,23 @@ def train_dpsgd(model: nn.Module, ds: Dataset, cfg: TrainConfig, noise_multiplie
     # secure_mode, which also guards against floating-point attacks on the sampler, needs torchcsprng, which is
     # not available for this PyTorch; fedge does not claim that protection.)
     sampling, noise = (torch.Generator().manual_seed(secrets.randbits(63)) for _ in range(2))
-    loader = DataLoader(TensorDataset(torch.from_numpy(ds.x), torch.from_numpy(ds.y)), batch_size=cfg.batch_size,
-                        generator=sampling)
+    loader = DataLoader(
+        TensorDataset(torch.from_numpy(ds.x), torch.from_numpy(ds.y)), batch_size=cfg.batch_size, generator=sampling
+    )
     opt = torch.optim.Adam(params, lr=cfg.lr)
     model.train()  # Opacus refuses a module in eval mode (the client evaluated the incoming model first)
     engine = PrivacyEngine(accountant="rdp", secure_mode=False)  # its own ε is never read: fedge.core.privacy accounts
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Opacus' notes on secure RNG and on full backward hooks
-        dp_model, dp_opt, dp_loader = engine.make_private(module=model, optimizer=opt, data_loader=loader,
-                                                          noise_multiplier=noise_multiplier,
-                                                          max_grad_norm=max_grad_norm, poisson_sampling=True,
-                                                          noise_generator=noise)
+        dp_model, dp_opt, dp_loader = engine.make_private(
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            noise_multiplier=noise_multiplier,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=noise,
+        )
     loss_fn = nn.CrossEntropyLoss()
     dp_model.train()
     last, taken = float("nan"), 0

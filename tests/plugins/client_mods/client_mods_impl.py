@@ -1,11 +1,12 @@
 """The test-only mod that tests/plugins/client_mods/sitecustomize.py wraps around fedge's ClientApp."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-import numpy as np
 import flwr.compat.common.recorddict_compat as compat
+import numpy as np
 from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client import ClientApp
@@ -28,8 +29,10 @@ def faulty(arrays: list[np.ndarray], received: list[np.ndarray], fault: str) -> 
     if len(arrays) != len(received):
         raise RuntimeError("the test fault mod alters whole-model updates only (no --freeze)")
     sign = -1.0 if kind == "flip" else 1.0
-    return [(g.astype(a.dtype) + sign * float(k or 1) * (a - g.astype(a.dtype))).astype(a.dtype)
-            for a, g in zip(arrays, received)]
+    return [
+        (g.astype(a.dtype) + sign * float(k or 1) * (a - g.astype(a.dtype))).astype(a.dtype)
+        for a, g in zip(arrays, received)
+    ]
 
 
 def record(out: Path, name: str, rnd: int, arrays: list[np.ndarray], weight: int) -> None:
@@ -41,7 +44,11 @@ def record(out: Path, name: str, rnd: int, arrays: list[np.ndarray], weight: int
 
 def fault_and_record(msg: Message, context: Context, call_next) -> Message:
     reply = call_next(msg, context)
-    if msg.metadata.message_type != MessageType.TRAIN or reply.has_error() or PARAMS_OUT not in reply.content.array_records:
+    if (
+        msg.metadata.message_type != MessageType.TRAIN
+        or reply.has_error()
+        or PARAMS_OUT not in reply.content.array_records
+    ):
         return reply
     arrays = _arrays(reply.content.array_records[PARAMS_OUT])
     if fault := os.environ.get(FAULT_ENV, ""):
@@ -50,8 +57,13 @@ def fault_and_record(msg: Message, context: Context, call_next) -> Message:
     if out := os.environ.get(RECORD_ENV, ""):
         config = msg.content.config_records.get("fitins.config", {})
         weight = int(reply.content.metric_records[WEIGHT_OUT]["num_examples"])
-        record(Path(out), str(context.node_config.get("name", "customer")), int(config.get(FitKey.ROUND, 0)), arrays,
-               weight)
+        record(
+            Path(out),
+            str(context.node_config.get("name", "customer")),
+            int(config.get(FitKey.ROUND, 0)),
+            arrays,
+            weight,
+        )
     return reply
 
 

@@ -9,6 +9,7 @@ innermost (right around the client's handler, where fedge's trainer used to do t
 - ``FEDGE_TEST_RECORD=DIR``: each update is also written, unmasked, to DIR/round-RR-NAME.npz (weight, a0, a1, ...)
   so a test can check that the SecAgg+ aggregate equals the plain weighted average of the updates.
 """
+
 from __future__ import annotations
 
 import importlib.abc

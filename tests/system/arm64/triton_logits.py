@@ -1,6 +1,7 @@
 """tritonclient against a server, in its own process (tritonclient's protos clash with fedge's in one process):
 ``python -m tests.system.arm64.triton_logits GRPC_URL HTTP_URL X.npy OUT.npz MODEL...`` writes each model's logits
 for X (gRPC, batches of 64) to OUT.npz and prints the first model's metadata (HTTP) as JSON."""
+
 import json
 import sys
 
