@@ -19,13 +19,19 @@ SERVER_SHIM = (
     '"""Points Flower at fedge\'s installed ServerApp."""\n'
     "from fedge import server\nimport fedge.server.server_app\n\napp = server.server_app.app\n"
 )
+SIM_CLIENT_SHIM = (
+    '"""Points Flower at fedge\'s installed simulation ClientApp."""\n'
+    "from fedge import client\nimport fedge.client.simulation_app\n\napp = client.simulation_app.app\n"
+)
 CLIENT_SHIM = (
     '"""Points Flower at fedge\'s installed ClientApp."""\n'
     "from fedge import client\nimport fedge.client.client_app\n\napp = client.client_app.app\n"
 )
 
 
-def write_app(app_dir: Path) -> Path:
+def write_app(app_dir: Path, simulation: bool = False) -> Path:
+    """The app directory; ``simulation``: its ClientApp is the simulation runtime's (virtual customers holding
+    partitions of the task's reference data, fedge.client.simulation_app)."""
     import flwr
 
     app_dir = Path(app_dir)
@@ -33,7 +39,7 @@ def write_app(app_dir: Path) -> Path:
     pkg.mkdir(parents=True, exist_ok=True)
     (pkg / "__init__.py").write_text("")
     (pkg / "server_app.py").write_text(SERVER_SHIM)
-    (pkg / "client_app.py").write_text(CLIENT_SHIM)
+    (pkg / "client_app.py").write_text(SIM_CLIENT_SHIM if simulation else CLIENT_SHIM)
     (app_dir / "LICENSE").write_text("Apache-2.0\n")
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},

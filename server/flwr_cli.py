@@ -57,8 +57,11 @@ class FlowerCLI:
             raise FlowerError(f"flwr {args[0]}: {doc.get('error-message', doc)}")
         return doc
 
-    def run(self, app_dir: Path, overrides: Path) -> int:
-        doc = self._json("run", str(app_dir), CONNECTION, "--run-config", str(overrides))
+    def run(self, app_dir: Path, overrides: Path, federation_config: str = "") -> int:
+        """Submit a run of the app; ``federation_config``: the simulation runtime's settings (``num-supernodes=N
+        client-resources-num-cpus=C``), for a SuperLink started with ``--simulation``."""
+        extra = ["--federation-config", federation_config] if federation_config else []
+        doc = self._json("run", str(app_dir), CONNECTION, "--run-config", str(overrides), *extra)
         return int(doc["run-id"])
 
     def runs(self) -> list[dict]:

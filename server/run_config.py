@@ -54,6 +54,7 @@ class RunConfig:
     lora_alpha: int = 16
     lora_targets: str = "query,value"
     prune: str = ""  # text task: train under this sparsity mask (fedge export's recovery rounds)
+    sim_alpha: float = 0.0  # fedge simulate: Dirichlet alpha of the virtual customers' label skew (<= 0: IID)
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:

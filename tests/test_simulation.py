@@ -1,4 +1,5 @@
-"""Flower's simulation engine (Ray) running fedge's own ServerApp/ClientApp: `fedge simulate`."""
+"""Flower's simulation runtime (Ray) running fedge's own ServerApp and the simulation ClientApp: `fedge simulate`
+submits a run with `flwr run` to a local SuperLink started with --simulation."""
 
 import json
 
@@ -26,6 +27,8 @@ def test_simulated_adaptive_central_dp_raises_a_too_small_clip_and_reports_it(tm
         "--json",
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # Flower's supported path (a --simulation SuperLink and `flwr run`), not the deprecated run_simulation
+    assert "deprecated" not in out.stderr.lower() and "Flower run" in out.stderr
     assert json.loads(out.stdout)["status"] == "completed"
     doc = json.loads(run_fedge("run", "privacy", "1", "--state", str(tmp_path), "--json").stdout)
     clips = [r["clip"] for r in doc["rounds"]]

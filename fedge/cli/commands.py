@@ -530,7 +530,7 @@ def _add_simulate(sub) -> None:
     _add_proximal_mu(p)
     p.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpus-per-client", type=float, default=1.0)
+    p.add_argument("--cpus-per-client", type=int, default=1, help="CPUs Ray reserves per virtual customer (whole)")
     p.add_argument("--dp-noise", type=float, default=0.0, metavar="SIGMA", help="central DP noise multiplier")
     p.add_argument("--dp-clip", type=float, default=0.0, metavar="C", help="central DP clipping norm")
     p.add_argument("--dp-adaptive", action="store_true", help="central DP with adaptive clipping (median norm)")
