@@ -29,7 +29,11 @@ class FastPollGrid:
         return getattr(self._grid, name)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        pending = set(self._grid.push_messages(messages))
+        pushed = list(messages)
+        pending = set(self._grid.push_messages(pushed))
+        # an error the SuperLink writes in a node's place comes from the SuperLink's own id: name the node it
+        # answers for (the grid set each message's id when it pushed it)
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in pushed}
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         interval = self._first
@@ -37,7 +41,13 @@ class FastPollGrid:
             got = list(self._grid.pull_messages(pending))
             replies += got
             self.errors += [
-                Failure(FailureKind.ERROR, m.metadata.src_node_id, error_text(m.error)) for m in got if m.has_error()
+                Failure(
+                    FailureKind.ERROR,
+                    sent_to.get(m.metadata.reply_to_message_id, m.metadata.src_node_id),
+                    error_text(m.error),
+                )
+                for m in got
+                if m.has_error()
             ]
             pending -= {m.metadata.reply_to_message_id for m in got}
             if not pending or (deadline is not None and time.monotonic() >= deadline):

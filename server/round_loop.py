@@ -201,6 +201,7 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
     coordinator restart, while SuperNodes reconnect). Both are tried again. A shortfall of refusals or rejected
     updates alone is final: another attempt would not change a customer's decision or its update."""
     earlier: list[Failure] = []
+    sampled_before: list[int] = []  # nodes asked in attempts that failed
     for attempt in range(1, attempts + 1):
         _set_params(ctx, state, names)  # clients receive the full model, send back the trained part
         outcome = strategy.begin_round(rnd, [state[k] for k in trained])
@@ -214,12 +215,18 @@ def _fit_round(ctx, grid, fit, strategy: FedgeFedAvg, state, names, trained, rnd
                     f"{exc}" + (f"; earlier attempts: {_texts(earlier)}" if earlier else "")
                 ) from exc
             earlier += outcome.failures + [Failure(FailureKind.ROUND, None, f"attempt {attempt}: {exc}")]
+            sampled_before += outcome.sampled
             log.warning("round %d attempt %d: too few updates after failures; retrying", rnd, attempt)
             continue
         outcome.failures += _new_errors(grid, errors_before, outcome.failures)
         if outcome.aggregated:
+            # a node asked in an attempt that failed and gone by this one sent no update this round: said unless
+            # this attempt's own failures name it (an earlier attempt's error is about that attempt)
+            gone = [n for n in dict.fromkeys(sampled_before) if n not in outcome.sampled]
+            outcome.failures += strategy.dropouts(gone)
             outcome.failures = earlier + outcome.failures
             return outcome
+        sampled_before += outcome.sampled
         earlier += outcome.failures + [
             Failure(FailureKind.ROUND, None, f"attempt {attempt}: round halted without an aggregate")
         ]

@@ -243,6 +243,10 @@ class FedgeFedAvg(FedAvg):
     def _dropouts(self, replied: set[int]) -> list[Failure]:
         """Sampled nodes that sent no update and that no failure names yet: under SecAgg+ a node that stops
         answering is simply left out of the protocol, with no error to record."""
+        return self.dropouts([nid for nid in self.outcome.sampled if nid not in replied])
+
+    def dropouts(self, silent: list[int]) -> list[Failure]:
+        """A NO_UPDATE failure for each of the ``silent`` nodes that no failure of this round names yet."""
         named = {f.node for f in self.outcome.failures}
         return [
             Failure(
@@ -250,8 +254,8 @@ class FedgeFedAvg(FedAvg):
                 nid,
                 f"{self.names.get(nid, 'unknown customer')} (node {nid}): sent no update this round",
             )
-            for nid in self.outcome.sampled
-            if nid not in replied and nid not in named
+            for nid in silent
+            if nid not in named
         ]
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]], failures):

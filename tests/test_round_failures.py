@@ -99,3 +99,33 @@ def test_supernode_exit_causes() -> None:
     assert refused.cause is ExitCause.REFUSED and refused.line.startswith("ERROR :     Failed to activate SuperNode")
     assert classify(RETRY * 10 + GAVE_UP).cause is ExitCause.UNREACHABLE
     assert classify("Traceback (most recent call last):\n  ...\nKeyboardInterrupt\n").cause is ExitCause.EXITED
+
+
+def test_a_node_gone_after_a_halted_attempt_is_named_in_the_round() -> None:
+    """Attempt 1 asks nodes 3, 7 and 12 and halts (node 12 died mid-upload: the SuperLink's error names it);
+    attempt 2 asks 3 and 7 and aggregates. Node 12 sent no update this round: the round says so by name."""
+    from fedge.server.round_loop import _fit_round
+
+    s = _strategy()
+    s.names[12] = "globex"
+    ok = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([np.ones(2, np.float32)]), 5, {"customer": "b"})
+    grid = SimpleNamespace(errors=[])
+    attempts = iter([[3, 7, 12], [3, 7]])
+
+    def fit(grid, ctx) -> None:
+        sampled = next(attempts)
+        s.outcome.sampled = sampled
+        if 12 in sampled:  # halts: no aggregate
+            grid.errors.append(Failure(FailureKind.ERROR, 12, "Reply message objects are unavailable"))
+            return
+        s.aggregate_fit(2, [(SimpleNamespace(node_id=n), ok) for n in sampled], [])
+
+    ctx = SimpleNamespace(state=SimpleNamespace(array_records={}))
+    state = {"w": np.zeros(2, np.float32)}
+    outcome = _fit_round(ctx, grid, fit, s, state, ["w"], ["w"], 2, 3)
+    assert outcome.aggregated
+    assert [str(f) for f in outcome.failures] == [
+        "node 12: Reply message objects are unavailable",
+        "attempt 1: round halted without an aggregate",
+        "globex (node 12): sent no update this round",
+    ]
