@@ -12,6 +12,7 @@ from fedge.client.clipping import clip_update, update_norm
 from fedge.client.ledger import Budget, Ledger, LedgerCorrupt
 from fedge.client.privacy_guard import plan_round, refusal
 from fedge.core.privacy import epsilon, noise_for_epsilon
+from fedge.core.wire import Failure, FailureKind
 from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
 from fedge.server.strategy import FedgeFedAvg
 
@@ -342,7 +343,7 @@ def test_a_sampled_node_that_sent_nothing_is_named_in_the_round_failures():
     assert s.outcome.failures == []
     s.begin_round(2, [np.zeros(3, np.float32)])
     s.outcome.sampled = [1, 2, 3, 4]
-    s.aggregate_fit(2, three[:1], [TimeoutError("node 2: no reply within 30s")])
+    s.aggregate_fit(2, three[:1], [Failure(FailureKind.NO_REPLY, 2, "no reply within 30s")])  # as exchange.py makes it
     assert s.outcome.failures == [
         "node 2: no reply within 30s",
         "c3 (node 3): sent no update this round",
@@ -350,7 +351,7 @@ def test_a_sampled_node_that_sent_nothing_is_named_in_the_round_failures():
     ]
     s.begin_round(3, [np.zeros(3, np.float32)])
     s.outcome.sampled = [1, 2, 12]
-    s.aggregate_fit(3, three[1:2], [TimeoutError("node 12: no reply within 30s")])  # "node 12" is not node 1
+    s.aggregate_fit(3, three[1:2], [Failure(FailureKind.NO_REPLY, 12, "no reply within 30s")])  # node 12 is not node 1
     assert s.outcome.failures == ["node 12: no reply within 30s", "c1 (node 1): sent no update this round"]
 
 
