@@ -78,7 +78,7 @@ class DataPlane:
         observers: Observers | None = None,
     ) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
-        self.observers = observers or Observers()  # see each answered request, off the hot path (observers.py)
+        self.observers = observers if observers is not None else Observers()  # each answer, off the hot path
         self.cache = cache  # --cache-config: answers of repeated requests, for models whose config allows it
         self.strict_readiness = strict_readiness
         self.executor = executor  # threads for unbatched inference and model loading
