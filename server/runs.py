@@ -136,7 +136,7 @@ def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProg
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
     cfg = cfg.with_(fedge_run_id=run_id)
     registry.set_config(run_id, asdict(cfg))
-    return _submit_and_follow(state, registry, cfg, as_json, progress or ConsoleProgress())
+    return submit_and_follow(state, registry, cfg, as_json, progress or ConsoleProgress())
 
 
 def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgress | None = None) -> RunOutcome:
@@ -156,7 +156,7 @@ def resume(state: Path, run_id: int, as_json: bool = False, progress: RunProgres
         progress.note(
             f"run {run_id}: stopped Flower run {fid}, left running by a coordinator that stopped without finishing it"
         )
-    return _submit_and_follow(state, registry, cfg, as_json, progress, cli)
+    return submit_and_follow(state, registry, cfg, as_json, progress, cli)
 
 
 def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
@@ -169,14 +169,23 @@ def stop_stale_flower_runs(cli: FlowerCLI, flower_ids: list[int]) -> list[int]:
     return stale
 
 
-def _submit_and_follow(
-    state: Path, registry: Registry, cfg: RunConfig, as_json: bool, progress: RunProgress, cli: FlowerCLI | None = None
+def submit_and_follow(
+    state: Path,
+    registry: Registry,
+    cfg: RunConfig,
+    as_json: bool,
+    progress: RunProgress,
+    cli: FlowerCLI | None = None,
+    simulation: str = "",
 ) -> RunOutcome:
+    """Submit ``cfg`` (a run already in ``registry``) as a Flower run and follow it to its end. ``simulation``: the
+    simulation runtime's federation config (``num-supernodes=N ...``) for a SuperLink started with --simulation,
+    whose app then has the simulation ClientApp (fedge.server.simulation)."""
     cli = cli or FlowerCLI(state)
-    app = write_app(state / "app")
+    app = write_app(state / "app", simulation=bool(simulation))
     overrides = write_overrides(state / "runs" / str(cfg.fedge_run_id) / f"config-from-{cfg.start_round}.toml", cfg)
     registry.set_status(cfg.fedge_run_id, "pending")
-    flower_id = cli.run(app, overrides)
+    flower_id = cli.run(app, overrides, simulation)
     registry.add_flower_run(cfg.fedge_run_id, flower_id)
     progress.started(cfg, flower_id, len(registry.rounds(cfg.fedge_run_id)))
     try:

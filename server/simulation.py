@@ -16,11 +16,10 @@ from types import TracebackType
 
 from fedge.core.procs import fedge_env, free_port, spawn, stop_pid, wait_port
 from fedge.server.coordinator import CoordinatorInfo
-from fedge.server.fab import write_app, write_overrides
 from fedge.server.flwr_cli import FlowerCLI
 from fedge.server.registry import Registry
 from fedge.server.run_config import RunConfig
-from fedge.server.runs import RunOutcome, RunProgress, follow
+from fedge.server.runs import RunOutcome, RunProgress, submit_and_follow
 
 
 class SimulationLink:
@@ -60,17 +59,8 @@ class SimulationLink:
         self, registry: Registry, cfg: RunConfig, clients: int, cpus_per_client: int, progress: RunProgress
     ) -> RunOutcome:
         """Submit ``cfg`` (a run already in ``registry``) for ``clients`` virtual customers and follow it to its end."""
-        app = write_app(self.state / "app", simulation=True)
-        overrides = write_overrides(self.state / "runs" / str(cfg.fedge_run_id) / "config.toml", cfg)
         federation = f"num-supernodes={clients} client-resources-num-cpus={cpus_per_client} client-resources-num-gpus=0"
-        flower_id = self.cli.run(app, overrides, federation)
-        registry.add_flower_run(cfg.fedge_run_id, flower_id)
-        progress.started(cfg, flower_id, 0)
-        try:
-            run = follow(registry, self.cli, cfg.fedge_run_id, flower_id, progress.round_done)
-        finally:
-            progress.ended(registry.run(cfg.fedge_run_id))
-        return RunOutcome(cfg.fedge_run_id, str(run["status"]), str(run.get("reason") or ""))
+        return submit_and_follow(self.state, registry, cfg, False, progress, self.cli, simulation=federation)
 
     def close(self) -> None:
         stop_pid(self._proc.pid)
