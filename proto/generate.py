@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PROTOS = ["grpc_service.proto", "health.proto", "release.proto"]
+PROTOS = ["grpc_service.proto", "health.proto", "release.proto", "feedback.proto"]
 
 
 def generate(out: Path) -> list[Path]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrelease.proto\x12\x10\x66\x65\x64ge.release.v1\"M\n\x0c\x43urrentModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\x12\x15\n\rlocal_version\x18\x03 \x01(\x03\"e\n\x13ListReleasesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12/\n\x07\x63urrent\x18\x03 \x03(\x0b\x32\x1e.fedge.release.v1.CurrentModel\"Y\n\x07Release\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x15\n\rarchive_bytes\x18\x04 \x01(\x03\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.fedge.release.v1.Release\"n\n\x13\x46\x65tchReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\",\n\x0cReleaseChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xc8\x01\n\x0eReleaseService\x12]\n\x0cListReleases\x12%.fedge.release.v1.ListReleasesRequest\x1a&.fedge.release.v1.ListReleasesResponse\x12W\n\x0c\x46\x65tchRelease\x12%.fedge.release.v1.FetchReleaseRequest\x1a\x1e.fedge.release.v1.ReleaseChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\rrelease.proto\x12\x10\x66\x65\x64ge.release.v1\"M\n\x0c\x43urrentModel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\x12\x15\n\rlocal_version\x18\x03 \x01(\x03\"\x94\x03\n\rHealthSummary\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x02 \x01(\t\x12\x15\n\rlocal_version\x18\x03 \x01(\x03\x12\x13\n\x0bpredictions\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x10\n\x08requests\x18\x06 \x01(\x04\x12\x0e\n\x06window\x18\x07 \x01(\x04\x12\x14\n\x0c\x63lass_counts\x18\x08 \x03(\x04\x12\x19\n\x11\x63onfidence_counts\x18\t \x03(\x04\x12\x16\n\x0e\x63onfidence_sum\x18\n \x01(\x01\x12\x13\n\x0b\x65ntropy_sum\x18\x0b \x01(\x01\x12\x15\n\rlength_counts\x18\x0c \x03(\x04\x12\x0e\n\x06tokens\x18\r \x01(\x04\x12\x16\n\x0eunknown_tokens\x18\x0e \x01(\x04\x12\x11\n\ttruncated\x18\x0f \x01(\x04\x12\x13\n\x0b\x63orrections\x18\x10 \x01(\x04\x12\x10\n\x08labelled\x18\x11 \x01(\x04\x12\x0f\n\x07\x63orrect\x18\x12 \x01(\x04\x12\x15\n\rp99_latency_s\x18\x13 \x01(\x01\"\x96\x01\n\x13ListReleasesRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12/\n\x07\x63urrent\x18\x03 \x03(\x0b\x32\x1e.fedge.release.v1.CurrentModel\x12/\n\x06health\x18\x04 \x03(\x0b\x32\x1f.fedge.release.v1.HealthSummary\"Y\n\x07Release\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x15\n\rarchive_bytes\x18\x04 \x01(\x03\"C\n\x14ListReleasesResponse\x12+\n\x08releases\x18\x01 \x03(\x0b\x32\x19.fedge.release.v1.Release\"n\n\x13\x46\x65tchReleaseRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x0e\n\x06offset\x18\x04 \x01(\x03\x12\x17\n\x0fmax_chunk_bytes\x18\x05 \x01(\r\",\n\x0cReleaseChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x32\xc8\x01\n\x0eReleaseService\x12]\n\x0cListReleases\x12%.fedge.release.v1.ListReleasesRequest\x1a&.fedge.release.v1.ListReleasesResponse\x12W\n\x0c\x46\x65tchRelease\x12%.fedge.release.v1.FetchReleaseRequest\x1a\x1e.fedge.release.v1.ReleaseChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CURRENTMODEL']._serialized_start=35
   _globals['_CURRENTMODEL']._serialized_end=112
-  _globals['_LISTRELEASESREQUEST']._serialized_start=114
-  _globals['_LISTRELEASESREQUEST']._serialized_end=215
-  _globals['_RELEASE']._serialized_start=217
-  _globals['_RELEASE']._serialized_end=306
-  _globals['_LISTRELEASESRESPONSE']._serialized_start=308
-  _globals['_LISTRELEASESRESPONSE']._serialized_end=375
-  _globals['_FETCHRELEASEREQUEST']._serialized_start=377
-  _globals['_FETCHRELEASEREQUEST']._serialized_end=487
-  _globals['_RELEASECHUNK']._serialized_start=489
-  _globals['_RELEASECHUNK']._serialized_end=533
-  _globals['_RELEASESERVICE']._serialized_start=536
-  _globals['_RELEASESERVICE']._serialized_end=736
+  _globals['_HEALTHSUMMARY']._serialized_start=115
+  _globals['_HEALTHSUMMARY']._serialized_end=519
+  _globals['_LISTRELEASESREQUEST']._serialized_start=522
+  _globals['_LISTRELEASESREQUEST']._serialized_end=672
+  _globals['_RELEASE']._serialized_start=674
+  _globals['_RELEASE']._serialized_end=763
+  _globals['_LISTRELEASESRESPONSE']._serialized_start=765
+  _globals['_LISTRELEASESRESPONSE']._serialized_end=832
+  _globals['_FETCHRELEASEREQUEST']._serialized_start=834
+  _globals['_FETCHRELEASEREQUEST']._serialized_end=944
+  _globals['_RELEASECHUNK']._serialized_start=946
+  _globals['_RELEASECHUNK']._serialized_end=990
+  _globals['_RELEASESERVICE']._serialized_start=993
+  _globals['_RELEASESERVICE']._serialized_end=1193
 # @@protoc_insertion_point(module_scope)

@@ -16,15 +16,59 @@ class CurrentModel(_message.Message):
     local_version: int
     def __init__(self, model: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., local_version: _Optional[int] = ...) -> None: ...
 
+class HealthSummary(_message.Message):
+    __slots__ = ("model", "manifest_sha256", "local_version", "predictions", "errors", "requests", "window", "class_counts", "confidence_counts", "confidence_sum", "entropy_sum", "length_counts", "tokens", "unknown_tokens", "truncated", "corrections", "labelled", "correct", "p99_latency_s")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    CLASS_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_SUM_FIELD_NUMBER: _ClassVar[int]
+    ENTROPY_SUM_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    LABELLED_FIELD_NUMBER: _ClassVar[int]
+    CORRECT_FIELD_NUMBER: _ClassVar[int]
+    P99_LATENCY_S_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    manifest_sha256: str
+    local_version: int
+    predictions: int
+    errors: int
+    requests: int
+    window: int
+    class_counts: _containers.RepeatedScalarFieldContainer[int]
+    confidence_counts: _containers.RepeatedScalarFieldContainer[int]
+    confidence_sum: float
+    entropy_sum: float
+    length_counts: _containers.RepeatedScalarFieldContainer[int]
+    tokens: int
+    unknown_tokens: int
+    truncated: int
+    corrections: int
+    labelled: int
+    correct: int
+    p99_latency_s: float
+    def __init__(self, model: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., local_version: _Optional[int] = ..., predictions: _Optional[int] = ..., errors: _Optional[int] = ..., requests: _Optional[int] = ..., window: _Optional[int] = ..., class_counts: _Optional[_Iterable[int]] = ..., confidence_counts: _Optional[_Iterable[int]] = ..., confidence_sum: _Optional[float] = ..., entropy_sum: _Optional[float] = ..., length_counts: _Optional[_Iterable[int]] = ..., tokens: _Optional[int] = ..., unknown_tokens: _Optional[int] = ..., truncated: _Optional[int] = ..., corrections: _Optional[int] = ..., labelled: _Optional[int] = ..., correct: _Optional[int] = ..., p99_latency_s: _Optional[float] = ...) -> None: ...
+
 class ListReleasesRequest(_message.Message):
-    __slots__ = ("model", "device", "current")
+    __slots__ = ("model", "device", "current", "health")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
+    HEALTH_FIELD_NUMBER: _ClassVar[int]
     model: str
     device: str
     current: _containers.RepeatedCompositeFieldContainer[CurrentModel]
-    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., current: _Optional[_Iterable[_Union[CurrentModel, _Mapping]]] = ...) -> None: ...
+    health: _containers.RepeatedCompositeFieldContainer[HealthSummary]
+    def __init__(self, model: _Optional[str] = ..., device: _Optional[str] = ..., current: _Optional[_Iterable[_Union[CurrentModel, _Mapping]]] = ..., health: _Optional[_Iterable[_Union[HealthSummary, _Mapping]]] = ...) -> None: ...
 
 class Release(_message.Message):
     __slots__ = ("model", "version", "manifest_sha256", "archive_bytes")

@@ -27,6 +27,7 @@ class NotFoundError(FedgeUserError, KeyError):
 
 class EdgeError(Exception):
     code_name = "INTERNAL"  # the gRPC status code's name; its HTTP status is in HTTP_STATUS
+    http_status = 0  # where an error's HTTP status is not its code's (0: HTTP_STATUS's)
 
 
 class InvalidInput(EdgeError):
@@ -67,6 +68,20 @@ class PermissionDenied(EdgeError):
 
 class Unsupported(EdgeError):
     code_name = "UNIMPLEMENTED"
+
+
+class FeedbackOff(EdgeError):
+    """Feedback capture is off (the default): nothing is stored; the message says how to turn it on."""
+
+    code_name = "FAILED_PRECONDITION"
+    http_status = 404  # the REST endpoint is not there
+
+
+class FeedbackNotFound(EdgeError):
+    """A correction for a request id the feedback store does not hold: unknown, or expired (the message says
+    which)."""
+
+    code_name = "NOT_FOUND"
 
 
 class BundleError(EdgeError, FedgeUserError):
@@ -129,6 +144,8 @@ def status_of(exc: BaseException) -> tuple[str, int]:
 
     if isinstance(exc, EdgeError):
         code = exc.code_name
+        if exc.http_status:
+            return code, exc.http_status
     elif isinstance(exc, asyncio.CancelledError):
         code = "CANCELLED"
     elif isinstance(exc, NotImplementedError):

@@ -19,7 +19,7 @@ from typing import Any
 from fedge.edge_runtime.common.errors import BundleError
 
 FORMAT = "fedge-release/1"  # the bundle's format (files, hashes, signature): unchanged since the first release
-SCHEMA_VERSION = 2  # the manifest's fields: 1 had no "schema" key; 2 adds it
+SCHEMA_VERSION = 3  # the manifest's fields: 1 had no "schema" key; 2 adds it; 3 adds the monitoring reference
 MODEL_KINDS = ("fp32", "int8_cpu", "int8_trt")  # model.fp32.onnx, model.int8.cpu.onnx, model.int8.trt.onnx
 
 Section = dict[str, Any]  # a report section (JSON object), as the export stage that made it wrote it
@@ -61,12 +61,15 @@ class Manifest:
     gate: Section = field(default_factory=dict)  # the federated accuracy gate's report
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> bytes
     onnx: Section = field(default_factory=dict)  # opset, parity with PyTorch
+    # the drift reference and calibration the device monitors against (fedge.edge_runtime.monitoring): the
+    # temperature, class and confidence histograms of the customers' holdouts (counts only); {} in older bundles
+    monitoring: Section = field(default_factory=dict)
     unknown: Section = field(default_factory=dict)  # keys this version does not know: kept verbatim
 
     @property
     def extra(self) -> Section:
-        """The sections beyond what serving needs (lineage, sparsity, calibration, gate, sizes, onnx) and any
-        unknown keys, as one JSON object."""
+        """The sections beyond what serving needs (lineage, sparsity, calibration, gate, sizes, onnx, monitoring)
+        and any unknown keys, as one JSON object."""
         return {k: v for k, v in self.to_json().items() if k not in _SERVING}
 
     @classmethod
@@ -121,7 +124,7 @@ class Manifest:
         return replace(self, files=dict(files))
 
 
-_SECTIONS = ("lineage", "sparsity", "calibration", "gate", "sizes", "onnx")
+_SECTIONS = ("lineage", "sparsity", "calibration", "gate", "sizes", "onnx", "monitoring")
 _SERVING = {
     "format",
     "schema",

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 import time
 
 import grpc
 
 from fedge.edge_runtime.common.errors import EdgeError, ModelNotFound, message_of, status_of
+from fedge.edge_runtime.frontends.feedback import FeedbackApi
 from fedge.edge_runtime.frontends.grpc_codec import infer_request, infer_response, parameters
 from fedge.edge_runtime.serving.data_plane import SERVER_NAME, DataPlane
 from fedge.edge_runtime.serving.model_repository import ModelRepository
+from fedge.proto import feedback_pb2, feedback_pb2_grpc, health_pb2, health_pb2_grpc
 from fedge.proto import grpc_service_pb2 as pb
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
-from fedge.proto import health_pb2, health_pb2_grpc
 
 log = logging.getLogger("fedge.edge")
 STREAM_IN_FLIGHT = 256  # requests of one stream being answered at once; the stream is not read further meanwhile
@@ -283,3 +285,26 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
             if self.stopping():
                 return
             await asyncio.sleep(self.WATCH_POLL_S)
+
+
+class FeedbackServicer(feedback_pb2_grpc.FeedbackServiceServicer):
+    """fedge.feedback.v1: the REST feedback and health endpoints over gRPC (errors by the one table, through the
+    interceptor)."""
+
+    def __init__(self, api: FeedbackApi) -> None:
+        self.api = api
+
+    async def Feedback(self, request, context):
+        body = {"label": request.label, **({"id": request.id} if request.id else {})}
+        if request.text:
+            body["text"] = request.text
+        got = await self.api.feedback(request.model, body)
+        return feedback_pb2.FeedbackResponse(
+            matched=got["matched"],
+            was_correct=got["was_correct"],
+            served_label=got["served_label"],
+            version=got["version"],
+        )
+
+    async def ModelHealth(self, request, context):
+        return feedback_pb2.ModelHealthResponse(json=json.dumps(await self.api.health(request.model)))

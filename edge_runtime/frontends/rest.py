@@ -13,8 +13,10 @@ from urllib.parse import unquote
 from google.protobuf.descriptor import FieldDescriptor
 
 from fedge.edge_runtime.common.errors import EdgeError, InvalidInput, message_of, quoted, status_of
+from fedge.edge_runtime.frontends.feedback import FeedbackApi
 from fedge.edge_runtime.frontends.http_server import Request, Response
 from fedge.edge_runtime.frontends.rest_codec import MAX_JSON_BYTES, load_json, parse_infer, render_infer
+from fedge.edge_runtime.monitoring.monitor import Monitor
 from fedge.edge_runtime.serving.data_plane import SERVER_NAME, DataPlane
 from fedge.proto import grpc_service_pb2 as pb
 
@@ -32,6 +34,8 @@ ROUTES: list[tuple[str, re.Pattern, str]] = [
         ("GET", MODEL + "/config", "model_config"),
         ("GET", MODEL + "/stats", "statistics"),
         ("POST", MODEL + "/infer", "infer"),
+        ("POST", MODEL + "/feedback", "feedback"),  # fedge's extension (frontends.feedback)
+        ("GET", MODEL + "/health", "health"),
         ("POST", r"/v2/repository/index", "repository_index"),
         ("POST", r"/v2/repository/models/(?P<model>[^/]+)/load", "load"),
         ("POST", r"/v2/repository/models/(?P<model>[^/]+)/unload", "unload"),
@@ -51,8 +55,9 @@ INLINE_DECODE_BYTES = 64 << 10  # a body up to this size is parsed on the loop (
 
 
 class RestApi:
-    def __init__(self, plane: DataPlane, max_json_bytes: int = MAX_JSON_BYTES) -> None:
+    def __init__(self, plane: DataPlane, monitor: Monitor | None = None, max_json_bytes: int = MAX_JSON_BYTES) -> None:
         self.plane, self.max_json_bytes = plane, max_json_bytes
+        self.loop_api = FeedbackApi(plane, monitor)
         self._decoding = asyncio.Semaphore(DECODING_AT_ONCE)
 
     def inflated_limit(self, headers: dict[str, str]) -> int:
@@ -102,7 +107,22 @@ class RestApi:
         return Response.json(message_json(self.plane.model_config(model, version)))  # Triton's: the config itself
 
     async def statistics(self, req: Request, model: str = "", version: str = "") -> Response:
-        return Response.json({"model_stats": [message_json(s) for s in self.plane.statistics(model, version)]})
+        stats = [message_json(s) for s in self.plane.statistics(model, version)]
+        monitor = self.loop_api.monitor
+        if monitor is not None:  # fedge adds each version's health signals (Triton's clients ignore the key)
+            health = {(h["model"], str(h["version"])): h for h in monitor.health(model)["versions"]}
+            for entry in stats:
+                if (key := (entry["name"], entry["version"])) in health:
+                    entry["health"] = health[key]
+        return Response.json({"model_stats": stats})
+
+    # -- fedge's feedback and health extension -----------------------------------------------------------------
+    async def feedback(self, req: Request, model: str, version: str) -> Response:
+        body = load_json(req.body, "feedback")
+        return Response.json(await self.loop_api.feedback(model, body))
+
+    async def health(self, req: Request, model: str, version: str) -> Response:
+        return Response.json(await self.loop_api.health(model))
 
     # -- inference ---------------------------------------------------------------------------------------------
     async def infer(self, req: Request, model: str, version: str) -> Response:

@@ -9,6 +9,7 @@ from fedge.edge_runtime.common.errors import ConfigError
 from fedge.edge_runtime.common.tls import ServerTLS
 from fedge.edge_runtime.distribution.puller import PullConfig
 from fedge.edge_runtime.frontends.http_server import HttpLimits
+from fedge.edge_runtime.monitoring.monitor import MonitorConfig
 from fedge.edge_runtime.serving.model_repository import ServingConfig
 from fedge.edge_runtime.serving.tracing import TraceSettings
 
@@ -35,12 +36,15 @@ class EdgeConfig:
     exit_timeout_s: float = 30.0  # Triton's --exit-timeout-secs: how long stopping waits for requests
     cache_bytes: int = 0  # Triton's --cache-config local,size=N: the response cache; 0: none
     log: tuple[tuple[str, bool | int | str], ...] = ()  # log settings to start with (Triton's --log-* flags)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)  # health signals and feedback capture
 
     def __post_init__(self) -> None:
         if not all(0 <= p < 65536 for p in (self.port, self.metrics_port, self.http_port)):
             raise ConfigError("ports must be in [0, 65535]")
         if self.exit_timeout_s < 0:
             raise ConfigError("the exit timeout must be >= 0 seconds")
+        if self.monitor.feedback_store is not None and not self.monitor.enabled:
+            raise ConfigError("--feedback-store needs monitoring (it is what matches corrections to answers)")
         if self.metrics_tls and (self.tls is None or not self.metrics_port):
             raise ConfigError(
                 "--metrics-tls serves the metrics endpoint with the server's certificate: it needs"

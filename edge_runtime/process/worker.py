@@ -23,9 +23,17 @@ import grpc
 
 from fedge.edge_runtime.common.errors import AddressUnavailable
 from fedge.edge_runtime.distribution.trust import TrustFile
-from fedge.edge_runtime.frontends.grpc_servicer import ErrorInterceptor, HealthServicer, InferenceServicer
+from fedge.edge_runtime.frontends.feedback import FeedbackApi
+from fedge.edge_runtime.frontends.grpc_servicer import (
+    ErrorInterceptor,
+    FeedbackServicer,
+    HealthServicer,
+    InferenceServicer,
+)
 from fedge.edge_runtime.frontends.http_server import HttpServer
 from fedge.edge_runtime.frontends.rest import RestApi
+from fedge.edge_runtime.monitoring.monitor import Monitor
+from fedge.edge_runtime.monitoring.prometheus import HealthCollector
 from fedge.edge_runtime.process.config import EdgeConfig
 from fedge.edge_runtime.process.limits import QuietLoopErrors
 from fedge.edge_runtime.serving.data_plane import DataPlane
@@ -33,11 +41,12 @@ from fedge.edge_runtime.serving.log_settings import LogSettings
 from fedge.edge_runtime.serving.metrics import Metrics
 from fedge.edge_runtime.serving.model import LoadedModel
 from fedge.edge_runtime.serving.model_repository import ModelRepository
+from fedge.edge_runtime.serving.observers import Observers
 from fedge.edge_runtime.serving.response_cache import ResponseCache
 from fedge.edge_runtime.serving.shared_memory import SharedMemory
 from fedge.edge_runtime.serving.tracing import Tracer
+from fedge.proto import feedback_pb2_grpc, health_pb2_grpc
 from fedge.proto import grpc_service_pb2_grpc as pb_grpc
-from fedge.proto import health_pb2_grpc
 
 log = logging.getLogger("fedge.edge")
 VERSION = "0.1.0"
@@ -59,6 +68,7 @@ class ServingWorker:
         self.logs = LogSettings()  # serve() hands it the process's log handlers
         self.tracer = Tracer(cfg.trace_file, cfg.trace)
         self.cache = ResponseCache(cfg.cache_bytes) if cfg.cache_bytes else None
+        self.monitor = Monitor(cfg.monitor, self.repo) if cfg.monitor.enabled else None
 
     def _on_load(self, model: LoadedModel) -> None:
         if self.cache is not None:
@@ -76,8 +86,10 @@ class ServingWorker:
         self.plane = plane = self.call(self._data_plane())
         self._server, self.port = self.call(self._start_grpc(plane, creds))
         self.metrics.watch(self.repo, plane)
+        if self.monitor is not None:
+            self.metrics.registry.register(HealthCollector(self.monitor))
         if self.cfg.http_port:
-            rest = RestApi(plane)
+            rest = RestApi(plane, self.monitor)
             self._rest = HttpServer(rest, self.cfg.max_message_bytes, https, self.cfg.http, rest.inflated_limit)
             try:
                 self.http_port = self.call(self._rest.start(self.cfg.host, self.cfg.http_port))
@@ -89,6 +101,7 @@ class ServingWorker:
 
     async def _data_plane(self) -> DataPlane:
         """Made on the worker's loop (its events belong there)."""
+        monitor = self.monitor
         return DataPlane(
             self.repo,
             self.metrics,
@@ -99,6 +112,9 @@ class ServingWorker:
             self.tracer,
             self.cfg.strict_readiness,
             self.cache,
+            Observers([monitor.observe] if monitor is not None else []),
+            request_ids=monitor.new_request_id if monitor is not None and monitor.capturing else None,
+            on_failure=monitor.failed if monitor is not None else None,
         )
 
     async def _start_grpc(self, plane: DataPlane, creds: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
@@ -115,6 +131,9 @@ class ServingWorker:
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(  # type: ignore[no-untyped-call]
             HealthServicer(self.repo, plane.ready, lambda: plane.stopping), server
+        )
+        feedback_pb2_grpc.add_FeedbackServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            FeedbackServicer(FeedbackApi(plane, self.monitor)), server
         )
         try:
             address = f"{self.cfg.host}:{self.cfg.port}"
@@ -181,6 +200,8 @@ class ServingWorker:
             self._loop_thread.join(5)
         if self.plane is not None:
             self.plane.observers.close()
+        if self.monitor is not None:
+            self.monitor.close()
         self.shm.close()
         self.tracer.close()
         self._executor.shutdown(wait=False)

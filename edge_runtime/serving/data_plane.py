@@ -76,9 +76,13 @@ class DataPlane:
         strict_readiness: bool = True,
         cache: ResponseCache | None = None,
         observers: Observers | None = None,
+        request_ids: Callable[[], str] | None = None,
+        on_failure: Callable[[str, int], None] | None = None,
     ) -> None:
         self.repo, self.metrics, self.version = repo, metrics, version
         self.observers = observers if observers is not None else Observers()  # each answer, off the hot path
+        self.request_ids = request_ids  # makes an id for a request that came without one (feedback capture)
+        self.on_failure = on_failure  # (model, version) of a request that failed on the server's side
         self.cache = cache  # --cache-config: answers of repeated requests, for models whose config allows it
         self.strict_readiness = strict_readiness
         self.executor = executor  # threads for unbatched inference and model loading
@@ -170,9 +174,11 @@ class DataPlane:
             request = decode()
             if inspect.isawaitable(request):  # a front end that parses off the loop
                 request = await request
-        except BaseException:
-            m.stats.request(False, time.perf_counter() - started)
+        except BaseException as exc:
+            self._failed(m, exc, time.perf_counter() - started)
             raise
+        if not request.id and self.request_ids is not None:
+            request.id = self.request_ids()  # returned in the response: a correction can name it
         shm = self.shm.client(peer)
         trace = self.tracer.sample(m.name, m.version, request.id) if self.tracer.active else None
         if trace is not None:
@@ -221,8 +227,8 @@ class DataPlane:
                 cache.put(key, m.name, outputs)
                 m.stats.cache_miss(lookup_s + time.perf_counter() - stored)
                 self.metrics.cache.labels(m.name, "miss").inc()
-        except BaseException:
-            m.stats.request(False, time.perf_counter() - started)
+        except BaseException as exc:
+            self._failed(m, exc, time.perf_counter() - started)
             raise
         finally:
             if trace is not None:
@@ -231,8 +237,15 @@ class DataPlane:
         done = time.perf_counter()
         self._answered(m, done - started, decoded - started, done - ran)
         if self.observers:
-            self.observers.notify(Answered(m.name, m.version, request.id, raw, inputs, done - started, ran - decoded))
+            self.observers.notify(
+                Answered(m.name, m.version, request.id, raw, inputs, done - started, ran - decoded, features=feeds)
+            )
         return result
+
+    def _failed(self, m: LoadedModel, exc: BaseException, total_s: float) -> None:
+        m.stats.request(False, total_s)
+        if self.on_failure is not None and status_of(exc)[1] >= 500:
+            self.on_failure(m.name, m.version)
 
     def _labels(self, model: str, version: str) -> tuple[str, str]:
         """The metric labels of a failed request: a model name or version that is not installed is counted under

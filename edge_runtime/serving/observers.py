@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ class Answered:
     total_s: float = 0.0  # from the request's arrival to its answer
     compute_s: float = 0.0  # queueing + batching + the backend (0 for a cache hit)
     cached: bool = False  # answered from the response cache
+    features: dict[str, np.ndarray] = field(default_factory=dict)  # what the model was fed (a text model's token ids)
 
 
 Observer = Callable[[Answered], None]
@@ -78,6 +80,17 @@ class Observers:
                     observer(answered)
                 except Exception:  # an observer's bug must not stop the others, or serving
                     log.exception("observer %r failed on a %s answer", observer, answered.model)
+            self._queue.task_done()
+
+    def settle(self, timeout: float = 1.0) -> bool:
+        """Wait (at most ``timeout`` s, off the event loop) until every answer notified so far was observed: a
+        correction that names a request answered a moment ago then finds it. Returns whether it settled."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and self._thread is not None:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.002)
+        return True
 
     def close(self, timeout: float = 5.0) -> None:
         """Observe what was notified so far, then stop the thread."""

@@ -94,6 +94,8 @@ class HFTokenizer:
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=self.max_len)
+        unk = getattr(self._tok.model, "unk_token", None)  # WordPiece's [UNK] (monitoring counts them)
+        self.unk_id: int | None = self._tok.token_to_id(unk) if unk else None
 
     def encode_batch(self, texts: list[str]) -> np.ndarray:
         """list of N texts -> (N, longest row) int64 ids, right-padded with the pad id."""

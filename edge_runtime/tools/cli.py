@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fedge.edge_runtime.common.errors import ConfigError
 from fedge.edge_runtime.serving.backends import BACKENDS
+from fedge.edge_runtime.tools.loop_cli import add_feedback_parser, monitor_config, monitor_flags
 
 
 def cmd_serve(a) -> int:
@@ -71,6 +72,7 @@ def cmd_serve(a) -> int:
         exit_timeout_s=a.exit_timeout_secs,
         cache_bytes=cache_bytes,
         log=_log_flags(a),
+        monitor=monitor_config(a),
     )
     return serve(cfg)
 
@@ -340,7 +342,9 @@ def add_parser(sub) -> None:
     _serving_flags(p)
     _pull_flags(p)
     _access_and_log_flags(p)
+    monitor_flags(p)
     p.set_defaults(fn=cmd_serve)
+    add_feedback_parser(edge)
     p = edge.add_parser("install", help="verify and install a release bundle (dir or .tar)")
     p.add_argument("bundle")
     p.add_argument("--repo", required=True)

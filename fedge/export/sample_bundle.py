@@ -42,9 +42,10 @@ def sign_bundle(
     seed: int = 0,
     max_batch_size: int = 64,
     models: dict[str, str] | None = None,
+    monitoring: dict | None = None,
 ) -> Path:
     """Sign ``out`` as a bundle of the task's model: ``models`` (kind -> file in ``out``, by default only
-    ``model.fp32.onnx``) with the task's input and logits output."""
+    ``model.fp32.onnx``) with the task's input and logits output; ``monitoring``: the manifest's drift reference."""
     task = get_task(task_name)
     spec = task.input_spec()
     for name, path in task.bundle_files().items():
@@ -59,6 +60,7 @@ def sign_bundle(
         preprocessing=task.preprocessing(),
         max_batch_size=max_batch_size,
         lineage={"run": 0, "round": 0, "seed": seed},
+        monitoring=monitoring or {},
     )
     write_bundle(out, manifest, load_private_key(key_path))
     return out
