@@ -108,6 +108,7 @@ def start(
     foreground: bool = True,
     release_address: str | None = None,
     release_client_auth: bool = False,
+    health_min_predictions: int = 50,
 ):
     """Start the SuperLink and (in the foreground) the release service on ``release_address`` (default: the
     coordinator's port + 3; "off" serves none); in the foreground, block until the SuperLink exits
@@ -140,6 +141,7 @@ def start(
                 cert=certs.server_cert if certs else None,
                 key=certs.server_key if certs else None,
                 client_ca=certs.ca if certs and release_client_auth else None,
+                health_min_predictions=health_min_predictions,
             )
     except Exception:
         stop_pid(proc.pid)

@@ -255,6 +255,41 @@ class Registry:
             row = db.execute("SELECT at, reason FROM revoked_devices WHERE name=?", (name,)).fetchone()
         return dict(row) if row else None
 
+    # -- fleet health ----------------------------------------------------------------------------------
+    def record_health(self, device: str, reports: list[dict]) -> None:
+        """A device's accepted health summaries: ``{"release", "model", "signals", "counts"}`` each."""
+        now = time.time()
+        with self._db() as db:
+            for r in reports:
+                sig = r["signals"]
+                db.execute(
+                    "INSERT OR REPLACE INTO health (device, release_id, model, reported, signals, counts)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (device, r["release"], r["model"], now, json.dumps(sig), json.dumps(r["counts"])),
+                )
+                db.execute(
+                    "INSERT INTO health_history VALUES (?,?,?,?,?,?,?)",
+                    (
+                        device,
+                        r["release"],
+                        now,
+                        sig["predictions"],
+                        sig["estimated_accuracy"],
+                        sig["production_accuracy"],
+                        sig["drift"],
+                    ),
+                )
+
+    def health(self) -> list[dict]:
+        """Every device's latest summary per release."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM health ORDER BY release_id, device").fetchall()
+        return [{**dict(r), "signals": json.loads(r["signals"]), "counts": json.loads(r["counts"])} for r in rows]
+
+    def health_history(self) -> list[dict]:
+        with self._db() as db:
+            return [dict(r) for r in db.execute("SELECT * FROM health_history ORDER BY reported")]
+
 
 def _run_dict(row: sqlite3.Row) -> dict:
     d = dict(row)

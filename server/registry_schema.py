@@ -85,8 +85,31 @@ CREATE TABLE IF NOT EXISTS revoked_devices (      -- refused by the release serv
 );
 """
 
+V2_HEALTH = """
+CREATE TABLE IF NOT EXISTS health (               -- each device's latest health summary per release (counts only)
+    device TEXT NOT NULL,
+    release_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    reported REAL NOT NULL,
+    signals TEXT NOT NULL,            -- JSON: what fedge.edge_runtime.monitoring.summary.signals computes
+    counts TEXT NOT NULL,             -- JSON: the summary's histograms (class, confidence, length)
+    PRIMARY KEY (device, release_id)
+);
+CREATE TABLE IF NOT EXISTS health_history (       -- every accepted summary's headline numbers, for plots
+    device TEXT NOT NULL,
+    release_id INTEGER NOT NULL,
+    reported REAL NOT NULL,
+    predictions INTEGER NOT NULL,
+    estimated_accuracy REAL,
+    production_accuracy REAL,
+    drift REAL
+);
+CREATE INDEX IF NOT EXISTS health_history_release ON health_history (release_id, reported);
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, rounds, releases, withdrawn releases, devices, revoked devices", V1_BASE),
+    Migration(2, "fleet health: each device's latest summary per release, and their history", V2_HEALTH),
 )
 
 

@@ -25,8 +25,10 @@ import grpc
 
 from fedge.edge_runtime.common.errors import ConfigError
 from fedge.edge_runtime.distribution.bundle import archive_bytes, pack_chunks
+from fedge.edge_runtime.monitoring.summary import InvalidSummary
 from fedge.proto import release_pb2, release_pb2_grpc
 from fedge.server.fleet import release_model
+from fedge.server.health import MIN_PREDICTIONS, HealthBook
 from fedge.server.offer import Candidate, LatestRelease, OfferPolicy
 from fedge.server.registry import Registry, registry_path
 
@@ -38,8 +40,11 @@ log = logging.getLogger("fedge.releases")
 class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
     """A release's version is its registry id, which only grows; its model name is the manifest's."""
 
-    def __init__(self, state: Path, policy: OfferPolicy | None = None) -> None:
+    def __init__(
+        self, state: Path, policy: OfferPolicy | None = None, health_min_predictions: int = MIN_PREDICTIONS
+    ) -> None:
         self.registry = Registry(registry_path(Path(state)))
+        self.health = HealthBook(self.registry, health_min_predictions)  # the summaries polls carry
         self.policy = policy or LatestRelease()  # what each device is offered (server/offer.py)
         self._described: dict[int, tuple[tuple, str | None, int]] = {}  # release id -> (manifest stat, model, size)
 
@@ -98,6 +103,11 @@ class ReleaseServicer(release_pb2_grpc.ReleaseServiceServicer):
                 for c in request.current
             ],
         )
+        try:
+            self.health.accept(device.name, list(request.health), rows)
+        except InvalidSummary as exc:
+            log.warning("refused the health summaries of %s: %s", device, exc)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return release_pb2.ListReleasesResponse(
             releases=[r for r, _ in self._available(rows, device.name) if not request.model or r.model == request.model]
         )
@@ -166,12 +176,19 @@ class Device:
 
 
 def serve_releases(
-    state: Path, address: str, cert: Path | None = None, key: Path | None = None, client_ca: Path | None = None
+    state: Path,
+    address: str,
+    cert: Path | None = None,
+    key: Path | None = None,
+    client_ca: Path | None = None,
+    health_min_predictions: int = MIN_PREDICTIONS,
 ) -> grpc.Server:
     """Start the release service on ``address`` (TLS when ``cert``/``key`` are given; mutual TLS, devices
     presenting a certificate ``client_ca`` signed, when that is given too) and return the server."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    release_pb2_grpc.add_ReleaseServiceServicer_to_server(ReleaseServicer(state), server)
+    release_pb2_grpc.add_ReleaseServiceServicer_to_server(
+        ReleaseServicer(state, health_min_predictions=health_min_predictions), server
+    )
     if client_ca is not None and cert is None:
         raise ConfigError("devices can be authenticated only over TLS (the release service has no certificate)")
     if cert is not None and key is not None:

@@ -205,21 +205,21 @@ def test_a_new_unlisted_package_is_caught() -> None:
     """A new inner package that no layer list names fails, at any level; once listed, its upward imports are
     reported like any other."""
     lv = levels()
-    new = ["fedge.edge_runtime.monitoring", "fedge.core.tasks.vision", "fedge.cli.plugins.extra"]
+    new = ["fedge.edge_runtime.canary", "fedge.core.tasks.vision", "fedge.cli.plugins.extra"]
     assert unlisted([*packages_on_disk(), *new], lv) == [
         'fedge.cli.plugins.extra: its package fedge.cli.plugins has no layer list ([tool.fedge.layers]."fedge.cli'
         '.plugins")',
         'fedge.core.tasks.vision: its package fedge.core.tasks has no layer list ([tool.fedge.layers]."fedge.core'
         '.tasks")',
-        'fedge.edge_runtime.monitoring: missing from [tool.fedge.layers]."fedge.edge_runtime"',
+        'fedge.edge_runtime.canary: missing from [tool.fedge.layers]."fedge.edge_runtime"',
     ]
     mods = dict(MODULES)
-    mods["fedge.edge_runtime.monitoring.drift"] = (
-        "fedge.edge_runtime.monitoring",
+    mods["fedge.edge_runtime.canary.drift"] = (
+        "fedge.edge_runtime.canary",
         "from fedge.edge_runtime.tools import cli\n",
     )
-    listed = [*lv["fedge.edge_runtime"][:3], "fedge.edge_runtime.monitoring", *lv["fedge.edge_runtime"][3:]]
+    listed = [*lv["fedge.edge_runtime"][:3], "fedge.edge_runtime.canary", *lv["fedge.edge_runtime"][3:]]
     assert layer_violations(mods, listed) == [
-        "fedge.edge_runtime.monitoring.drift:1 imports fedge.edge_runtime.tools.cli: fedge.edge_runtime.tools is"
-        " above fedge.edge_runtime.monitoring"
+        "fedge.edge_runtime.canary.drift:1 imports fedge.edge_runtime.tools.cli: fedge.edge_runtime.tools is"
+        " above fedge.edge_runtime.canary"
     ]

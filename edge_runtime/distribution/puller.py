@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 
@@ -63,6 +64,13 @@ class PullConfig:
             raise ConfigError("the pull interval must be > 0 s and the rate limit >= 0 bytes/s")
 
 
+class HealthSource(Protocol):
+    """What a poll reports of the served versions' health (fedge.edge_runtime.monitoring.monitor.Monitor)."""
+
+    def due(self) -> list[release_pb2.HealthSummary]: ...
+    def sent(self, summaries: list[release_pb2.HealthSummary]) -> None: ...
+
+
 class ReleasePuller:
     def __init__(
         self,
@@ -70,10 +78,12 @@ class ReleasePuller:
         metrics,
         serving: Callable[[], dict[str, int]] | None = None,
         trusted: Verifier | None = None,
+        health: HealthSource | None = None,
     ) -> None:
         """``serving()``: model -> the local version the server runs now (what the coordinator is told); without
-        it, what each model's CURRENT names. ``trusted``: the server's TrustFile (default: ``cfg.trust``'s)."""
-        self.cfg, self.metrics, self._serving = cfg, metrics, serving
+        it, what each model's CURRENT names. ``trusted``: the server's TrustFile (default: ``cfg.trust``'s).
+        ``health``: the summaries each poll carries (counts only; none without it)."""
+        self.cfg, self.metrics, self._serving, self._health = cfg, metrics, serving, health
         from fedge.edge_runtime.distribution.trust import TrustFile
 
         self.trusted = trusted or TrustFile(cfg.trust)
@@ -150,9 +160,7 @@ class ReleasePuller:
         current = {c.model: c for c in self.current()}
         with self._channel() as ch:
             stub = release_pb2_grpc.ReleaseServiceStub(ch)
-            releases = stub.ListReleases(
-                release_pb2.ListReleasesRequest(device=self.device, current=list(current.values())), timeout=30
-            ).releases
+            releases = self._list(stub, list(current.values()))
             newest: dict[str, release_pb2.Release] = {}
             for r in releases:
                 if not valid_model_name(r.model):  # a broken or hostile listing: no path is made of it
@@ -187,6 +195,24 @@ class ReleasePuller:
                 if installed is not None:
                     changed.append(installed)
         return changed
+
+    def _list(self, stub, current: list[release_pb2.CurrentModel]) -> list[release_pb2.Release]:
+        """The releases offered, reporting what serves and, where due, the health summaries. Summaries the
+        coordinator refuses (INVALID_ARGUMENT) are logged and dropped, and the poll is made again without them: a
+        bad summary must not keep the device from its releases."""
+        health = self._health.due() if self._health is not None else []
+        request = release_pb2.ListReleasesRequest(device=self.device, current=current, health=health)
+        try:
+            releases = list(stub.ListReleases(request, timeout=30).releases)
+        except grpc.RpcError as exc:
+            if not health or exc.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            log.error("the release service refused this device's health summaries: %s", exc.details())
+            del request.health[:]
+            releases = list(stub.ListReleases(request, timeout=30).releases)
+        if self._health is not None and health:
+            self._health.sent(health)
+        return releases
 
     def _kept(self, model: str, r: release_pb2.Release) -> int | None:
         """The newest local version of release ``r`` whose files still verify; a damaged copy (a power cut, a bad

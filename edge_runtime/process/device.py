@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedge.edge_runtime.distribution.puller import ReleasePuller
+from fedge.edge_runtime.distribution.puller import HealthSource, ReleasePuller
 from fedge.edge_runtime.distribution.trust import TrustFile
 from fedge.edge_runtime.frontends.http_server import HttpServer, exposition
 from fedge.edge_runtime.process.config import EdgeConfig
@@ -29,11 +29,14 @@ class DeviceServices:
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def prepare(self, serving: Callable[[], dict[str, int]]) -> None:
+    def prepare(self, serving: Callable[[], dict[str, int]], health: HealthSource | None = None) -> None:
         """Before anything serves: the puller is built, so bad TLS files for it fail now. ``serving()``: model ->
-        the version the device serves now (what the coordinator is told at each poll)."""
+        the version the device serves now (what the coordinator is told at each poll); ``health``: the served
+        versions' health summaries that polls carry."""
         if self.cfg.pull is not None:
-            self._puller = ReleasePuller(self.cfg.pull, self.metrics, trusted=self.trust, serving=serving)
+            self._puller = ReleasePuller(
+                self.cfg.pull, self.metrics, trusted=self.trust, serving=serving, health=health
+            )
 
     def start(self, workers: Sequence[ServingWorker]) -> None:
         """Once the workers serve: watch the repository for them, open the metrics endpoint, start pulling."""

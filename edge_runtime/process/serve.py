@@ -59,7 +59,9 @@ class EdgeServer:
     def start(self) -> EdgeServer:
         creds = self.cfg.tls.credentials() if self.cfg.tls else None  # bad files fail here, before anything runs
         https = self.cfg.tls.ssl_context() if self.cfg.tls and self.cfg.http_port else None
-        self.device.prepare(serving=lambda: {m.name: m.version for m in self.repo.live()})  # its TLS files too
+        self.device.prepare(  # its TLS files too
+            serving=lambda: {m.name: m.version for m in self.repo.live()}, health=self.worker.monitor
+        )
         if conflict := onnxruntime_conflict():
             log.warning("%s", conflict)
         try:

@@ -69,6 +69,7 @@ def cmd_coordinator_start(a) -> int:
         a.insecure,
         release_address=a.release_address,
         release_client_auth=a.release_client_auth,
+        health_min_predictions=a.health_min_requests,
     )
 
 
@@ -421,6 +422,12 @@ def _add_coordinator(sub, state_default: str) -> None:
         help="serve releases only to devices with a client certificate the coordinator's CA signed"
         " (`fedge certs issue DEVICE --client`; devices: fedge edge serve --pull-cert/--pull-key)",
     )
+    p.add_argument(
+        "--health-min-requests",
+        type=int,
+        default=50,
+        help="keep a device's health summary only over at least this many predictions (default 50)",
+    )
     p.set_defaults(fn=cmd_coordinator_start)
     p = coord.add_parser("register", help="register a client's public key (SuperNode authentication)")
     p.add_argument("public_key")
@@ -550,12 +557,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub, state_default)
     _add_simulate(sub)
 
-    from fedge.cli import keys, releases
+    from fedge.cli import fleet, keys, releases
     from fedge.edge_runtime.tools.cli import add_parser as add_edge_parser
 
     releases.add_parser(sub, state_default)
     add_edge_parser(sub)
     keys.add_parser(sub, state_default)
+    fleet.add_parser(sub, state_default)
 
     p = sub.add_parser("demo", help="the whole pipeline on loopback")
     p.add_argument("--out", default="demo-out")
