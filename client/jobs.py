@@ -92,11 +92,43 @@ def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray, refe
         "accuracy": {k: float((p == y).mean()) for k, p in preds.items()},
         "agreement": {k: float((p == ref).mean()) for k, p in preds.items()},
     }
+    served = "int8_cpu" if "int8_cpu" in logits else next(iter(logits))
+    result["monitoring"] = monitoring_statistics(logits[served], y) | {"kind": served}
     if reference_rows > 0:
         result["reference"] = {
             kind: reference_agreement(models[kind], logits[kind], x, reference_rows) for kind in list(models)[1:]
         }
     return result
+
+
+def monitoring_statistics(logits: np.ndarray, y: np.ndarray) -> dict:
+    """What the release's drift reference and temperature are made of (fedge.edge_runtime.monitoring.measures), in
+    counts and sums over the holdout: per temperature of the shared grid, the summed negative log-likelihood, the
+    summed calibrated top-1 confidence and its histogram; the predicted-class histogram; the correct answers."""
+    from fedge.edge_runtime.monitoring.measures import (
+        CONFIDENCE_BINS,
+        TEMPERATURE_GRID,
+        confidence_bin,
+        softmax,
+    )
+
+    rows = np.arange(len(y))
+    nll, conf_sum, conf_counts = [], [], []
+    for t in TEMPERATURE_GRID:
+        p = softmax(logits, t)
+        nll.append(float(-np.log(np.clip(p[rows, y], 1e-12, 1.0)).sum()))
+        top = p.max(axis=1)
+        conf_sum.append(float(top.sum()))
+        conf_counts.append(np.bincount(confidence_bin(top), minlength=CONFIDENCE_BINS).tolist())
+    return {
+        "examples": len(y),
+        "correct": int((logits.argmax(1) == y).sum()),
+        "class_counts": np.bincount(logits.argmax(1), minlength=logits.shape[1]).tolist(),
+        "grid": list(TEMPERATURE_GRID),
+        "nll": nll,
+        "confidence_sum": conf_sum,
+        "confidence_counts": conf_counts,
+    }
 
 
 def reference_agreement(model: bytes, runtime_logits: np.ndarray, x: np.ndarray, rows: int) -> dict:

@@ -4,8 +4,10 @@ a correction naming the request's id can be matched to what was asked and what w
 corrections themselves, which ``fedge edge feedback export`` writes out as training rows in the customer data
 format.
 
-Bounded in rows and age: past ``max_answers`` kept inputs or ``max_corrections`` corrections the oldest are
-dropped (and counted); an input older than ``keep_s`` is forgotten (its id stays, without the input, for another
+Bounded in rows, bytes and age: past ``max_answers`` kept inputs or ``max_corrections`` corrections, or past
+``max_bytes`` of kept inputs, the oldest are dropped (and counted); an input over MAX_INPUT_BYTES is not kept at
+all; SQLite's write-ahead log is truncated back to JOURNAL_LIMIT after each checkpoint. An input older than
+``keep_s`` is forgotten (its id stays, without the input, for another
 ``keep_s``, so that a late correction is told "expired" rather than "unknown"). Requests of several rows are not
 kept: a correction names one answer.
 
@@ -33,6 +35,8 @@ import numpy as np
 from fedge.edge_runtime.common.errors import ConfigError, FedgeUserError, FeedbackNotFound
 
 STORE_FILE = "feedback.sqlite"
+MAX_INPUT_BYTES = 64 << 10  # a larger input (text or tensor row) is answered but not kept
+JOURNAL_LIMIT = 4 << 20
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     request_id TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL,
@@ -58,17 +62,25 @@ class Correction:
 
 
 class FeedbackStore:
-    def __init__(self, root: Path, keep_s: float, max_answers: int = 200_000, max_corrections: int = 100_000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        keep_s: float,
+        max_answers: int = 200_000,
+        max_corrections: int = 100_000,
+        max_bytes: int = 256 << 20,
+    ) -> None:
         if keep_s <= 0 or max_answers < 1 or max_corrections < 1:
             raise ConfigError("the feedback store keeps inputs > 0 s, and at least one answer and one correction")
         self.root, self.keep_s = Path(root), float(keep_s)
-        self.max_answers, self.max_corrections = max_answers, max_corrections
+        self.max_answers, self.max_corrections, self.max_bytes = max_answers, max_corrections, max_bytes
         self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / STORE_FILE
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA journal_size_limit={JOURNAL_LIMIT}")
         self._db.executescript(SCHEMA)
         self._since_prune = 0
 
@@ -97,6 +109,9 @@ class FeedbackStore:
         """Keep one answered request's input (a text, or a tensor model's input row) under its id."""
         now = time.time() if now is None else now
         blob = _npy(array) if array is not None else None
+        if len(blob or b"") + len((text or "").encode()) > MAX_INPUT_BYTES:
+            self._count_drop("answers_too_large", 1)
+            return
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO answers (request_id, model, version, at, text, input, served, expired)"
@@ -126,10 +141,28 @@ class FeedbackStore:
                         f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY at, {key} LIMIT ?)",
                         (over,),
                     )
+                    _drop_count(db, table, over)
+            kept = db.execute("SELECT COALESCE(SUM(LENGTH(text)), 0) + COALESCE(SUM(LENGTH(input)), 0) FROM answers")
+            over_bytes = kept.fetchone()[0] - self.max_bytes
+            if over_bytes > 0:  # the oldest inputs go, a tenth of the rows at a time, until the rest fits
+                n = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+                while over_bytes > 0 and n > 0:
+                    step = max(1, n // 10)
                     db.execute(
-                        "INSERT INTO dropped VALUES (?, ?) ON CONFLICT(what) DO UPDATE SET count = count + ?",
-                        (table, over, over),
+                        "DELETE FROM answers WHERE rowid IN (SELECT rowid FROM answers ORDER BY at LIMIT ?)", (step,)
                     )
+                    _drop_count(db, "answers", step)
+                    n -= step
+                    over_bytes = (
+                        db.execute(
+                            "SELECT COALESCE(SUM(LENGTH(text)), 0) + COALESCE(SUM(LENGTH(input)), 0) FROM answers"
+                        ).fetchone()[0]
+                        - self.max_bytes
+                    )
+
+    def _count_drop(self, what: str, n: int) -> None:
+        with self._tx() as db:
+            _drop_count(db, what, n)
 
     # -- corrections -------------------------------------------------------------------------------------------
     def correct(
@@ -230,6 +263,10 @@ def export_corrections(store: FeedbackStore, out: Path, model: str = "") -> int:
         for r in kept:
             w.writerow([r["text"], r["label"]])
     return len(kept)
+
+
+def _drop_count(db: sqlite3.Connection, what: str, n: int) -> None:
+    db.execute("INSERT INTO dropped VALUES (?, ?) ON CONFLICT(what) DO UPDATE SET count = count + ?", (what, n, n))
 
 
 def _npy(array: np.ndarray) -> bytes:

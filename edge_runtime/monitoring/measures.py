@@ -105,4 +105,4 @@ def fit_temperature(grid: Sequence[float], nll: Sequence[float]) -> float:
     return float(grid[int(np.argmin(np.asarray(nll, dtype=np.float64)))])
 
 
-TEMPERATURE_GRID = tuple(float(t) for t in np.round(np.geomspace(0.25, 8.0, 31), 4))
+TEMPERATURE_GRID = tuple(float(t) for t in np.round(np.geomspace(0.25, 8.0, 81), 4))  # steps of 4.4%

@@ -44,6 +44,7 @@ class MonitorConfig:
     keep_inputs_s: float = 7 * 86400.0  # --keep-inputs
     max_kept_inputs: int = 200_000
     max_corrections: int = 100_000
+    max_store_bytes: int = 256 << 20  # of kept inputs
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.min_predictions < 1:
@@ -61,7 +62,9 @@ class Monitor:
         self._shas: dict[tuple[str, int], str] = {}
         self._lock = threading.Lock()
         self.store = (
-            FeedbackStore(cfg.feedback_store, cfg.keep_inputs_s, cfg.max_kept_inputs, cfg.max_corrections)
+            FeedbackStore(
+                cfg.feedback_store, cfg.keep_inputs_s, cfg.max_kept_inputs, cfg.max_corrections, cfg.max_store_bytes
+            )
             if cfg.feedback_store is not None
             else None
         )

@@ -27,6 +27,7 @@ class GateReport:
     candidate: str = "int8_cpu"
     variants: dict = field(default_factory=dict)  # every INT8 variant -> accuracy, drop, top-1 agreement
     gated: tuple[str, ...] = ("int8_cpu",)  # the variants whose drop must stay within max_drop
+    monitoring: dict = field(default_factory=dict)  # the drift reference and temperature (export.reference)
 
     @property
     def accuracy_drop(self) -> float:
@@ -57,6 +58,7 @@ class GateReport:
             "cpu_dependent": self.cpu_dependent,
             "variants": self.variants,
             "gated": list(self.gated),
+            "monitoring": self.monitoring,
         }
 
 

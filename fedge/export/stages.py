@@ -7,6 +7,7 @@ leaves an artifact to inspect (and a failed export shows how far it got):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from fedge.export.onnx_export import check_parity, to_onnx
 from fedge.export.profiles import profile_of
 from fedge.export.prune import PruneConfig, SparsityReport, sparsity
 from fedge.export.quantize import QuantizeConfig, preprocess, quantize_variants
+from fedge.export.reference import monitoring_reference
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.registry import Registry, RoundRecord
 from fedge.server.run_config import RunConfig
@@ -72,7 +74,6 @@ def load_model(task, checkpoint: Path):
 def masked(src: Source, spec: str) -> Source:
     """A text run's export under a sparsity mask: the task (and the recovery run's config, hence every customer)
     builds its model with the mask held on the merged encoder weights (fedge.core.tasks.lora_model.hold_mask)."""
-    import dataclasses
 
     from fedge.core.tasks.text import TextTask
 
@@ -189,6 +190,7 @@ def gate(
         timeout,
     )
     report = aggregate_gate(g["results"], max_drop, gated=profile.gated)
+    report = dataclasses.replace(report, monitoring=monitoring_reference(g["results"]))
     out.write_text(json.dumps(report.to_json(), indent=2))
     say(
         f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
@@ -199,6 +201,7 @@ def gate(
         )
     )
     say_reference(report, say)
+    say_monitoring(report.monitoring, say)
     if not report.passed:
         per = ", ".join(
             f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}" for c, v in report.per_customer.items()
@@ -210,6 +213,17 @@ def gate(
             f"{max_drop} (per customer {per}); release refused"
         )
     return report
+
+
+def say_monitoring(ref: dict, say: Say) -> None:
+    if not ref:
+        say("[bold]monitoring[/bold]: no customer sent holdout statistics: devices will not compute drift")
+        return
+    say(
+        f"[bold]monitoring[/bold]: temperature {ref['temperature']:.3g} (least NLL over {ref['examples']} holdout"
+        f" rows); estimated accuracy {ref['estimated_accuracy']:.4f} against measured {ref['holdout_accuracy']:.4f}"
+        f" (uncalibrated {ref['uncalibrated_estimate']:.4f}); class and confidence histograms are the drift reference"
+    )
 
 
 def say_reference(report: GateReport, say: Say) -> None:
@@ -273,6 +287,7 @@ def sign(
         gate=report.to_json(),
         sizes={p.name: p.stat().st_size for p in bundle.iterdir()},
         onnx={"opset": 17, "parity_max_abs_diff": parity},
+        monitoring=report.monitoring,
     )
     return write_bundle(bundle, manifest, signing_key)
 

@@ -127,7 +127,22 @@ def test_customer_job_replies_carry_statistics_not_inputs(trained):
     assert all(len(v) == 16 and all(isinstance(c, int) for c in v) for v in hist.values())
     assert sum(hist[next(iter(hist))]) > 0
     gate = gate_evaluation({"fp32": trained["fp32"].read_bytes()}, small, trained["train"].y[:40])
-    assert set(gate) == {"examples", "accuracy", "agreement"}
+    assert set(gate) == {"examples", "accuracy", "agreement", "monitoring"}
+    # the monitoring reference's statistics: counts and sums, one set per temperature, whatever the holdout's size
+    ref = gate["monitoring"]
+    assert set(ref) == {
+        "examples",
+        "correct",
+        "class_counts",
+        "grid",
+        "nll",
+        "confidence_sum",
+        "confidence_counts",
+        "kind",
+    }
+    assert sum(ref["class_counts"]) == 40 and all(sum(c) == 40 for c in ref["confidence_counts"])
+    big = gate_evaluation({"fp32": trained["fp32"].read_bytes()}, large, trained["train"].y[:400])["monitoring"]
+    assert abs(len(json.dumps(big)) - len(json.dumps(ref))) < 400
     # reply size depends on the model's tensors, not on how much data the customer holds
     assert abs(len(json.dumps(mm_small)) - len(json.dumps(mm_large))) < 200
     assert len(json.dumps(hist)) < 20 * len(edges) * 16 + 2000
