@@ -22,6 +22,7 @@ def untrained_bundle(
     model_name: str | None = None,
     seed: int = 0,
     max_batch_size: int = 64,
+    monitoring: dict | None = None,
 ) -> Path:
     task = get_task(task_name)
     torch.manual_seed(seed)
@@ -31,7 +32,7 @@ def untrained_bundle(
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     to_onnx(model, sample, out / "model.fp32.onnx", dynamic_axes=axes)
-    return sign_bundle(out, key_path, task_name, model_name, seed, max_batch_size)
+    return sign_bundle(out, key_path, task_name, model_name, seed, max_batch_size, monitoring=monitoring)
 
 
 def sign_bundle(
