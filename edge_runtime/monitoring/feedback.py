@@ -37,6 +37,7 @@ from fedge.edge_runtime.common.errors import ConfigError, FedgeUserError, Feedba
 STORE_FILE = "feedback.sqlite"
 MAX_INPUT_BYTES = 64 << 10  # a larger input (text or tensor row) is answered but not kept
 JOURNAL_LIMIT = 4 << 20
+PRUNE_EVERY = 256
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
     request_id TEXT NOT NULL, model TEXT NOT NULL, version INTEGER NOT NULL, at REAL NOT NULL,
@@ -118,8 +119,12 @@ class FeedbackStore:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
                 (request_id, model, version, now, text, blob, served),
             )
+        self._after_write(now)
+
+    def _after_write(self, now: float) -> None:
+        """Every PRUNE_EVERY writes the caps are enforced: between two, a store holds at most that many more."""
         self._since_prune += 1
-        if self._since_prune >= 256:
+        if self._since_prune >= PRUNE_EVERY:
             self.prune(now)
 
     def prune(self, now: float | None = None) -> None:
@@ -208,6 +213,7 @@ class FeedbackStore:
                     int(result.correct) if found else None,
                 ),
             )
+        self._after_write(now)
         return result
 
     def dropped(self) -> dict[str, int]:

@@ -52,6 +52,7 @@ def test_a_flood_is_bounded_the_oldest_dropped_and_counted(tmp_path) -> None:
         store.keep("intent", 1, f"r{i}", "lost_card", text="x" * 200, now=float(i))
     for i in range(300):
         store.correct("intent", "lost_card", text=f"flood {i}", now=1000.0 + i)
+    assert store.counts()["corrections"] <= 50 + 256  # pruned as it goes, corrections alone too
     store.prune(now=1300.0)
     counts = store.counts()
     assert counts["answers"] == 100 and counts["corrections"] == 50

@@ -147,6 +147,17 @@ def _send(port: int, raw: bytes, wait_s: float = 5.0) -> int | None:
     return int(data.split()[1]) if data.startswith(b"HTTP/1.1 ") else None
 
 
+def _post_json(port: int, path: str, body: bytes) -> dict:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read() or b"{}")
+    finally:
+        conn.close()
+
+
 def _repeat(fn, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
@@ -198,6 +209,20 @@ def _attack(name: str, port: int, grpc_url: str) -> tuple[threading.Event, list]
             args=(lambda: stub.ServerReady(pb.ServerReadyRequest(), metadata=big, timeout=5), stop),
             daemon=True,
         ).start()
+    elif name == "feedback_flood":  # corrections as fast as they are answered: matched, unknown, malformed
+        digit = json.dumps(
+            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": X.ravel().tolist()}]}
+        ).encode()
+
+        def matched() -> None:
+            got = _post_json(port, "/v2/models/digits/infer", digit)
+            _post_json(port, "/v2/models/digits/feedback", json.dumps({"id": got["id"], "label": "3"}).encode())
+
+        for body in (b'{"id": "never-asked", "label": "3"}', b'{"id": "x", "label": "not a digit"}', b"{broken"):
+            fn = lambda body=body: _post_json(port, "/v2/models/digits/feedback", body)
+            threading.Thread(target=_repeat, args=(fn, stop), daemon=True).start()
+        for _ in range(2):
+            threading.Thread(target=_repeat, args=(matched, stop), daemon=True).start()
     elif name == "smuggling_shapes":
         threading.Thread(
             target=_repeat, args=(lambda: [_send(port, r, 1.0) for r in SMUGGLING.values()], stop), daemon=True
@@ -213,11 +238,14 @@ CLASSES = [
     "path_tricks",
     "oversized_grpc_metadata",
     "smuggling_shapes",
+    "feedback_flood",
 ]
 
 
 def test_a_well_behaved_client_is_served_through_every_attack_class(tmp_path, keys, digits_bundle, report):
-    gen = serving(tmp_path, keys, [digits_bundle], "--http-header-timeout", "10", "--http-body-timeout", "30")
+    store = tmp_path / "feedback"
+    bounds = ("--feedback-store", str(store), "--max-kept-inputs", "2000", "--max-corrections", "1000")
+    gen = serving(tmp_path, keys, [digits_bundle], "--http-header-timeout", "10", "--http-body-timeout", "30", *bounds)
     server = next(gen)
     figures, statuses = {}, {}
     try:
@@ -262,3 +290,8 @@ def test_a_well_behaved_client_is_served_through_every_attack_class(tmp_path, ke
     assert statuses == {k: 400 for k in SMUGGLING}, statuses
     log = server.log.read_text()
     assert "Traceback" not in log, log[-3000:]
+    from fedge.edge_runtime.monitoring.feedback import FeedbackStore
+
+    kept = FeedbackStore(store, keep_s=3600).counts()  # the flood stayed inside the store's caps
+    assert kept["answers"] <= 2000 + 256 and kept["corrections"] <= 1000 + 256, kept
+    report["hostile_clients"]["feedback_store"] = kept
