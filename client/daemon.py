@@ -9,6 +9,7 @@ itself while the coordinator is away; if it exits anyway the daemon restarts it 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import time
@@ -35,6 +36,7 @@ class ClientConfig:
     max_epsilon: float = 0.0  # the customer's privacy limit over all runs (0: no limit); see client.ledger
     delta: float = 1e-5
     base_model: str = ""  # text task: this customer's copy of the pretrained base ("" = default location)
+    more_data: tuple[Path, ...] = ()  # --data given again: more files trained on beside the first
 
     def __post_init__(self) -> None:
         if not self.insecure and self.certs is None:
@@ -54,6 +56,9 @@ def node_config(cfg: ClientConfig) -> str:
         items |= {"max-epsilon": cfg.max_epsilon, "delta": cfg.delta}
     if cfg.base_model:
         items["base-model"] = str(Path(cfg.base_model).resolve())
+    if cfg.more_data:
+        # os.pathsep-joined, as PATH is: Flower's node config takes no escaped quotes inside a value
+        items["more-data"] = os.pathsep.join(str(Path(p).resolve()) for p in cfg.more_data)
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
@@ -86,11 +91,12 @@ def supernode_command(cfg: ClientConfig, runtime_port: int) -> list[str]:
 
 
 def validate_data(cfg: ClientConfig) -> int:
-    """The data file's rows, checked now so that bad data fails before connecting. A text file's labels are
+    """The data files' rows, checked now so that bad data fails before connecting. A text file's labels are
     checked against the run's catalogue in every round (a daemon may start before the run that sets it)."""
     from fedge.core.tasks import get_task
 
     task = get_task(cfg.task)
+    files = [Path(cfg.data), *map(Path, cfg.more_data)]
     if cfg.task in ("text", "intent"):
         from fedge.core.tasks.data import read_text_records
 
@@ -98,8 +104,8 @@ def validate_data(cfg: ClientConfig) -> int:
             from fedge.core.tasks.encoder import resolve_base_dir
 
             resolve_base_dir(cfg.base_model)  # a missing or incomplete base fails here, not in the first round
-        return len(read_text_records(Path(cfg.data)))
-    return len(task.load_data(Path(cfg.data)))
+        return sum(len(read_text_records(f)) for f in files)
+    return sum(len(task.load_data(f)) for f in files)
 
 
 def _tail(path: Path, n: int = 4000) -> str:

@@ -3,6 +3,7 @@ scalar metrics leave this function; the data never does."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from flwr.client import NumPyClient
 from fedge.client.ledger import Budget, Ledger
 from fedge.client.privacy_guard import plan_round, refusal
 from fedge.core.tasks import Dataset, Task, get_task, split_holdout
+from fedge.core.tasks.data import concat
 from fedge.core.tasks.training import TrainConfig, evaluate, exchanged_names, get_arrays, set_arrays, train, train_dpsgd
 from fedge.core.wire import FitKey, MetricKey, TaskKey
 
@@ -24,6 +26,7 @@ class NodeSettings:
     name: str
     task: str
     data_path: str = ""  # deployment: the customer's private data file
+    more_data: tuple[str, ...] = ()  # more files trained on beside it (e.g. corrections.csv from the devices)
     partition_id: int = -1  # simulation: a Dirichlet partition of the task's reference data
     num_partitions: int = 0
     alpha: float = 0.0  # <= 0 -> IID
@@ -40,6 +43,7 @@ class NodeSettings:
                 name=str(nc.get("name", "customer")),
                 task=str(nc["task"]),
                 data_path=str(nc["data-path"]),
+                more_data=tuple(p for p in str(nc.get("more-data", "")).split(os.pathsep) if p),
                 state_dir=str(nc.get("state-dir", "")),
                 max_epsilon=float(nc.get("max-epsilon", 0.0)),
                 delta=float(nc.get("delta", 1e-5)),
@@ -64,7 +68,12 @@ class NodeSettings:
         return get_task(self.task, {k: config[k] for k in TaskKey.ALL if k in config}, base_dir=self.base_model)
 
     def load(self, task: Task) -> tuple[Dataset, Dataset]:
-        """-> (train, holdout), deterministic for a given file or partition."""
+        """-> (train, holdout), deterministic for a given file or partition. With several files each is split on
+        its own, so each file's holdout stays the same whatever is added beside it."""
+        if self.more_data:
+            files = self.holdouts(task)
+            pad = int(getattr(task, "pad_id", 0))
+            return concat([t for t, _ in files.values()], pad), concat([h for _, h in files.values()], pad)
         if self.data_path:
             ds = task.load_data(Path(self.data_path))
         else:
@@ -73,6 +82,16 @@ class NodeSettings:
             parts = partition(task.reference_data(), self.num_partitions, self.alpha if self.alpha > 0 else None)
             ds = parts[self.partition_id]
         return split_holdout(ds, self.holdout)
+
+    def holdouts(self, task: Task) -> dict[str, tuple[Dataset, Dataset]]:
+        """(train, holdout) of the ``original`` data file and of the files ``added`` beside it (none: only
+        ``original``): the export's forgetting guard evaluates on each apart."""
+        if not self.more_data:
+            return {"original": self.load(task)}
+        first = split_holdout(task.load_data(Path(self.data_path)), self.holdout)
+        more = [split_holdout(task.load_data(Path(p)), self.holdout) for p in self.more_data]
+        pad = int(getattr(task, "pad_id", 0))
+        return {"original": first, "added": (concat([t for t, _ in more], pad), concat([h for _, h in more], pad))}
 
 
 class FedgeClient(NumPyClient):

@@ -130,10 +130,11 @@ def cmd_coordinator_restore_device(a) -> int:
 def cmd_client_start(a) -> int:
     from fedge.client.daemon import ClientConfig, run
 
-    name = a.name or Path(a.data).stem
+    name = a.name or Path(a.data[0]).stem
     cfg = ClientConfig(
         coordinator=a.coordinator,
-        data=Path(a.data),
+        data=Path(a.data[0]),
+        more_data=tuple(Path(p) for p in a.data[1:]),
         task=a.task,
         name=name,
         state=Path(a.state) if a.state else fedge_home() / "clients" / name,
@@ -458,7 +459,13 @@ def _add_client(sub) -> None:
     )
     p = client.add_parser("start", help="run the client daemon in the foreground")
     p.add_argument("--coordinator", required=True, help="HOST:PORT")
-    p.add_argument("--data", required=True)
+    p.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="the private data file; again for more files trained on together (labelled.csv, corrections.csv):"
+        " each is split into training and holdout rows on its own",
+    )
     p.add_argument("--task", required=True)
     p.add_argument(
         "--base-model",

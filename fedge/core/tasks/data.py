@@ -34,6 +34,18 @@ class Dataset:
         return Dataset(self.x[idx], self.y[idx])
 
 
+def concat(parts: list[Dataset], pad: int = 0) -> Dataset:
+    """One dataset of ``parts`` (several data files of one customer); token-id rows of different widths are
+    right-padded with ``pad`` to the widest."""
+    if len(parts) == 1:
+        return parts[0]
+    xs = [p.x for p in parts]
+    if all(x.ndim == 2 for x in xs) and len({x.shape[1] for x in xs}) > 1:
+        width = max(x.shape[1] for x in xs)
+        xs = [np.pad(x, ((0, 0), (0, width - x.shape[1])), constant_values=pad) for x in xs]
+    return Dataset(np.concatenate(xs), np.concatenate([p.y for p in parts]))
+
+
 def split_holdout(ds: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
     """Deterministic (train, holdout) split: the same file always gives the same holdout."""
     order = np.random.default_rng(seed).permutation(len(ds))
