@@ -12,7 +12,7 @@ DEVICE_PYTHON ?= $(shell for p in "$$(command -v python3.10)" "$${PYENV_ROOT:-$$
 	/usr/bin/python3.10 /usr/local/bin/python3.10; do "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 10)' \
 	2>/dev/null && echo "$$p" && break; done)
 
-.PHONY: demo test check bench install device-install clean
+.PHONY: demo demo-loop test check bench install device-install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ endif
 
 demo: $(STAMP)
 	$(BIN)/fedge demo
+
+demo-loop: $(STAMP)
+	$(BIN)/fedge demo --task loop --out demo-loop-out
 
 # Formatter, linter and type checker (rules and levels: pyproject.toml's [tool.ruff] and [tool.mypy])
 check: $(STAMP)

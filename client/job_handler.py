@@ -7,7 +7,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from fedge.client.jobs import calibration_histograms, calibration_minmax, gate_evaluation
+from fedge.client.jobs import calibration_histograms, calibration_minmax, forgetting_evaluation, gate_evaluation
 from fedge.client.trainer import NodeSettings
 from fedge.core.wire import JOB_RESULT_RECORD, FitKey, JobKey, JobKind, TaskKey
 
@@ -33,6 +33,12 @@ def handle(job: ConfigRecord, context) -> RecordDict:
     elif kind == JobKind.GATE:
         models = {k: bytes(rec[JobKey.model_of(k)]) for k in json.loads(str(rec[JobKey.KINDS]))}
         result = gate_evaluation(models, holdout.x, holdout.y, int(rec.get(JobKey.REFERENCE_ROWS, 0)))
+        if JobKey.model_of(JobKey.PREVIOUS) in rec:  # a run from a release: forgetting, on each file's holdout
+            served = "int8_cpu" if "int8_cpu" in models else next(iter(models))
+            parts = {k: (h.x, h.y) for k, (_, h) in settings.holdouts(task).items()}
+            result["forgetting"] = forgetting_evaluation(
+                models[served], bytes(rec[JobKey.model_of(JobKey.PREVIOUS)]), parts
+            )
     else:
         raise ValueError(f"unknown export job {kind!r}")
     return RecordDict(

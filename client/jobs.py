@@ -101,6 +101,26 @@ def gate_evaluation(models: dict[str, bytes], x: np.ndarray, y: np.ndarray, refe
     return result
 
 
+def forgetting_evaluation(candidate: bytes, previous: bytes, parts: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The candidate's and the previous release's accuracy on each part of the holdout (``original``: the first
+    data file's; ``added``: the files added beside it, e.g. corrections): counts only."""
+    import onnxruntime as ort
+
+    def predict(blob: bytes, x: np.ndarray) -> np.ndarray:
+        sess = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return np.concatenate([sess.run(None, {name: x[i : i + 256]})[0].argmax(1) for i in range(0, len(x), 256)])
+
+    return {
+        part: {
+            "examples": len(y),
+            "candidate": float((predict(candidate, x) == y).mean()) if len(y) else None,
+            "previous": float((predict(previous, x) == y).mean()) if len(y) else None,
+        }
+        for part, (x, y) in parts.items()
+    }
+
+
 def monitoring_statistics(logits: np.ndarray, y: np.ndarray) -> dict:
     """What the release's drift reference and temperature are made of (fedge.edge_runtime.monitoring.measures), in
     counts and sums over the holdout: per temperature of the shared grid, the summed negative log-likelihood, the

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedge.edge_runtime.monitoring.measures import DRIFT_THRESHOLD, drift_score
+from fedge.edge_runtime.monitoring.measures import DRIFT_THRESHOLD, drift_score, drifted
 from fedge.edge_runtime.monitoring.summary import HealthSummary, check, signals
 from fedge.server.registry import Registry
 
@@ -84,8 +84,8 @@ class HealthBook:
 def fleet_health(registry: Registry, drift_threshold: float = DRIFT_THRESHOLD) -> list[dict[str, Any]]:
     """Per release: the fleet's totals (predictions, errors, corrections), the estimated accuracy weighted by each
     device's window, production accuracy over every labelled answer, drift of the summed histograms against the
-    release's reference, the worst device's p99 latency; and each device's own signals. Releases and devices past
-    ``drift_threshold`` are marked ``drifted``."""
+    release's reference, the worst device's p99 latency; and each device's own signals. Releases and devices whose
+    drift exceeds ``drift_threshold`` and the drift floor of their sizes (measures.drifted) are marked ``drifted``."""
     book = HealthBook(registry)
     releases = {int(r["id"]): r for r in registry.releases()}
     by_release: dict[int, list[dict[str, Any]]] = {}
@@ -100,12 +100,11 @@ def fleet_health(registry: Registry, drift_threshold: float = DRIFT_THRESHOLD) -
                 "device": r["device"],
                 "reported": r["reported"],
                 **r["signals"],
-                "drifted": r["signals"]["drift"] is not None and r["signals"]["drift"] > drift_threshold,
+                "drifted": drifted(r["signals"]["drift_detail"], drift_threshold),
             }
             for r in rows
         ]
         totals = _totals(rows, reference)
-        drift = totals["drift"]
         out.append(
             {
                 "release": release,
@@ -113,7 +112,7 @@ def fleet_health(registry: Registry, drift_threshold: float = DRIFT_THRESHOLD) -
                 "withdrawn": bool(releases.get(release, {}).get("withdrawn")),
                 "reference": bool(reference),
                 **totals,
-                "drifted": drift is not None and drift > drift_threshold,
+                "drifted": drifted(totals["drift_detail"], drift_threshold),
                 "devices": devices,
             }
         )

@@ -23,12 +23,14 @@ from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 from flwr.serverapp.grid import Grid
 
+from fedge.core.tasks import parse_labels
 from fedge.core.wire import Failure, FailureKind, FitKey
 from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.central_dp import AdaptiveCentralDP, CentralDP
 from fedge.server.checkpoint import load_checkpoint, save_checkpoint
 from fedge.server.exchange import evaluate_exchange, fit_exchange
 from fedge.server.fast_grid import FastPollGrid
+from fedge.server.from_release import extend_head
 from fedge.server.privacy import privacy_fit_config, round_privacy
 from fedge.server.registry import Registry, RoundRecord, registry_path
 from fedge.server.run_config import RunConfig
@@ -76,6 +78,9 @@ def starting_state(cfg: RunConfig, registry: Registry) -> dict[str, np.ndarray]:
     else:
         return fresh
     loaded, _ = load_checkpoint(path)
+    if cfg.init_labels and cfg.start_round == 0:  # a run from a release whose catalogue it extends
+        old, new = len(parse_labels(cfg.init_labels)), cfg.make_task().num_classes
+        loaded = extend_head(loaded, fresh, old, new) if set(loaded) == set(fresh) else loaded
     if set(loaded) != set(fresh):
         raise RoundFailed(
             f"checkpoint {path} does not fit task {cfg.task!r}: missing {sorted(set(fresh) - set(loaded))},"

@@ -55,6 +55,8 @@ class RunConfig:
     lora_targets: str = "query,value"
     prune: str = ""  # text task: train under this sparsity mask (fedge export's recovery rounds)
     sim_alpha: float = 0.0  # fedge simulate: Dirichlet alpha of the virtual customers' label skew (<= 0: IID)
+    from_release: int = 0  # --from-release: the run starts from this release's weights (server/from_release.py)
+    init_labels: str = ""  # the starting checkpoint's catalogue (JSON list) when the run's extends it
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:

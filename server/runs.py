@@ -16,6 +16,7 @@ from rich.table import Table
 from fedge.edge_runtime.common.errors import FedgeUserError
 from fedge.server.fab import write_app, write_overrides
 from fedge.server.flwr_cli import FlowerCLI
+from fedge.server.from_release import check_base, release_start
 from fedge.server.registry import Registry, registry_path
 from fedge.server.run_config import RunConfig
 
@@ -131,7 +132,9 @@ def launch(state: Path, cfg: RunConfig, as_json: bool = False, progress: RunProg
     shown meanwhile, by default the operator's console view)."""
     state = Path(state).resolve()
     registry = open_registry(state)
+    cfg = release_start(registry, cfg)  # --from-release: its checkpoint, catalogue and LoRA settings
     cfg = with_base_identity(cfg.with_(state_dir=str(state), init=resolve_init(registry, cfg.init)))
+    check_base(registry, cfg)
     cfg = cfg.with_task_defaults(cfg.make_task().defaults)
     run_id = registry.create_run(cfg.task, cfg.num_rounds, asdict(cfg))
     cfg = cfg.with_(fedge_run_id=run_id)

@@ -9,6 +9,11 @@ recomputes them from the counts it is sent) and the export (which makes the rele
   reference histogram, for the predicted classes and for the calibrated confidence; the drift score is the larger
   of the two (a shift in what is asked, or in how sure the model is). The population stability index (PSI) of the
   same histograms is reported beside it, for those who know that one.
+- **The alarm**: two samples of one distribution are never at distance 0, and small ones (a holdout of a few
+  dozen rows, a window of 50 predictions over a dozen classes) are far apart by chance alone. So a window is
+  flagged only when its drift exceeds both the operator's threshold and its **drift floor**: the 99th percentile
+  of the drift score between two samples of the reference's own distribution of the same sizes (Monte Carlo,
+  :func:`drift_floor`), which holds the false-alarm rate on unshifted traffic near 1% whatever the sizes.
 
     >>> js_distance([50, 50], [50, 50])
     0.0
@@ -18,6 +23,7 @@ recomputes them from the counts it is sent) and the export (which makes the rele
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,9 +94,10 @@ def psi(reference: Counts, current: Counts) -> float:
 
 def drift_score(reference: dict[str, Any], classes: Counts, confidences: Counts) -> dict[str, float]:
     """The drift of a window (its class and confidence histograms) against a release's reference (the manifest's
-    ``monitoring`` section): ``{"drift": max JS distance, "js_classes", "js_confidence", "psi_classes",
-    "psi_confidence"}``."""
+    ``monitoring`` section): ``{"drift": max JS distance, "floor": the drift chance alone reaches at these sizes,
+    "js_classes", "js_confidence", "psi_classes", "psi_confidence"}``."""
     out = {
+        "floor": drift_floor(reference, int(np.sum(classes))),
         "js_classes": js_distance(reference["class_counts"], classes),
         "js_confidence": js_distance(reference["confidence_counts"], confidences),
         "psi_classes": psi(reference["class_counts"], classes),
@@ -99,10 +106,46 @@ def drift_score(reference: dict[str, Any], classes: Counts, confidences: Counts)
     return {"drift": max(out["js_classes"], out["js_confidence"]), **out}
 
 
+def drifted(detail: dict[str, float] | None, threshold: float = DRIFT_THRESHOLD) -> bool:
+    """The alarm: drift above the operator's threshold and above chance's floor (see the module's notes)."""
+    return detail is not None and detail["drift"] > max(threshold, detail["floor"])
+
+
 def fit_temperature(grid: Sequence[float], nll: Sequence[float]) -> float:
     """The temperature of ``grid`` with the least summed negative log-likelihood on the holdouts (each customer
     sends its sums per grid point: statistics only)."""
     return float(grid[int(np.argmin(np.asarray(nll, dtype=np.float64)))])
+
+
+def match_temperature(grid: Sequence[float], confidence_sum: Sequence[float], correct: int, examples: int) -> float:
+    """The temperature of ``grid`` at which the holdouts' mean calibrated confidence is nearest their accuracy:
+    the estimate's own target (CBPE estimates accuracy as that mean), where the least-NLL temperature of a small
+    holdout can leave the mean points away from it."""
+    gap = np.abs(np.asarray(confidence_sum, dtype=np.float64) / examples - correct / examples)
+    return float(grid[int(np.argmin(gap))])
+
+
+@functools.lru_cache(maxsize=256)
+def _floor(classes: tuple[int, ...], confidences: tuple[int, ...], window: int, q: float, draws: int) -> float:
+    rng = np.random.default_rng(0)
+    n_ref = sum(classes)
+    pc, pk = np.asarray(classes) / n_ref, np.asarray(confidences) / sum(confidences)
+    scores = []
+    for _ in range(draws):
+        ref_c, win_c = rng.multinomial(n_ref, pc), rng.multinomial(window, pc)
+        ref_k, win_k = rng.multinomial(n_ref, pk), rng.multinomial(window, pk)
+        scores.append(max(js_distance(ref_c, win_c), js_distance(ref_k, win_k)))
+    return float(np.quantile(scores, q))
+
+
+def drift_floor(reference: dict[str, Any], window: int, q: float = 0.99, draws: int = 200) -> float:
+    """The ``q`` quantile of the drift score between a sample the reference's size and one of ``window``, both
+    drawn from the reference's own distribution: the drift that chance alone reaches (cached per sizes)."""
+    classes = tuple(int(c) for c in reference["class_counts"])
+    confidences = tuple(int(c) for c in reference["confidence_counts"])
+    if window <= 0 or not sum(classes) or not sum(confidences):
+        return 1.0
+    return _floor(classes, confidences, int(window), q, draws)
 
 
 TEMPERATURE_GRID = tuple(float(t) for t in np.round(np.geomspace(0.25, 8.0, 81), 4))  # steps of 4.4%

@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from fedge.edge_runtime.common.errors import FedgeUserError
-from fedge.edge_runtime.monitoring.measures import CONFIDENCE_BINS, LENGTH_EDGES, drift_score
+from fedge.edge_runtime.monitoring.measures import CONFIDENCE_BINS, LENGTH_EDGES, drift_score, drifted
 from fedge.proto.release_pb2 import HealthSummary
 
 __all__ = ["HealthSummary", "InvalidSummary", "check", "signals"]
@@ -85,6 +85,7 @@ def signals(s: HealthSummary, reference: dict[str, Any] | None) -> dict[str, Any
         "p99_latency_s": s.p99_latency_s if window else None,
         "drift": None,
         "drift_detail": None,
+        "drifted": False,
     }
     if s.length_counts:
         out |= {
@@ -97,4 +98,5 @@ def signals(s: HealthSummary, reference: dict[str, Any] | None) -> dict[str, Any
         assert reference is not None
         detail = drift_score(reference, list(s.class_counts), list(s.confidence_counts))
         out["drift"], out["drift_detail"] = detail["drift"], detail
+        out["drifted"] = drifted(detail)
     return out

@@ -208,6 +208,7 @@ def _run_config(a):
         dp_sgd_epsilon=a.dp_sgd_epsilon,
         aggregator=a.aggregator,
         max_update_norm=a.max_update_norm,
+        from_release=a.from_release,
         **task_flags(a),
     )
 
@@ -277,6 +278,10 @@ def cmd_simulate(a) -> int:
 def cmd_demo(a) -> int:
     from fedge.cli.demo import DemoConfig, run_demo
 
+    if a.task == "loop":
+        from fedge.cli.demo_loop import LoopConfig, run_loop_demo
+
+        return run_loop_demo(LoopConfig(out=Path(a.out), rounds=a.rounds or 6, secagg=not a.no_secagg))
     rounds = a.rounds or (4 if a.task == "text" else 6)
     return run_demo(
         DemoConfig(
@@ -304,6 +309,14 @@ def _add_proximal_mu(p: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="digits | intent | text | module:attribute")
+    p.add_argument(
+        "--from-release",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start from release N's weights (the same base; --labels may extend its catalogue); its export"
+        " then guards against forgetting (fedge export --max-forgetting)",
+    )
     add_task_flags(p)
     p.add_argument("--rounds", type=int, required=True)
     p.add_argument("--min-clients", type=int, default=2)
@@ -577,9 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="text",
-        choices=["text", "digits"],
+        choices=["text", "digits", "loop"],
         help="text: intent classification, LoRA on a pretrained encoder (default); digits: the CNN demo"
-        " with DP-SGD and 2:4 pruning",
+        " with DP-SGD and 2:4 pruning; loop: monitoring, corrections and the next round (docs/LOOP.md)",
     )
     p.add_argument("--rounds", type=int, default=0, help="default: 4 for text, 6 for digits")
     p.add_argument("--no-secagg", action="store_true")

@@ -51,7 +51,12 @@ def _signals(s: dict) -> str:
     def pct(x) -> str:
         return "-" if x is None else f"{100 * x:.1f}%"
 
-    drift = "not computed (no reference)" if s["drift"] is None else f"{s['drift']:.3f}"
+    floor = (s.get("drift_detail") or {}).get("floor")
+    drift = (
+        "not computed (no reference)"
+        if s["drift"] is None
+        else f"{s['drift']:.3f}" + (f" (chance alone: {floor:.3f})" if floor is not None else "")
+    )
     return (
         f"estimated accuracy {pct(s['estimated_accuracy'])}, production accuracy {pct(s['production_accuracy'])}"
         f" ({s['labelled']} labelled of {s['corrections']} corrections), drift {drift}"

@@ -16,6 +16,13 @@ def add_parser(sub, state_default: str) -> None:
     p.add_argument("--calibration", default="minmax", choices=["minmax", "entropy", "percentile"])
     p.add_argument("--max-accuracy-drop", type=float, default=0.01)
     p.add_argument(
+        "--max-forgetting",
+        type=float,
+        default=0.01,
+        help="a run launched --from-release N: refuse the release if its accuracy on the customers' original"
+        " holdouts falls more than this below release N's (default 0.01)",
+    )
+    p.add_argument(
         "--reference-rows",
         type=int,
         default=128,
@@ -63,6 +70,7 @@ def cmd_export(a) -> int:
         recovery_rounds=a.recovery_rounds,
         calibration=a.calibration,
         max_accuracy_drop=a.max_accuracy_drop,
+        max_forgetting=a.max_forgetting,
         reference_rows=a.reference_rows,
         key=Path(a.key) if a.key else None,
     )

@@ -41,6 +41,7 @@ class JobKey:
     ABSOLUTE = "absolute"  # calibrate-hist: histograms of |x|
     KINDS = "kinds"  # gate: the model variants sent, JSON list; each as model_of(kind)
     REFERENCE_ROWS = "reference-rows"  # gate: holdout rows to also evaluate by the ONNX specification (onnx.reference)
+    PREVIOUS = "previous"  # gate of a run from a release: that release's served model, as model_of(PREVIOUS)
     CUSTOMER = "customer"  # in the answer: who answered
     RESULT = "result"  # in the answer: the job's statistics, JSON
 

@@ -28,6 +28,7 @@ class GateReport:
     variants: dict = field(default_factory=dict)  # every INT8 variant -> accuracy, drop, top-1 agreement
     gated: tuple[str, ...] = ("int8_cpu",)  # the variants whose drop must stay within max_drop
     monitoring: dict = field(default_factory=dict)  # the drift reference and temperature (export.reference)
+    forgetting: dict = field(default_factory=dict)  # a run from a release: export.forgetting's report
 
     @property
     def accuracy_drop(self) -> float:
@@ -59,6 +60,7 @@ class GateReport:
             "variants": self.variants,
             "gated": list(self.gated),
             "monitoring": self.monitoring,
+            "forgetting": self.forgetting,
         }
 
 

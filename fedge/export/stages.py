@@ -17,6 +17,7 @@ from pathlib import Path
 from fedge.core.tasks import Task
 from fedge.core.wire import JobKey, JobKind
 from fedge.edge_runtime.distribution.bundle import Manifest, TensorDesc, write_bundle
+from fedge.export import forgetting
 from fedge.export.calibration import histogram_edges, merge_histograms, merge_minmax, ranges_from_histograms, uses_abs
 from fedge.export.federated import run_job
 from fedge.export.gate import GateFailed, GateReport, aggregate_gate
@@ -174,7 +175,14 @@ def quantize(calibration: Path, fp32: Path, bundle: Path) -> dict[str, Path]:
 
 
 def gate(
-    src: Source, models: dict[str, Path], max_drop: float, reference_rows: int, timeout: float, out: Path, say: Say
+    src: Source,
+    models: dict[str, Path],
+    max_drop: float,
+    reference_rows: int,
+    timeout: float,
+    out: Path,
+    say: Say,
+    max_forgetting: float = 0.01,
 ) -> GateReport:
     """Stage 6: the federated accuracy gate: every customer evaluates FP32 and both INT8 variants on its holdout
     (and the INT8 ones by the ONNX specification on its first ``reference_rows`` rows) -> gate.json; raises
@@ -182,15 +190,23 @@ def gate(
     depend on the CPU is said so, with the numbers, and marked in the report."""
     profile = profile_of(src.task)
     reference_rows = profile.reference_rows(reference_rows, say)
+    files = {JobKey.model_of(k): models[k] for k in GATE_VARIANTS}
+    release = src.run_config.from_release
+    if release:  # a run from a release: the customers also evaluate what devices serve now
+        files[JobKey.model_of(JobKey.PREVIOUS)] = forgetting.previous_model(src.registry.releases(), release)
     g = src.job(
         JobKind.GATE,
         out.parent,
         {JobKey.KINDS: json.dumps(list(GATE_VARIANTS)), JobKey.REFERENCE_ROWS: reference_rows},
-        {JobKey.model_of(k): models[k] for k in GATE_VARIANTS},
+        files,
         timeout,
     )
     report = aggregate_gate(g["results"], max_drop, gated=profile.gated)
-    report = dataclasses.replace(report, monitoring=monitoring_reference(g["results"]))
+    report = dataclasses.replace(
+        report,
+        monitoring=monitoring_reference(g["results"]),
+        forgetting=forgetting.forgetting_report(g["results"], release, max_forgetting) if release else {},
+    )
     out.write_text(json.dumps(report.to_json(), indent=2))
     say(
         f"[bold]gate[/bold]: FP32 {report.fp32_accuracy:.4f}, INT8 {report.int8_accuracy:.4f},"
@@ -202,6 +218,10 @@ def gate(
     )
     say_reference(report, say)
     say_monitoring(report.monitoring, say)
+    if report.forgetting:
+        say_forgetting(report.forgetting, say)
+        out.write_text(json.dumps(report.to_json(), indent=2))
+        forgetting.check(report.forgetting)
     if not report.passed:
         per = ", ".join(
             f"{c}: {v['fp32_accuracy']:.4f} -> {v['int8_accuracy']:.4f}" for c, v in report.per_customer.items()
@@ -215,13 +235,28 @@ def gate(
     return report
 
 
+def say_forgetting(f: dict, say: Say) -> None:
+    o, added = f["original"], f.get("added")
+    say(
+        f"[bold]forgetting[/bold] against release {f['from_release']}: original holdouts {o['previous']:.4f} ->"
+        f" {o['candidate']:.4f} ({-f['forgetting']:+.4f}, max drop {f['max_forgetting']})"
+        + (
+            f"; added data's holdouts {added['previous']:.4f} -> {added['candidate']:.4f}"
+            f" ({added['candidate'] - added['previous']:+.4f}, {added['examples']} rows)"
+            if added
+            else ""
+        )
+    )
+
+
 def say_monitoring(ref: dict, say: Say) -> None:
     if not ref:
         say("[bold]monitoring[/bold]: no customer sent holdout statistics: devices will not compute drift")
         return
     say(
-        f"[bold]monitoring[/bold]: temperature {ref['temperature']:.3g} (least NLL over {ref['examples']} holdout"
-        f" rows); estimated accuracy {ref['estimated_accuracy']:.4f} against measured {ref['holdout_accuracy']:.4f}"
+        f"[bold]monitoring[/bold]: temperature {ref['temperature']:.3g} over {ref['examples']} holdout rows (least"
+        f" NLL at {ref['temperature_least_nll']:.3g}); estimated accuracy {ref['estimated_accuracy']:.4f} against"
+        f" measured {ref['holdout_accuracy']:.4f}"
         f" (uncalibrated {ref['uncalibrated_estimate']:.4f}); class and confidence histograms are the drift reference"
     )
 
