@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .machine import machine_info
 from .report import Section, verdict, write
 
-PARTS = ("inference", "int8_cpus", "aggregation", "serving", "federation", "text", "footprint")
+PARTS = ("inference", "int8_cpus", "aggregation", "serving", "federation", "text", "footprint", "loop")
 
 
 def main(argv: list[str] | None = None) -> int:

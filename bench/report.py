@@ -34,6 +34,13 @@ TARGETS = {  # figure -> (comparison, target): what the benchmarks issue asks fo
     "text_int8_trt_accuracy_drop": ("<=", 0.01),
     "text_int8_size_ratio": ("<=", 0.3),
     "text_serving_p50_c1_overhead_ms": ("<=", 1.0),
+    "loop_monitoring_throughput_ratio_c1_grpc": (">=", 0.97),
+    "loop_monitoring_throughput_ratio_c64_grpc": (">=", 0.97),
+    "loop_monitoring_throughput_ratio_c1_http": (">=", 0.97),
+    "loop_monitoring_throughput_ratio_c64_http": (">=", 0.97),
+    "loop_estimate_abs_error_unshifted": ("<=", 0.03),
+    "loop_drift_false_alarm_rate": ("<=", 0.01),
+    "loop_round_forgetting": ("<=", 0.01),
 }
 
 
