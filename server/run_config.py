@@ -57,10 +57,13 @@ class RunConfig:
     sim_alpha: float = 0.0  # fedge simulate: Dirichlet alpha of the virtual customers' label skew (<= 0: IID)
     from_release: int = 0  # --from-release: the run starts from this release's weights (server/from_release.py)
     init_labels: str = ""  # the starting checkpoint's catalogue (JSON list) when the run's extends it
+    max_forgetting: float = 0.01  # its export's forgetting guard, unless fedge export --max-forgetting says
 
     def __post_init__(self) -> None:
         if self.num_rounds < 1:
             raise ConfigError(f"num_rounds must be >= 1, got {self.num_rounds}")
+        if not 0 <= self.max_forgetting <= 1 or self.from_release < 0:
+            raise ConfigError("--max-forgetting must be in [0, 1] and --from-release a release id")
         if not 0 <= self.start_round <= self.num_rounds:
             raise ConfigError(f"start_round must be in [0, {self.num_rounds}], got {self.start_round}")
         if self.min_clients < 1:

@@ -35,4 +35,10 @@ class FeedbackApi:
     async def health(self, model: str) -> dict[str, Any]:
         if self.monitor is None:
             raise FeedbackOff("monitoring is off on this device (fedge edge serve --no-monitoring)")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self.monitor.health, model)
+        monitor = self.monitor
+
+        def read() -> dict[str, Any]:
+            self.plane.observers.settle(SETTLE_S)  # the answers given so far are in it
+            return monitor.health(model)
+
+        return await asyncio.get_running_loop().run_in_executor(self._thread, read)

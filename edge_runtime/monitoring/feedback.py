@@ -127,6 +127,27 @@ class FeedbackStore:
         if self._since_prune >= PRUNE_EVERY:
             self.prune(now)
 
+    def keep_many(self, rows: list[tuple[str, int, str, str, str | None, np.ndarray | None]]) -> None:
+        """:meth:`keep` for many answers in one transaction: (model, version, request id, served label, text,
+        array) each."""
+        now = time.time()
+        kept = []
+        for model, version, request_id, served, text, array in rows:
+            blob = _npy(array) if array is not None else None
+            if len(blob or b"") + len((text or "").encode()) > MAX_INPUT_BYTES:
+                self._count_drop("answers_too_large", 1)
+                continue
+            kept.append((request_id, model, version, now, text, blob, served))
+        if kept:
+            with self._tx() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO answers (request_id, model, version, at, text, input, served, expired)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+                    kept,
+                )
+            self._since_prune += len(kept) - 1
+            self._after_write(now)
+
     def prune(self, now: float | None = None) -> None:
         """Forget inputs older than ``keep_s`` (their ids stay ``keep_s`` longer, as expired), then drop the oldest
         rows beyond the caps, counting what was dropped."""

@@ -3,10 +3,11 @@ served version's health (:class:`~.window.VersionHealth`), takes clients' correc
 gives the health signals to the REST/gRPC health endpoints, to Prometheus and, as counts-only summaries, to the
 release puller's polls.
 
-It runs on the observers' thread, off the request path: an answer costs the data plane one bounded queue put.
+It runs on the observers' thread, off the request path (an answer costs the data plane one deque append), on the
+answers of an interval at once: one softmax over all their rows, one write of the feedback store.
 
     >>> monitor = Monitor(MonitorConfig(window=1000), repo)
-    >>> plane.observers.add(monitor.observe)
+    >>> plane.observers.add(monitor.observe)   # called with each interval's answers
     >>> monitor.health("intent")["versions"][0]["estimated_accuracy"]
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class MonitorConfig:
     max_kept_inputs: int = 200_000
     max_corrections: int = 100_000
     max_store_bytes: int = 256 << 20  # of kept inputs
+    new_labels: tuple[str, ...] = ()  # --feedback-labels: labels corrections may carry beyond the catalogue
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.min_predictions < 1:
@@ -77,16 +80,29 @@ class Monitor:
         return uuid.uuid4().hex
 
     # -- the observer ------------------------------------------------------------------------------------------
-    def observe(self, answered: Answered) -> None:
-        m = self._model(answered.model, answered.version)
-        if m is None:
-            return
-        health = self._health(m)
-        logits = answered.outputs.get(m.manifest.outputs[0].name) if not answered.cached else None
-        rows = len(next(iter(answered.inputs.values()), ()))
-        health.observe(logits, answered.total_s, rows=rows, tokens=_token_stats(m, answered.features))
-        if self.store is not None and answered.request_id and logits is not None and len(logits) == 1:
-            self._keep(m, answered, int(np.argmax(logits[0])))
+    def observe(self, batch: Sequence[Answered]) -> None:
+        """The answers of one interval (the observers' thread): binned per version, all rows at once."""
+        groups: dict[tuple[str, int], list[Answered]] = {}
+        for a in batch:
+            groups.setdefault((a.model, a.version), []).append(a)
+        for (name, version), answers in groups.items():
+            m = self._model(name, version)
+            if m is not None:
+                self._observe(m, answers)
+
+    def _observe(self, m: LoadedModel, answers: list[Answered]) -> None:
+        out = m.manifest.outputs[0].name
+        fresh, cached_rows = [], 0
+        for a in answers:
+            if not a.cached and out in a.outputs:
+                fresh.append(a)
+            else:  # from the response cache: counted, not binned
+                cached_rows += len(next(iter(a.inputs.values()), ()))
+        logits = np.concatenate([a.outputs[out].reshape(len(a.outputs[out]), -1) for a in fresh]) if fresh else None
+        tokens = _token_stats(m, [a.features for a in fresh]) if fresh else None
+        self._health(m).observe(logits, np.array([a.total_s for a in answers]), rows=cached_rows, tokens=tokens)
+        if self.store is not None:
+            self._keep(m, [a for a in fresh if a.request_id and len(a.outputs[out]) == 1], out)
 
     def failed(self, model: str, version: int) -> None:
         """A request the device failed (its side: not a client's mistake)."""
@@ -94,18 +110,24 @@ class Monitor:
         if m is not None:
             self._health(m).failed()
 
-    def _keep(self, m: LoadedModel, answered: Answered, predicted: int) -> None:
+    def _keep(self, m: LoadedModel, answers: list[Answered], out: str) -> None:
+        """The inputs of single-row answers with an id, kept for the corrections that will name them."""
         assert self.store is not None
-        served = m.manifest.labels[predicted] if predicted < len(m.manifest.labels) else str(predicted)
-        (value,) = answered.inputs.values() if len(answered.inputs) == 1 else (None,)
-        if value is None:
-            return
-        if value.dtype == object:
-            raw = value.reshape(-1)[0]
-            text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-            self.store.keep(m.name, m.version, answered.request_id, served, text=text)
-        else:
-            self.store.keep(m.name, m.version, answered.request_id, served, array=value[0])
+        rows: list[tuple[str, int, str, str, str | None, np.ndarray | None]] = []
+        for a in answers:
+            if len(a.inputs) != 1:
+                continue
+            (value,) = a.inputs.values()
+            predicted = int(np.argmax(a.outputs[out][0]))
+            served = m.manifest.labels[predicted] if predicted < len(m.manifest.labels) else str(predicted)
+            if value.dtype == object:
+                raw = value.reshape(-1)[0]
+                text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+                rows.append((m.name, m.version, a.request_id, served, text, None))
+            else:
+                rows.append((m.name, m.version, a.request_id, served, None, value[0]))
+        if rows:
+            self.store.keep_many(rows)
 
     def _model(self, name: str, version: int) -> LoadedModel | None:
         try:
@@ -143,8 +165,11 @@ class Monitor:
         unknown = sorted(set(body) - {"id", "text", "label"})
         if unknown:
             raise InvalidInput(f"feedback takes id, text and label, not {unknown}")
-        if label not in m.manifest.labels:
-            raise InvalidInput(f"label {quoted(label)} is not in the catalogue of {model!r}: {list(m.manifest.labels)}")
+        if label not in m.manifest.labels and label not in self.cfg.new_labels:
+            also = f", nor among --feedback-labels {list(self.cfg.new_labels)}" if self.cfg.new_labels else ""
+            raise InvalidInput(
+                f"label {quoted(label)} is not in the catalogue of {model!r}: {list(m.manifest.labels)}{also}"
+            )
         got = self.store.correct(m.name, label, request_id=request_id, text=text)
         version = got.version or m.version
         served_by = self._model(m.name, version)
@@ -211,14 +236,18 @@ class Monitor:
             self.store.close()
 
 
-def _token_stats(m: LoadedModel, features: dict[str, np.ndarray]) -> tuple[np.ndarray, ...] | None:
-    """(lengths, unknown tokens, truncated) per row of a text model's token ids; None for other models."""
+def _token_stats(m: LoadedModel, features: list[Mapping[str, np.ndarray]]) -> tuple[np.ndarray, ...] | None:
+    """(lengths, unknown tokens, truncated) per row of a text model's token ids, over several answers; None for
+    other models."""
     tok = m.tokenizer
-    if tok is None or not features:
+    if tok is None or not all(features):
         return None
-    ids = next(iter(features.values()))
     pad = tok.pad_id if isinstance(tok, HFTokenizer) else 0
-    lengths = (ids != pad).sum(axis=1)
     unk = getattr(tok, "unk_id", None)
-    unknown = (ids == unk).sum(axis=1) if unk is not None else np.zeros(len(ids), dtype=np.int64)
-    return lengths, unknown, lengths >= tok.max_len
+    lengths, unknown = [], []
+    for f in features:
+        ids = next(iter(f.values()))
+        lengths.append((ids != pad).sum(axis=1))
+        unknown.append((ids == unk).sum(axis=1) if unk is not None else np.zeros(len(ids), dtype=np.int64))
+    n = np.concatenate(lengths)
+    return n, np.concatenate(unknown), n >= tok.max_len

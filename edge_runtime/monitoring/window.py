@@ -58,15 +58,21 @@ class VersionHealth:
         self.reported_at = 0  # predictions when the last summary was sent (see :meth:`due`)
 
     def observe(
-        self, logits: np.ndarray | None, total_s: float, rows: int = 0, tokens: tuple[np.ndarray, ...] | None = None
+        self,
+        logits: np.ndarray | None,
+        total_s: float | np.ndarray,
+        rows: int = 0,
+        tokens: tuple[np.ndarray, ...] | None = None,
     ) -> None:
-        """One answered request: its (N, C) logits (None for an answer from the response cache: counted, not
-        binned), its latency, and for a text model ``(lengths, unknown, truncated)`` per row."""
+        """Answered requests: their (N, C) logits, all rows together (None: only answers from the response cache,
+        counted, not binned), their latencies (one per request), ``rows`` answered from the cache among them, and
+        for a text model ``(lengths, unknown, truncated)`` per row of ``logits``."""
+        latencies = np.atleast_1d(np.asarray(total_s, dtype=np.float32))
         with self._lock:
-            self.requests += 1
-            self.latency.extend(np.array([total_s], dtype=np.float32))
+            self.requests += len(latencies)
+            self.latency.extend(latencies)
+            self.predictions += rows
             if logits is None:
-                self.predictions += rows
                 return
             logits = logits.reshape(len(logits), -1)
             confidence, entropy = confidence_and_entropy(logits, self.temperature)

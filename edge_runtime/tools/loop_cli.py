@@ -35,6 +35,12 @@ def monitor_flags(p: argparse.ArgumentParser) -> None:
         help="with --feedback-store: keep each single-row request's input this long (7d, 12h, 30m), so that a"
         " correction can name the request's id",
     )
+    g.add_argument(
+        "--feedback-labels",
+        default="",
+        metavar="A,B",
+        help="labels corrections may carry beyond the served catalogue (intents the next run adds with --labels)",
+    )
     g.add_argument("--max-kept-inputs", type=int, default=200_000, help="the store's cap on kept inputs (oldest go)")
     g.add_argument("--max-corrections", type=int, default=100_000, help="the store's cap on corrections (oldest go)")
 
@@ -48,6 +54,7 @@ def monitor_config(a: argparse.Namespace) -> MonitorConfig:
         keep_inputs_s=parse_duration(a.keep_inputs),
         max_kept_inputs=a.max_kept_inputs,
         max_corrections=a.max_corrections,
+        new_labels=tuple(x.strip() for x in a.feedback_labels.split(",") if x.strip()),
     )
 
 

@@ -209,6 +209,7 @@ def _run_config(a):
         aggregator=a.aggregator,
         max_update_norm=a.max_update_norm,
         from_release=a.from_release,
+        max_forgetting=a.max_forgetting,
         **task_flags(a),
     )
 
@@ -315,7 +316,14 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help="start from release N's weights (the same base; --labels may extend its catalogue); its export"
-        " then guards against forgetting (fedge export --max-forgetting)",
+        " then guards against forgetting",
+    )
+    p.add_argument(
+        "--max-forgetting",
+        type=float,
+        default=0.01,
+        help="with --from-release: its export refuses a release whose accuracy on the customers' original holdouts"
+        " falls more than this below release N's (default 0.01; fedge export --max-forgetting overrides)",
     )
     add_task_flags(p)
     p.add_argument("--rounds", type=int, required=True)

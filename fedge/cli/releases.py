@@ -18,9 +18,9 @@ def add_parser(sub, state_default: str) -> None:
     p.add_argument(
         "--max-forgetting",
         type=float,
-        default=0.01,
+        default=None,
         help="a run launched --from-release N: refuse the release if its accuracy on the customers' original"
-        " holdouts falls more than this below release N's (default 0.01)",
+        " holdouts falls more than this below release N's (default: the run's --max-forgetting, 0.01)",
     )
     p.add_argument(
         "--reference-rows",

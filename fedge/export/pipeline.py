@@ -34,7 +34,7 @@ class ExportConfig:
     calibration: str = "minmax"  # minmax | entropy | percentile
     histogram_bins: int = 2048
     max_accuracy_drop: float = 0.01
-    max_forgetting: float = 0.01  # a run from a release: most accuracy lost on the original holdouts
+    max_forgetting: float | None = None  # from a release: most accuracy lost on original holdouts (None: the run's)
     key: Path | None = None  # release signing key (default STATE/keys/release.key)
     max_batch_size: int = 64
     reference_rows: int = 128  # holdout rows per customer the gate also checks by the ONNX specification
@@ -45,6 +45,8 @@ class ExportConfig:
         QuantizeConfig(self.calibration)
         if self.recovery_rounds < 0 or not 0 <= self.max_accuracy_drop <= 1 or self.reference_rows < 0:
             raise ConfigError("recovery_rounds and reference_rows must be >= 0 and max_accuracy_drop in [0, 1]")
+        if self.max_forgetting is not None and not 0 <= self.max_forgetting <= 1:
+            raise ConfigError(f"--max-forgetting must be in [0, 1], got {self.max_forgetting}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,7 @@ def export_release(
             cfg.job_timeout,
             work / "gate.json",
             say,
-            cfg.max_forgetting,
+            src.run_config.max_forgetting if cfg.max_forgetting is None else cfg.max_forgetting,
         )
     except stages.GateFailed:
         shutil.rmtree(bundle, ignore_errors=True)

@@ -29,6 +29,7 @@ def loop_edge(tmp_path_factory, keys):
     bundle = untrained_bundle(root / "intent", keys[0], "intent", monitoring=REFERENCE)
     store = root / "feedback"
     flags = ("--feedback-store", str(store), "--keep-inputs", "3s", "--health-window", "200")
+    flags += ("--feedback-labels", "open_account")  # an intent the next run will add
     for server in serving(root, keys, [bundle], *flags):
         server.store = store
         yield server
@@ -66,6 +67,10 @@ def test_the_device_returns_an_id_and_a_correction_naming_it_is_matched(loop_edg
         loop_edge, "POST", "/v2/models/intent/feedback", {"text": "a new phrasing", "label": "lost_card"}
     )
     assert status == 200 and not got["matched"]  # a text correction needs no kept request
+    opening = _ask(loop_edge, "I would like to open a new account")
+    doc = {"id": opening["id"], "label": "open_account"}  # beyond the catalogue, allowed by --feedback-labels
+    status, got = _call(loop_edge, "POST", "/v2/models/intent/feedback", doc)
+    assert status == 200 and got["matched"] and not got["was_correct"]
 
 
 def test_bad_feedback_gets_the_right_status_and_stores_nothing(loop_edge) -> None:
@@ -81,6 +86,7 @@ def test_bad_feedback_gets_the_right_status_and_stores_nothing(loop_edge) -> Non
     assert status == 404 and "expired request id" in err["error"]
     status, err = post({"text": "hello", "label": "not_a_label"})
     assert status == 400 and "catalogue" in err["error"] and "lost_card" in err["error"]
+    assert "open_account" in err["error"]  # the labels --feedback-labels adds are named too
     assert post({"text": "hello"})[0] == 400  # no label
     assert post({"id": "x", "text": "y", "label": "lost_card"})[0] == 400  # both
     assert post({"text": "hello", "label": "lost_card", "extra": 1})[0] == 400
@@ -130,6 +136,7 @@ def test_corrections_export_from_the_cli(loop_edge, tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     rows = out.read_text().splitlines()
     assert rows[0] == "text,label" and "I lost my card yesterday,lost_card" in rows
+    assert "I would like to open a new account,open_account" in rows  # the next run's --labels must add it
     missing = edge_cli(loop_edge, "edge", "feedback", "export", "--store", str(tmp_path / "none"), "--out", str(out))
     assert missing.returncode != 0 and "no feedback store" in missing.stderr
 

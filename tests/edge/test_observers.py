@@ -1,6 +1,7 @@
 """The data plane's observer seam: each answered request (model, version, the client's request id, the outputs
-before classification, the inputs, timings) reaches every observer, on the observers' own thread, so a slow or
-failing observer delays no answer; when observers fall behind, requests are dropped from observation and counted."""
+before classification, the inputs, timings) reaches every observer, in batches on the observers' own thread, so a
+slow or failing observer delays no answer; when observers fall behind, requests are dropped from observation and
+counted."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def test_observers_see_each_answer_and_never_hold_it_up(tmp_path, keys, digits_b
     seen: list[Answered] = []
     release = threading.Event()
     try:
-        server.plane.observers.add(seen.append)
+        server.plane.observers.add(seen.extend)
         server.plane.observers.add(lambda a: release.wait(5))  # a slow observer ...
         server.plane.observers.add(lambda a: 1 / 0)  # ... and a broken one
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
@@ -48,13 +49,22 @@ def test_observers_see_each_answer_and_never_hold_it_up(tmp_path, keys, digits_b
 def test_a_backlog_is_dropped_and_counted_not_queued_without_bound() -> None:
     gate = threading.Event()
     observed: list[str] = []
-    obs = Observers([lambda a: gate.wait(5) and observed.append(a.request_id)], capacity=4)
+    obs = Observers([lambda batch: gate.wait(5) and observed.extend(a.request_id for a in batch)], capacity=4)
     for i in range(10):
         obs.notify(Answered("m", 1, str(i), {}))
     assert obs.dropped == 6
     gate.set()
     obs.close()
     assert observed == ["0", "1", "2", "3"]
+
+
+def test_settle_waits_until_everything_notified_was_observed() -> None:
+    seen: list[str] = []
+    obs = Observers([lambda batch: seen.extend(a.request_id for a in batch)], interval_s=60)  # never by itself
+    for i in range(5):
+        obs.notify(Answered("m", 1, str(i), {}))
+    assert obs.settle(5) and seen == ["0", "1", "2", "3", "4"]
+    obs.close()
 
 
 def test_no_observer_no_thread() -> None:

@@ -117,3 +117,41 @@ def test_several_data_files_concatenate_with_padding() -> None:
     b = Dataset(np.full((1, 5), 7, np.int64), np.array([2]))
     both = concat([a, b], pad=9)
     assert both.x.shape == (3, 5) and both.x[0].tolist() == [1, 1, 1, 9, 9] and both.y.tolist() == [0, 1, 2]
+
+
+def test_the_loop_flags_parse_as_documented(tmp_path) -> None:
+    from fedge.cli.commands import _run_config, build_parser
+    from fedge.client.daemon import node_config
+    from fedge.client.trainer import NodeSettings
+
+    parser = build_parser()
+    a = parser.parse_args(["run", "launch", "--task", "intent", "--rounds", "2", "--from-release", "3"])
+    cfg = _run_config(a)
+    assert (cfg.from_release, cfg.max_forgetting) == (3, 0.01)
+    a = parser.parse_args(["export", "2", "--out", "r2", "--max-forgetting", "0.02"])
+    assert a.max_forgetting == 0.02
+    a = parser.parse_args(["fleet", "health", "--json", "--drift-threshold", "0.2"])
+    assert a.json and a.drift_threshold == 0.2
+    a = parser.parse_args(["edge", "feedback", "export", "--store", "s", "--out", "c.csv"])
+    assert a.fn.__name__ == "cmd_feedback_export"
+    a = parser.parse_args(
+        ["edge", "serve", "--repo", "r", "--trust", "t", "--feedback-store", "fb", "--keep-inputs", "7d"]
+    )
+    from fedge.edge_runtime.tools.loop_cli import monitor_config
+
+    assert monitor_config(a).keep_inputs_s == 7 * 86400 and monitor_config(a).feedback_store is not None
+    a = parser.parse_args(
+        ["client", "start", "--coordinator", "c:1", "--task", "intent", "--data", "a.csv", "--data", "b c.csv"]
+    )
+    assert a.data == ["a.csv", "b c.csv"]
+    from fedge.client.daemon import ClientConfig
+
+    nc = node_config(
+        ClientConfig(
+            "c:1", tmp_path / "a.csv", "intent", "x", tmp_path, insecure=True, more_data=(tmp_path / "b c.csv",)
+        )
+    )
+    from flwr.common.config import parse_config_args
+
+    settings = NodeSettings.from_node_config(parse_config_args([nc]))
+    assert settings.more_data == (str((tmp_path / "b c.csv").resolve()),)  # survives Flower's node config parser
