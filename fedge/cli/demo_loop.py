@@ -24,6 +24,7 @@ from fedge.cli.loop_data import LoopData, Utterance, ask, correct, health, loop_
 
 MODEL = "intent"
 CORRECTING = CUSTOMERS[:2]  # two of three companies send corrections
+LOOP_INT8_DROP = 0.03  # the INT8 gate's bound in this demo (see train_and_release)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,11 @@ def train_and_release(console: Console, fed, cfg: LoopConfig, from_release: int,
         generate_keys(fed.state / "keys")
     release = export_release(
         fed.state,
-        ExportConfig(run=outcome.run_id, out=fed.root / f"release-run{outcome.run_id}"),
+        # the customers' holdouts hold 66-110 utterances here, so one answer INT8 flips moves the gate's accuracy by
+        # 1-1.5 points: the loop is this demo's subject, the INT8 gate is held at 0.01 everywhere else
+        ExportConfig(
+            run=outcome.run_id, out=fed.root / f"release-run{outcome.run_id}", max_accuracy_drop=LOOP_INT8_DROP
+        ),
         say=console.print,
         progress=ConsoleProgress(),
     )
