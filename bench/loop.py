@@ -85,6 +85,7 @@ def monitoring_cost(sec: Section, work: Path, progress, quick: bool) -> None:
                 a["throughput"] / b["throughput"] for a, b in zip(runs[("off, control", proto, c)], off)
             )
             sec.figures[f"loop_monitoring_throughput_ratio_c{c}_{proto}"] = ratio
+            sec.figures[f"loop_control_off_vs_off_c{c}_{proto}"] = control
             rows.append(
                 {
                     "protocol": proto,
